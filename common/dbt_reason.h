@@ -1,0 +1,76 @@
+/* Failure reasons: one stable snake_case name used in the client error, the log line and the
+ * metric label. The X-macro keeps the enum and its strings in one place (libuv's UV_ERRNO_MAP
+ * pattern); never renumber or rename an entry, dashboards depend on the names. */
+#ifndef DBT_REASON_H
+#define DBT_REASON_H
+
+/* X(ENUM, "name", class) - class groups reasons for protocol-native error codes. */
+#define DBT_REASON_MAP(X)                                                                          \
+    X(NONE, "none", DBT_CLASS_OK)                                                                  \
+    X(CLIENT_CLOSED, "client_closed", DBT_CLASS_OK)                                                \
+    X(UPSTREAM_CLOSED, "upstream_closed", DBT_CLASS_OK)                                            \
+    X(CANCEL_FORWARDED, "cancel_forwarded", DBT_CLASS_OK)                                          \
+    X(CLIENT_PROTOCOL_ERROR, "client_protocol_error", DBT_CLASS_PROTOCOL)                          \
+    X(CLIENT_TIMEOUT, "client_timeout", DBT_CLASS_PROTOCOL)                                        \
+    X(CLIENT_DIRECT_TLS, "client_direct_tls", DBT_CLASS_PROTOCOL)                                  \
+    X(UPSTREAM_CONNECT_FAILED, "upstream_connect_failed", DBT_CLASS_UNREACHABLE)                   \
+    X(UPSTREAM_CONNECT_TIMEOUT, "upstream_connect_timeout", DBT_CLASS_UNREACHABLE)                 \
+    X(UPSTREAM_RESOLVE_FAILED, "upstream_resolve_failed", DBT_CLASS_UNREACHABLE)                   \
+    X(UPSTREAM_REFUSED_TLS, "upstream_refused_tls", DBT_CLASS_TLS)                                 \
+    X(UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE, "upstream_plaintext_after_ssl_response",              \
+      DBT_CLASS_TLS)                                                                               \
+    X(UPSTREAM_PROTOCOL_ERROR, "upstream_protocol_error", DBT_CLASS_PROTOCOL)                      \
+    X(TLS_HANDSHAKE_FAILED, "tls_handshake_failed", DBT_CLASS_TLS)                                 \
+    X(TLS_HANDSHAKE_TIMEOUT, "tls_handshake_timeout", DBT_CLASS_TLS)                               \
+    X(TLS_UNTRUSTED_CHAIN, "tls_untrusted_chain", DBT_CLASS_TLS)                                   \
+    X(TLS_HOSTNAME_MISMATCH, "tls_hostname_mismatch", DBT_CLASS_TLS)                               \
+    X(TLS_CERT_EXPIRED, "tls_cert_expired", DBT_CLASS_TLS)                                         \
+    X(TLS_CERT_NOT_YET_VALID, "tls_cert_not_yet_valid", DBT_CLASS_TLS)                             \
+    X(TLS_PIN_MISMATCH, "tls_pin_mismatch", DBT_CLASS_TLS)                                         \
+    X(TLS_ERROR, "tls_error", DBT_CLASS_TLS)                                                       \
+    X(UPSTREAM_TIMEOUT, "upstream_timeout", DBT_CLASS_BROKEN)                                      \
+    X(UPSTREAM_RESET, "upstream_reset", DBT_CLASS_BROKEN)                                          \
+    X(CLIENT_RESET, "client_reset", DBT_CLASS_BROKEN)                                              \
+    X(LIMIT_REACHED, "limit_reached", DBT_CLASS_LIMIT)                                             \
+    X(SHUTDOWN, "shutdown", DBT_CLASS_SHUTDOWN)                                                    \
+    X(INTERNAL_ERROR, "internal_error", DBT_CLASS_INTERNAL)
+
+enum dbt_reason_class {
+    DBT_CLASS_OK,          /* a normal end of a connection */
+    DBT_CLASS_PROTOCOL,    /* a peer broke the protocol */
+    DBT_CLASS_UNREACHABLE, /* upstream could not be reached (transient) */
+    DBT_CLASS_TLS,         /* TLS could not be established or verified: fail closed */
+    DBT_CLASS_BROKEN,      /* an established leg broke */
+    DBT_CLASS_LIMIT,       /* a configured limit refused the connection */
+    DBT_CLASS_SHUTDOWN,    /* dbtrust is stopping */
+    DBT_CLASS_INTERNAL,    /* out of memory and the like */
+};
+
+enum dbt_reason {
+#define DBT_REASON_ENUM(name, str, cls) DBT_##name,
+    DBT_REASON_MAP(DBT_REASON_ENUM)
+#undef DBT_REASON_ENUM
+        DBT_REASON_COUNT
+};
+
+static inline const char *dbt_reason_name(enum dbt_reason r)
+{
+    static const char *const names[] = {
+#define DBT_REASON_NAME(name, str, cls) str,
+        DBT_REASON_MAP(DBT_REASON_NAME)
+#undef DBT_REASON_NAME
+    };
+    return (unsigned)r < DBT_REASON_COUNT ? names[r] : "unknown";
+}
+
+static inline enum dbt_reason_class dbt_reason_class(enum dbt_reason r)
+{
+    static const enum dbt_reason_class classes[] = {
+#define DBT_REASON_CLASS(name, str, cls) cls,
+        DBT_REASON_MAP(DBT_REASON_CLASS)
+#undef DBT_REASON_CLASS
+    };
+    return (unsigned)r < DBT_REASON_COUNT ? classes[r] : DBT_CLASS_INTERNAL;
+}
+
+#endif

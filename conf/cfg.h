@@ -1,0 +1,94 @@
+/* Configuration: INI file (inih) or one-listener command-line flags -> one immutable struct.
+ * Every error names file:line and the key. Unknown sections and keys are errors. */
+#ifndef CFG_H
+#define CFG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dbt_util.h"
+
+enum cfg_protocol { CFG_PROTO_POSTGRES, CFG_PROTO_MYSQL };
+enum cfg_verify { CFG_VERIFY_FULL, CFG_VERIFY_CA };
+enum cfg_log_format { CFG_LOG_TEXT, CFG_LOG_JSON };
+enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
+
+#define CFG_MAX_UPSTREAMS 8
+
+/* host:port, [v6]:port, or unix:/path (listen only). */
+struct cfg_addr {
+    char host[256]; /* name or IP literal without brackets; for unix: the path */
+    uint16_t port;
+    bool is_unix;
+};
+
+struct cfg_listener {
+    char name[64];
+    enum cfg_protocol protocol;
+    struct cfg_addr listen;
+    struct cfg_addr upstream[CFG_MAX_UPSTREAMS]; /* tried in order */
+    size_t upstream_count;
+    char server_name[256]; /* "" = verify the upstream host itself */
+    char bundle[4096];     /* "" = [trust] bundle */
+    uint32_t connect_timeout_ms;
+    uint32_t handshake_timeout_ms;
+    uint32_t upstream_dead_timeout_ms;
+    uint32_t startup_timeout_ms;
+    uint32_t max_connections;
+    char mysql_rsa_key[4096];
+    int line; /* where the section started, for messages */
+};
+
+struct cfg {
+    char source[4096]; /* config file path, or "command line" */
+    /* [dbtrust] */
+    struct cfg_addr admin;
+    bool admin_enabled;
+    unsigned workers; /* resolved: never 0 after cfg_finish() */
+    enum cfg_log_format log_format;
+    enum cfg_log_level log_level;
+    uint32_t drain_timeout_ms;
+    char user[64];
+    /* [trust] */
+    char bundle[4096];
+    enum cfg_verify verify;
+    int min_tls; /* 12 or 13 */
+    uint32_t reload_interval_ms;
+    bool guard;
+    char pins[2048]; /* raw comma-separated sha256/BASE64 list */
+    /* [listener.NAME] */
+    struct cfg_listener *listeners;
+    size_t listener_count;
+};
+
+/* Defaults of DESIGN.md. */
+void cfg_init(struct cfg *c);
+void cfg_listener_init(struct cfg_listener *l);
+void cfg_free(struct cfg *c); /* frees listeners; the struct itself is the caller's */
+
+/* Parses an INI file into c (already cfg_init'ed) and validates it. On error returns -1 with
+ * "FILE:LINE: key 'x': why" in err. */
+DBT_MUST_USE int cfg_load_file(struct cfg *c, const char *path, char *err, size_t errlen);
+
+/* The one-listener form: --listen --upstream --protocol --bundle [--server-name]. Adds one
+ * listener named "default" (or overrides the bundle when a file was loaded too). */
+DBT_MUST_USE int cfg_add_cli_listener(struct cfg *c, const char *listen, const char *upstream,
+                                      const char *protocol, const char *bundle,
+                                      const char *server_name, char *err, size_t errlen);
+
+/* Final checks after all sources: at least one listener, a trust bundle for every listener,
+ * workers resolved to the CPU count when 0. */
+DBT_MUST_USE int cfg_finish(struct cfg *c, char *err, size_t errlen);
+
+/* Parsers shared with the CLI. Return 0 on success. */
+DBT_MUST_USE int cfg_parse_addr(const char *s, bool allow_unix, uint16_t default_port,
+                                struct cfg_addr *out);
+DBT_MUST_USE int cfg_parse_duration_ms(const char *s, uint32_t *out_ms); /* "10s", "500ms", "2m" */
+
+const char *cfg_protocol_name(enum cfg_protocol p);
+
+/* "host:port", "[v6]:port" or "unix:/path", for messages and log lines. */
+void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n);
+
+#endif

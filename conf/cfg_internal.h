@@ -1,0 +1,65 @@
+/* Internal to conf/ (and its unit test): value parsers and the key table shared by the file loader
+ * and the command-line form.
+ * Every parser returns 0, or -1 with a reason for the user in why, e.g. "invalid duration 'abc'
+ * (use e.g. 5s, 500ms)". The caller prefixes where the value came from: "FILE:LINE: key 'x': "
+ * or "--flag: ". */
+#ifndef CFG_INTERNAL_H
+#define CFG_INTERNAL_H
+
+#include "cfg.h"
+
+#define CFG_ADDR_UNIX          1u /* unix:/path is allowed (listen addresses) */
+#define CFG_ADDR_PORT_OPTIONAL 2u /* the port may be omitted: left 0, the caller defaults it */
+
+struct cfg_choice {
+    const char *name;
+    int value;
+};
+
+DBT_MUST_USE int cfg_value_duration(const char *s, uint32_t *out_ms, char *why, size_t n);
+DBT_MUST_USE int cfg_value_bool(const char *s, bool *out, char *why, size_t n);
+DBT_MUST_USE int cfg_value_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out, char *why,
+                                size_t n);
+/* choices ends with a { NULL, 0 } entry; what names the set in the message ("protocol"). */
+DBT_MUST_USE int cfg_value_choice(const char *s, const struct cfg_choice *choices, const char *what,
+                                  int *out, char *why, size_t n);
+DBT_MUST_USE int cfg_value_addr(const char *s, unsigned flags, struct cfg_addr *out, char *why,
+                                size_t n);
+/* Comma-separated host:port list; a missing port is left 0 (defaulted by protocol later). */
+DBT_MUST_USE int cfg_value_upstreams(const char *s, struct cfg_addr *out, size_t *count, char *why,
+                                     size_t n);
+/* A DNS name or IP literal (no brackets, no port): server_name. */
+DBT_MUST_USE int cfg_value_host(const char *s, char *why, size_t n);
+/* "sha256/BASE64, ..." where each BASE64 encodes a 32-byte SPKI digest. */
+DBT_MUST_USE int cfg_value_pins(const char *s, char *why, size_t n);
+/* A listener name: [A-Za-z0-9_.-]{1,63}. */
+DBT_MUST_USE int cfg_value_name(const char *s, char *why, size_t n);
+/* A user name for privilege dropping. */
+DBT_MUST_USE int cfg_value_user(const char *s, char *why, size_t n);
+/* A string that must fit into cap bytes (paths); checks non-empty and length only. */
+DBT_MUST_USE int cfg_value_string(const char *s, size_t cap, char *why, size_t n);
+
+enum cfg_section { CFG_SEC_NONE, CFG_SEC_DBTRUST, CFG_SEC_TRUST, CFG_SEC_LISTENER };
+
+/* One key of one section: how its value is parsed and where it is stored. */
+struct cfg_key;
+
+#define CFG_KEY_MAX 32 /* bound of cfg_key_index(), for per-section "seen at line" arrays */
+
+/* NULL when the section has no such key. */
+const struct cfg_key *cfg_key_find(enum cfg_section sec, const char *name);
+size_t cfg_key_index(const struct cfg_key *k);
+const char *cfg_key_name(const struct cfg_key *k);
+/* Parses v into c (sections [dbtrust], [trust]) or l ([listener.NAME]). */
+DBT_MUST_USE int cfg_key_set(const struct cfg_key *k, struct cfg *c, struct cfg_listener *l,
+                             const char *v, char *why, size_t n);
+
+/* Appends a listener with defaults; NULL when out of memory. May move c->listeners. */
+struct cfg_listener *cfg_listener_add(struct cfg *c);
+/* The checks that need the whole listener (listeners[idx]): upstream ports defaulted by protocol,
+ * listen address clashes with earlier listeners, protocol-specific keys. On error *key names
+ * the key at fault. */
+DBT_MUST_USE int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why,
+                                       size_t n);
+
+#endif

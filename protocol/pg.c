@@ -1,0 +1,495 @@
+/* PostgreSQL startup phase (pg.h; PROTOCOLS.md part A). Byte in, step out: no sockets, no
+ * allocation. Every length is checked against its bound before a byte of the body is buffered. */
+#include "pg.h"
+
+#include <string.h>
+
+#include "dbt_util.h"
+#include "wire.h"
+
+#define UNTAGGED_HEADER 8  /* Int32 length + Int32 code/version */
+#define TAGGED_HEADER   5  /* Byte1 type + Int32 length */
+#define CANCEL_FIXED    12 /* length + code + pid; the key follows */
+#define TLS_ALERT       0x15
+#define TLS_HANDSHAKE   0x16
+#define AUTH_SASL       10
+
+const uint8_t pg_ssl_request[8] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
+
+static const uint8_t answer_no[1] = {'N'};
+
+static void set_step(struct pg_step *out, enum pg_action action, const uint8_t *data, size_t len)
+{
+    out->action = action;
+    out->data = data;
+    out->len = len;
+    out->reason = DBT_NONE;
+    out->detail = NULL;
+}
+
+static void set_fail(struct pg_step *out, enum dbt_reason reason, const char *detail)
+{
+    set_step(out, PG_FAIL, NULL, 0);
+    out->reason = reason;
+    out->detail = detail;
+}
+
+/* ---- client leg: SSLRequest / GSSENCRequest / CancelRequest / StartupMessage (A1, A2) ---- */
+
+void pg_client_init(struct pg_client *c)
+{
+    memset(c, 0, offsetof(struct pg_client, buf)); /* the buffer is written before it is read */
+    c->state = PG_C_HEADER;
+    c->need = 4;
+}
+
+static bool client_fail(struct pg_client *c, struct pg_step *out, const char *detail)
+{
+    c->state = PG_C_FAILED;
+    set_fail(out, DBT_CLIENT_PROTOCOL_ERROR, detail);
+    return true;
+}
+
+/* Answers 'N' to an encryption request: the client leg is plaintext by design. Never an
+ * ErrorResponse here: libpq discards it unread (CVE-2024-10977), so the user would see no reason.
+ */
+static bool encryption_request(struct pg_client *c, struct pg_step *out, uint32_t code,
+                               uint32_t total)
+{
+    bool ssl = code == PG_SSL_REQUEST_CODE;
+    bool *seen = ssl ? &c->seen_ssl_request : &c->seen_gssenc_request;
+
+    if (total != UNTAGGED_HEADER)
+        return client_fail(c, out,
+                           ssl ? "invalid length of SSLRequest packet"
+                               : "invalid length of GSSENCRequest packet");
+    /* The server allows each request once, in either order (A1); a loop would let a client
+     * hold the connection open forever without ever sending a StartupMessage. */
+    if (*seen)
+        return client_fail(c, out, ssl ? "duplicate SSLRequest" : "duplicate GSSENCRequest");
+    *seen = true;
+    c->have = 0;
+    c->need = 4;
+    set_step(out, PG_SEND_CLIENT, answer_no, sizeof answer_no);
+    return true;
+}
+
+/* Fills user/database/application_name the way backend_startup.c reads the body: name\0value\0
+ * pairs, then a single \0 that must be the last byte. Returns NULL or the failure detail. */
+static const char *parse_startup(struct pg_client *c)
+{
+    const char *p = (const char *)c->buf + UNTAGGED_HEADER;
+    const char *end = (const char *)c->buf + c->need;
+
+    while (p < end && *p != '\0') {
+        const char *name = p;
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        if (!nul || nul + 1 == end)
+            return "invalid startup packet layout: expected terminator as last byte";
+        const char *value = nul + 1;
+        nul = memchr(value, '\0', (size_t)(end - value));
+        if (!nul)
+            return "invalid startup packet layout: expected terminator as last byte";
+        p = nul + 1;
+        if (strcmp(name, "user") == 0)
+            dbt_strlcpy(c->user, value, sizeof c->user);
+        else if (strcmp(name, "database") == 0)
+            dbt_strlcpy(c->database, value, sizeof c->database);
+        else if (strcmp(name, "application_name") == 0)
+            dbt_strlcpy(c->application_name, value, sizeof c->application_name);
+    }
+    if (p != end - 1)
+        return "invalid startup packet layout: expected terminator as last byte";
+    if (c->user[0] == '\0')
+        return "no PostgreSQL user name specified in startup packet";
+    if (c->database[0] == '\0') /* the server's default, so logs name the real database */
+        dbt_strlcpy(c->database, c->user, sizeof c->database);
+    return NULL;
+}
+
+static bool client_complete(struct pg_client *c, struct pg_step *out)
+{
+    if (wire_be32(c->buf + 4) == PG_CANCEL_REQUEST_CODE) {
+        c->state = PG_C_DONE;
+        set_step(out, PG_CANCEL, c->buf, c->need);
+        return true;
+    }
+    const char *bad = parse_startup(c);
+    if (bad)
+        return client_fail(c, out, bad);
+    /* Verbatim, whatever the minor version and _pq_.* options: the server negotiates with 'v'
+     * and greasing clients (3.9990-3.9999) test that middleware does not interfere (A2). */
+    c->state = PG_C_DONE;
+    set_step(out, PG_DIAL_UPSTREAM, c->buf, c->need);
+    return true;
+}
+
+/* The 8-byte header is complete: decide what the packet is before buffering its body. */
+static bool client_header(struct pg_client *c, struct pg_step *out)
+{
+    uint32_t total = wire_be32(c->buf);
+    uint32_t code = wire_be32(c->buf + 4);
+
+    switch (code) {
+    case PG_SSL_REQUEST_CODE:
+    case PG_GSSENC_REQUEST_CODE:
+        return encryption_request(c, out, code, total);
+    case PG_CANCEL_REQUEST_CODE:
+        /* 16 bytes before 3.2; 12 + key length since (A2). PG 18 accepts keys of 1..256 bytes. */
+        if (total < CANCEL_FIXED + 1 || total > CANCEL_FIXED + PG_MAX_CANCEL_KEY)
+            return client_fail(c, out, "invalid length of cancel request packet");
+        break;
+    default:
+        if (code >> 16 == 1234)
+            return client_fail(c, out, "unsupported negotiation request code");
+        if (code >> 16 != 3)
+            return client_fail(c, out, "unsupported frontend protocol");
+        c->version = code;
+        break;
+    }
+    c->state = PG_C_BODY;
+    c->need = total;
+    return c->have == c->need ? client_complete(c, out) : false;
+}
+
+/* Called whenever `need` bytes are buffered. Returns true when *out holds a step. */
+static bool client_advance(struct pg_client *c, struct pg_step *out)
+{
+    if (c->state == PG_C_BODY)
+        return client_complete(c, out);
+    if (c->need == 4) {
+        /* Bound the length before buffering (backend_startup.c: body 4..10000 bytes). */
+        uint32_t total = wire_be32(c->buf);
+        if (total < UNTAGGED_HEADER || total - 4 > PG_MAX_STARTUP_PACKET)
+            return client_fail(c, out, "invalid length of startup packet");
+        c->need = UNTAGGED_HEADER;
+        return false;
+    }
+    return client_header(c, out);
+}
+
+size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct pg_step *out)
+{
+    size_t used = 0;
+
+    set_step(out, PG_NEED_MORE, NULL, 0);
+    switch (c->state) {
+    case PG_C_DONE:
+        if (wire_be32(c->buf + 4) == PG_CANCEL_REQUEST_CODE)
+            set_fail(out, DBT_INTERNAL_ERROR, "client fed after its CancelRequest");
+        else
+            set_step(out, PG_RELAY, NULL, 0);
+        return 0;
+    case PG_C_FAILED:
+        set_fail(out, DBT_INTERNAL_ERROR, "client fed after the startup phase failed");
+        return 0;
+    case PG_C_HEADER:
+    case PG_C_BODY:
+        break;
+    }
+    while (used < len) {
+        /* A TLS ClientHello where a packet starts: direct SSL (A3), which a plaintext listener
+         * cannot serve. Left unconsumed; the proxy closes without a word. */
+        if (c->have == 0 && in[used] == TLS_HANDSHAKE) {
+            c->state = PG_C_FAILED;
+            set_step(out, PG_CLOSE, NULL, 0);
+            out->reason = DBT_CLIENT_DIRECT_TLS;
+            out->detail = "client opened with a TLS ClientHello (sslnegotiation=direct)";
+            return used;
+        }
+        size_t take = c->need - c->have;
+        if (take > len - used)
+            take = len - used;
+        memcpy(c->buf + c->have, in + used, take);
+        c->have += take;
+        used += take;
+        if (c->have == c->need && client_advance(c, out))
+            return used;
+    }
+    return used;
+}
+
+/* ---- the upstream's answer to pg_ssl_request (A1, buffer-stuffing rule) ---- */
+
+/* clang-format off */
+#define HEX_ANSWER(h, l) "unexpected answer 0x" #h #l " to the SSL request",
+#define HEX_ROW(h)                                                                                 \
+    HEX_ANSWER(h, 0) HEX_ANSWER(h, 1) HEX_ANSWER(h, 2) HEX_ANSWER(h, 3)                            \
+    HEX_ANSWER(h, 4) HEX_ANSWER(h, 5) HEX_ANSWER(h, 6) HEX_ANSWER(h, 7)                            \
+    HEX_ANSWER(h, 8) HEX_ANSWER(h, 9) HEX_ANSWER(h, a) HEX_ANSWER(h, b)                            \
+    HEX_ANSWER(h, c) HEX_ANSWER(h, d) HEX_ANSWER(h, e) HEX_ANSWER(h, f)
+
+/* Static strings only: details are logged from any worker thread, so no shared scratch buffer. */
+static const char *const unexpected_answer[256] = {
+    HEX_ROW(0) HEX_ROW(1) HEX_ROW(2) HEX_ROW(3) HEX_ROW(4) HEX_ROW(5) HEX_ROW(6) HEX_ROW(7)
+    HEX_ROW(8) HEX_ROW(9) HEX_ROW(a) HEX_ROW(b) HEX_ROW(c) HEX_ROW(d) HEX_ROW(e) HEX_ROW(f)
+};
+/* clang-format on */
+
+static const char *const extra_after_s[] = {
+    "1 unencrypted byte after the SSL response (CVE-2021-23222)",
+    "2 unencrypted bytes after the SSL response (CVE-2021-23222)",
+    "3 unencrypted bytes after the SSL response (CVE-2021-23222)",
+    "4 unencrypted bytes after the SSL response (CVE-2021-23222)",
+    "more than 4 unencrypted bytes after the SSL response (CVE-2021-23222)",
+};
+
+enum dbt_reason pg_check_ssl_answer(const uint8_t *in, size_t len, const char **detail)
+{
+    if (len == 0) {
+        *detail = "no answer to the SSL request";
+        return DBT_UPSTREAM_PROTOCOL_ERROR;
+    }
+    switch (in[0]) {
+    case 'S': {
+        if (len == 1) {
+            *detail = "server accepted the SSL request";
+            return DBT_NONE;
+        }
+        /* Bytes behind 'S' arrived before any TLS: a MITM can inject them to be read as if
+         * they came over the encrypted channel. */
+        size_t extra = len - 1;
+        size_t last = DBT_ARRAY_LEN(extra_after_s) - 1;
+        *detail = extra_after_s[extra - 1 < last ? extra - 1 : last];
+        return DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE;
+    }
+    case 'N':
+        *detail = "server does not support SSL (answered 'N')";
+        return DBT_UPSTREAM_REFUSED_TLS;
+    case 'E':
+        /* CVE-2024-10977: the server is not authenticated yet, its text must not be shown. */
+        *detail = "server answered the SSL request with an error (text not shown: server not "
+                  "authenticated)";
+        return DBT_UPSTREAM_REFUSED_TLS;
+    default:
+        *detail = unexpected_answer[in[0]];
+        return DBT_UPSTREAM_PROTOCOL_ERROR;
+    }
+}
+
+bool pg_is_tls_record_start(uint8_t first_byte)
+{
+    return first_byte == TLS_HANDSHAKE || first_byte == TLS_ALERT;
+}
+
+/* ---- server leg: from the StartupMessage to the first 'R' (A5, A7) ---- */
+
+void pg_server_init(struct pg_server *s)
+{
+    s->state = PG_S_HEADER;
+    s->have = 0;
+    s->need = TAGGED_HEADER;
+}
+
+static bool server_fail(struct pg_server *s, struct pg_step *out, const char *detail)
+{
+    s->state = PG_S_FAILED;
+    set_fail(out, DBT_UPSTREAM_PROTOCOL_ERROR, detail);
+    return true;
+}
+
+static bool ends_with_plus(const char *mech, size_t n)
+{
+    return n >= 5 && memcmp(mech + n - 5, "-PLUS", 5) == 0;
+}
+
+/* AuthenticationSASL minus every "-PLUS" mechanism: libpq aborts when a server offers
+ * SCRAM-SHA-256-PLUS over a connection that is not TLS on its side, reading it as SSL
+ * stripping (fe-auth.c pg_SASL_init, A5). The client leg here is always plaintext. */
+static bool strip_channel_binding(struct pg_server *s, size_t total, struct pg_step *out)
+{
+    const char *p = (const char *)s->buf + TAGGED_HEADER + 4;
+    const char *end = (const char *)s->buf + total;
+    bool any = false, kept = false;
+    struct wire_out w;
+
+    /* The output is never longer than the input, which fit the same size. */
+    wire_out_init(&w, s->out, sizeof s->out);
+    wire_out_u8(&w, 'R');
+    wire_out_be32(&w, 0); /* patched below */
+    wire_out_be32(&w, AUTH_SASL);
+    while (p < end && *p != '\0') {
+        const char *nul = memchr(p, '\0', (size_t)(end - p));
+        if (!nul)
+            return server_fail(s, out, "malformed SASL mechanism list");
+        size_t n = (size_t)(nul - p);
+        any = true;
+        if (!ends_with_plus(p, n)) {
+            wire_out_bytes(&w, p, n + 1);
+            kept = true;
+        }
+        p = nul + 1;
+    }
+    if (p != end - 1 || !any)
+        return server_fail(s, out, "malformed SASL mechanism list");
+    if (!kept)
+        return server_fail(s, out, "server offers only channel-binding SASL mechanisms");
+    wire_out_u8(&w, '\0');
+    wire_put_be32(s->out + 1, (uint32_t)(w.len - 1));
+    set_step(out, PG_SEND_CLIENT, s->out, w.len);
+    return true;
+}
+
+/* Called whenever `need` bytes are buffered. Returns true when *out holds a step. */
+static bool server_advance(struct pg_server *s, struct pg_step *out)
+{
+    if (s->state == PG_S_HEADER) {
+        uint32_t mlen = wire_be32(s->buf + 1);
+        if (mlen < 4)
+            return server_fail(s, out, "upstream message length below 4");
+        if (mlen > PG_MAX_SERVER_STARTUP_MSG - 1)
+            return server_fail(s, out, "upstream startup message longer than 16384 bytes");
+        s->state = PG_S_BODY;
+        s->need = 1 + (size_t)mlen;
+        if (s->have < s->need)
+            return false;
+    }
+
+    size_t total = s->need;
+    s->state = PG_S_HEADER;
+    s->have = 0;
+    s->need = TAGGED_HEADER;
+    switch (s->buf[0]) {
+    case 'R':
+        /* Past the first 'R' nothing needs rewriting: SCRAM continue/final, MD5, cleartext,
+         * AuthenticationOk and the rest are relayed raw. */
+        s->state = PG_S_RELAY;
+        if (total < TAGGED_HEADER + 4)
+            return server_fail(s, out, "authentication request without a code");
+        if (wire_be32(s->buf + TAGGED_HEADER) == AUTH_SASL)
+            return strip_channel_binding(s, total, out);
+        break;
+    case 'E':
+        s->state = PG_S_RELAY; /* the server closes after it */
+        break;
+    default:
+        break; /* 'v', 'N' and anything else ahead of 'R': forwarded as is */
+    }
+    set_step(out, PG_SEND_CLIENT, s->buf, total);
+    return true;
+}
+
+size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct pg_step *out)
+{
+    size_t used = 0;
+
+    set_step(out, PG_NEED_MORE, NULL, 0);
+    switch (s->state) {
+    case PG_S_RELAY:
+        set_step(out, PG_RELAY, NULL, 0);
+        return 0;
+    case PG_S_FAILED:
+        set_fail(out, DBT_INTERNAL_ERROR, "upstream fed after the startup phase failed");
+        return 0;
+    case PG_S_HEADER:
+    case PG_S_BODY:
+        break;
+    }
+    while (used < len) {
+        size_t take = s->need - s->have;
+        if (take > len - used)
+            take = len - used;
+        memcpy(s->buf + s->have, in + used, take);
+        s->have += take;
+        used += take;
+        if (s->have == s->need && server_advance(s, out))
+            return used;
+    }
+    return used;
+}
+
+/* ---- errors dbtrust reports itself (A6) ---- */
+
+const char *pg_sqlstate_for(enum dbt_reason r)
+{
+    switch (dbt_reason_class(r)) {
+    case DBT_CLASS_TLS:
+        return "08001"; /* sqlclient_unable_to_establish_sqlconnection */
+    case DBT_CLASS_UNREACHABLE:
+        return "57P03"; /* cannot_connect_now: the only code pg_isready reports as rejecting */
+    case DBT_CLASS_BROKEN:
+        return "08006"; /* connection_failure */
+    case DBT_CLASS_PROTOCOL:
+        return "08P01"; /* protocol_violation */
+    case DBT_CLASS_LIMIT:
+        return "53300"; /* too_many_connections */
+    case DBT_CLASS_SHUTDOWN:
+        return "57P01"; /* admin_shutdown */
+    case DBT_CLASS_OK:
+    case DBT_CLASS_INTERNAL:
+        break;
+    }
+    return "XX000";
+}
+
+/* Longest prefix of s within room bytes that does not cut a UTF-8 sequence, so a truncated
+ * message stays valid text for clients that decode it. */
+static size_t fit(const char *s, size_t room)
+{
+    size_t n = strlen(s);
+    if (n <= room)
+        return n;
+    n = room;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
+}
+
+/* An optional field takes what the mandatory ones left; dropped rather than sent empty. */
+static bool optional_fits(const char *s, size_t *room, size_t *n)
+{
+    if (!s || *room < 2)
+        return false;
+    *n = fit(s, *room - 2);
+    if (*n == 0 && s[0] != '\0')
+        return false;
+    *room -= 2 + *n;
+    return true;
+}
+
+static void put_field(struct wire_out *w, char code, const char *s, size_t n)
+{
+    wire_out_u8(w, (uint8_t)code);
+    wire_out_bytes(w, s, n);
+    wire_out_u8(w, '\0');
+}
+
+size_t pg_build_error(uint8_t *buf, size_t cap, const char *sqlstate, const char *message,
+                      const char *detail, const char *hint)
+{
+    static const char severity[] = "FATAL";
+    size_t dlen = 0, hlen = 0;
+
+    if (!sqlstate)
+        sqlstate = "XX000";
+    if (!message)
+        message = "";
+    /* 'E' + Int32, S and V and C fields, the code and NUL of 'M', the final terminator. */
+    size_t base = 1 + 4 + 2 * (sizeof severity + 1) + strlen(sqlstate) + 2 + 2 + 1;
+    if (cap < base)
+        return 0;
+    size_t room = cap - base;
+    size_t mlen = fit(message, room);
+    room -= mlen;
+    bool with_detail = optional_fits(detail, &room, &dlen);
+    bool with_hint = optional_fits(hint, &room, &hlen);
+
+    struct wire_out w;
+    wire_out_init(&w, buf, cap);
+    wire_out_u8(&w, 'E');
+    wire_out_be32(&w, 0); /* patched below */
+    /* 'V' is the never-localized severity (9.6+); libpq prefers it when present. */
+    put_field(&w, 'S', severity, sizeof severity - 1);
+    put_field(&w, 'V', severity, sizeof severity - 1);
+    put_field(&w, 'C', sqlstate, strlen(sqlstate));
+    put_field(&w, 'M', message, mlen);
+    if (with_detail)
+        put_field(&w, 'D', detail, dlen);
+    if (with_hint)
+        put_field(&w, 'H', hint, hlen);
+    wire_out_u8(&w, '\0');
+    if (w.overflow) /* cannot happen: sized above; never hand out a partial message */
+        return 0;
+    wire_put_be32(buf + 1, (uint32_t)(w.len - 1));
+    return w.len;
+}

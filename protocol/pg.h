@@ -1,0 +1,133 @@
+/* PostgreSQL startup phase as pure state machines (PROTOCOLS.md part A). No sockets: the proxy
+ * feeds bytes and executes the returned step. Two machines, one per leg:
+ *   pg_client - what the application sends before its session exists (A1, A2, A4);
+ *   pg_server - what the upstream sends after TLS until authentication starts (A5, A7).
+ */
+#ifndef PG_H
+#define PG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dbt_reason.h"
+
+#define PG_SSL_REQUEST_CODE 80877103u    /* (1234 << 16) | 5679 */
+#define PG_GSSENC_REQUEST_CODE 80877104u /* (1234 << 16) | 5680 */
+#define PG_CANCEL_REQUEST_CODE 80877102u /* (1234 << 16) | 5678 */
+#define PG_MAX_STARTUP_PACKET 10000u     /* body limit of the server (backend_startup.c) */
+#define PG_MAX_CANCEL_KEY 256u           /* protocol 3.2 variable-length cancel keys */
+/* Largest server message buffered during the startup phase. Only AuthenticationSASL is ever
+ * rewritten; the rest is buffered whole just to keep the framing simple. */
+#define PG_MAX_SERVER_STARTUP_MSG 16384u
+#define PG_IDENT_MAX 64 /* user / database / application_name kept for logs (truncated) */
+
+/* The 8 bytes dbtrust sends upstream, alone, before TLS. */
+extern const uint8_t pg_ssl_request[8];
+
+enum pg_action {
+    PG_NEED_MORE,     /* all input consumed; feed more when it arrives */
+    PG_SEND_CLIENT,   /* write step.data/len to the client, then keep feeding */
+    PG_DIAL_UPSTREAM, /* StartupMessage complete (step.data/len = the packet, verbatim) */
+    PG_CANCEL,        /* CancelRequest complete (step.data/len = the packet, verbatim) */
+    PG_RELAY,         /* startup phase over: relay raw bytes; input not consumed is relay data */
+    PG_FAIL,          /* step.reason + step.detail; the proxy answers with an ErrorResponse */
+    PG_CLOSE,         /* close silently (client opened with a TLS ClientHello: direct SSL) */
+};
+
+struct pg_step {
+    enum pg_action action;
+    const uint8_t *data; /* valid until the next call on the same machine */
+    size_t len;
+    enum dbt_reason reason; /* PG_FAIL */
+    const char *detail;     /* PG_FAIL: static human text, e.g. "invalid startup packet length" */
+};
+
+enum pg_client_state { PG_C_HEADER, PG_C_BODY, PG_C_DONE, PG_C_FAILED };
+
+struct pg_client {
+    enum pg_client_state state;
+    bool seen_ssl_request;    /* at most one of each before the StartupMessage (A1) */
+    bool seen_gssenc_request;
+    uint32_t version;          /* protocol version of the StartupMessage, e.g. 0x00030000 */
+    size_t have;               /* bytes of the current packet in buf */
+    size_t need;               /* total length of the current packet once known */
+    char user[PG_IDENT_MAX];   /* parsed from the StartupMessage, for logs only */
+    char database[PG_IDENT_MAX];
+    char application_name[PG_IDENT_MAX];
+    uint8_t buf[4 + PG_MAX_STARTUP_PACKET];
+};
+
+void pg_client_init(struct pg_client *c);
+/* Consumes up to len bytes; returns how many. Call again with the rest after acting on the step
+ * (PG_SEND_CLIENT may be returned with input left over). After PG_DIAL_UPSTREAM / PG_CANCEL /
+ * PG_FAIL / PG_CLOSE the machine is finished; bytes after the StartupMessage are not consumed
+ * (a client must wait for the server before sending more, so the proxy may treat them as relay
+ * data).
+ * Settled details:
+ *  - PG_CLOSE (reason DBT_CLIENT_DIRECT_TLS) consumes nothing: a packet starting with 0x16.
+ *  - PG_FAIL (DBT_CLIENT_PROTOCOL_ERROR) is returned as soon as the length word is known to be
+ *    bad (4 bytes in), before any body is buffered; the bytes read so far count as consumed.
+ *  - Finished machine, further calls consume 0: after PG_DIAL_UPSTREAM (state PG_C_DONE) they
+ *    return PG_RELAY; after PG_CANCEL, PG_FAIL or PG_CLOSE they return PG_FAIL with
+ *    DBT_INTERNAL_ERROR (a caller bug: nothing may be relayed on those connections).
+ *  - The packet of PG_DIAL_UPSTREAM / PG_CANCEL (c->buf, c->need bytes) stays valid until
+ *    pg_client_init, later calls included: a finished machine never writes buf, so the proxy can
+ *    send it once the upstream TLS session is up without copying it.
+ *  - Failure details (static): "invalid length of startup packet", "invalid length of SSLRequest
+ *    packet", "invalid length of GSSENCRequest packet", "duplicate SSLRequest", "duplicate
+ *    GSSENCRequest", "invalid length of cancel request packet", "unsupported negotiation request
+ *    code", "unsupported frontend protocol", "invalid startup packet layout: expected terminator
+ *    as last byte", "no PostgreSQL user name specified in startup packet". */
+size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct pg_step *out);
+
+/* Judges what the upstream sent in answer to pg_ssl_request: `in` is everything read so far
+ * (len >= 1). Returns DBT_NONE only for exactly the single byte 'S'. 'N' or 'E' ->
+ * DBT_UPSTREAM_REFUSED_TLS; 'S' followed by more bytes -> DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE
+ * (CVE-2021-23222: nothing may be buffered before the TLS handshake); anything else ->
+ * DBT_UPSTREAM_PROTOCOL_ERROR. *detail gets a static explanation. The 'E' text is never shown
+ * (CVE-2024-10977: the server is not authenticated yet). */
+enum dbt_reason pg_check_ssl_answer(const uint8_t *in, size_t len, const char **detail);
+
+/* The first byte a TLS server sends after 'S' is a TLS record: handshake (0x16) or alert (0x15).
+ * Anything else is plaintext injected after the SSL response. */
+bool pg_is_tls_record_start(uint8_t first_byte);
+
+enum pg_server_state { PG_S_HEADER, PG_S_BODY, PG_S_RELAY, PG_S_FAILED };
+
+struct pg_server {
+    enum pg_server_state state;
+    size_t have;
+    size_t need;
+    uint8_t buf[PG_MAX_SERVER_STARTUP_MSG];
+    uint8_t out[PG_MAX_SERVER_STARTUP_MSG]; /* rewritten AuthenticationSASL */
+};
+
+void pg_server_init(struct pg_server *s);
+/* Feeds decrypted bytes from the upstream that arrive after the StartupMessage was sent.
+ * NegotiateProtocolVersion ('v'), NoticeResponse ('N') and ParameterStatus-like messages before
+ * the first 'R' are forwarded (PG_SEND_CLIENT). The first 'R' is forwarded (AuthenticationSASL,
+ * code 10, rewritten with every "-PLUS" mechanism removed, A5) and the next call returns
+ * PG_RELAY; an 'E' is forwarded and then PG_RELAY too (the server closes). A message longer than
+ * PG_MAX_SERVER_STARTUP_MSG, a length < 4, or a SASL list left empty -> PG_FAIL with
+ * DBT_UPSTREAM_PROTOCOL_ERROR. */
+/* PG_SEND_CLIENT data points into s->buf or s->out, valid until the next call. Once the 'R' or
+ * 'E' has been returned, every call returns PG_RELAY consuming 0: the input from there on,
+ * including what the same call left unconsumed, is relay data. After PG_FAIL further calls
+ * return PG_FAIL with DBT_INTERNAL_ERROR, consuming 0. Failure details (static): "upstream
+ * message length below 4", "upstream startup message longer than 16384 bytes", "authentication
+ * request without a code", "malformed SASL mechanism list", "server offers only channel-binding
+ * SASL mechanisms". */
+size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct pg_step *out);
+
+/* SQLSTATE for an error dbtrust itself reports (A6): 08001 TLS/cert, 57P03 unreachable, 08006
+ * broken, 08P01 protocol, 53300 limit, 57P01 shutdown, XX000 internal. */
+const char *pg_sqlstate_for(enum dbt_reason r);
+
+/* Builds an ErrorResponse (protocol 3, severity FATAL in 'S' and 'V', code, 'M' message,
+ * optional 'D' detail and 'H' hint, NULL to omit) into buf. Returns its length, or 0 if it does
+ * not fit. Strings are truncated to keep the message under cap. */
+size_t pg_build_error(uint8_t *buf, size_t cap, const char *sqlstate, const char *message,
+                      const char *detail, const char *hint);
+
+#endif

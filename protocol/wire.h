@@ -1,0 +1,51 @@
+/* Byte readers and writers for the wire formats (big-endian for PostgreSQL, little-endian for
+ * MySQL). Pure functions; no allocation. */
+#ifndef WIRE_H
+#define WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+static inline uint32_t wire_be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void wire_put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static inline uint32_t wire_le24(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+}
+
+static inline void wire_put_le24(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+}
+
+/* A bounded output buffer: writers append and set `overflow` instead of writing past cap. A write
+ * that does not fit is dropped whole (nothing partial is appended) and overflow stays set: every
+ * later write is dropped too, so `len` always ends on the last complete write. */
+struct wire_out {
+    uint8_t *buf;
+    size_t cap;
+    size_t len;
+    int overflow;
+};
+
+void wire_out_init(struct wire_out *w, uint8_t *buf, size_t cap);
+void wire_out_bytes(struct wire_out *w, const void *p, size_t n);
+void wire_out_u8(struct wire_out *w, uint8_t v);
+void wire_out_be32(struct wire_out *w, uint32_t v);
+/* Appends s and its NUL terminator. */
+void wire_out_cstr(struct wire_out *w, const char *s);
+
+#endif

@@ -1,0 +1,268 @@
+/* dbtrust: command line, configuration, trust loading, listening sockets, privilege drop,
+ * workers and signals. */
+#include <errno.h>
+#include <getopt.h>
+#include <grp.h>
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "px.h"
+#include "px_listen.h"
+#include "px_log.h"
+
+#ifndef DBTRUST_VERSION
+#define DBTRUST_VERSION "0.0.0"
+#endif
+
+static const char usage_text[] =
+    "Usage:\n"
+    "  dbtrust --config FILE                      run with a configuration file\n"
+    "  dbtrust --listen HOST:PORT --upstream HOST:PORT --protocol postgres|mysql \\\n"
+    "          --bundle CA.pem [--server-name NAME]   run one listener without a file\n"
+    "  dbtrust --version | --help\n"
+    "\n"
+    "Applications connect in plaintext to a listener; dbtrust upgrades the upstream leg to TLS\n"
+    "and verifies it (chain + host name) against the CA bundle before relaying bytes.\n"
+    "PostgreSQL clients: use sslmode=disable or prefer. Exit status: 0 after a clean stop,\n"
+    "1 on a configuration or startup error, 2 on a usage error.\n";
+
+struct cli {
+    const char *config;
+    const char *listen, *upstream, *protocol, *bundle, *server_name;
+};
+
+static int parse_cli(int argc, char **argv, struct cli *cli)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
+        {"upstream", required_argument, NULL, 'u'}, {"protocol", required_argument, NULL, 'p'},
+        {"bundle", required_argument, NULL, 'b'},   {"server-name", required_argument, NULL, 's'},
+        {"version", no_argument, NULL, 'V'},        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "c:Vh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            cli->config = optarg;
+            break;
+        case 'l':
+            cli->listen = optarg;
+            break;
+        case 'u':
+            cli->upstream = optarg;
+            break;
+        case 'p':
+            cli->protocol = optarg;
+            break;
+        case 'b':
+            cli->bundle = optarg;
+            break;
+        case 's':
+            cli->server_name = optarg;
+            break;
+        case 'V':
+            printf("dbtrust %s (%s, libuv %s)\n", DBTRUST_VERSION,
+                   OpenSSL_version(OPENSSL_VERSION), uv_version_string());
+            exit(0);
+        case 'h':
+            fputs(usage_text, stdout);
+            exit(0);
+        default:
+            fputs(usage_text, stderr);
+            return -1;
+        }
+    }
+    if (optind < argc && strcmp(argv[optind], "run") == 0)
+        optind++;
+    if (optind < argc) {
+        fprintf(stderr, "dbtrust: unexpected argument '%s'\n%s", argv[optind], usage_text);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_config(const struct cli *cli, struct cfg *cfg)
+{
+    char err[1024];
+    cfg_init(cfg);
+    if (cli->config && cfg_load_file(cfg, cli->config, err, sizeof(err)) != 0)
+        goto fail;
+    if ((cli->listen || cli->upstream || cli->protocol || cli->bundle || cli->server_name) &&
+        cfg_add_cli_listener(cfg, cli->listen, cli->upstream, cli->protocol, cli->bundle,
+                             cli->server_name, err, sizeof(err)) != 0)
+        goto fail;
+    if (cfg_finish(cfg, err, sizeof(err)) != 0)
+        goto fail;
+    return 0;
+fail:
+    fprintf(stderr, "dbtrust: %s\n", err);
+    return -1;
+}
+
+/* One generation per distinct bundle path: listeners that share a bundle share its trust. */
+static int load_trust(struct px_server *srv)
+{
+    const struct cfg *cfg = srv->cfg;
+    struct tlsw_gen_opts opts = {
+        .verify = cfg->verify == CFG_VERIFY_CA ? TLSW_VERIFY_CA : TLSW_VERIFY_FULL,
+        .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
+    };
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_listener *l = &srv->listeners[i];
+        const char *path = l->cfg->bundle[0] ? l->cfg->bundle : cfg->bundle;
+        for (size_t j = 0; j < i; j++) {
+            const struct cfg_listener *o = srv->listeners[j].cfg;
+            if (strcmp(o->bundle[0] ? o->bundle : cfg->bundle, path) == 0) {
+                l->gen = srv->listeners[j].gen;
+                tlsw_gen_ref(l->gen);
+                break;
+            }
+        }
+        if (l->gen)
+            continue;
+        char err[512];
+        if (tlsw_gen_load(path, &opts, &l->gen, err, sizeof(err)) != 0) {
+            px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
+            return -1;
+        }
+        px_log_event(CFG_LOG_INFO, "bundle_loaded", "listener", l->cfg->name, "path", path,
+                     "sha256", tlsw_gen_sha256(l->gen), NULL);
+        for (size_t k = 0; k < tlsw_gen_cert_count(l->gen); k++) {
+            const struct tlsw_cert_info *ci = tlsw_gen_cert(l->gen, k);
+            char date[32];
+            struct tm tm;
+            gmtime_r(&ci->not_after, &tm);
+            strftime(date, sizeof(date), "%Y-%m-%d", &tm);
+            px_log_event(CFG_LOG_INFO, "bundle_cert", "subject", ci->subject, "not_after", date,
+                         "sha256", ci->sha256, NULL);
+        }
+    }
+    return 0;
+}
+
+/* After binding: a root-started daemon keeps no privileges it does not need. */
+static int drop_privileges(const char *user)
+{
+    if (!user[0] || geteuid() != 0)
+        return 0;
+    struct passwd *pw = getpwnam(user);
+    if (!pw) {
+        px_log(CFG_LOG_ERROR, "user '%s' does not exist", user);
+        return -1;
+    }
+    if (setgroups(0, NULL) != 0 || setgid(pw->pw_gid) != 0 || setuid(pw->pw_uid) != 0) {
+        px_log(CFG_LOG_ERROR, "cannot switch to user '%s': %s", user, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+struct signals {
+    uv_signal_t term, intr, hup;
+    struct px_server *srv;
+};
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct signals *sig = s->data;
+    px_log(CFG_LOG_INFO, "received %s: no new connections, draining up to %u ms",
+           signum == SIGTERM ? "SIGTERM" : "SIGINT", sig->srv->cfg->drain_timeout_ms);
+    uv_close((uv_handle_t *)&sig->term, NULL);
+    uv_close((uv_handle_t *)&sig->intr, NULL);
+    uv_close((uv_handle_t *)&sig->hup, NULL);
+    px_workers_stop(sig->srv);
+}
+
+static void on_hup(uv_signal_t *s, int signum)
+{
+    (void)s;
+    (void)signum;
+    px_log(CFG_LOG_INFO, "SIGHUP received: bundle hot reload is not implemented yet");
+}
+
+static void log_started(const struct px_server *srv)
+{
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const struct cfg_listener *l = srv->listeners[i].cfg;
+        char listen[300], up[300];
+        cfg_addr_format(&l->listen, listen, sizeof(listen));
+        cfg_addr_format(&l->upstream[0], up, sizeof(up));
+        px_log_event(CFG_LOG_INFO, "listening", "listener", l->name, "protocol",
+                     cfg_protocol_name(l->protocol), "listen", listen, "upstream", up,
+                     "verify", srv->cfg->verify == CFG_VERIFY_CA ? "ca" : "full", NULL);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct cli cli = {0};
+    if (parse_cli(argc, argv, &cli) != 0)
+        return 2;
+    struct cfg cfg;
+    if (load_config(&cli, &cfg) != 0)
+        return 1;
+    px_log_setup(cfg.log_level, cfg.log_format);
+    signal(SIGPIPE, SIG_IGN);
+
+    int status = 1;
+    struct px_server srv = {.cfg = &cfg, .listener_count = cfg.listener_count};
+    srv.worker_count = cfg.workers > PX_MAX_WORKERS ? PX_MAX_WORKERS : cfg.workers;
+    srv.listeners = calloc(cfg.listener_count, sizeof(*srv.listeners));
+    if (!srv.listeners)
+        goto out;
+    for (size_t i = 0; i < cfg.listener_count; i++) {
+        srv.listeners[i].cfg = &cfg.listeners[i];
+        for (unsigned k = 0; k < PX_MAX_WORKERS; k++)
+            srv.listeners[i].fds[k] = -1;
+    }
+    if (load_trust(&srv) != 0)
+        goto out;
+    for (size_t i = 0; i < srv.listener_count; i++) {
+        char err[512];
+        if (px_listen_open(&srv.listeners[i], srv.worker_count, err, sizeof(err)) != 0) {
+            px_log(CFG_LOG_ERROR, "%s", err);
+            goto out;
+        }
+    }
+    if (drop_privileges(cfg.user) != 0)
+        goto out;
+
+    uv_loop_t *loop = uv_default_loop();
+    struct signals sig = {.srv = &srv};
+    uv_signal_init(loop, &sig.term);
+    uv_signal_init(loop, &sig.intr);
+    uv_signal_init(loop, &sig.hup);
+    sig.term.data = sig.intr.data = sig.hup.data = &sig;
+    uv_signal_start(&sig.term, on_stop_signal, SIGTERM);
+    uv_signal_start(&sig.intr, on_stop_signal, SIGINT);
+    uv_signal_start(&sig.hup, on_hup, SIGHUP);
+
+    int rc = px_workers_start(&srv);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start workers: %s", uv_strerror(rc));
+        goto out;
+    }
+    log_started(&srv);
+    px_log(CFG_LOG_INFO, "dbtrust %s ready: %zu listener(s), %u worker(s)", DBTRUST_VERSION,
+           srv.listener_count, srv.worker_count);
+    uv_run(loop, UV_RUN_DEFAULT);
+    uv_loop_close(loop);
+    px_log(CFG_LOG_INFO, "dbtrust stopped");
+    status = 0;
+out:
+    for (size_t i = 0; srv.listeners && i < srv.listener_count; i++) {
+        px_listen_close(&srv.listeners[i]);
+        if (srv.listeners[i].gen)
+            tlsw_gen_unref(srv.listeners[i].gen);
+    }
+    free(srv.listeners);
+    cfg_free(&cfg);
+    return status;
+}

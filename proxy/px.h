@@ -1,0 +1,72 @@
+/* Process-wide runtime: listeners, workers and what they share. Only proxy/ includes <uv.h>. */
+#ifndef PX_H
+#define PX_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cfg.h"
+#include "tlsw.h"
+
+#define PX_MAX_WORKERS 256
+/* Per-worker scratch buffer for socket reads. Read callbacks consume it synchronously, so one
+ * buffer serves every connection of the worker and idle connections hold no read buffer. */
+#define PX_READ_CHUNK (64 * 1024)
+/* Backpressure: stop reading a side while the other side has more than this queued. */
+#define PX_HIGH_WATER (256 * 1024)
+
+/* One configured listener, shared read-only by every worker. */
+struct px_listener {
+    const struct cfg_listener *cfg;
+    struct tlsw_gen *gen;       /* trust generation loaded at start (workers take their own ref) */
+    int fds[PX_MAX_WORKERS];    /* one SO_REUSEPORT listening socket per worker (-1 = none) */
+    atomic_uint active;         /* live connections across workers, for max_connections */
+};
+
+struct px_server {
+    struct cfg *cfg;
+    struct px_listener *listeners;
+    size_t listener_count;
+    struct px_worker *workers;
+    unsigned worker_count;
+};
+
+/* A worker's view of one listener: its accept handle and its reference to the current trust
+ * generation (replaced by a message to the worker on reload, never under a lock). */
+struct px_worker_listener {
+    uv_tcp_t handle;
+    struct px_worker *w;
+    struct px_listener *l;
+    struct tlsw_gen *gen;
+    bool open;
+    char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
+};
+
+struct px_conn;
+
+struct px_worker {
+    unsigned id;
+    struct px_server *srv;
+    uv_loop_t loop;
+    uv_thread_t thread;
+    uv_async_t wakeup;
+    uv_timer_t drain_timer;
+    atomic_bool stop_requested;
+    bool draining;
+    struct px_worker_listener *wls;
+    struct px_conn *conns; /* intrusive list of live connections (for shutdown) */
+    unsigned conn_count;
+    uint8_t read_buf[PX_READ_CHUNK];
+};
+
+/* Starts one thread per worker; each runs its own loop. Returns 0 or a negative uv error. */
+DBT_MUST_USE int px_workers_start(struct px_server *srv);
+/* Asks every worker to stop accepting and drain (SIGTERM); joins them. */
+void px_workers_stop(struct px_server *srv);
+
+/* Called by a connection when it is freed, so the worker can finish draining. */
+void px_worker_conn_gone(struct px_worker *w);
+
+#endif

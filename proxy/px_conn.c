@@ -1,0 +1,310 @@
+/* Connection lifecycle: accept, the client leg, the phase timer, the single close path and the
+ * one log line per connection end. */
+#include "px_conn.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "px_io.h"
+#include "px_log.h"
+
+uint64_t px_now_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static void on_timer(uv_timer_t *t);
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static void format_peer(uv_tcp_t *tcp, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, host, sizeof(host));
+            port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, host, sizeof(host));
+            port = ntohs(a->sin6_port);
+        }
+    }
+    snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
+}
+
+void px_conn_accept(struct px_worker_listener *wl)
+{
+    struct px_worker *w = wl->w;
+    struct px_conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        px_log(CFG_LOG_ERROR, "out of memory accepting on listener %s", wl->l->cfg->name);
+        return;
+    }
+    c->w = w;
+    c->wl = wl;
+    c->start_ms = px_now_ms();
+    c->state = PX_CONN_CLIENT_STARTUP;
+    uv_tcp_init(&w->loop, &c->client);
+    c->client.data = c;
+    c->open_refs = 1;
+    if (uv_accept((uv_stream_t *)&wl->handle, (uv_stream_t *)&c->client) != 0) {
+        /* Nothing to log per connection: the peer vanished between poll and accept. */
+        uv_close((uv_handle_t *)&c->client, (uv_close_cb)free);
+        return;
+    }
+    uv_timer_init(&w->loop, &c->timer);
+    c->timer.data = c;
+    c->open_refs++;
+
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->conn_count++;
+
+    c->gen = wl->gen;
+    tlsw_gen_ref(c->gen);
+    unsigned active = atomic_fetch_add(&wl->l->active, 1) + 1;
+    c->over_limit = active > wl->l->cfg->max_connections;
+
+    format_peer(&c->client, c->client_addr, sizeof(c->client_addr));
+    uv_tcp_nodelay(&c->client, 1);
+    c->pg = calloc(1, sizeof(*c->pg));
+    if (!c->pg) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    pg_client_init(&c->pg->client);
+    pg_server_init(&c->pg->server);
+    px_conn_set_timer(c, wl->l->cfg->startup_timeout_ms);
+    c->client_reading = true;
+    uv_read_start((uv_stream_t *)&c->client, px_io_alloc, on_client_read);
+}
+
+void px_conn_set_timer(struct px_conn *c, uint32_t ms)
+{
+    if (ms == 0)
+        uv_timer_stop(&c->timer);
+    else
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct px_conn *c = t->data;
+    switch (c->state) {
+    case PX_CONN_CLIENT_STARTUP:
+        px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not finish its startup packets in time");
+        break;
+    case PX_CONN_RESOLVING:
+    case PX_CONN_CONNECTING:
+        px_upstream_connect_timeout(c);
+        break;
+    case PX_CONN_SSL_ANSWER:
+    case PX_CONN_TLS_HANDSHAKE:
+        px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT, "upstream did not complete the TLS handshake in time");
+        break;
+    case PX_CONN_SERVER_STARTUP:
+        px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "upstream did not answer the startup message in time");
+        break;
+    case PX_CONN_CANCEL_DRAIN:
+        px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
+        break;
+    case PX_CONN_FAILING:
+        px_conn_close(c, c->reason, NULL);
+        break;
+    case PX_CONN_RELAY:
+    case PX_CONN_CLOSING:
+        break;
+    }
+}
+
+static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = s->data;
+    if (nread == 0 || c->closing)
+        return;
+    if (nread < 0) {
+        if (c->state == PX_CONN_RELAY && nread == UV_EOF) {
+            px_relay_client_eof(c);
+        } else if (nread == UV_EOF) {
+            px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
+        } else {
+            px_conn_close(c, DBT_CLIENT_RESET, uv_strerror((int)nread));
+        }
+        return;
+    }
+    const uint8_t *data = (const uint8_t *)buf->base;
+    c->bytes_from_client += (uint64_t)nread;
+    switch (c->state) {
+    case PX_CONN_CLIENT_STARTUP:
+        px_pg_on_client_data(c, data, (size_t)nread);
+        break;
+    case PX_CONN_RELAY:
+        px_relay_from_client(c, data, (size_t)nread);
+        break;
+    default:
+        /* Reads are stopped outside these states; bytes here would be a client that pipelines
+         * while dbtrust dials. Keep them for after the StartupMessage. */
+        px_pg_keep_early(c, data, (size_t)nread);
+        break;
+    }
+}
+
+void px_client_stop_reading(struct px_conn *c)
+{
+    if (c->client_reading) {
+        uv_read_stop((uv_stream_t *)&c->client);
+        c->client_reading = false;
+    }
+}
+
+void px_client_start_reading(struct px_conn *c)
+{
+    if (!c->client_reading && !c->client_eof && !c->closing) {
+        c->client_reading = true;
+        uv_read_start((uv_stream_t *)&c->client, px_io_alloc, on_client_read);
+    }
+}
+
+static void on_client_write(uv_write_t *req, int status)
+{
+    struct px_wreq *wr = (struct px_wreq *)req;
+    struct px_conn *c = wr->c;
+    c->queued_to_client -= wr->len;
+    free(wr);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        px_conn_close(c, DBT_CLIENT_RESET, uv_strerror(status));
+        return;
+    }
+    if (c->state == PX_CONN_FAILING) {
+        if (c->queued_to_client == 0)
+            px_conn_close(c, c->reason, NULL);
+        return;
+    }
+    px_relay_after_write(c);
+}
+
+int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    struct px_wreq *wr = px_wreq_new(c, len);
+    if (!wr) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    memcpy(wr->data, data, len);
+    return px_wreq_send(wr, (uv_stream_t *)&c->client, on_client_write, &c->queued_to_client);
+}
+
+void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
+{
+    if (c->closing || c->state == PX_CONN_FAILING)
+        return;
+    c->reason = reason;
+    if (detail)
+        dbt_strlcpy(c->detail, detail, sizeof(c->detail));
+    /* A cancel's client expects silence and a close (PROTOCOLS.md A4). */
+    if (c->is_cancel) {
+        px_conn_close(c, reason, detail);
+        return;
+    }
+    px_client_stop_reading(c);
+    if (c->upstream_leg == PX_LEG_OPEN)
+        px_upstream_stop_reading(c);
+    c->state = PX_CONN_FAILING;
+    px_pg_send_error(c, reason, c->detail);
+    if (c->closing)
+        return;
+    if (c->queued_to_client == 0) {
+        px_conn_close(c, reason, NULL);
+        return;
+    }
+    /* A client that never reads its error must not pin the connection. */
+    px_conn_set_timer(c, 5000);
+}
+
+static void log_conn_end(struct px_conn *c)
+{
+    char in[24], out[24], dur[24];
+    snprintf(in, sizeof(in), "%llu", (unsigned long long)c->bytes_from_client);
+    snprintf(out, sizeof(out), "%llu", (unsigned long long)c->bytes_to_client);
+    snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(px_now_ms() - c->start_ms));
+    enum dbt_reason_class cls = dbt_reason_class(c->reason);
+    enum cfg_log_level lvl = cls == DBT_CLASS_OK ? CFG_LOG_INFO : CFG_LOG_WARN;
+    px_log_event(lvl, "conn_end", "listener", c->wl->l->cfg->name, "client", c->client_addr, "app",
+                 c->application_name, "user", c->user, "database", c->database, "upstream",
+                 c->upstream_label, "tls", c->tls ? tlsw_conn_version(c->tls) : "", "cipher",
+                 c->tls ? tlsw_conn_cipher(c->tls) : "", "reason", dbt_reason_name(c->reason),
+                 "bytes_in", in, "bytes_out", out, "duration_ms", dur, "detail", c->detail, NULL);
+}
+
+static void conn_free(struct px_conn *c)
+{
+    struct px_worker *w = c->w;
+    log_conn_end(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        w->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    w->conn_count--;
+    atomic_fetch_sub(&c->wl->l->active, 1);
+    if (c->tls)
+        tlsw_conn_free(c->tls);
+    if (c->addrs)
+        uv_freeaddrinfo(c->addrs);
+    px_pg_startup_free(c);
+    tlsw_gen_unref(c->gen);
+    free(c);
+    px_worker_conn_gone(w);
+}
+
+void px_conn_release(struct px_conn *c)
+{
+    if (--c->open_refs == 0)
+        conn_free(c); /* the only place a connection is freed */
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    px_conn_release(h->data);
+}
+
+void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    if (c->state != PX_CONN_FAILING) {
+        c->reason = reason;
+        if (detail)
+            dbt_strlcpy(c->detail, detail, sizeof(c->detail));
+    }
+    c->state = PX_CONN_CLOSING;
+    if (c->gai_pending)
+        uv_cancel((uv_req_t *)&c->gai); /* its callback still runs and releases its ref */
+    uv_close((uv_handle_t *)&c->client, on_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    if (c->upstream_leg == PX_LEG_OPEN) {
+        /* Be polite to the server: a pending TLS alert tells it why (best effort, no wait). */
+        if (c->tls && tlsw_conn_pending(c->tls) > 0) {
+            uint8_t alert[512];
+            size_t n = tlsw_conn_take(c->tls, alert, sizeof(alert));
+            uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n);
+            (void)uv_try_write((uv_stream_t *)&c->upstream, &b, 1);
+        }
+        c->upstream_leg = PX_LEG_CLOSING;
+        uv_close((uv_handle_t *)&c->upstream, on_handle_closed);
+    }
+}

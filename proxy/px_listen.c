@@ -1,0 +1,75 @@
+/* Listening sockets, created before workers start (and before privileges are dropped): one
+ * SO_REUSEPORT socket per worker and listener. libuv 1.44 has no UV_TCP_REUSEPORT, so the
+ * sockets are made by hand and handed to each loop with uv_tcp_open. */
+#include "px_listen.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int open_one(const struct addrinfo *ai, char *err, size_t errlen, const char *label)
+{
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot create a socket for %s: %s", label, strerror(errno));
+        return -1;
+    }
+    int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) != 0 ||
+        (ai->ai_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", label, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t errlen)
+{
+    const struct cfg_addr *a = &l->cfg->listen;
+    char label[300];
+    cfg_addr_format(a, label, sizeof(label));
+    for (unsigned i = 0; i < PX_MAX_WORKERS; i++)
+        l->fds[i] = -1;
+    if (a->is_unix) {
+        snprintf(err, errlen, "listener %s: unix socket listeners are not supported yet",
+                 l->cfg->name);
+        return -1;
+    }
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(a->host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot resolve listen address %s: %s", label, gai_strerror(rc));
+        return -1;
+    }
+    for (unsigned i = 0; i < workers; i++) {
+        l->fds[i] = open_one(res, err, errlen, label);
+        if (l->fds[i] < 0) {
+            freeaddrinfo(res);
+            px_listen_close(l);
+            return -1;
+        }
+    }
+    freeaddrinfo(res);
+    return 0;
+}
+
+void px_listen_close(struct px_listener *l)
+{
+    for (unsigned i = 0; i < PX_MAX_WORKERS; i++) {
+        if (l->fds[i] >= 0)
+            close(l->fds[i]);
+        l->fds[i] = -1;
+    }
+}

@@ -1,0 +1,460 @@
+/* The upstream leg: name resolution, connect with timeout across every configured upstream and
+ * address, the TLS handshake with verification, and encrypted reads and writes. */
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "px_conn.h"
+#include "px_io.h"
+#include "px_log.h"
+
+static void try_next_upstream(struct px_conn *c);
+static void try_next_addr(struct px_conn *c);
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+static const struct cfg_listener *lcfg(const struct px_conn *c)
+{
+    return c->wl->l->cfg;
+}
+
+/* The name the certificate must carry: server_name when configured, else the upstream host. */
+const char *px_upstream_verify_name(const struct px_conn *c)
+{
+    const struct cfg_listener *l = lcfg(c);
+    if (l->server_name[0])
+        return l->server_name;
+    size_t i = c->upstream_idx < l->upstream_count ? c->upstream_idx : l->upstream_count - 1;
+    return l->upstream[i].host;
+}
+
+void px_upstream_dial(struct px_conn *c)
+{
+    c->upstream_idx = 0;
+    c->last_connect_error = 0;
+    try_next_upstream(c);
+}
+
+static void all_attempts_failed(struct px_conn *c)
+{
+    const struct cfg_listener *l = lcfg(c);
+    char detail[256];
+    enum dbt_reason r;
+    int err = c->last_connect_error;
+    if (err == UV_ETIMEDOUT) {
+        r = DBT_UPSTREAM_CONNECT_TIMEOUT;
+        snprintf(detail, sizeof(detail), "no connection within connect_timeout (%u ms)",
+                 l->connect_timeout_ms);
+    } else if (err == UV_EAI_NONAME || err == UV_EAI_AGAIN || err == UV_EAI_FAIL ||
+               err == UV_EAI_NODATA) {
+        r = DBT_UPSTREAM_RESOLVE_FAILED;
+        snprintf(detail, sizeof(detail), "could not resolve the upstream name: %s",
+                 uv_strerror(err));
+    } else {
+        r = DBT_UPSTREAM_CONNECT_FAILED;
+        snprintf(detail, sizeof(detail), "%s", err ? uv_strerror(err) : "no address");
+    }
+    if (l->upstream_count > 1) {
+        size_t n = strlen(detail);
+        snprintf(detail + n, sizeof(detail) - n, " (all %zu upstreams tried)", l->upstream_count);
+    }
+    px_conn_fail(c, r, detail);
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct px_conn *c = req->data;
+    c->gai_pending = false;
+    if (c->closing) {
+        if (res)
+            uv_freeaddrinfo(res);
+        px_conn_release(c);
+        return;
+    }
+    c->open_refs--; /* the connection holds other refs: the client handle and the timer */
+    if (status < 0) {
+        c->last_connect_error = status;
+        c->upstream_idx++;
+        try_next_upstream(c);
+        return;
+    }
+    c->addrs = res;
+    c->next_addr = res;
+    try_next_addr(c);
+}
+
+static void try_next_upstream(struct px_conn *c)
+{
+    const struct cfg_listener *l = lcfg(c);
+    if (c->upstream_idx >= l->upstream_count) {
+        c->upstream_idx = l->upstream_count - 1; /* name the last one tried */
+        all_attempts_failed(c);
+        return;
+    }
+    const struct cfg_addr *a = &l->upstream[c->upstream_idx];
+    snprintf(c->upstream_label, sizeof(c->upstream_label),
+             strchr(a->host, ':') ? "[%s]:%u" : "%s:%u", a->host, a->port);
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->state = PX_CONN_RESOLVING;
+    px_conn_set_timer(c, l->connect_timeout_ms);
+    c->gai.data = c;
+    /* Resolved for every new connection, in libuv's thread pool: a DNS failover is followed
+     * without blocking the worker. */
+    int rc = uv_getaddrinfo(&c->w->loop, &c->gai, on_resolved, a->host, port, &hints);
+    if (rc != 0) {
+        c->last_connect_error = rc;
+        c->upstream_idx++;
+        try_next_upstream(c);
+        return;
+    }
+    c->gai_pending = true;
+    c->open_refs++;
+}
+
+static void on_attempt_closed(uv_handle_t *h)
+{
+    struct px_conn *c = h->data;
+    c->upstream_leg = PX_LEG_NONE;
+    if (c->closing) {
+        px_conn_release(c);
+        return;
+    }
+    c->open_refs--;
+    try_next_addr(c);
+}
+
+/* Gives up on the current address; the next one is tried once the handle is closed. */
+static void abandon_attempt(struct px_conn *c, int err)
+{
+    c->last_connect_error = err;
+    c->upstream_leg = PX_LEG_CLOSING;
+    uv_close((uv_handle_t *)&c->upstream, on_attempt_closed);
+}
+
+void px_upstream_connect_timeout(struct px_conn *c)
+{
+    if (c->state == PX_CONN_RESOLVING) {
+        c->last_connect_error = UV_ETIMEDOUT;
+        c->upstream_idx = lcfg(c)->upstream_count; /* the lookup itself is stuck: give up */
+        all_attempts_failed(c);
+        return;
+    }
+    abandon_attempt(c, UV_ETIMEDOUT);
+}
+
+/* Dead-peer detection (upstream_dead_timeout): keepalive probes plus TCP_USER_TIMEOUT, so a
+ * blackholed upstream is noticed whether or not data is in flight. */
+static void tune_upstream_socket(struct px_conn *c)
+{
+    uv_os_fd_t fd;
+    uv_tcp_nodelay(&c->upstream, 1);
+    if (uv_fileno((uv_handle_t *)&c->upstream, &fd) != 0)
+        return;
+    uint32_t dead_ms = lcfg(c)->upstream_dead_timeout_ms;
+    if (dead_ms == 0)
+        return;
+    int on = 1;
+    int idle = (int)(dead_ms / 2000) > 0 ? (int)(dead_ms / 2000) : 1;
+    int intvl = (int)(dead_ms / 6000) > 0 ? (int)(dead_ms / 6000) : 1;
+    int cnt = 3;
+    unsigned int user_timeout = dead_ms;
+    setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
+}
+
+static void on_connected(uv_connect_t *req, int status)
+{
+    struct px_conn *c = req->data;
+    if (status == UV_ECANCELED || c->closing)
+        return;
+    if (status < 0) {
+        abandon_attempt(c, status);
+        return;
+    }
+    tune_upstream_socket(c);
+    c->upstream_reading = true;
+    uv_read_start((uv_stream_t *)&c->upstream, px_io_alloc, on_upstream_read);
+    px_pg_on_connected(c);
+}
+
+static void try_next_addr(struct px_conn *c)
+{
+    if (!c->next_addr) {
+        uv_freeaddrinfo(c->addrs);
+        c->addrs = NULL;
+        c->upstream_idx++;
+        try_next_upstream(c);
+        return;
+    }
+    struct addrinfo *ai = c->next_addr;
+    c->next_addr = ai->ai_next;
+    uv_tcp_init(&c->w->loop, &c->upstream);
+    c->upstream.data = c;
+    c->open_refs++;
+    c->upstream_leg = PX_LEG_OPEN;
+    c->state = PX_CONN_CONNECTING;
+    px_conn_set_timer(c, lcfg(c)->connect_timeout_ms);
+    c->connect_req.data = c;
+    int rc = uv_tcp_connect(&c->connect_req, &c->upstream, ai->ai_addr, on_connected);
+    if (rc != 0)
+        abandon_attempt(c, rc);
+}
+
+void px_upstream_stop_reading(struct px_conn *c)
+{
+    if (c->upstream_reading) {
+        uv_read_stop((uv_stream_t *)&c->upstream);
+        c->upstream_reading = false;
+    }
+}
+
+void px_upstream_start_reading(struct px_conn *c)
+{
+    if (!c->upstream_reading && !c->upstream_eof && !c->closing &&
+        c->upstream_leg == PX_LEG_OPEN) {
+        c->upstream_reading = true;
+        uv_read_start((uv_stream_t *)&c->upstream, px_io_alloc, on_upstream_read);
+    }
+}
+
+static void on_upstream_write(uv_write_t *req, int status)
+{
+    struct px_wreq *wr = (struct px_wreq *)req;
+    struct px_conn *c = wr->c;
+    c->queued_to_upstream -= wr->len;
+    free(wr);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        px_conn_close(c, DBT_UPSTREAM_RESET, uv_strerror(status));
+        return;
+    }
+    px_relay_after_write(c);
+}
+
+int px_upstream_write_raw(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct px_wreq *wr = px_wreq_new(c, len);
+    if (!wr) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    memcpy(wr->data, data, len);
+    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write,
+                        &c->queued_to_upstream);
+}
+
+int px_upstream_flush(struct px_conn *c)
+{
+    size_t n = tlsw_conn_pending(c->tls);
+    if (n == 0)
+        return 0;
+    struct px_wreq *wr = px_wreq_new(c, n);
+    if (!wr) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return -1;
+    }
+    wr->len = tlsw_conn_take(c->tls, wr->data, n);
+    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write,
+                        &c->queued_to_upstream);
+}
+
+int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    if (tlsw_conn_write(c->tls, data, len) != TLSW_OK) {
+        char detail[256];
+        enum dbt_reason r = tlsw_conn_failure(c->tls, detail, sizeof(detail));
+        px_conn_close(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
+        return -1;
+    }
+    return px_upstream_flush(c);
+}
+
+/* Logs the verified chain when a worker sees a leaf it has not seen before on this listener:
+ * what an operator wants to know after a server certificate rotation, without a line per
+ * connection. */
+static void log_new_chain(struct px_conn *c)
+{
+    struct tlsw_cert_info chain[4];
+    size_t n = tlsw_conn_peer_chain(c->tls, chain, DBT_ARRAY_LEN(chain));
+    if (n == 0 || strcmp(chain[0].sha256, c->wl->last_leaf_sha256) == 0)
+        return;
+    dbt_strlcpy(c->wl->last_leaf_sha256, chain[0].sha256, sizeof(c->wl->last_leaf_sha256));
+    char depth[4][600];
+    for (size_t i = 0; i < 4; i++) {
+        depth[i][0] = '\0';
+        if (i < n) {
+            struct tm tm;
+            char date[32];
+            gmtime_r(&chain[i].not_after, &tm);
+            strftime(date, sizeof(date), "%Y-%m-%d", &tm);
+            snprintf(depth[i], sizeof(depth[i]), "%.250s (issuer %.250s, notAfter %s)", chain[i].subject,
+                     chain[i].issuer, date);
+        }
+    }
+    px_log_event(CFG_LOG_INFO, "upstream_verified", "listener", lcfg(c)->name, "upstream",
+                 c->upstream_label, "verify_name", px_upstream_verify_name(c), "tls",
+                 tlsw_conn_version(c->tls), "depth0", depth[0], "depth1", depth[1], "depth2",
+                 depth[2], "depth3", depth[3], NULL);
+}
+
+static void fail_tls(struct px_conn *c)
+{
+    char detail[512];
+    enum dbt_reason r = tlsw_conn_failure(c->tls, detail, sizeof(detail));
+    px_upstream_flush(c); /* the alert tells the server why */
+    if (!c->closing)
+        px_conn_fail(c, r == DBT_NONE ? DBT_TLS_HANDSHAKE_FAILED : r, detail);
+}
+
+static void deliver_plain(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    switch (c->state) {
+    case PX_CONN_SERVER_STARTUP:
+        px_pg_on_server_data(c, data, len);
+        break;
+    case PX_CONN_RELAY:
+        px_relay_to_client(c, data, len);
+        break;
+    default:
+        break; /* a cancel's server sends nothing; anything else is dropped with the conn */
+    }
+}
+
+static void drain_plain(struct px_conn *c)
+{
+    /* The read buffer is free again: its ciphertext was copied into the TLS engine. */
+    uint8_t *buf = c->w->read_buf;
+    for (;;) {
+        size_t n = 0;
+        enum tlsw_status st = tlsw_conn_read(c->tls, buf, sizeof(c->w->read_buf), &n);
+        if (st == TLSW_OK && n > 0) {
+            deliver_plain(c, buf, n);
+            if (c->closing || c->state == PX_CONN_FAILING)
+                return;
+            if (c->state == PX_CONN_RELAY && c->queued_to_client > PX_HIGH_WATER)
+                px_upstream_stop_reading(c); /* backpressure: the client is not keeping up */
+            continue;
+        }
+        if (st == TLSW_CLOSED) {
+            px_upstream_on_eof(c, true);
+            return;
+        }
+        if (st == TLSW_ERROR) {
+            char detail[256];
+            enum dbt_reason r = tlsw_conn_failure(c->tls, detail, sizeof(detail));
+            if (c->state == PX_CONN_RELAY)
+                px_conn_close(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
+            else
+                px_conn_fail(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
+            return;
+        }
+        break;
+    }
+    px_upstream_flush(c);
+}
+
+static void handshake_step(struct px_conn *c)
+{
+    enum tlsw_status st = tlsw_conn_handshake(c->tls);
+    if (st == TLSW_ERROR) {
+        fail_tls(c);
+        return;
+    }
+    if (px_upstream_flush(c) != 0)
+        return;
+    if (st != TLSW_OK)
+        return;
+    log_new_chain(c);
+    px_pg_on_tls_ready(c);
+    if (!c->closing && c->state != PX_CONN_FAILING)
+        drain_plain(c); /* the server's first records may have arrived with the handshake */
+}
+
+void px_upstream_start_tls(struct px_conn *c)
+{
+    static const uint8_t alpn_pg[] = "\x0apostgresql";
+    c->tls = tlsw_conn_new(c->gen, px_upstream_verify_name(c), alpn_pg, sizeof(alpn_pg) - 1);
+    if (!c->tls) {
+        px_conn_fail(c, DBT_INTERNAL_ERROR, "could not create a TLS session");
+        return;
+    }
+    c->state = PX_CONN_TLS_HANDSHAKE;
+    px_conn_set_timer(c, lcfg(c)->handshake_timeout_ms);
+    handshake_step(c);
+}
+
+/* The upstream will send no more: close_notify (clean) or TCP EOF. */
+void px_upstream_on_eof(struct px_conn *c, bool clean)
+{
+    switch (c->state) {
+    case PX_CONN_RELAY:
+        px_relay_upstream_eof(c);
+        break;
+    case PX_CONN_CANCEL_DRAIN:
+        px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
+        break;
+    case PX_CONN_SSL_ANSWER:
+    case PX_CONN_TLS_HANDSHAKE:
+        px_conn_fail(c, DBT_TLS_HANDSHAKE_FAILED,
+                     "upstream closed the connection during the TLS handshake");
+        break;
+    default:
+        px_conn_fail(c, DBT_UPSTREAM_RESET,
+                     clean ? "upstream ended the TLS session during startup"
+                           : "upstream closed the connection during startup");
+        break;
+    }
+}
+
+static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_conn *c = s->data;
+    if (nread == 0 || c->closing)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF) {
+            px_upstream_on_eof(c, false);
+        } else if (c->state == PX_CONN_RELAY) {
+            px_conn_close(c, nread == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
+                          uv_strerror((int)nread));
+        } else if (c->state == PX_CONN_TLS_HANDSHAKE || c->state == PX_CONN_SSL_ANSWER) {
+            px_conn_fail(c, DBT_TLS_HANDSHAKE_FAILED, uv_strerror((int)nread));
+        } else {
+            px_conn_fail(c, DBT_UPSTREAM_RESET, uv_strerror((int)nread));
+        }
+        return;
+    }
+    const uint8_t *data = (const uint8_t *)buf->base;
+    if (c->state == PX_CONN_SSL_ANSWER) {
+        px_pg_on_ssl_answer(c, data, (size_t)nread);
+        return;
+    }
+    if (!c->tls)
+        return;
+    if (!c->tls_first_byte_seen) {
+        c->tls_first_byte_seen = true;
+        /* CVE-2021-23222: whatever follows the one-byte answer must be TLS. A first record that
+         * is not a handshake or an alert is plaintext injected by someone on the path. */
+        if (!pg_is_tls_record_start(data[0])) {
+            char detail[128];
+            snprintf(detail, sizeof(detail),
+                     "upstream sent unencrypted data (first byte 0x%02x) after agreeing to TLS",
+                     data[0]);
+            px_conn_fail(c, DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE, detail);
+            return;
+        }
+    }
+    tlsw_conn_feed(c->tls, data, (size_t)nread);
+    if (c->state == PX_CONN_TLS_HANDSHAKE)
+        handshake_step(c);
+    else
+        drain_plain(c);
+}

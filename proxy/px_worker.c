@@ -1,0 +1,153 @@
+/* Workers: one thread and one libuv loop each, accepting on their own SO_REUSEPORT socket per
+ * listener, so the kernel spreads connections and nothing on the data path takes a lock. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "px_conn.h"
+#include "px_log.h"
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct px_worker_listener *wl = server->data;
+    if (status < 0) {
+        /* EMFILE and friends: libuv keeps a reserve fd and accepts+closes to avoid a busy loop. */
+        px_log(CFG_LOG_WARN, "accept failed on listener %s: %s", wl->l->cfg->name,
+               uv_strerror(status));
+        return;
+    }
+    if (wl->w->draining)
+        return;
+    px_conn_accept(wl);
+}
+
+static void on_drain_timeout(uv_timer_t *t)
+{
+    struct px_worker *w = t->data;
+    struct px_conn *c = w->conns;
+    while (c) {
+        struct px_conn *next = c->next;
+        if (c->state == PX_CONN_RELAY || c->state == PX_CONN_CLIENT_STARTUP || c->is_cancel)
+            px_conn_close(c, DBT_SHUTDOWN, "drain_timeout expired");
+        else
+            px_conn_fail(c, DBT_SHUTDOWN, "drain_timeout expired");
+        c = next;
+    }
+}
+
+static void close_listeners(struct px_worker *w)
+{
+    for (size_t i = 0; i < w->srv->listener_count; i++) {
+        if (w->wls[i].open) {
+            w->wls[i].open = false;
+            uv_close((uv_handle_t *)&w->wls[i].handle, NULL);
+        }
+    }
+}
+
+static void on_wakeup(uv_async_t *a)
+{
+    struct px_worker *w = a->data;
+    if (!atomic_load(&w->stop_requested) || w->draining)
+        return;
+    w->draining = true;
+    close_listeners(w);
+    uv_close((uv_handle_t *)&w->wakeup, NULL);
+    if (w->conn_count > 0) {
+        px_log(CFG_LOG_INFO, "worker %u draining %u connection(s)", w->id, w->conn_count);
+        uv_timer_start(&w->drain_timer, on_drain_timeout, w->srv->cfg->drain_timeout_ms, 0);
+    }
+}
+
+void px_worker_conn_gone(struct px_worker *w)
+{
+    if (w->draining && w->conn_count == 0)
+        uv_timer_stop(&w->drain_timer); /* nothing left to wait for: the loop can end */
+}
+
+static void on_close_any(uv_handle_t *h, void *arg)
+{
+    (void)arg;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void worker_main(void *arg)
+{
+    struct px_worker *w = arg;
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_walk(&w->loop, on_close_any, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    if (uv_loop_close(&w->loop) != 0)
+        px_log(CFG_LOG_WARN, "worker %u: loop closed with handles still open", w->id);
+}
+
+static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
+{
+    w->id = id;
+    w->srv = srv;
+    int rc = uv_loop_init(&w->loop);
+    if (rc != 0)
+        return rc;
+    uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+    w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    w->wls = calloc(srv->listener_count, sizeof(*w->wls));
+    if (!w->wls)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_worker_listener *wl = &w->wls[i];
+        struct px_listener *l = &srv->listeners[i];
+        wl->w = w;
+        wl->l = l;
+        wl->gen = l->gen;
+        tlsw_gen_ref(wl->gen);
+        if (l->fds[id] < 0)
+            continue;
+        uv_tcp_init(&w->loop, &wl->handle);
+        wl->handle.data = wl;
+        wl->open = true;
+        rc = uv_tcp_open(&wl->handle, l->fds[id]);
+        if (rc == 0)
+            rc = uv_listen((uv_stream_t *)&wl->handle, 511, on_connection);
+        if (rc != 0)
+            return rc;
+        l->fds[id] = -1; /* owned by the handle now */
+    }
+    return 0;
+}
+
+int px_workers_start(struct px_server *srv)
+{
+    srv->workers = calloc(srv->worker_count, sizeof(*srv->workers));
+    if (!srv->workers)
+        return UV_ENOMEM;
+    for (unsigned i = 0; i < srv->worker_count; i++) {
+        int rc = worker_init(srv, &srv->workers[i], i);
+        if (rc != 0)
+            return rc;
+    }
+    for (unsigned i = 0; i < srv->worker_count; i++) {
+        int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
+        if (rc != 0)
+            return rc;
+    }
+    return 0;
+}
+
+void px_workers_stop(struct px_server *srv)
+{
+    for (unsigned i = 0; i < srv->worker_count; i++) {
+        atomic_store(&srv->workers[i].stop_requested, true);
+        uv_async_send(&srv->workers[i].wakeup);
+    }
+    for (unsigned i = 0; i < srv->worker_count; i++) {
+        struct px_worker *w = &srv->workers[i];
+        uv_thread_join(&w->thread);
+        for (size_t j = 0; j < srv->listener_count; j++)
+            tlsw_gen_unref(w->wls[j].gen);
+        free(w->wls);
+    }
+    free(srv->workers);
+    srv->workers = NULL;
+}

@@ -1,0 +1,922 @@
+/* pg.h: the PostgreSQL startup machines. Every vector is fed whole, split at every offset and
+ * byte by byte; all three must give the same steps, since TCP may cut the stream anywhere. */
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pg.h"
+
+#define MAX_STEPS 16
+
+/* ---- driver ---- */
+
+enum leg { CLIENT, SERVER };
+
+struct rec {
+    enum pg_action action;
+    uint8_t *data; /* a copy: the machine's pointer is only valid until the next call */
+    size_t len;
+    enum dbt_reason reason;
+    const char *detail;
+};
+
+struct trace {
+    struct rec step[MAX_STEPS];
+    size_t n;
+    size_t consumed;
+};
+
+static void *new_machine(enum leg leg)
+{
+    if (leg == CLIENT) {
+        struct pg_client *c = malloc(sizeof *c);
+        cr_assert_not_null(c);
+        memset(c, 0xA5, sizeof *c); /* init must not rely on zeroed memory */
+        pg_client_init(c);
+        return c;
+    }
+    struct pg_server *s = malloc(sizeof *s);
+    cr_assert_not_null(s);
+    memset(s, 0xA5, sizeof *s);
+    pg_server_init(s);
+    return s;
+}
+
+static size_t feed(enum leg leg, void *m, const uint8_t *in, size_t len, struct pg_step *st)
+{
+    return leg == CLIENT ? pg_client_feed(m, in, len, st) : pg_server_feed(m, in, len, st);
+}
+
+static void record(struct trace *t, const struct pg_step *st)
+{
+    cr_assert_lt(t->n, MAX_STEPS);
+    struct rec *r = &t->step[t->n++];
+    r->action = st->action;
+    r->len = st->len;
+    r->reason = st->reason;
+    r->detail = st->detail;
+    r->data = NULL;
+    if (st->len > 0) {
+        cr_assert_not_null(st->data);
+        r->data = malloc(st->len);
+        memcpy(r->data, st->data, st->len);
+    }
+    if (st->action == PG_FAIL || st->action == PG_CLOSE)
+        cr_assert_not_null(st->detail);
+}
+
+static void trace_free(struct trace *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->step[i].data);
+    t->n = 0;
+}
+
+/* Feeds a first chunk of `first` bytes, then chunks of `rest` bytes, then one empty call (so a
+ * PG_RELAY that follows a forwarded 'R' shows whatever the cut). Records every step but
+ * PG_NEED_MORE, up to the first one that ends the machine. */
+static void run(enum leg leg, void *m, const uint8_t *in, size_t len, size_t first, size_t rest,
+                struct trace *t)
+{
+    size_t pos = 0;
+    size_t end = first < len ? first : len;
+
+    memset(t, 0, sizeof *t);
+    for (int guard = 0; guard < 100000; guard++) {
+        bool last = pos == len;
+        struct pg_step st;
+        size_t n = feed(leg, m, in + pos, end - pos, &st);
+        cr_assert_leq(n, end - pos);
+        pos += n;
+        t->consumed = pos;
+        if (st.action == PG_NEED_MORE) {
+            cr_assert_eq(pos, end, "PG_NEED_MORE left input unconsumed");
+            cr_assert_null(st.data);
+            if (last)
+                return;
+        } else {
+            record(t, &st);
+            if (st.action != PG_SEND_CLIENT)
+                return;
+        }
+        if (pos == end && end < len)
+            end += rest < len - end ? rest : len - end;
+    }
+    cr_assert_fail("machine makes no progress");
+}
+
+static bool same_step(const struct rec *a, const struct rec *b)
+{
+    if (a->action != b->action || a->len != b->len || a->reason != b->reason)
+        return false;
+    if (a->len && memcmp(a->data, b->data, a->len) != 0)
+        return false;
+    if (!a->detail || !b->detail)
+        return a->detail == b->detail;
+    return strcmp(a->detail, b->detail) == 0;
+}
+
+static void assert_same(const struct trace *a, const struct trace *b, const char *how, size_t k)
+{
+    cr_assert_eq(a->n, b->n, "%s %zu: %zu steps instead of %zu", how, k, b->n, a->n);
+    cr_assert_eq(a->consumed, b->consumed, "%s %zu: consumed %zu instead of %zu", how, k,
+                 b->consumed, a->consumed);
+    for (size_t i = 0; i < a->n; i++)
+        cr_assert(same_step(&a->step[i], &b->step[i]), "%s %zu: step %zu differs", how, k, i);
+}
+
+/* Runs the vector whole, split at every offset and byte by byte; all must agree. Returns the
+ * whole-feed trace and, if keep is set, the machine that produced it. */
+static void run_all(enum leg leg, const uint8_t *in, size_t len, struct trace *whole, void **keep)
+{
+    void *m = new_machine(leg);
+    run(leg, m, in, len, len, len, whole);
+    if (keep)
+        *keep = m;
+    else
+        free(m);
+
+    for (size_t k = 1; k < len; k++) {
+        struct trace t;
+        m = new_machine(leg);
+        run(leg, m, in, len, k, SIZE_MAX, &t);
+        free(m);
+        assert_same(whole, &t, "split at", k);
+        trace_free(&t);
+    }
+    struct trace t;
+    m = new_machine(leg);
+    run(leg, m, in, len, 1, 1, &t);
+    free(m);
+    assert_same(whole, &t, "byte by byte", 1);
+    trace_free(&t);
+}
+
+static void expect_data(const struct trace *t, size_t i, enum pg_action action, const void *data,
+                        size_t len)
+{
+    cr_assert_lt(i, t->n, "missing step %zu", i);
+    const struct rec *r = &t->step[i];
+    cr_assert_eq(r->action, action, "step %zu: action %d, want %d", i, r->action, action);
+    cr_assert_eq(r->len, len, "step %zu: %zu bytes, want %zu", i, r->len, len);
+    cr_assert_arr_eq(r->data, data, len, "step %zu: bytes differ", i);
+}
+
+static void expect_fail(const struct trace *t, size_t i, enum pg_action action,
+                        enum dbt_reason reason, const char *detail)
+{
+    cr_assert_lt(i, t->n, "missing step %zu", i);
+    const struct rec *r = &t->step[i];
+    cr_assert_eq(r->action, action, "step %zu: action %d, want %d", i, r->action, action);
+    cr_assert_eq(r->reason, reason, "step %zu: reason %s", i, dbt_reason_name(r->reason));
+    cr_assert_str_eq(r->detail, detail);
+    cr_assert_eq(r->len, 0);
+}
+
+/* ---- vector builders ---- */
+
+static size_t put(uint8_t *b, size_t at, const void *p, size_t n)
+{
+    memcpy(b + at, p, n);
+    return at + n;
+}
+
+static void be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+/* StartupMessage from a NULL-terminated name, value, name, value... list. */
+static size_t startup(uint8_t *b, uint32_t version, const char *const *kv)
+{
+    size_t at = 8;
+    for (; *kv; kv++)
+        at = put(b, at, *kv, strlen(*kv) + 1);
+    b[at++] = 0;
+    be32(b, (uint32_t)at);
+    be32(b + 4, version);
+    return at;
+}
+
+static const uint8_t ssl_req[] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
+static const uint8_t gss_req[] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x30};
+/* StartupMessage 3.0, user=bob, written out by hand. */
+static const uint8_t startup_bob[] = {0x00, 0x00, 0x00, 0x12, 0x00, 0x03, 0x00, 0x00, 'u',
+                                      's',  'e',  'r',  0x00, 'b',  'o',  'b',  0x00, 0x00};
+
+/* ---- client leg ---- */
+
+Test(pg_client, ssl_request_constant)
+{
+    cr_assert_arr_eq(pg_ssl_request, ssl_req, 8);
+}
+
+Test(pg_client, ssl_request_then_startup)
+{
+    uint8_t in[64];
+    size_t n = put(in, 0, ssl_req, sizeof ssl_req);
+    n = put(in, n, startup_bob, sizeof startup_bob);
+    struct trace t;
+    struct pg_client *c;
+
+    run_all(CLIENT, in, n, &t, (void **)&c);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_DIAL_UPSTREAM, startup_bob, sizeof startup_bob);
+    cr_assert_eq(t.consumed, n);
+    cr_assert_str_eq(c->user, "bob");
+    cr_assert_str_eq(c->database, "bob", "database defaults to the user name");
+    cr_assert_str_eq(c->application_name, "");
+    cr_assert_eq(c->version, 0x00030000u);
+    trace_free(&t);
+    free(c);
+}
+
+Test(pg_client, gssenc_then_ssl_then_startup)
+{
+    static const char *const kv[] = {"user", "alice",   "database", "shop", "application_name",
+                                     "psql", "options", "-c x=1",   NULL};
+    uint8_t in[256], msg[200];
+    size_t mlen = startup(msg, 0x00030000u, kv);
+    size_t n = put(in, 0, gss_req, 8);
+    n = put(in, n, ssl_req, 8);
+    n = put(in, n, msg, mlen);
+    struct trace t;
+    struct pg_client *c;
+
+    run_all(CLIENT, in, n, &t, (void **)&c);
+    cr_assert_eq(t.n, 3);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 2, PG_DIAL_UPSTREAM, msg, mlen);
+    cr_assert_str_eq(c->user, "alice");
+    cr_assert_str_eq(c->database, "shop");
+    cr_assert_str_eq(c->application_name, "psql");
+    trace_free(&t);
+    free(c);
+}
+
+static void expect_client_fail(const uint8_t *in, size_t n, size_t sends, const char *detail)
+{
+    struct trace t;
+    run_all(CLIENT, in, n, &t, NULL);
+    cr_assert_eq(t.n, sends + 1);
+    for (size_t i = 0; i < sends; i++)
+        expect_data(&t, i, PG_SEND_CLIENT, "N", 1);
+    expect_fail(&t, sends, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, detail);
+    trace_free(&t);
+}
+
+Test(pg_client, duplicate_requests_rejected)
+{
+    uint8_t in[64];
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, ssl_req, 8);
+    expect_client_fail(in, n, 1, "duplicate SSLRequest");
+
+    n = put(in, 0, gss_req, 8);
+    n = put(in, n, ssl_req, 8);
+    n = put(in, n, gss_req, 8);
+    expect_client_fail(in, n, 2, "duplicate GSSENCRequest");
+}
+
+Test(pg_client, encryption_request_must_be_8_bytes)
+{
+    static const uint8_t in[] = {0x00, 0x00, 0x00, 0x0C, 0x04, 0xD2, 0x16, 0x2F, 0, 0, 0, 0};
+    expect_client_fail(in, sizeof in, 0, "invalid length of SSLRequest packet");
+    static const uint8_t gss[] = {0x00, 0x00, 0x00, 0x09, 0x04, 0xD2, 0x16, 0x30, 0};
+    expect_client_fail(gss, sizeof gss, 0, "invalid length of GSSENCRequest packet");
+}
+
+static void expect_verbatim_startup(uint32_t version)
+{
+    static const char *const kv[] = {"user", "carol",           "_pq_.foo", "bar", "_pq_.grease",
+                                     "",     "frobnicate_gucs", "on",       NULL};
+    uint8_t msg[200];
+    size_t mlen = startup(msg, version, kv);
+    struct trace t;
+    struct pg_client *c;
+
+    run_all(CLIENT, msg, mlen, &t, (void **)&c);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, msg, mlen);
+    cr_assert_eq(c->version, version);
+    cr_assert_str_eq(c->user, "carol");
+    cr_assert_str_eq(c->database, "carol");
+    trace_free(&t);
+    free(c);
+}
+
+Test(pg_client, startup_3_2_forwarded_verbatim)
+{
+    expect_verbatim_startup(0x00030002u);
+}
+
+Test(pg_client, startup_greased_3_9999_forwarded_verbatim)
+{
+    expect_verbatim_startup(0x0003270Fu);
+}
+
+Test(pg_client, idents_truncated_and_terminated)
+{
+    char longname[200];
+    memset(longname, 'u', sizeof longname - 1);
+    longname[sizeof longname - 1] = 0;
+    const char *const kv[] = {"application_name", longname, "user", longname, NULL};
+    uint8_t msg[600];
+    size_t mlen = startup(msg, 0x00030000u, kv);
+    struct trace t;
+    struct pg_client *c;
+
+    run_all(CLIENT, msg, mlen, &t, (void **)&c);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, msg, mlen);
+    cr_assert_eq(strlen(c->user), PG_IDENT_MAX - 1);
+    cr_assert_eq(strlen(c->application_name), PG_IDENT_MAX - 1);
+    cr_assert_eq(strlen(c->database), PG_IDENT_MAX - 1);
+    cr_assert_eq(strncmp(c->user, longname, PG_IDENT_MAX - 1), 0);
+    trace_free(&t);
+    free(c);
+}
+
+Test(pg_client, largest_startup_packet_accepted)
+{
+    static uint8_t msg[4 + PG_MAX_STARTUP_PACKET];
+    static char big[PG_MAX_STARTUP_PACKET];
+    /* 8 header + "user\0x\0" (7) + "options\0" (8) + value + NUL + final NUL = 10004 */
+    size_t vlen = sizeof msg - 8 - 7 - 8 - 2;
+    memset(big, 'o', vlen);
+    big[vlen] = 0;
+    const char *const kv[] = {"user", "x", "options", big, NULL};
+    size_t mlen = startup(msg, 0x00030000u, kv);
+    cr_assert_eq(mlen, sizeof msg);
+    struct trace t;
+
+    run_all(CLIENT, msg, mlen, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, msg, mlen);
+    trace_free(&t);
+}
+
+Test(pg_client, oversize_length_rejected_before_buffering)
+{
+    /* body 10005: only the 8 header bytes are ever sent */
+    static const uint8_t in[] = {0x00, 0x00, 0x27, 0x19, 0x00, 0x03, 0x00, 0x00};
+    struct trace t;
+
+    run_all(CLIENT, in, sizeof in, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_fail(&t, 0, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, "invalid length of startup packet");
+    cr_assert_eq(t.consumed, 4, "decided on the length word alone");
+    trace_free(&t);
+
+    /* a length word alone is enough */
+    run_all(CLIENT, in, 4, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_fail(&t, 0, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, "invalid length of startup packet");
+    trace_free(&t);
+
+    /* one byte over the limit: body 10001, total 10005 */
+    static const uint8_t just_over[] = {0x00, 0x00, 0x27, 0x15, 0x00, 0x03, 0x00, 0x00};
+    expect_client_fail(just_over, sizeof just_over, 0, "invalid length of startup packet");
+    static const uint8_t huge[] = {0x7F, 0xFF, 0xFF, 0xFF};
+    expect_client_fail(huge, sizeof huge, 0, "invalid length of startup packet");
+}
+
+Test(pg_client, short_length_rejected)
+{
+    static const uint8_t seven[] = {0x00, 0x00, 0x00, 0x07, 0x00, 0x03, 0x00};
+    expect_client_fail(seven, sizeof seven, 0, "invalid length of startup packet");
+    static const uint8_t zero[] = {0x00, 0x00, 0x00, 0x00};
+    expect_client_fail(zero, sizeof zero, 0, "invalid length of startup packet");
+    uint8_t in[16];
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, zero, 4);
+    expect_client_fail(in, n, 1, "invalid length of startup packet");
+}
+
+Test(pg_client, direct_tls_closes_silently)
+{
+    static const uint8_t hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03};
+    struct trace t;
+
+    run_all(CLIENT, hello, sizeof hello, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_fail(&t, 0, PG_CLOSE, DBT_CLIENT_DIRECT_TLS,
+                "client opened with a TLS ClientHello (sslnegotiation=direct)");
+    cr_assert_eq(t.consumed, 0);
+    trace_free(&t);
+
+    uint8_t in[32];
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, hello, sizeof hello);
+    run_all(CLIENT, in, n, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    cr_assert_eq(t.step[1].action, PG_CLOSE);
+    cr_assert_eq(t.consumed, 8);
+    trace_free(&t);
+}
+
+Test(pg_client, cancel_request_3_0)
+{
+    static const uint8_t in[] = {0x00, 0x00, 0x00, 0x10, 0x04, 0xD2, 0x16, 0x2E,
+                                 0x00, 0x00, 0x30, 0x39, 0xDE, 0xAD, 0xBE, 0xEF};
+    struct trace t;
+
+    run_all(CLIENT, in, sizeof in, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_CANCEL, in, sizeof in);
+    trace_free(&t);
+}
+
+Test(pg_client, cancel_request_3_2_after_ssl_request)
+{
+    uint8_t in[64];
+    uint8_t cancel[12 + 32];
+    be32(cancel, sizeof cancel);
+    be32(cancel + 4, PG_CANCEL_REQUEST_CODE);
+    be32(cancel + 8, 4242);
+    for (size_t i = 12; i < sizeof cancel; i++)
+        cancel[i] = (uint8_t)(i * 7);
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, cancel, sizeof cancel);
+    struct trace t;
+
+    run_all(CLIENT, in, n, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_CANCEL, cancel, sizeof cancel);
+    trace_free(&t);
+}
+
+Test(pg_client, cancel_key_length_bounds)
+{
+    static uint8_t in[12 + PG_MAX_CANCEL_KEY + 1];
+    struct trace t;
+
+    memset(in, 0x11, sizeof in);
+    be32(in + 4, PG_CANCEL_REQUEST_CODE);
+    /* 1 and 256 byte keys are accepted, like PG 18 */
+    for (uint32_t total = 13; total <= 12 + PG_MAX_CANCEL_KEY;
+         total += 12 + PG_MAX_CANCEL_KEY - 13) {
+        be32(in, total);
+        run_all(CLIENT, in, total, &t, NULL);
+        expect_data(&t, 0, PG_CANCEL, in, total);
+        trace_free(&t);
+    }
+    be32(in, 12); /* no key */
+    expect_client_fail(in, 12, 0, "invalid length of cancel request packet");
+    be32(in, 12 + PG_MAX_CANCEL_KEY + 1);
+    expect_client_fail(in, sizeof in, 0, "invalid length of cancel request packet");
+}
+
+Test(pg_client, bytes_after_startup_not_consumed)
+{
+    uint8_t in[64];
+    size_t n = put(in, 0, startup_bob, sizeof startup_bob);
+    n = put(in, n, "Q\0\0\0\x0dSELECT 1", 14);
+    struct trace t;
+
+    run_all(CLIENT, in, n, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, startup_bob, sizeof startup_bob);
+    cr_assert_eq(t.consumed, sizeof startup_bob);
+    trace_free(&t);
+}
+
+Test(pg_client, unsupported_versions_and_codes)
+{
+    uint8_t msg[64];
+    static const char *const kv[] = {"user", "bob", NULL};
+    size_t n = startup(msg, 0x00020000u, kv);
+    expect_client_fail(msg, n, 0, "unsupported frontend protocol");
+    n = startup(msg, 0x00040000u, kv);
+    expect_client_fail(msg, n, 0, "unsupported frontend protocol");
+    n = startup(msg, (1234u << 16) | 9999u, kv);
+    expect_client_fail(msg, n, 0, "unsupported negotiation request code");
+}
+
+Test(pg_client, malformed_startup_layouts)
+{
+    static const char layout[] = "invalid startup packet layout: expected terminator as last byte";
+    uint8_t msg[64];
+    be32(msg + 4, 0x00030000u);
+
+    struct {
+        const char *body;
+        size_t len;
+        const char *detail;
+    } cases[] = {
+        {"", 0, layout},                         /* empty body */
+        {"user\0bob\0", 9, layout},              /* no final terminator */
+        {"user\0bob", 8, layout},                /* value not terminated */
+        {"user", 4, layout},                     /* name not terminated */
+        {"user\0", 5, layout},                   /* name without value */
+        {"user\0bob\0\0X", 11, layout},          /* bytes after the terminator */
+        {"user\0bob\0database\0\0", 19, layout}, /* the terminator eaten as a value */
+        {"database\0db\0\0", 13, "no PostgreSQL user name specified in startup packet"},
+        {"user\0\0\0", 7, "no PostgreSQL user name specified in startup packet"},
+        {"\0", 1, "no PostgreSQL user name specified in startup packet"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        memcpy(msg + 8, cases[i].body, cases[i].len);
+        be32(msg, (uint32_t)(8 + cases[i].len));
+        expect_client_fail(msg, 8 + cases[i].len, 0, cases[i].detail);
+    }
+}
+
+Test(pg_client, finished_machine_consumes_nothing)
+{
+    struct pg_client *c = new_machine(CLIENT);
+    struct pg_step st;
+
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), sizeof startup_bob);
+    cr_assert_eq(st.action, PG_DIAL_UPSTREAM);
+    cr_assert_eq(c->state, PG_C_DONE);
+    cr_assert_eq(pg_client_feed(c, (const uint8_t *)"Xxx", 3, &st), 0);
+    cr_assert_eq(st.action, PG_RELAY);
+
+    pg_client_init(c);
+    static const uint8_t cancel[16] = {0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E};
+    cr_assert_eq(pg_client_feed(c, cancel, sizeof cancel, &st), sizeof cancel);
+    cr_assert_eq(st.action, PG_CANCEL);
+    cr_assert_eq(pg_client_feed(c, cancel, sizeof cancel, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+
+    pg_client_init(c);
+    static const uint8_t bad[4] = {0, 0, 0, 1};
+    cr_assert_eq(pg_client_feed(c, bad, sizeof bad, &st), 4);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_CLIENT_PROTOCOL_ERROR);
+    cr_assert_eq(c->state, PG_C_FAILED);
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    free(c);
+}
+
+/* ---- upstream's answer to the SSLRequest ---- */
+
+static enum dbt_reason ssl_answer(const char *in, size_t len, const char **detail)
+{
+    *detail = NULL;
+    enum dbt_reason r = pg_check_ssl_answer((const uint8_t *)in, len, detail);
+    cr_assert_not_null(*detail);
+    return r;
+}
+
+Test(pg_ssl_answer, all_branches)
+{
+    const char *d;
+
+    cr_assert_eq(ssl_answer("S", 1, &d), DBT_NONE);
+    cr_assert_eq(ssl_answer("SE", 2, &d), DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE);
+    cr_assert_str_eq(d, "1 unencrypted byte after the SSL response (CVE-2021-23222)");
+    cr_assert_eq(ssl_answer("S\x16\x03\x03\x00", 5, &d), DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE);
+    cr_assert_str_eq(d, "4 unencrypted bytes after the SSL response (CVE-2021-23222)");
+    cr_assert_eq(ssl_answer("SR\0\0\0\x08\0\0\0\0", 10, &d),
+                 DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE);
+    cr_assert_str_eq(d, "more than 4 unencrypted bytes after the SSL response (CVE-2021-23222)");
+    cr_assert_eq(ssl_answer("N", 1, &d), DBT_UPSTREAM_REFUSED_TLS);
+    cr_assert_str_eq(d, "server does not support SSL (answered 'N')");
+
+    static const char err[] = "EFATAL: click http://evil.example/";
+    cr_assert_eq(ssl_answer(err, sizeof err - 1, &d), DBT_UPSTREAM_REFUSED_TLS);
+    cr_assert_null(strstr(d, "evil"), "the unauthenticated error text must not leak");
+    cr_assert_str_eq(d, "server answered the SSL request with an error (text not shown: server "
+                        "not authenticated)");
+
+    cr_assert_eq(ssl_answer("\x16", 1, &d), DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(d, "unexpected answer 0x16 to the SSL request");
+    cr_assert_eq(ssl_answer("\0", 1, &d), DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(d, "unexpected answer 0x00 to the SSL request");
+    cr_assert_eq(ssl_answer("\xff", 1, &d), DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(d, "unexpected answer 0xff to the SSL request");
+    cr_assert_eq(ssl_answer("G", 1, &d), DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(d, "unexpected answer 0x47 to the SSL request");
+    cr_assert_eq(ssl_answer("", 0, &d), DBT_UPSTREAM_PROTOCOL_ERROR);
+}
+
+Test(pg_ssl_answer, tls_record_start)
+{
+    cr_assert(pg_is_tls_record_start(0x16));
+    cr_assert(pg_is_tls_record_start(0x15));
+    for (int b = 0; b < 256; b++)
+        if (b != 0x15 && b != 0x16)
+            cr_assert(!pg_is_tls_record_start((uint8_t)b), "0x%02x", b);
+}
+
+/* ---- server leg ---- */
+
+static const uint8_t sasl_both[] = "R\x00\x00\x00\x2A\x00\x00\x00\x0A"
+                                   "SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0"; /* + implicit NUL */
+static const uint8_t sasl_stripped[] = "R\x00\x00\x00\x17\x00\x00\x00\x0A"
+                                       "SCRAM-SHA-256\0";
+static const uint8_t md5_req[] = {'R', 0, 0, 0, 12, 0, 0, 0, 5, 0xA1, 0xB2, 0xC3, 0xD4};
+static const uint8_t neg_version[] = "v\x00\x00\x00\x15\x00\x03\x00\x00\x00\x00\x00\x01"
+                                     "_pq_.foo"; /* + implicit NUL */
+
+Test(pg_server, sasl_plus_stripped)
+{
+    struct trace t;
+
+    cr_assert_eq(sizeof sasl_both, 43);
+    cr_assert_eq(sizeof sasl_stripped, 24);
+    run_all(SERVER, sasl_both, sizeof sasl_both, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, sasl_stripped, sizeof sasl_stripped);
+    cr_assert_eq(t.step[1].action, PG_RELAY);
+    cr_assert_eq(t.consumed, sizeof sasl_both);
+    trace_free(&t);
+}
+
+Test(pg_server, sasl_keeps_other_mechanisms_in_order)
+{
+    static const uint8_t in[] = "R\x00\x00\x00\x36\x00\x00\x00\x0A"
+                                "OAUTHBEARER\0SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0";
+    static const uint8_t want[] = "R\x00\x00\x00\x23\x00\x00\x00\x0A"
+                                  "OAUTHBEARER\0SCRAM-SHA-256\0";
+    struct trace t;
+
+    run_all(SERVER, in, sizeof in, &t, NULL);
+    expect_data(&t, 0, PG_SEND_CLIENT, want, sizeof want);
+    cr_assert_eq(t.step[1].action, PG_RELAY);
+    trace_free(&t);
+}
+
+static void expect_server_fail(const uint8_t *in, size_t n, size_t sends, const char *detail)
+{
+    struct trace t;
+    run_all(SERVER, in, n, &t, NULL);
+    cr_assert_eq(t.n, sends + 1);
+    for (size_t i = 0; i < sends; i++)
+        cr_assert_eq(t.step[i].action, PG_SEND_CLIENT);
+    expect_fail(&t, sends, PG_FAIL, DBT_UPSTREAM_PROTOCOL_ERROR, detail);
+    trace_free(&t);
+}
+
+Test(pg_server, sasl_only_plus_fails)
+{
+    static const uint8_t in[] = "R\x00\x00\x00\x1C\x00\x00\x00\x0A"
+                                "SCRAM-SHA-256-PLUS\0";
+    expect_server_fail(in, sizeof in, 0, "server offers only channel-binding SASL mechanisms");
+}
+
+Test(pg_server, sasl_malformed_lists_fail)
+{
+    static const uint8_t unterminated[] = {'R', 0, 0, 0, 13, 0, 0, 0, 10, 'S', 'C', 'R', 'A', 'M'};
+    expect_server_fail(unterminated, sizeof unterminated, 0, "malformed SASL mechanism list");
+    static const uint8_t no_final[] = "R\x00\x00\x00\x16\x00\x00\x00\x0ASCRAM-SHA-256";
+    expect_server_fail(no_final, sizeof no_final, 0, "malformed SASL mechanism list");
+    static const uint8_t trailing[] = "R\x00\x00\x00\x18\x00\x00\x00\x0ASCRAM-SHA-256\0\0X";
+    expect_server_fail(trailing, sizeof trailing - 1, 0, "malformed SASL mechanism list");
+    static const uint8_t empty[] = {'R', 0, 0, 0, 9, 0, 0, 0, 10, 0};
+    expect_server_fail(empty, sizeof empty, 0, "malformed SASL mechanism list");
+    static const uint8_t no_code[] = {'R', 0, 0, 0, 6, 0, 0};
+    expect_server_fail(no_code, sizeof no_code, 0, "authentication request without a code");
+}
+
+Test(pg_server, negotiate_version_then_md5_forwarded_unchanged)
+{
+    uint8_t in[128];
+    size_t n = put(in, 0, neg_version, sizeof neg_version);
+    n = put(in, n, md5_req, sizeof md5_req);
+    struct trace t;
+
+    cr_assert_eq(sizeof neg_version, 22);
+    run_all(SERVER, in, n, &t, NULL);
+    cr_assert_eq(t.n, 3);
+    expect_data(&t, 0, PG_SEND_CLIENT, neg_version, sizeof neg_version);
+    expect_data(&t, 1, PG_SEND_CLIENT, md5_req, sizeof md5_req);
+    cr_assert_eq(t.step[2].action, PG_RELAY);
+    cr_assert_eq(t.consumed, n);
+    trace_free(&t);
+}
+
+Test(pg_server, error_forwarded_then_relay)
+{
+    static const uint8_t err[] = "E\x00\x00\x00\x17SFATAL\0C28000\0Mno\0"; /* + final NUL */
+    static const uint8_t notice[] = "N\x00\x00\x00\x0dSNOTICE\0";
+    uint8_t in[64];
+    size_t n = put(in, 0, notice, sizeof notice);
+    n = put(in, n, err, sizeof err);
+    n = put(in, n, "junk", 4);
+    struct trace t;
+
+    run_all(SERVER, in, n, &t, NULL);
+    cr_assert_eq(t.n, 3);
+    expect_data(&t, 0, PG_SEND_CLIENT, notice, sizeof notice);
+    expect_data(&t, 1, PG_SEND_CLIENT, err, sizeof err);
+    cr_assert_eq(t.step[2].action, PG_RELAY);
+    cr_assert_eq(t.consumed, n - 4);
+    trace_free(&t);
+}
+
+Test(pg_server, relay_bytes_after_first_r_not_consumed)
+{
+    static const uint8_t ok[] = {'R', 0, 0, 0, 8, 0, 0, 0, 0};
+    static const uint8_t tail[] = "S\x00\x00\x00\x16server_version\0"
+                                  "17\0Z";
+    uint8_t in[64];
+    size_t n = put(in, 0, ok, sizeof ok);
+    n = put(in, n, tail, sizeof tail);
+    struct trace t;
+
+    run_all(SERVER, in, n, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, ok, sizeof ok);
+    cr_assert_eq(t.step[1].action, PG_RELAY);
+    cr_assert_eq(t.consumed, sizeof ok);
+    trace_free(&t);
+}
+
+Test(pg_server, message_size_bounds)
+{
+    static uint8_t in[PG_MAX_SERVER_STARTUP_MSG + 1];
+    struct trace t;
+
+    memset(in, 'x', sizeof in);
+    in[0] = 'N';
+    be32(in + 1, PG_MAX_SERVER_STARTUP_MSG - 1); /* the largest message that fits */
+    run_all(SERVER, in, PG_MAX_SERVER_STARTUP_MSG, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_SEND_CLIENT, in, PG_MAX_SERVER_STARTUP_MSG);
+    trace_free(&t);
+
+    /* one byte more: refused on the 5 header bytes alone */
+    be32(in + 1, PG_MAX_SERVER_STARTUP_MSG);
+    expect_server_fail(in, 5, 0, "upstream startup message longer than 16384 bytes");
+    be32(in + 1, 0xFFFFFFFFu);
+    expect_server_fail(in, 5, 0, "upstream startup message longer than 16384 bytes");
+    be32(in + 1, 3);
+    expect_server_fail(in, 5, 0, "upstream message length below 4");
+
+    uint8_t two[32];
+    size_t n = put(two, 0, neg_version, sizeof neg_version);
+    n = put(two, n, "R\x00\x00\x00\x02", 5);
+    expect_server_fail(two, n, 1, "upstream message length below 4");
+}
+
+Test(pg_server, finished_machine_consumes_nothing)
+{
+    struct pg_server *s = new_machine(SERVER);
+    struct pg_step st;
+
+    cr_assert_eq(pg_server_feed(s, md5_req, sizeof md5_req, &st), sizeof md5_req);
+    cr_assert_eq(st.action, PG_SEND_CLIENT);
+    cr_assert_eq(pg_server_feed(s, md5_req, sizeof md5_req, &st), 0);
+    cr_assert_eq(st.action, PG_RELAY);
+
+    pg_server_init(s);
+    static const uint8_t bad[] = {'N', 0, 0, 0, 0};
+    cr_assert_eq(pg_server_feed(s, bad, sizeof bad, &st), sizeof bad);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(pg_server_feed(s, md5_req, sizeof md5_req, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    free(s);
+}
+
+/* ---- errors dbtrust reports (A6) ---- */
+
+Test(pg_error, sqlstate_per_class)
+{
+    cr_assert_str_eq(pg_sqlstate_for(DBT_TLS_UNTRUSTED_CHAIN), "08001");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_UPSTREAM_REFUSED_TLS), "08001");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_UPSTREAM_CONNECT_FAILED), "57P03");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_UPSTREAM_RESET), "08006");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_CLIENT_PROTOCOL_ERROR), "08P01");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_UPSTREAM_PROTOCOL_ERROR), "08P01");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_LIMIT_REACHED), "53300");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_SHUTDOWN), "57P01");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_INTERNAL_ERROR), "XX000");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_NONE), "XX000");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_REASON_COUNT), "XX000");
+    for (int r = 0; r < DBT_REASON_COUNT; r++)
+        cr_assert_eq(strlen(pg_sqlstate_for((enum dbt_reason)r)), 5);
+}
+
+struct fields {
+    char s[64], v[64], c[64], m[512], d[512], h[512];
+    bool has_d, has_h;
+};
+
+/* Parses an ErrorResponse strictly: exact length word, every field terminated, the final NUL
+ * as the last byte, no unknown or repeated field. */
+static void parse_error(const uint8_t *b, size_t n, struct fields *f)
+{
+    memset(f, 0, sizeof *f);
+    cr_assert_geq(n, 6);
+    cr_assert_eq(b[0], 'E');
+    cr_assert_eq(((size_t)b[1] << 24 | (size_t)b[2] << 16 | (size_t)b[3] << 8 | b[4]), n - 1);
+    size_t at = 5;
+    while (b[at] != 0) {
+        char code = (char)b[at++];
+        const uint8_t *nul = memchr(b + at, 0, n - at);
+        cr_assert_not_null(nul, "field %c not terminated", code);
+        size_t len = (size_t)(nul - (b + at));
+        char *dst = code == 'S'   ? f->s
+                    : code == 'V' ? f->v
+                    : code == 'C' ? f->c
+                    : code == 'M' ? f->m
+                    : code == 'D' ? f->d
+                    : code == 'H' ? f->h
+                                  : NULL;
+        cr_assert_not_null(dst, "unexpected field %c", code);
+        cr_assert_eq(dst[0], 0, "field %c repeated", code);
+        size_t cap = code == 'S' || code == 'V' || code == 'C' ? sizeof f->s : sizeof f->m;
+        f->has_d |= code == 'D';
+        f->has_h |= code == 'H';
+        cr_assert_lt(len, cap);
+        memcpy(dst, b + at, len + 1);
+        at += len + 1;
+        cr_assert_lt(at, n, "no final terminator");
+    }
+    cr_assert_eq(at, n - 1, "bytes after the final terminator");
+}
+
+Test(pg_error, full_message_round_trip)
+{
+    uint8_t buf[512];
+    struct fields f;
+    const char *m = "could not establish TLS connection to upstream db.example.com:5432";
+    const char *d = "certificate verify failed: unable to get local issuer certificate";
+    const char *h = "Check the proxy's CA bundle (ca_file=...) and the upstream host name.";
+
+    size_t n = pg_build_error(buf, sizeof buf, "08001", m, d, h);
+    cr_assert_eq(n, 5 + 7 + 7 + 7 + strlen(m) + 2 + strlen(d) + 2 + strlen(h) + 2 + 1);
+    static const uint8_t head[] = "E\0\0\0\xe8SFATAL\0VFATAL\0C08001\0M";
+    cr_assert_eq(n - 1, 0xe8);
+    cr_assert_arr_eq(buf, head, sizeof head - 1);
+    parse_error(buf, n, &f);
+    cr_assert_str_eq(f.s, "FATAL");
+    cr_assert_str_eq(f.v, "FATAL");
+    cr_assert_str_eq(f.c, "08001");
+    cr_assert_str_eq(f.m, m);
+    cr_assert_str_eq(f.d, d);
+    cr_assert_str_eq(f.h, h);
+
+    n = pg_build_error(buf, sizeof buf, "57P03", "upstream unreachable", NULL, NULL);
+    cr_assert_eq(n, 5 + 7 + 7 + 7 + 22 + 1);
+    parse_error(buf, n, &f);
+    cr_assert_str_eq(f.c, "57P03");
+    cr_assert_str_eq(f.m, "upstream unreachable");
+    cr_assert(!f.has_d && !f.has_h);
+}
+
+Test(pg_error, truncation_keeps_it_valid)
+{
+    uint8_t buf[700];
+    struct fields f;
+    char m[201], d[201], h[201];
+    memset(m, 'm', 200), memset(d, 'd', 200), memset(h, 'h', 200);
+    m[200] = d[200] = h[200] = 0;
+    size_t full = pg_build_error(buf, sizeof buf, "08006", m, d, h);
+    cr_assert_eq(full, 26 + 3 * 202 + 1);
+
+    for (size_t cap = 0; cap <= full + 3; cap++) {
+        memset(buf, 0xEE, sizeof buf);
+        size_t n = pg_build_error(buf, cap, "08006", m, d, h);
+        if (cap < 29) {
+            cr_assert_eq(n, 0, "cap %zu", cap);
+            continue;
+        }
+        cr_assert_leq(n, cap, "cap %zu", cap);
+        cr_assert_eq(buf[cap], 0xEE, "wrote past cap %zu", cap);
+        parse_error(buf, n, &f);
+        cr_assert_str_eq(f.c, "08006");
+        cr_assert_str_eq(f.v, "FATAL");
+        cr_assert_eq(strncmp(f.m, m, strlen(f.m)), 0);
+        cr_assert(!f.has_d || strncmp(f.d, d, strlen(f.d)) == 0);
+        cr_assert(!f.has_h || strncmp(f.h, h, strlen(f.h)) == 0);
+        if (cap >= full)
+            cr_assert_eq(n, full);
+        else
+            cr_assert(n >= cap - 2, "cap %zu wasted: %zu", cap, n); /* a dropped field is 2 */
+    }
+    /* the message comes first: at 29 + 200 bytes it is whole and nothing else fits */
+    size_t n = pg_build_error(buf, 229, "08006", m, d, h);
+    parse_error(buf, n, &f);
+    cr_assert_eq(strlen(f.m), 200);
+    cr_assert(!f.has_d && !f.has_h);
+}
+
+Test(pg_error, truncation_respects_utf8)
+{
+    uint8_t buf[64];
+    struct fields f;
+    /* "é" x 20: any cut at an odd offset would split a character */
+    char m[41];
+    for (int i = 0; i < 20; i++)
+        m[2 * i] = '\xc3', m[2 * i + 1] = '\xa9';
+    m[40] = 0;
+    for (size_t cap = 29; cap <= sizeof buf; cap++) {
+        size_t n = pg_build_error(buf, cap, "XX000", m, NULL, NULL);
+        parse_error(buf, n, &f);
+        cr_assert_eq(strlen(f.m) % 2, 0, "cap %zu cut a UTF-8 sequence", cap);
+    }
+}

@@ -1,0 +1,127 @@
+/* OpenSSL behind a small API (DESIGN.md "tls/"): trust generations built from a CA bundle, and a
+ * client TLS engine over memory BIOs that never sees a socket. Ciphertext and plaintext never
+ * share a buffer (h2o's model). */
+#ifndef TLSW_H
+#define TLSW_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "dbt_reason.h"
+#include "dbt_util.h"
+
+enum tlsw_verify { TLSW_VERIFY_FULL, TLSW_VERIFY_CA };
+
+struct tlsw_gen_opts {
+    enum tlsw_verify verify; /* FULL: chain + host name/IP; CA: chain only */
+    int min_tls_version;     /* TLS1_2_VERSION or TLS1_3_VERSION */
+};
+
+/* Metadata of one certificate of a bundle (or of a peer chain). */
+struct tlsw_cert_info {
+    char subject[256];  /* RFC 2253 one-line */
+    char issuer[256];
+    time_t not_before;
+    time_t not_after;
+    char sha256[65];    /* hex fingerprint of the DER */
+    char spki_pin[64];  /* base64 SHA-256 of the SubjectPublicKeyInfo */
+    bool is_ca;
+};
+
+/* An immutable trust generation: the parsed bundle, its certificates' metadata and the SSL_CTX
+ * built from it. Refcounted with atomics; safe to share across worker threads. */
+struct tlsw_gen;
+
+/* Reads and validates a PEM bundle, builds a generation with refcount 1. Refuses (returns -1 and
+ * writes why into err) an unreadable file, a file without certificates, garbage, or a bundle
+ * whose certificates have all expired. */
+DBT_MUST_USE int tlsw_gen_load(const char *bundle_path, const struct tlsw_gen_opts *opts,
+                               struct tlsw_gen **out, char *err, size_t errlen);
+void tlsw_gen_ref(struct tlsw_gen *g);
+void tlsw_gen_unref(struct tlsw_gen *g);
+size_t tlsw_gen_cert_count(const struct tlsw_gen *g);
+const struct tlsw_cert_info *tlsw_gen_cert(const struct tlsw_gen *g, size_t i);
+const char *tlsw_gen_sha256(const struct tlsw_gen *g); /* hex hash of the bundle content */
+
+/* Client TLS engine for one upstream connection. */
+struct tlsw_conn;
+
+enum tlsw_status {
+    TLSW_OK,       /* done (handshake complete / data moved) */
+    TLSW_WANT_IO,  /* flush pending ciphertext to the peer and/or feed more from it */
+    TLSW_CLOSED,   /* the peer sent close_notify (or closed cleanly) */
+    TLSW_ERROR,    /* fatal: see tlsw_conn_failure() */
+};
+
+/* host: the name to verify and send as SNI, or an IP literal (verified against IP SANs, no SNI).
+ * alpn: wire-format protocol list (e.g. "\x0apostgresql") or NULL. Takes a reference on g. */
+struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint8_t *alpn,
+                                size_t alpn_len);
+void tlsw_conn_free(struct tlsw_conn *c);
+
+/* Drives the handshake; call after every feed. */
+enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c);
+/* Ciphertext from the peer. Always accepts everything (memory BIO). */
+void tlsw_conn_feed(struct tlsw_conn *c, const uint8_t *data, size_t len);
+/* Ciphertext to send to the peer: bytes available, and a copy-out that drains them. */
+size_t tlsw_conn_pending(const struct tlsw_conn *c);
+size_t tlsw_conn_take(struct tlsw_conn *c, uint8_t *buf, size_t cap);
+/* Decrypted application data. *n = bytes written into buf. Returns TLSW_OK with *n > 0,
+ * TLSW_WANT_IO with *n == 0 when more ciphertext is needed, TLSW_CLOSED on close_notify. */
+enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, size_t *n);
+/* Encrypts all of data (memory BIO grows); ciphertext is then pending. */
+enum tlsw_status tlsw_conn_write(struct tlsw_conn *c, const uint8_t *data, size_t len);
+/* Queues a close_notify alert (pending ciphertext afterwards). */
+void tlsw_conn_shutdown(struct tlsw_conn *c);
+
+/* After TLSW_ERROR (or a failed handshake): the stable reason and a human detail such as
+ * "certificate has expired (depth 0, CN=db.example.com, notAfter 2020-01-31)" or
+ * "certificate is for db.example.com, 10.0.0.5, not orders.internal". */
+enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_t cap);
+
+const char *tlsw_conn_version(const struct tlsw_conn *c); /* "TLSv1.3" */
+const char *tlsw_conn_cipher(const struct tlsw_conn *c);
+/* The verified peer chain, leaf first; returns the count written (at most cap). */
+size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *out, size_t cap);
+
+/* True when s is an IPv4 or IPv6 literal. */
+bool tlsw_is_ip_literal(const char *s);
+
+/* tls/-private part: declarations shared between the files of tls/ only. tls/ has no private
+ * header of its own, so the public one carries this guarded section; the proxy never defines
+ * TLSW_INTERNAL and so never sees OpenSSL types through this header. */
+#ifdef TLSW_INTERNAL
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+/* What the verify callback saw, kept per connection: OpenSSL only keeps the final error code,
+ * but a useful message needs the depth, the failing certificate and the leaf's names. */
+struct tlsw_verify_rec {
+    int err;   /* first X509_V_ERR_* reported, X509_V_OK if none */
+    int depth; /* depth of the certificate that failed */
+    char subject[256];
+    char issuer[256];
+    time_t not_before;
+    time_t not_after;
+    bool have_leaf;       /* leaf_names has been filled */
+    char leaf_names[512]; /* "a.example, 10.0.0.5": DNS/IP SANs in order, or the CN if none */
+};
+
+SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
+enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
+
+/* Installed on every generation's SSL_CTX; reaches its record through SSL_get_app_data. */
+int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx);
+/* Maps a non-OK SSL_get_verify_result() to a reason, and writes the human detail. */
+enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verify_rec *r,
+                                     const char *host, char *detail, size_t cap);
+
+/* Certificate metadata (tlsw_certinfo.c). */
+DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);
+void tlsw_name_oneline(const X509_NAME *name, char *buf, size_t cap);
+time_t tlsw_asn1_time(const ASN1_TIME *t); /* (time_t)-1 when unparsable */
+#endif /* TLSW_INTERNAL */
+
+#endif

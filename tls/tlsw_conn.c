@@ -1,0 +1,290 @@
+/* Client TLS engine over two memory BIOs (h2o's model): the proxy feeds ciphertext read from the
+ * upstream socket and takes ciphertext to write to it; plaintext only crosses SSL_read/SSL_write.
+ * No socket, no event loop here, so every path is testable in memory. */
+#define TLSW_INTERNAL
+#include "tlsw.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+struct tlsw_conn {
+    struct tlsw_gen *gen; /* our reference: keeps the trust store alive for this connection */
+    SSL *ssl;
+    BIO *net_in;  /* ciphertext from the peer; the SSL's rbio */
+    BIO *net_out; /* ciphertext for the peer; the SSL's wbio */
+    char host[256];
+    bool handshake_done;
+    bool failed;
+    bool out_of_memory;
+    char error[256]; /* OpenSSL's reason, captured when the failure happened */
+    struct tlsw_verify_rec vrec;
+};
+
+bool tlsw_is_ip_literal(const char *s)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return s != NULL && (inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1);
+}
+
+/* Records why the engine stopped. The error queue is per thread and the next connection on this
+ * worker clears it, so the text has to be copied now, not when the proxy asks. */
+static void fail(struct tlsw_conn *c, int ssl_error)
+{
+    c->failed = true;
+    unsigned long e = ERR_peek_error();
+    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
+    if (reason != NULL)
+        dbt_strlcpy(c->error, reason, sizeof(c->error));
+    else if (e != 0)
+        ERR_error_string_n(e, c->error, sizeof(c->error));
+    else if (ssl_error == SSL_ERROR_ZERO_RETURN)
+        dbt_strlcpy(c->error, "peer sent close_notify during the handshake", sizeof(c->error));
+    else
+        snprintf(c->error, sizeof(c->error), "TLS engine error %d", ssl_error);
+    ERR_clear_error();
+}
+
+/* Host check and SNI per DESIGN.md: a name gets SNI and (verify full) a host check; an IP
+ * literal gets an IP check and no SNI, which RFC 6066 forbids for addresses. OpenSSL 3.0 never
+ * matches an IP SAN through SSL_set1_host, hence the branch. */
+static int set_peer_identity(struct tlsw_conn *c, enum tlsw_verify verify)
+{
+    if (c->host[0] == '\0')
+        return verify == TLSW_VERIFY_FULL ? -1 : 0; /* full without a name cannot be checked */
+    if (tlsw_is_ip_literal(c->host)) {
+        if (verify == TLSW_VERIFY_FULL &&
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->host) != 1)
+            return -1;
+        return 0;
+    }
+    if (verify == TLSW_VERIFY_FULL) {
+        /* "f*.example.com" style wildcards are not allowed by RFC 6125 6.4.3's best practice. */
+        SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (SSL_set1_host(c->ssl, c->host) != 1)
+            return -1;
+    }
+    return SSL_set_tlsext_host_name(c->ssl, c->host) == 1 ? 0 : -1;
+}
+
+struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint8_t *alpn,
+                                size_t alpn_len)
+{
+    struct tlsw_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    tlsw_gen_ref(g);
+    c->gen = g;
+    c->vrec.err = X509_V_OK;
+    if (host != NULL) {
+        size_t n = strlen(host);
+        if (n >= sizeof(c->host))
+            goto fail;
+        memcpy(c->host, host, n + 1);
+        /* A trailing dot is legal in DNS but not in SNI (RFC 6066 3) nor in certificates. */
+        if (n > 1 && c->host[n - 1] == '.')
+            c->host[n - 1] = '\0';
+    }
+
+    ERR_clear_error();
+    c->ssl = SSL_new(tlsw_gen_ctx(g));
+    if (c->ssl == NULL)
+        goto fail;
+    c->net_in = BIO_new(BIO_s_mem());
+    c->net_out = BIO_new(BIO_s_mem());
+    if (c->net_in == NULL || c->net_out == NULL) {
+        BIO_free(c->net_in);
+        BIO_free(c->net_out);
+        c->net_in = c->net_out = NULL;
+        goto fail;
+    }
+    /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
+    BIO_set_mem_eof_return(c->net_in, -1);
+    SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
+    SSL_set_app_data(c->ssl, &c->vrec);         /* for tlsw_verify_cb */
+    SSL_set_connect_state(c->ssl);
+    if (set_peer_identity(c, tlsw_gen_verify_mode(g)) != 0)
+        goto fail;
+    if (alpn != NULL && alpn_len > 0 &&
+        (alpn_len > UINT_MAX || SSL_set_alpn_protos(c->ssl, alpn, (unsigned)alpn_len) != 0))
+        goto fail;
+    ERR_clear_error();
+    return c;
+fail:
+    ERR_clear_error();
+    tlsw_conn_free(c);
+    return NULL;
+}
+
+void tlsw_conn_free(struct tlsw_conn *c)
+{
+    if (c == NULL)
+        return;
+    SSL_free(c->ssl); /* frees both BIOs */
+    tlsw_gen_unref(c->gen);
+    free(c);
+}
+
+enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
+{
+    if (c->failed)
+        return TLSW_ERROR;
+    if (c->handshake_done)
+        return TLSW_OK;
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->handshake_done = true;
+        return TLSW_OK;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return TLSW_WANT_IO;
+    fail(c, e);
+    return TLSW_ERROR;
+}
+
+void tlsw_conn_feed(struct tlsw_conn *c, const uint8_t *data, size_t len)
+{
+    while (len > 0 && !c->failed) {
+        int chunk = len > INT_MAX ? INT_MAX : (int)len;
+        int n = BIO_write(c->net_in, data, chunk);
+        if (n <= 0) {
+            /* A memory BIO refuses only when it cannot grow. */
+            c->out_of_memory = true;
+            fail(c, SSL_ERROR_SSL);
+            return;
+        }
+        data += n;
+        len -= (size_t)n;
+    }
+}
+
+size_t tlsw_conn_pending(const struct tlsw_conn *c)
+{
+    return BIO_ctrl_pending(c->net_out);
+}
+
+size_t tlsw_conn_take(struct tlsw_conn *c, uint8_t *buf, size_t cap)
+{
+    if (cap == 0)
+        return 0;
+    int n = BIO_read(c->net_out, buf, cap > INT_MAX ? INT_MAX : (int)cap);
+    return n > 0 ? (size_t)n : 0;
+}
+
+enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, size_t *n)
+{
+    *n = 0;
+    if (c->failed)
+        return TLSW_ERROR;
+    if (cap == 0)
+        return TLSW_OK;
+    ERR_clear_error();
+    size_t got = 0;
+    if (SSL_read_ex(c->ssl, buf, cap, &got) == 1) {
+        if (!c->handshake_done && SSL_is_init_finished(c->ssl))
+            c->handshake_done = true;
+        *n = got;
+        return TLSW_OK;
+    }
+    int e = SSL_get_error(c->ssl, 0);
+    switch (e) {
+    case SSL_ERROR_WANT_READ:
+    case SSL_ERROR_WANT_WRITE:
+        /* Post-handshake messages (session tickets, a KeyUpdate that queues our answer) end
+         * here too: the proxy flushes tlsw_conn_pending() after every read. */
+        return TLSW_WANT_IO;
+    case SSL_ERROR_ZERO_RETURN:
+        ERR_clear_error();
+        return TLSW_CLOSED;
+    default:
+        fail(c, e);
+        return TLSW_ERROR;
+    }
+}
+
+enum tlsw_status tlsw_conn_write(struct tlsw_conn *c, const uint8_t *data, size_t len)
+{
+    size_t off = 0;
+    if (c->failed)
+        return TLSW_ERROR;
+    /* Partial writes are on, so each call may stop at a record boundary; the memory BIO always
+     * takes the record, so looping finishes the buffer. */
+    while (off < len) {
+        size_t written = 0;
+        ERR_clear_error();
+        if (SSL_write_ex(c->ssl, data + off, len - off, &written) == 1) {
+            off += written;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, 0);
+        if ((e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) && off == 0)
+            return TLSW_WANT_IO; /* nothing consumed: only before the handshake is done */
+        fail(c, e);
+        return TLSW_ERROR;
+    }
+    return TLSW_OK;
+}
+
+void tlsw_conn_shutdown(struct tlsw_conn *c)
+{
+    /* After a fatal error OpenSSL forbids SSL_shutdown; before the handshake there is no
+     * session to close. */
+    if (c->failed || !c->handshake_done)
+        return;
+    ERR_clear_error();
+    (void)SSL_shutdown(c->ssl); /* 0 = sent, peer's alert not seen yet: all we need */
+    ERR_clear_error();
+}
+
+enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_t cap)
+{
+    char scratch[1];
+    if (detail == NULL || cap == 0) {
+        detail = scratch;
+        cap = sizeof(scratch);
+    }
+    detail[0] = '\0';
+    if (!c->failed)
+        return DBT_NONE;
+    if (c->out_of_memory) {
+        dbt_strlcpy(detail, "out of memory buffering ciphertext", cap);
+        return DBT_INTERNAL_ERROR;
+    }
+    long v = SSL_get_verify_result(c->ssl);
+    if (v != X509_V_OK)
+        return tlsw_verify_describe(v, &c->vrec, c->host, detail, cap);
+    dbt_strlcpy(detail, c->error, cap);
+    return c->handshake_done ? DBT_TLS_ERROR : DBT_TLS_HANDSHAKE_FAILED;
+}
+
+const char *tlsw_conn_version(const struct tlsw_conn *c)
+{
+    return SSL_get_version(c->ssl);
+}
+
+const char *tlsw_conn_cipher(const struct tlsw_conn *c)
+{
+    const SSL_CIPHER *cipher = SSL_get_current_cipher(c->ssl);
+    return cipher != NULL ? SSL_CIPHER_get_name(cipher) : "";
+}
+
+size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *out, size_t cap)
+{
+    /* The verified chain ends at the bundle's root, which is what expiry metrics need; the
+     * chain as sent is the fallback (e.g. after a failed verification). */
+    STACK_OF(X509) *chain = SSL_get0_verified_chain(c->ssl);
+    if (chain == NULL)
+        chain = SSL_get_peer_cert_chain(c->ssl);
+    size_t n = 0;
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain) && n < cap; i++)
+        if (tlsw_cert_info_fill(sk_X509_value(chain, i), &out[n]) == 0)
+            n++;
+    ERR_clear_error();
+    return n;
+}

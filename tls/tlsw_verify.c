@@ -1,0 +1,183 @@
+/* Certificate verification results turned into a stable reason and a sentence an operator can
+ * act on (DESIGN.md "Failure reasons"). OpenSSL keeps only the final error code; the callback
+ * below keeps what the message needs: depth, failing certificate, the leaf's names. */
+#define TLSW_INTERNAL
+#include "tlsw.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/x509v3.h>
+
+/* Appends one name to "a, b, c"; ends the list with "..." once the next name does not fit. */
+static void append_name(char *list, size_t cap, const char *name)
+{
+    size_t used = strlen(list);
+    if (used >= 3 && strcmp(list + used - 3, "...") == 0)
+        return; /* already cut */
+    const char *sep = used > 0 ? ", " : "";
+    /* Each name keeps room for a later ", ..." and the NUL. */
+    if (used + strlen(sep) + strlen(name) + 5 < cap)
+        snprintf(list + used, cap - used, "%s%s", sep, name);
+    else if (used + strlen(sep) + 3 < cap)
+        snprintf(list + used, cap - used, "%s...", sep);
+}
+
+/* SAN bytes come from the peer: anything outside printable ASCII becomes '?' so a hostile
+ * certificate cannot forge log lines. */
+static void printable(char *dst, size_t cap, const unsigned char *src, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] >= 0x20 && src[i] < 0x7F ? (char)src[i] : '?';
+    dst[n] = '\0';
+}
+
+/* The names OpenSSL's host check looked at: DNS and IP SANs, or the subject CN when the
+ * certificate has no DNS SAN (the check falls back to the CN only then). */
+static void leaf_names(X509 *x, char *list, size_t cap)
+{
+    char name[256];
+    bool have_dns = false;
+
+    list[0] = '\0';
+    GENERAL_NAMES *gens = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; gens != NULL && i < sk_GENERAL_NAME_num(gens); i++) {
+        const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
+        if (gn->type == GEN_DNS) {
+            const ASN1_STRING *s = gn->d.dNSName;
+            printable(name, sizeof(name), ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
+            append_name(list, cap, name);
+            have_dns = true;
+        } else if (gn->type == GEN_IPADD) {
+            const ASN1_OCTET_STRING *s = gn->d.iPAddress;
+            int len = ASN1_STRING_length(s);
+            int af = len == 4 ? AF_INET : len == 16 ? AF_INET6 : -1;
+            if (af == -1 || inet_ntop(af, ASN1_STRING_get0_data(s), name, sizeof(name)) == NULL)
+                dbt_strlcpy(name, "<bad IP SAN>", sizeof(name));
+            append_name(list, cap, name);
+        }
+    }
+    GENERAL_NAMES_free(gens);
+    if (have_dns)
+        return;
+
+    const X509_NAME *subject = X509_get_subject_name(x);
+    int idx = -1;
+    while ((idx = X509_NAME_get_index_by_NID(subject, NID_commonName, idx)) >= 0) {
+        unsigned char *utf8 = NULL;
+        int len =
+            ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
+        if (len >= 0) {
+            printable(name, sizeof(name), utf8, (size_t)len);
+            append_name(list, cap, name);
+        }
+        OPENSSL_free(utf8);
+    }
+}
+
+int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct tlsw_verify_rec *r = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    if (r == NULL)
+        return ok; /* not one of our connections: change nothing */
+
+    int depth = X509_STORE_CTX_get_error_depth(sctx);
+    X509 *cert = X509_STORE_CTX_get_current_cert(sctx);
+    if (depth == 0 && cert != NULL && !r->have_leaf) {
+        leaf_names(cert, r->leaf_names, sizeof(r->leaf_names));
+        r->have_leaf = true;
+    }
+    /* The first error is the one verification stops at (we never override ok). */
+    if (!ok && r->err == X509_V_OK) {
+        r->err = X509_STORE_CTX_get_error(sctx);
+        r->depth = depth;
+        if (cert != NULL) {
+            tlsw_name_oneline(X509_get_subject_name(cert), r->subject, sizeof(r->subject));
+            tlsw_name_oneline(X509_get_issuer_name(cert), r->issuer, sizeof(r->issuer));
+            r->not_before = tlsw_asn1_time(X509_get0_notBefore(cert));
+            r->not_after = tlsw_asn1_time(X509_get0_notAfter(cert));
+        }
+    }
+    return ok;
+}
+
+static void format_day(time_t t, char *buf, size_t cap)
+{
+    struct tm tm;
+    if (t == (time_t)-1 || gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%d", &tm) == 0)
+        dbt_strlcpy(buf, "?", cap);
+}
+
+/* Whether name is one entry of the "a, b, c" list. An IP host listed in a failed IP check can
+ * only be a DNS SAN spelling the address, which OpenSSL never matches against an address. */
+static bool list_has(const char *list, const char *name)
+{
+    size_t n = name != NULL ? strlen(name) : 0;
+    for (const char *p = list; n > 0 && (p = strstr(p, name)) != NULL; p += n)
+        if ((p == list || (p >= list + 2 && p[-2] == ',' && p[-1] == ' ')) &&
+            (p[n] == '\0' || p[n] == ','))
+            return true;
+    return false;
+}
+
+/* Errors that mean "no path to a root of the bundle"; they name the missing issuer. */
+static bool is_missing_issuer(long v)
+{
+    return v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
+           v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
+           v == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE;
+}
+
+enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, const char *host,
+                                     char *detail, size_t cap)
+{
+    char day[32];
+    const char *what = X509_verify_cert_error_string(v);
+    /* Depth and subject belong to this error only if the callback saw the same one. */
+    bool have = r != NULL && r->err == v;
+    int depth = have ? r->depth : -1;
+    const char *subject = have && r->subject[0] != '\0' ? r->subject : "?";
+
+    switch (v) {
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        if (r != NULL && r->have_leaf && r->leaf_names[0] != '\0')
+            snprintf(detail, cap, "certificate is for %s, not %s%s", r->leaf_names,
+                     host != NULL ? host : "?",
+                     v == X509_V_ERR_IP_ADDRESS_MISMATCH && list_has(r->leaf_names, host)
+                         ? " (it is a DNS name there; an address needs an IP SAN)"
+                         : "");
+        else
+            snprintf(detail, cap, "certificate has no DNS or IP name, not %s",
+                     host != NULL ? host : "?");
+        return DBT_TLS_HOSTNAME_MISMATCH;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        format_day(have ? r->not_after : (time_t)-1, day, sizeof(day));
+        snprintf(detail, cap, "%s (depth %d, %s, notAfter %s)", what, depth, subject, day);
+        return DBT_TLS_CERT_EXPIRED;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        format_day(have ? r->not_before : (time_t)-1, day, sizeof(day));
+        snprintf(detail, cap, "%s (depth %d, %s, notBefore %s)", what, depth, subject, day);
+        return DBT_TLS_CERT_NOT_YET_VALID;
+    case X509_V_ERR_OUT_OF_MEM:
+    case X509_V_ERR_UNSPECIFIED:
+    case X509_V_ERR_APPLICATION_VERIFICATION:
+        snprintf(detail, cap, "%s", what);
+        return DBT_TLS_ERROR;
+    default:
+        break;
+    }
+    /* Everything else (missing issuer, self-signed in chain, bad signature, not a CA, path
+     * length, purpose, weak key, ...) means the chain does not lead to a root we trust. */
+    if (!have)
+        snprintf(detail, cap, "%s", what);
+    else if (is_missing_issuer(v))
+        snprintf(detail, cap, "%s (depth %d, %s; issuer %s is not in the bundle)", what, depth,
+                 subject, r->issuer[0] != '\0' ? r->issuer : "?");
+    else
+        snprintf(detail, cap, "%s (depth %d, %s)", what, depth, subject);
+    return DBT_TLS_UNTRUSTED_CHAIN;
+}
