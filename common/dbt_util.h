@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#define DBT_MUST_USE __attribute__((warn_unused_result))
+#define DBT_MUST_USE     __attribute__((warn_unused_result))
 #define DBT_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* Zeroes memory in a way the compiler may not elide (password material). */

@@ -40,10 +40,14 @@ struct cli {
 static int parse_cli(int argc, char **argv, struct cli *cli)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},   {"listen", required_argument, NULL, 'l'},
-        {"upstream", required_argument, NULL, 'u'}, {"protocol", required_argument, NULL, 'p'},
-        {"bundle", required_argument, NULL, 'b'},   {"server-name", required_argument, NULL, 's'},
-        {"version", no_argument, NULL, 'V'},        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"upstream", required_argument, NULL, 'u'},
+        {"protocol", required_argument, NULL, 'p'},
+        {"bundle", required_argument, NULL, 'b'},
+        {"server-name", required_argument, NULL, 's'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int ch;
@@ -68,8 +72,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
             cli->server_name = optarg;
             break;
         case 'V':
-            printf("dbtrust %s (%s, libuv %s)\n", DBTRUST_VERSION,
-                   OpenSSL_version(OPENSSL_VERSION), uv_version_string());
+            printf("dbtrust %s (%s, libuv %s)\n", DBTRUST_VERSION, OpenSSL_version(OPENSSL_VERSION),
+                   uv_version_string());
             exit(0);
         case 'h':
             fputs(usage_text, stdout);
@@ -195,8 +199,8 @@ static void log_started(const struct px_server *srv)
         cfg_addr_format(&l->listen, listen, sizeof(listen));
         cfg_addr_format(&l->upstream[0], up, sizeof(up));
         px_log_event(CFG_LOG_INFO, "listening", "listener", l->name, "protocol",
-                     cfg_protocol_name(l->protocol), "listen", listen, "upstream", up,
-                     "verify", srv->cfg->verify == CFG_VERIFY_CA ? "ca" : "full", NULL);
+                     cfg_protocol_name(l->protocol), "listen", listen, "upstream", up, "verify",
+                     srv->cfg->verify == CFG_VERIFY_CA ? "ca" : "full", NULL);
     }
 }
 

@@ -20,9 +20,9 @@
 /* One configured listener, shared read-only by every worker. */
 struct px_listener {
     const struct cfg_listener *cfg;
-    struct tlsw_gen *gen;       /* trust generation loaded at start (workers take their own ref) */
-    int fds[PX_MAX_WORKERS];    /* one SO_REUSEPORT listening socket per worker (-1 = none) */
-    atomic_uint active;         /* live connections across workers, for max_connections */
+    struct tlsw_gen *gen;    /* trust generation loaded at start (workers take their own ref) */
+    int fds[PX_MAX_WORKERS]; /* one SO_REUSEPORT listening socket per worker (-1 = none) */
+    atomic_uint active;      /* live connections across workers, for max_connections */
 };
 
 struct px_server {

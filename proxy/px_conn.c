@@ -108,10 +108,12 @@ static void on_timer(uv_timer_t *t)
         break;
     case PX_CONN_SSL_ANSWER:
     case PX_CONN_TLS_HANDSHAKE:
-        px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT, "upstream did not complete the TLS handshake in time");
+        px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT,
+                     "upstream did not complete the TLS handshake in time");
         break;
     case PX_CONN_SERVER_STARTUP:
-        px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "upstream did not answer the startup message in time");
+        px_conn_fail(c, DBT_UPSTREAM_TIMEOUT,
+                     "upstream did not answer the startup message in time");
         break;
     case PX_CONN_CANCEL_DRAIN:
         px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);

@@ -28,7 +28,7 @@ enum px_leg_state { PX_LEG_NONE, PX_LEG_OPEN, PX_LEG_CLOSING };
 struct px_pg_startup {
     struct pg_client client;
     struct pg_server server;
-    uint8_t *early;     /* client bytes read after the StartupMessage (forwarded after it) */
+    uint8_t *early; /* client bytes read after the StartupMessage (forwarded after it) */
     size_t early_len;
 };
 
@@ -70,7 +70,7 @@ struct px_conn {
     size_t queued_to_client;   /* bytes in flight to the client */
     size_t queued_to_upstream; /* ciphertext bytes in flight to the upstream */
     bool client_reading, upstream_reading;
-    bool client_eof, upstream_eof;           /* that side will send no more */
+    bool client_eof, upstream_eof; /* that side will send no more */
     bool client_shut_sent, upstream_shut_sent;
     uint64_t bytes_from_client, bytes_to_client;
 

@@ -45,8 +45,8 @@ int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t er
     }
     char port[8];
     snprintf(port, sizeof(port), "%u", a->port);
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                             .ai_flags = AI_PASSIVE};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res = NULL;
     int rc = getaddrinfo(a->host, port, &hints, &res);
     if (rc != 0) {

@@ -1,5 +1,6 @@
 /* Logging: one line per event on stderr, written with a single write(2) so lines from worker
- * threads never interleave. Text (logfmt-like) by default; JSON arrives with the operations work. */
+ * threads never interleave. Text (logfmt-like) by default; JSON arrives with the operations work.
+ */
 #ifndef PX_LOG_H
 #define PX_LOG_H
 

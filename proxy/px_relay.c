@@ -31,8 +31,7 @@ void px_relay_to_client(struct px_conn *c, const uint8_t *data, size_t len)
 
 static void maybe_finish(struct px_conn *c)
 {
-    if (c->client_eof && c->upstream_eof && c->queued_to_client == 0 &&
-        c->queued_to_upstream == 0)
+    if (c->client_eof && c->upstream_eof && c->queued_to_client == 0 && c->queued_to_upstream == 0)
         px_conn_close(c, c->reason != DBT_NONE ? c->reason : DBT_CLIENT_CLOSED, NULL);
 }
 

@@ -217,8 +217,7 @@ void px_upstream_stop_reading(struct px_conn *c)
 
 void px_upstream_start_reading(struct px_conn *c)
 {
-    if (!c->upstream_reading && !c->upstream_eof && !c->closing &&
-        c->upstream_leg == PX_LEG_OPEN) {
+    if (!c->upstream_reading && !c->upstream_eof && !c->closing && c->upstream_leg == PX_LEG_OPEN) {
         c->upstream_reading = true;
         uv_read_start((uv_stream_t *)&c->upstream, px_io_alloc, on_upstream_read);
     }
@@ -247,8 +246,7 @@ int px_upstream_write_raw(struct px_conn *c, const uint8_t *data, size_t len)
         return -1;
     }
     memcpy(wr->data, data, len);
-    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write,
-                        &c->queued_to_upstream);
+    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write, &c->queued_to_upstream);
 }
 
 int px_upstream_flush(struct px_conn *c)
@@ -262,8 +260,7 @@ int px_upstream_flush(struct px_conn *c)
         return -1;
     }
     wr->len = tlsw_conn_take(c->tls, wr->data, n);
-    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write,
-                        &c->queued_to_upstream);
+    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write, &c->queued_to_upstream);
 }
 
 int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
@@ -295,8 +292,8 @@ static void log_new_chain(struct px_conn *c)
             char date[32];
             gmtime_r(&chain[i].not_after, &tm);
             strftime(date, sizeof(date), "%Y-%m-%d", &tm);
-            snprintf(depth[i], sizeof(depth[i]), "%.250s (issuer %.250s, notAfter %s)", chain[i].subject,
-                     chain[i].issuer, date);
+            snprintf(depth[i], sizeof(depth[i]), "%.250s (issuer %.250s, notAfter %s)",
+                     chain[i].subject, chain[i].issuer, date);
         }
     }
     px_log_event(CFG_LOG_INFO, "upstream_verified", "listener", lcfg(c)->name, "upstream",

@@ -672,6 +672,51 @@ class TestLogHygiene(DbTrustTestCase):
 
 
 # --------------------------------------------------------------------------------------------
+# Backpressure
+# --------------------------------------------------------------------------------------------
+
+def resident_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class TestBackpressure(DbTrustTestCase):
+    """A client that stops reading must not make dbtrust buffer the server's output."""
+
+    def test_stalled_client_keeps_memory_bounded(self):
+        pid = W.dbtrust.proc.pid
+        before = resident_kib(pid)
+        conninfo = fx.pg_conninfo(host="127.0.0.1", port=port_of("orders"), user=APP,
+                                  dbname=DB, sslmode="disable", application_name="dbt-stall")
+        # ~400 MB of COPY output into a pipe nobody reads: psql blocks on stdout, stops reading
+        # its socket, and dbtrust must stop reading the server instead of queueing the rest.
+        copy = ("copy (select repeat('x', 1000) from generate_series(1, 400000)) to stdout")
+        proc = subprocess.Popen(["psql", conninfo, "-X", "-c", copy], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=fx.clean_env(PGPASSWORD=APP_PW))
+        try:
+            time.sleep(4)
+            grown = resident_kib(pid) - before
+            self.assertIsNone(proc.poll(), "psql should still be blocked on its stdout")
+            # Socket buffers hold the rest; dbtrust itself may queue ~256 KiB per direction.
+            self.assertLess(grown, 16 * 1024, f"dbtrust grew by {grown} KiB for a stalled client")
+            # Draining the pipe resumes the flow to the end: the relay restarts after the stall.
+            total = 0
+            while True:
+                chunk = proc.stdout.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+            self.assertEqual(proc.wait(60), 0)
+            self.assertEqual(total, 400000 * 1001)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 # Command line
 # --------------------------------------------------------------------------------------------
 
