@@ -175,37 +175,9 @@ void px_client_start_reading(struct px_conn *c)
     }
 }
 
-static void on_client_write(uv_write_t *req, int status)
-{
-    struct px_wreq *wr = (struct px_wreq *)req;
-    struct px_conn *c = wr->c;
-    c->queued_to_client -= wr->len;
-    free(wr);
-    if (c->closing)
-        return;
-    if (status < 0) {
-        px_conn_close(c, DBT_CLIENT_RESET, uv_strerror(status));
-        return;
-    }
-    if (c->state == PX_CONN_FAILING) {
-        if (c->queued_to_client == 0)
-            px_conn_close(c, c->reason, NULL);
-        return;
-    }
-    px_relay_after_write(c);
-}
-
 int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    if (len == 0)
-        return 0;
-    struct px_wreq *wr = px_wreq_new(c, len);
-    if (!wr) {
-        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-        return -1;
-    }
-    memcpy(wr->data, data, len);
-    return px_wreq_send(wr, (uv_stream_t *)&c->client, on_client_write, &c->queued_to_client);
+    return px_io_send_copy(c, (uv_stream_t *)&c->client, &c->queued_to_client, data, len);
 }
 
 void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)

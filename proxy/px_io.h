@@ -21,8 +21,11 @@ struct px_wreq {
 void px_io_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 
 struct px_wreq *px_wreq_new(struct px_conn *c, size_t len);
-/* Queues wr on s; adds wr->len to *queued until on_done runs. Returns 0, or -1 after closing the
- * connection on a write error. */
-int px_wreq_send(struct px_wreq *wr, uv_stream_t *s, uv_write_cb on_done, size_t *queued);
+/* Queues wr on s; adds wr->len to *queued until the write completes. Returns 0, or -1 after
+ * closing the connection on a write error. */
+int px_wreq_send(struct px_wreq *wr, uv_stream_t *s, size_t *queued);
+/* Copies data into a new write request and queues it. Returns 0 or -1 (connection closed). */
+int px_io_send_copy(struct px_conn *c, uv_stream_t *s, size_t *queued, const uint8_t *data,
+                    size_t len);
 
 #endif

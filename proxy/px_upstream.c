@@ -223,30 +223,9 @@ void px_upstream_start_reading(struct px_conn *c)
     }
 }
 
-static void on_upstream_write(uv_write_t *req, int status)
-{
-    struct px_wreq *wr = (struct px_wreq *)req;
-    struct px_conn *c = wr->c;
-    c->queued_to_upstream -= wr->len;
-    free(wr);
-    if (c->closing)
-        return;
-    if (status < 0) {
-        px_conn_close(c, DBT_UPSTREAM_RESET, uv_strerror(status));
-        return;
-    }
-    px_relay_after_write(c);
-}
-
 int px_upstream_write_raw(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    struct px_wreq *wr = px_wreq_new(c, len);
-    if (!wr) {
-        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-        return -1;
-    }
-    memcpy(wr->data, data, len);
-    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write, &c->queued_to_upstream);
+    return px_io_send_copy(c, (uv_stream_t *)&c->upstream, &c->queued_to_upstream, data, len);
 }
 
 int px_upstream_flush(struct px_conn *c)
@@ -260,7 +239,7 @@ int px_upstream_flush(struct px_conn *c)
         return -1;
     }
     wr->len = tlsw_conn_take(c->tls, wr->data, n);
-    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, on_upstream_write, &c->queued_to_upstream);
+    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, &c->queued_to_upstream);
 }
 
 int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
