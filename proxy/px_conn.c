@@ -217,8 +217,8 @@ static void log_conn_end(struct px_conn *c)
     enum cfg_log_level lvl = cls == DBT_CLASS_OK ? CFG_LOG_INFO : CFG_LOG_WARN;
     px_log_event(lvl, "conn_end", "listener", c->wl->l->cfg->name, "client", c->client_addr, "app",
                  c->application_name, "user", c->user, "database", c->database, "upstream",
-                 c->upstream_label, "tls", c->tls ? tlsw_conn_version(c->tls) : "", "cipher",
-                 c->tls ? tlsw_conn_cipher(c->tls) : "", "reason", dbt_reason_name(c->reason),
+                 c->upstream_label, "tls", c->tls_up ? tlsw_conn_version(c->tls) : "", "cipher",
+                 c->tls_up ? tlsw_conn_cipher(c->tls) : "", "reason", dbt_reason_name(c->reason),
                  "bytes_in", in, "bytes_out", out, "duration_ms", dur, "detail", c->detail, NULL);
 }
 

@@ -57,6 +57,7 @@ struct px_conn {
     bool is_cancel;
 
     struct tlsw_conn *tls;
+    bool tls_up;              /* handshake completed and verified */
     bool tls_first_byte_seen; /* first upstream byte after 'S' must start a TLS record */
     struct px_pg_startup *pg;
 

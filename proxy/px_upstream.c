@@ -348,6 +348,7 @@ static void handshake_step(struct px_conn *c)
         return;
     if (st != TLSW_OK)
         return;
+    c->tls_up = true;
     log_new_chain(c);
     px_pg_on_tls_ready(c);
     if (!c->closing && c->state != PX_CONN_FAILING)
