@@ -17,6 +17,14 @@
 /* Backpressure: stop reading a side while the other side has more than this queued. */
 #define PX_HIGH_WATER (256 * 1024)
 
+/* A client-facing stream: TCP or a Unix socket (listen = unix:/path). */
+union px_stream {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+};
+
 /* One configured listener, shared read-only by every worker. */
 struct px_listener {
     const struct cfg_listener *cfg;
@@ -36,7 +44,7 @@ struct px_server {
 /* A worker's view of one listener: its accept handle and its reference to the current trust
  * generation (replaced by a message to the worker on reload, never under a lock). */
 struct px_worker_listener {
-    uv_tcp_t handle;
+    union px_stream handle;
     struct px_worker *w;
     struct px_listener *l;
     struct tlsw_gen *gen;

@@ -50,12 +50,16 @@ void px_conn_accept(struct px_worker_listener *wl)
     c->wl = wl;
     c->start_ms = px_now_ms();
     c->state = PX_CONN_CLIENT_STARTUP;
-    uv_tcp_init(&w->loop, &c->client);
-    c->client.data = c;
+    bool is_unix = wl->l->cfg->listen.is_unix;
+    if (is_unix)
+        uv_pipe_init(&w->loop, &c->client.pipe, 0);
+    else
+        uv_tcp_init(&w->loop, &c->client.tcp);
+    c->client.handle.data = c;
     c->open_refs = 1;
-    if (uv_accept((uv_stream_t *)&wl->handle, (uv_stream_t *)&c->client) != 0) {
+    if (uv_accept(&wl->handle.stream, &c->client.stream) != 0) {
         /* Nothing to log per connection: the peer vanished between poll and accept. */
-        uv_close((uv_handle_t *)&c->client, (uv_close_cb)free);
+        uv_close(&c->client.handle, (uv_close_cb)free);
         return;
     }
     uv_timer_init(&w->loop, &c->timer);
@@ -73,8 +77,12 @@ void px_conn_accept(struct px_worker_listener *wl)
     unsigned active = atomic_fetch_add(&wl->l->active, 1) + 1;
     c->over_limit = active > wl->l->cfg->max_connections;
 
-    format_peer(&c->client, c->client_addr, sizeof(c->client_addr));
-    uv_tcp_nodelay(&c->client, 1);
+    if (is_unix) {
+        dbt_strlcpy(c->client_addr, "unix", sizeof(c->client_addr));
+    } else {
+        format_peer(&c->client.tcp, c->client_addr, sizeof(c->client_addr));
+        uv_tcp_nodelay(&c->client.tcp, 1);
+    }
     c->pg = calloc(1, sizeof(*c->pg));
     if (!c->pg) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
@@ -84,7 +92,7 @@ void px_conn_accept(struct px_worker_listener *wl)
     pg_server_init(&c->pg->server);
     px_conn_set_timer(c, wl->l->cfg->startup_timeout_ms);
     c->client_reading = true;
-    uv_read_start((uv_stream_t *)&c->client, px_io_alloc, on_client_read);
+    uv_read_start(&c->client.stream, px_io_alloc, on_client_read);
 }
 
 void px_conn_set_timer(struct px_conn *c, uint32_t ms)
@@ -162,7 +170,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 void px_client_stop_reading(struct px_conn *c)
 {
     if (c->client_reading) {
-        uv_read_stop((uv_stream_t *)&c->client);
+        uv_read_stop(&c->client.stream);
         c->client_reading = false;
     }
 }
@@ -171,13 +179,13 @@ void px_client_start_reading(struct px_conn *c)
 {
     if (!c->client_reading && !c->client_eof && !c->closing) {
         c->client_reading = true;
-        uv_read_start((uv_stream_t *)&c->client, px_io_alloc, on_client_read);
+        uv_read_start(&c->client.stream, px_io_alloc, on_client_read);
     }
 }
 
 int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    return px_io_send_copy(c, (uv_stream_t *)&c->client, &c->queued_to_client, data, len);
+    return px_io_send_copy(c, &c->client.stream, &c->queued_to_client, data, len);
 }
 
 void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
@@ -268,7 +276,7 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
     c->state = PX_CONN_CLOSING;
     if (c->gai_pending)
         uv_cancel((uv_req_t *)&c->gai); /* its callback still runs and releases its ref */
-    uv_close((uv_handle_t *)&c->client, on_handle_closed);
+    uv_close(&c->client.handle, on_handle_closed);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     if (c->upstream_leg == PX_LEG_OPEN) {
         /* Be polite to the server: a pending TLS alert tells it why (best effort, no wait). */

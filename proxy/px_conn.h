@@ -38,7 +38,7 @@ struct px_conn {
     struct px_conn *prev, *next; /* worker's list */
     struct tlsw_gen *gen;        /* trust generation current at accept; held until close */
 
-    uv_tcp_t client;
+    union px_stream client;
     uv_tcp_t upstream;
     uv_timer_t timer;
     uv_getaddrinfo_t gai;

@@ -72,7 +72,7 @@ int px_wreq_send(struct px_wreq *wr, uv_stream_t *s, size_t *queued)
     if (rc != 0) {
         *queued -= wr->len;
         free(wr);
-        px_conn_close(c, s == (uv_stream_t *)&c->client ? DBT_CLIENT_RESET : DBT_UPSTREAM_RESET,
+        px_conn_close(c, s == &c->client.stream ? DBT_CLIENT_RESET : DBT_UPSTREAM_RESET,
                       uv_strerror(rc));
         return -1;
     }

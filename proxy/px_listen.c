@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int open_one(const struct addrinfo *ai, char *err, size_t errlen, const char *label)
@@ -31,6 +33,37 @@ static int open_one(const struct addrinfo *ai, char *err, size_t errlen, const c
     return fd;
 }
 
+/* A Unix socket listener: one socket, served by worker 0 (SO_REUSEPORT does not spread Unix
+ * sockets). A stale socket file from a previous run is replaced; anything else at the path is
+ * left alone. The socket is connectable by every local user, like a database's own socket:
+ * restrict access with the directory's permissions. */
+static int open_unix(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sun = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        snprintf(err, errlen, "unix socket path too long: %s", path);
+        return -1;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "cannot listen on unix:%s: path exists and is not a socket",
+                     path);
+            return -1;
+        }
+        unlink(path);
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0 || chmod(path, 0666) != 0) {
+        snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t errlen)
 {
     const struct cfg_addr *a = &l->cfg->listen;
@@ -39,9 +72,8 @@ int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t er
     for (unsigned i = 0; i < PX_MAX_WORKERS; i++)
         l->fds[i] = -1;
     if (a->is_unix) {
-        snprintf(err, errlen, "listener %s: unix socket listeners are not supported yet",
-                 l->cfg->name);
-        return -1;
+        l->fds[0] = open_unix(a->host, err, errlen);
+        return l->fds[0] < 0 ? -1 : 0;
     }
     char port[8];
     snprintf(port, sizeof(port), "%u", a->port);

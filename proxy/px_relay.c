@@ -71,7 +71,7 @@ void px_relay_upstream_eof(struct px_conn *c)
     if (!c->client_shut_sent) {
         c->client_shut_sent = true;
         c->client_shutdown_req.data = c;
-        uv_shutdown(&c->client_shutdown_req, (uv_stream_t *)&c->client, on_shutdown_done);
+        uv_shutdown(&c->client_shutdown_req, &c->client.stream, on_shutdown_done);
     }
     /* A client that already hung up gets nothing more; end now. */
     if (c->client_eof) {

@@ -39,7 +39,7 @@ static void close_listeners(struct px_worker *w)
     for (size_t i = 0; i < w->srv->listener_count; i++) {
         if (w->wls[i].open) {
             w->wls[i].open = false;
-            uv_close((uv_handle_t *)&w->wls[i].handle, NULL);
+            uv_close(&w->wls[i].handle.handle, NULL);
         }
     }
 }
@@ -104,12 +104,17 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
         tlsw_gen_ref(wl->gen);
         if (l->fds[id] < 0)
             continue;
-        uv_tcp_init(&w->loop, &wl->handle);
-        wl->handle.data = wl;
+        if (l->cfg->listen.is_unix) {
+            uv_pipe_init(&w->loop, &wl->handle.pipe, 0);
+            rc = uv_pipe_open(&wl->handle.pipe, l->fds[id]);
+        } else {
+            uv_tcp_init(&w->loop, &wl->handle.tcp);
+            rc = uv_tcp_open(&wl->handle.tcp, l->fds[id]);
+        }
+        wl->handle.handle.data = wl;
         wl->open = true;
-        rc = uv_tcp_open(&wl->handle, l->fds[id]);
         if (rc == 0)
-            rc = uv_listen((uv_stream_t *)&wl->handle, 511, on_connection);
+            rc = uv_listen(&wl->handle.stream, 511, on_connection);
         if (rc != 0)
             return rc;
         l->fds[id] = -1; /* owned by the handle now */

@@ -753,6 +753,23 @@ class TestCommandLine(DbTrustTestCase):
         self.assertNotEqual(bad.returncode, 0)
         self.assertIn("tls_hostname_mismatch", bad.stderr)
 
+    def test_unix_socket_listener(self):
+        """listen = unix:/path serves psql's Unix-socket connections (host = directory)."""
+        sock_dir = fx.make_temp_dir("pg-sock")
+        port = 5999
+        args = ["--listen", f"unix:{sock_dir}/.s.PGSQL.{port}", "--upstream",
+                f"localhost:{W.pg.port}", "--protocol", "postgres", "--bundle", W.pki.bundle]
+        proc = fx.DbTrust(DBTRUST_BIN, args, [], W.tmp, name="cli-unix").start()
+        self.addCleanup(proc.stop)
+        fx.wait_for(lambda: os.path.exists(f"{sock_dir}/.s.PGSQL.{port}"), timeout=5)
+        out = fx.run_psql(fx.pg_conninfo(host=sock_dir, port=port, user=APP, dbname=DB,
+                                         sslmode="disable"),
+                          "select current_user", SERVER_SAW_TLS, password=APP_PW)
+        self.assertEqual((out.returncode, out.stdout.split()), (0, [APP, "t"]), out.stderr)
+        line = proc.wait_for_line("conn_end", "client=unix", "app=psql")
+        # psql's Terminate makes the server close too: either side's EOF may arrive first.
+        self.assertRegex(line, r"reason=(client_closed|upstream_closed) ")
+
     def test_refuses_to_start_without_bundle(self):
         port = fx.free_port()
         proc = subprocess.run([DBTRUST_BIN, "--listen", f"127.0.0.1:{port}", "--upstream",
