@@ -1,0 +1,1214 @@
+/* mysql.h: the MySQL/MariaDB connection-phase machine. A scenario is a list of events (bytes
+ * from the upstream, bytes from the client, TLS ready); every scenario is fed whole, with every
+ * event split at every offset, and byte by byte: all must give the same steps, since TCP may cut
+ * the stream anywhere. Expected packets are written out byte for byte. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rsa.h>
+
+#include "mysql.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#endif
+
+static void leak_check(void)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    /* Criterion ignores LSan's exit-time report: make a leak a crash while the test runs. */
+    if (__lsan_do_recoverable_leak_check() != 0)
+        abort();
+#endif
+}
+
+TestSuite(mysql, .fini = leak_check);
+TestSuite(mysql_bridge, .fini = leak_check);
+TestSuite(mysql_relay, .fini = leak_check);
+
+#define MAX_STEPS  32
+#define MAX_EVENTS 24
+
+/* ---- driver ---- */
+
+enum ev_kind { SERVER, CLIENT, TLS_READY };
+
+struct ev {
+    enum ev_kind kind;
+    const uint8_t *data;
+    size_t len;
+};
+
+struct rec {
+    enum ev_kind leg;
+    enum my_action action;
+    uint8_t *data; /* a copy: the machine's pointer is only valid until the next call */
+    size_t len, cap;
+    enum dbt_reason reason;
+    const char *detail;
+    bool phase_end;
+};
+
+struct trace {
+    struct rec step[MAX_STEPS];
+    size_t n;
+    size_t consumed[MAX_EVENTS];
+};
+
+static void append(struct rec *r, const uint8_t *p, size_t n)
+{
+    if (r->len + n > r->cap) {
+        r->cap = (r->len + n) * 2;
+        r->data = realloc(r->data, r->cap);
+        cr_assert_not_null(r->data);
+    }
+    if (n)
+        memcpy(r->data + r->len, p, n);
+    r->len += n;
+}
+
+/* MY_RELAY steps of one leg in a row are merged: how many there are depends on the cuts. */
+static void record(struct trace *t, enum ev_kind leg, const struct my_step *st)
+{
+    if (st->len > 0)
+        cr_assert_not_null(st->data);
+    if (st->action == MY_FAIL || st->action == MY_CLOSE)
+        cr_assert_not_null(st->detail);
+    if (st->action == MY_RELAY && t->n > 0 && t->step[t->n - 1].action == MY_RELAY &&
+        t->step[t->n - 1].leg == leg) {
+        append(&t->step[t->n - 1], st->data, st->len);
+        return;
+    }
+    cr_assert_lt(t->n, MAX_STEPS);
+    struct rec *r = &t->step[t->n++];
+    memset(r, 0, sizeof *r);
+    r->leg = leg;
+    r->action = st->action;
+    r->reason = st->reason;
+    r->detail = st->detail;
+    r->phase_end = st->phase_end;
+    append(r, st->data, st->len);
+}
+
+static void trace_free(struct trace *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        free(t->step[i].data);
+    t->n = 0;
+}
+
+static struct my_session *new_session(const struct my_config *cfg)
+{
+    struct my_session *s = malloc(sizeof *s);
+    cr_assert_not_null(s);
+    memset(s, 0xA5, sizeof *s); /* init must not rely on zeroed memory */
+    cr_assert(my_session_init(s, cfg));
+    return s;
+}
+
+/* Feeds one event in a first chunk of `first` bytes, then chunks of `rest`. Returns false once
+ * the session ended (MY_FAIL / MY_CLOSE). */
+static bool feed_event(struct my_session *s, const struct ev *e, size_t first, size_t rest,
+                       struct trace *t, size_t *consumed)
+{
+    size_t pos = 0, end = first < e->len ? first : e->len;
+
+    if (e->kind == TLS_READY) {
+        struct my_step st;
+        my_tls_ready(s, &st);
+        record(t, TLS_READY, &st);
+        return st.action != MY_FAIL;
+    }
+    for (long guard = 0; guard < 100000000; guard++) {
+        struct my_step st;
+        size_t n = e->kind == SERVER ? my_feed_server(s, e->data + pos, end - pos, &st)
+                                     : my_feed_client(s, e->data + pos, end - pos, &st);
+        cr_assert_leq(n, end - pos);
+        if (st.action == MY_RELAY) /* relay data is the caller's own input, never a copy */
+            cr_assert(st.data == e->data + pos && st.len == n && n > 0);
+        pos += n;
+        *consumed = pos;
+        if (st.action == MY_NEED_MORE) {
+            cr_assert_eq(pos, end, "MY_NEED_MORE left input unconsumed");
+            cr_assert_null(st.data);
+            if (end == e->len)
+                return true;
+            end += rest < e->len - end ? rest : e->len - end;
+            continue;
+        }
+        record(t, e->kind, &st);
+        if (st.action == MY_FAIL || st.action == MY_CLOSE)
+            return false;
+        if (st.action == MY_START_TLS)
+            return true;
+    }
+    cr_assert_fail("machine makes no progress");
+    return false;
+}
+
+static struct my_session *run(const struct my_config *cfg, const struct ev *evs, size_t nev,
+                              size_t first, size_t rest, struct trace *t)
+{
+    struct my_session *s = new_session(cfg);
+    cr_assert_leq(nev, MAX_EVENTS);
+    memset(t, 0, sizeof *t);
+    for (size_t i = 0; i < nev; i++)
+        if (!feed_event(s, &evs[i], first, rest, t, &t->consumed[i]))
+            break;
+    return s;
+}
+
+static bool same_step(const struct rec *a, const struct rec *b)
+{
+    if (a->leg != b->leg || a->action != b->action || a->len != b->len || a->reason != b->reason ||
+        a->phase_end != b->phase_end)
+        return false;
+    if (a->len && memcmp(a->data, b->data, a->len) != 0)
+        return false;
+    if (!a->detail || !b->detail)
+        return a->detail == b->detail;
+    return strcmp(a->detail, b->detail) == 0;
+}
+
+static void assert_same(const struct trace *a, const struct trace *b, const char *how, size_t k)
+{
+    cr_assert_eq(a->n, b->n, "%s %zu: %zu steps instead of %zu", how, k, b->n, a->n);
+    for (size_t i = 0; i < MAX_EVENTS; i++)
+        cr_assert_eq(a->consumed[i], b->consumed[i], "%s %zu: event %zu consumed %zu, not %zu", how,
+                     k, i, b->consumed[i], a->consumed[i]);
+    for (size_t i = 0; i < a->n; i++)
+        cr_assert(same_step(&a->step[i], &b->step[i]), "%s %zu: step %zu differs", how, k, i);
+}
+
+static void check_cut(const struct my_config *cfg, const struct ev *evs, size_t nev,
+                      const struct trace *whole, size_t first, size_t rest, const char *how)
+{
+    struct trace t;
+    free(run(cfg, evs, nev, first, rest, &t));
+    assert_same(whole, &t, how, first);
+    trace_free(&t);
+}
+
+/* Whole, every event split at every offset (sampled offsets past 4096 bytes), byte by byte.
+ * Returns the whole-feed trace and, if keep is set, the session that produced it. */
+static void run_all(const struct my_config *cfg, const struct ev *evs, size_t nev,
+                    struct trace *whole, struct my_session **keep)
+{
+    size_t longest = 0;
+    for (size_t i = 0; i < nev; i++)
+        longest = evs[i].len > longest ? evs[i].len : longest;
+    struct my_session *s = run(cfg, evs, nev, SIZE_MAX, SIZE_MAX, whole);
+    if (keep)
+        *keep = s;
+    else
+        free(s);
+    for (size_t k = 1; k < longest; k = k < 4096 ? k + 1 : k * 2 + 1)
+        check_cut(cfg, evs, nev, whole, k, SIZE_MAX, "split at");
+    check_cut(cfg, evs, nev, whole, 1, 1, "byte by byte");
+}
+
+static void expect(const struct trace *t, size_t i, enum ev_kind leg, enum my_action action,
+                   const void *data, size_t len)
+{
+    cr_assert_lt(i, t->n, "missing step %zu", i);
+    const struct rec *r = &t->step[i];
+    cr_assert_eq(r->leg, leg, "step %zu: leg %d, want %d", i, r->leg, leg);
+    cr_assert_eq(r->action, action, "step %zu: action %d, want %d", i, r->action, action);
+    cr_assert_eq(r->len, len, "step %zu: %zu bytes, want %zu", i, r->len, len);
+    if (len)
+        cr_assert_arr_eq(r->data, data, len, "step %zu: bytes differ", i);
+}
+
+/* ---- vector builders ---- */
+
+/* header (3-byte length, seq) + payload */
+static size_t pkt(uint8_t *b, uint8_t seq, const void *payload, size_t n)
+{
+    b[0] = (uint8_t)n;
+    b[1] = (uint8_t)(n >> 8);
+    b[2] = (uint8_t)(n >> 16);
+    b[3] = seq;
+    memcpy(b + 4, payload, n);
+    return 4 + n;
+}
+
+/* An ERR packet written independently of my_build_err. */
+static size_t err_pkt(uint8_t *b, uint8_t seq, uint16_t code, const char *state, const char *msg)
+{
+    uint8_t p[600];
+    size_t n = 0;
+    p[n++] = 0xFF;
+    p[n++] = (uint8_t)code;
+    p[n++] = (uint8_t)(code >> 8);
+    if (state) {
+        p[n++] = '#';
+        memcpy(p + n, state, 5);
+        n += 5;
+    }
+    memcpy(p + n, msg, strlen(msg));
+    return pkt(b, seq, p, n + strlen(msg));
+}
+
+/* MariaDB 10.11 (Debian 12) greeting payload: CLIENT_MYSQL (bit 0) clear, extended
+ * capabilities 0x1d in the last 4 filler bytes, CLIENT_SSL and CLIENT_COMPRESS offered. */
+static const uint8_t mariadb_greeting[] = {0x0a, '5',  '.',  '5',  '.',  '5', '-', '1',
+                                           '0',  '.',  '1',  '1',  '.',  '6', '-', 'M',
+                                           'a',  'r',  'i',  'a',  'D',  'B', '-', '0',
+                                           '+',  'd',  'e',  'b',  '1',  '2', 'u', '1',
+                                           0x00, 0x2a, 0x00, 0x00, 0x00, /* connection id 42 */
+                                           'T',  '4',  'e',  '!',  '7',  'W', '[', ')',
+                                           0x00,       /* scramble 1, filler */
+                                           0xfe, 0xff, /* caps low: 0x0800 SSL, 0x20 COMPRESS */
+                                           0x2d, 0x02, 0x00, /* charset 45, status */
+                                           0xff, 0x81,       /* caps high */
+                                           0x15, 0,    0,    0,    0,    0,   0,   0x1d,
+                                           0x00, 0x00, 0x00, /* plugin data len, MariaDB ext caps */
+                                           'M',  'p',  '<',  '5',  'q',  '#', 'r', '9',
+                                           '&',  'X',  'k',  'L',  0x00, 'm', 'y', 's',
+                                           'q',  'l',  '_',  'n',  'a',  't', 'i', 'v',
+                                           'e',  '_',  'p',  'a',  's',  's', 'w', 'o',
+                                           'r',  'd',  0x00};
+#define MARIADB_CAPS_LO 46 /* offset of the low capability bytes in the payload */
+
+/* MySQL 8.0.36 greeting payload: all capabilities incl. CLIENT_ZSTD (1 << 26). */
+static const uint8_t mysql8_greeting[] = {
+    0x0a, '8',  '.',  '0',  '.',  '3',  '6',  0x00, 0x0b, 0x00, 0x00, 0x00, /* conn id 11 */
+    0x10, 0x22, 0x3c, 0x47, 0x51, 0x6e, 0x71, 0x08, 0x00,                   /* scramble 1 */
+    0xff, 0xff, 0xff, 0x02, 0x00, 0xff, 0xdf,                      /* caps, charset, status */
+    0x15, 0,    0,    0,    0,    0,    0,    0,    0,    0,    0, /* len, reserved */
+    0x2a, 0x17, 0x63, 0x45, 0x39, 0x5d, 0x1a, 0x70, 0x66, 0x33, 0x21, 0x48,
+    0x00, 'c',  'a',  'c',  'h',  'i',  'n',  'g',  '_',  's',  'h',  'a',
+    '2',  '_',  'p',  'a',  's',  's',  'w',  'o',  'r',  'd',  0x00};
+static const uint8_t mysql8_nonce[20] = {0x10, 0x22, 0x3c, 0x47, 0x51, 0x6e, 0x71,
+                                         0x08, 0x2a, 0x17, 0x63, 0x45, 0x39, 0x5d,
+                                         0x1a, 0x70, 0x66, 0x33, 0x21, 0x48};
+
+/* HandshakeResponse41 header of a MariaDB client: flags 0x3fa68c, 16 MiB, charset 45, 19 zero
+ * bytes and extended capabilities 0x1d. */
+static const uint8_t response_header[32] = {
+    0x8c, 0xa6, 0x3f, 0x00, 0x00, 0x00, 0x00, 0x01, 0x2d, 0, 0, 0, 0,    0,    0,    0,
+    0,    0,    0,    0,    0,    0,    0,    0,    0,    0, 0, 0, 0x1d, 0x00, 0x00, 0x00};
+/* The SSLRequest dbtrust must build from it: same bytes, 0x0800 set, seq 1. */
+static const uint8_t ssl_request[36] = {
+    0x20, 0x00, 0x00, 0x01,                               /* 32 bytes, seq 1 */
+    0x8c, 0xae, 0x3f, 0x00, 0x00, 0x00, 0x00, 0x01, 0x2d, /* flags | 0x800, max, charset */
+    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,
+    0,    0,    0,    0,    0,    0,    0,    0,    0, /* 19 zero */
+    0x1d, 0x00, 0x00, 0x00};                           /* MariaDB extended caps */
+
+static size_t lenenc_str(uint8_t *b, const char *s)
+{
+    size_t n = strlen(s);
+    b[0] = (uint8_t)n;
+    memcpy(b + 1, s, n);
+    return 1 + n;
+}
+
+/* Response payload: user, 20- or 32-byte auth data (lenenc), database, plugin, attributes. */
+static size_t response(uint8_t *p, const char *user, size_t auth_len, const char *db,
+                       const char *plugin, const char *program)
+{
+    size_t n = 0;
+    memcpy(p, response_header, 32);
+    n = 32;
+    memcpy(p + n, user, strlen(user) + 1);
+    n += strlen(user) + 1;
+    p[n++] = (uint8_t)auth_len;
+    for (size_t i = 0; i < auth_len; i++)
+        p[n++] = (uint8_t)(0x90 + i);
+    memcpy(p + n, db, strlen(db) + 1);
+    n += strlen(db) + 1;
+    memcpy(p + n, plugin, strlen(plugin) + 1);
+    n += strlen(plugin) + 1;
+    uint8_t attrs[200];
+    size_t a = lenenc_str(attrs, "_client_name");
+    a += lenenc_str(attrs + a, "libmariadb");
+    a += lenenc_str(attrs + a, "program_name");
+    a += lenenc_str(attrs + a, program);
+    p[n++] = (uint8_t)a;
+    memcpy(p + n, attrs, a);
+    return n + a;
+}
+
+static const struct my_config tcp_nokey = {0};
+
+/* ---- a login shared by many tests: greeting, response, TLS ---- */
+
+struct login {
+    uint8_t greet[200], greet_out[200], resp[400], resp_out[400];
+    size_t greet_len, resp_len;
+};
+
+static void make_login(struct login *l, const uint8_t *greeting, size_t glen, const char *plugin,
+                       size_t auth_len)
+{
+    uint8_t p[400];
+    l->greet_len = pkt(l->greet, 0, greeting, glen);
+    size_t n = response(p, "app", auth_len, "shop", plugin, "mariadb");
+    l->resp_len = pkt(l->resp, 1, p, n);
+    memcpy(l->resp_out, l->resp, l->resp_len);
+    l->resp_out[3] = 2;
+    l->resp_out[5] |= 0x08;
+}
+
+static size_t login_events(struct ev *e, const struct login *l)
+{
+    e[0] = (struct ev){SERVER, l->greet, l->greet_len};
+    e[1] = (struct ev){CLIENT, l->resp, l->resp_len};
+    e[2] = (struct ev){TLS_READY, NULL, 0};
+    return 3;
+}
+
+/* Steps 0..3 of every login: patched greeting, SSLRequest, START_TLS, response with 0x800. */
+static void expect_login(const struct trace *t, const struct login *l, const uint8_t *greet_out)
+{
+    expect(t, 0, SERVER, MY_SEND_CLIENT, greet_out, l->greet_len);
+    expect(t, 1, CLIENT, MY_SEND_SERVER_PLAIN, ssl_request, sizeof ssl_request);
+    expect(t, 2, CLIENT, MY_START_TLS, NULL, 0);
+    expect(t, 3, TLS_READY, MY_SEND_SERVER, l->resp_out, l->resp_len);
+}
+
+static const uint8_t ok_payload[] = {0x00, 0x00, 0x00, 0x02, 0x00, 0x00, 0x00};
+
+/* ---- greeting ---- */
+
+Test(mysql, mariadb_greeting_patched_in_place)
+{
+    uint8_t in[200], want[200];
+    size_t n = pkt(in, 0, mariadb_greeting, sizeof mariadb_greeting);
+    memcpy(want, in, n);
+    want[4 + MARIADB_CAPS_LO] = 0xde; /* 0xfffe & ~(0x0800 | 0x0020) = 0xf7de */
+    want[4 + MARIADB_CAPS_LO + 1] = 0xf7;
+    struct ev e = {SERVER, in, n};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, &e, 1, &t, &s);
+    cr_assert_eq(t.n, 1);
+    expect(&t, 0, SERVER, MY_SEND_CLIENT, want, n);
+    cr_assert_eq(t.consumed[0], n);
+    cr_assert_str_eq(s->plugin, "mysql_native_password");
+    cr_assert_arr_eq(s->nonce, "T4e!7W[)Mp<5q#r9&XkL", 20);
+    cr_assert_eq(s->server_caps, 0x81fffffeu, "the original capabilities are remembered");
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql, mysql8_greeting_clears_ssl_compress_zstd)
+{
+    uint8_t in[200], want[200];
+    size_t n = pkt(in, 0, mysql8_greeting, sizeof mysql8_greeting);
+    memcpy(want, in, n);
+    want[4 + 21] = 0xdf; /* low 0xffff -> 0xf7df */
+    want[4 + 22] = 0xf7;
+    want[4 + 27] = 0xdb; /* high 0xdfff -> 0xdbff: CLIENT_ZSTD_COMPRESSION_ALGORITHM */
+    struct ev e = {SERVER, in, n};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, &e, 1, &t, &s);
+    cr_assert_eq(t.n, 1);
+    expect(&t, 0, SERVER, MY_SEND_CLIENT, want, n);
+    cr_assert_str_eq(s->plugin, "caching_sha2_password");
+    cr_assert_arr_eq(s->nonce, mysql8_nonce, 20);
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql, greeting_without_ssl_fails_closed)
+{
+    uint8_t g[200], in[200], want[300];
+    memcpy(g, mariadb_greeting, sizeof mariadb_greeting);
+    g[MARIADB_CAPS_LO + 1] &= (uint8_t)~0x08;
+    size_t n = pkt(in, 0, g, sizeof mariadb_greeting);
+    size_t wn = err_pkt(want, 0, 2026, NULL,
+                        "dbtrust: upstream does not offer TLS (greeting lacks CLIENT_SSL), "
+                        "refusing plaintext (upstream_refused_tls)");
+    struct ev e = {SERVER, in, n};
+    struct trace t;
+
+    run_all(&tcp_nokey, &e, 1, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect(&t, 0, SERVER, MY_FAIL, want, wn);
+    cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_REFUSED_TLS);
+    trace_free(&t);
+}
+
+Test(mysql, err_greeting_forwarded_then_close)
+{
+    static const char msg[] = "\xff\x10\x04Too many connections";
+    uint8_t in[64];
+    size_t n = pkt(in, 0, msg, sizeof msg - 1);
+    struct ev e = {SERVER, in, n};
+    struct trace t;
+
+    run_all(&tcp_nokey, &e, 1, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect(&t, 0, SERVER, MY_CLOSE, in, n);
+    cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_CONNECT_FAILED);
+    trace_free(&t);
+}
+
+Test(mysql, greeting_over_64k_rejected_before_buffering)
+{
+    static const uint8_t in[] = {0x01, 0x00, 0x01, 0x00, 0x0a, 0x35}; /* 65537 bytes */
+    uint8_t want[200];
+    size_t wn = err_pkt(want, 0, 1043, NULL,
+                        "dbtrust: connection-phase packet from the upstream over 64 KiB "
+                        "(upstream_protocol_error)");
+    struct ev e = {SERVER, in, sizeof in};
+    struct trace t;
+
+    run_all(&tcp_nokey, &e, 1, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect(&t, 0, SERVER, MY_FAIL, want, wn);
+    cr_assert_eq(t.consumed[0], 4, "decided on the header alone");
+    trace_free(&t);
+}
+
+/* ---- HandshakeResponse, SSLRequest, TLS ---- */
+
+Test(mysql, response_gives_ssl_request_and_forwarded_response)
+{
+    struct login l;
+    uint8_t want_greet[200];
+    make_login(&l, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    memcpy(want_greet, l.greet, l.greet_len);
+    want_greet[4 + MARIADB_CAPS_LO] = 0xde;
+    want_greet[4 + MARIADB_CAPS_LO + 1] = 0xf7;
+    uint8_t ok3[16], ok2[16];
+    size_t okn = pkt(ok3, 3, ok_payload, sizeof ok_payload);
+    pkt(ok2, 2, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, ok3, okn};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, e, ne, &t, &s);
+    cr_assert_eq(t.n, 5);
+    expect_login(&t, &l, want_greet);
+    /* only bit 0x800 of the forwarded response differs from the client's */
+    cr_assert_eq(t.step[3].data[5] ^ l.resp[5], 0x08);
+    cr_assert_arr_eq(t.step[3].data + 6, l.resp + 6, l.resp_len - 6);
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, ok2, okn);
+    cr_assert(t.step[4].phase_end);
+    cr_assert(my_relaying(s));
+    cr_assert_str_eq(s->user, "app");
+    cr_assert_str_eq(s->database, "shop");
+    cr_assert_str_eq(s->program_name, "mariadb");
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql, client_ssl_request_rejected)
+{
+    uint8_t g[200], in[64], want[200];
+    size_t gn = pkt(g, 0, mariadb_greeting, sizeof mariadb_greeting);
+    memcpy(in, ssl_request, sizeof ssl_request);
+    size_t wn = err_pkt(want, 2, 1043, "08S01",
+                        "dbtrust listener is plaintext; connect without TLS (--skip-ssl / "
+                        "ssl-mode=DISABLED)");
+    struct ev e[2] = {{SERVER, g, gn}, {CLIENT, in, sizeof ssl_request}};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, 2, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect(&t, 1, CLIENT, MY_FAIL, want, wn);
+    cr_assert_eq(t.step[1].reason, DBT_CLIENT_DIRECT_TLS);
+    trace_free(&t);
+}
+
+Test(mysql, oversize_response_rejected_before_buffering)
+{
+    uint8_t g[200], want[200];
+    size_t gn = pkt(g, 0, mariadb_greeting, sizeof mariadb_greeting);
+    static const uint8_t in[] = {0x01, 0x00, 0x01, 0x01, 0x8c}; /* 65537 bytes */
+    size_t wn = err_pkt(want, 1, 1043, "08S01",
+                        "dbtrust: connection-phase packet from the client over 64 KiB "
+                        "(client_protocol_error)");
+    struct ev e[2] = {{SERVER, g, gn}, {CLIENT, in, sizeof in}};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, 2, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect(&t, 1, CLIENT, MY_FAIL, want, wn);
+    cr_assert_eq(t.consumed[1], 4);
+    trace_free(&t);
+}
+
+Test(mysql, plaintext_from_either_side_out_of_turn_fails)
+{
+    uint8_t g[200];
+    size_t gn = pkt(g, 0, mariadb_greeting, sizeof mariadb_greeting);
+    static const uint8_t junk[] = {0x01, 0x00, 0x00, 0x01, 0x00};
+    struct trace t;
+
+    struct ev early[1] = {{CLIENT, junk, sizeof junk}};
+    run_all(&tcp_nokey, early, 1, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    cr_assert_eq(t.step[0].action, MY_FAIL);
+    cr_assert_str_eq(t.step[0].detail, "client sent data before the greeting");
+    cr_assert_eq(t.step[0].data[3], 0, "pre-greeting ERR has seq 0");
+    cr_assert_eq(t.step[0].data[7], 'd', "and no SQLSTATE");
+    trace_free(&t);
+
+    struct ev injected[2] = {{SERVER, g, gn}, {SERVER, junk, sizeof junk}};
+    run_all(&tcp_nokey, injected, 2, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.step[1].action, MY_FAIL);
+    cr_assert_eq(t.step[1].reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(t.step[1].detail, "upstream sent data before the SSLRequest");
+    trace_free(&t);
+}
+
+Test(mysql, server_packet_out_of_order_fails)
+{
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    uint8_t ok[16];
+    size_t okn = pkt(ok, 4, ok_payload, sizeof ok_payload); /* 3 expected */
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, ok, okn};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 5);
+    cr_assert_eq(t.step[4].action, MY_FAIL);
+    cr_assert_str_eq(t.step[4].detail, "upstream packets out of order");
+    cr_assert_eq(t.step[4].data[3], 2);
+    trace_free(&t);
+}
+
+Test(mysql, auth_switch_resequenced)
+{
+    struct login l;
+    make_login(&l, mariadb_greeting, sizeof mariadb_greeting, "caching_sha2_password", 32);
+    static const char sw[] = "\xfemysql_native_password\0ABCDEFGHIJKLMNOPQRST";
+    uint8_t sw3[64], sw2[64], ar3[64], ar4[64], ok5[16], ok4[16], greet_out[200];
+    uint8_t authresp[20];
+    memset(authresp, 0x5a, sizeof authresp);
+    size_t swn = pkt(sw3, 3, sw, sizeof sw); /* including the trailing NUL of the nonce */
+    pkt(sw2, 2, sw, sizeof sw);
+    size_t arn = pkt(ar3, 3, authresp, 20);
+    pkt(ar4, 4, authresp, 20);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok4, 4, ok_payload, sizeof ok_payload);
+    memcpy(greet_out, l.greet, l.greet_len);
+    greet_out[4 + MARIADB_CAPS_LO] = 0xde;
+    greet_out[4 + MARIADB_CAPS_LO + 1] = 0xf7;
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, sw3, swn};
+    e[ne++] = (struct ev){CLIENT, ar3, arn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, e, ne, &t, &s);
+    cr_assert_eq(t.n, 7);
+    expect_login(&t, &l, greet_out);
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, sw2, swn); /* server 3 -> client 2 */
+    expect(&t, 5, CLIENT, MY_SEND_SERVER, ar4, arn); /* client 3 -> server 4 */
+    expect(&t, 6, SERVER, MY_SEND_CLIENT, ok4, okn); /* server 5 -> client 4 */
+    cr_assert(t.step[6].phase_end);
+    cr_assert_str_eq(s->plugin, "mysql_native_password");
+    cr_assert_arr_eq(s->nonce, "ABCDEFGHIJKLMNOPQRST", 20, "the switch's data is the nonce");
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql, caching_sha2_fast_path)
+{
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static const uint8_t fast[] = {0x01, 0x03};
+    uint8_t f3[8], f2[8], ok4[16], ok3[16], greet_out[200];
+    size_t fn = pkt(f3, 3, fast, 2);
+    pkt(f2, 2, fast, 2);
+    size_t okn = pkt(ok4, 4, ok_payload, sizeof ok_payload);
+    pkt(ok3, 3, ok_payload, sizeof ok_payload);
+    memcpy(greet_out, l.greet, l.greet_len);
+    greet_out[4 + 21] = 0xdf;
+    greet_out[4 + 22] = 0xf7;
+    greet_out[4 + 27] = 0xdb;
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, f3, fn};
+    e[ne++] = (struct ev){SERVER, ok4, okn};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 6);
+    expect_login(&t, &l, greet_out);
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, f2, fn);
+    cr_assert(!t.step[4].phase_end);
+    expect(&t, 5, SERVER, MY_SEND_CLIENT, ok3, okn);
+    cr_assert(t.step[5].phase_end);
+    trace_free(&t);
+}
+
+/* ---- errors ---- */
+
+Test(mysql, build_err_exact_bytes)
+{
+    static const uint8_t with_state[] = {0x16, 0x00, 0x00, 0x02, 0xff, 0x15, 0x04, '#', '2',
+                                         '8',  '0',  '0',  '0',  'A',  'c',  'c',  'e', 's',
+                                         's',  ' ',  'd',  'e',  'n',  'i',  'e',  'd'};
+    static const uint8_t pre41[] = {0x04, 0x00, 0x00, 0x00, 0xff, 0xd3, 0x07, 'x'};
+    uint8_t b[600];
+
+    cr_assert_eq(my_build_err(b, sizeof b, 2, 1045, "28000", "Access denied"), sizeof with_state);
+    cr_assert_arr_eq(b, with_state, sizeof with_state);
+    cr_assert_eq(my_build_err(b, sizeof b, 0, 2003, NULL, "x"), sizeof pre41);
+    cr_assert_arr_eq(b, pre41, sizeof pre41);
+
+    /* cut to the buffer, never inside a UTF-8 sequence: "ab\xc3\xa9" with room for 3 */
+    size_t n = my_build_err(b, 4 + 3 + 3, 1, 1105, NULL, "ab\xc3\xa9");
+    cr_assert_eq(n, 4 + 3 + 2);
+    cr_assert_eq(b[0], 5);
+    cr_assert_arr_eq(b + 7, "ab", 2);
+    cr_assert_eq(my_build_err(b, 6, 1, 1105, NULL, "x"), 0);
+    cr_assert_eq(my_build_err(b, 12, 1, 1105, "HY000", "x"), 0);
+
+    /* at most MY_ERR_MSG_MAX bytes of message */
+    char big[700];
+    memset(big, 'm', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    cr_assert_eq(my_build_err(b, sizeof b, 1, 1105, "HY000", big), 4 + 9 + MY_ERR_MSG_MAX);
+}
+
+Test(mysql, errcode_mapping)
+{
+    struct my_errcode e = my_errcode_for(DBT_TLS_HOSTNAME_MISMATCH);
+    cr_assert_eq(e.code, 2026);
+    cr_assert_str_eq(e.sqlstate, "HY000");
+    e = my_errcode_for(DBT_UPSTREAM_CONNECT_FAILED);
+    cr_assert_eq(e.code, 2003);
+    cr_assert_str_eq(e.sqlstate, "HY000");
+    e = my_errcode_for(DBT_CLIENT_PROTOCOL_ERROR);
+    cr_assert_eq(e.code, 1043);
+    cr_assert_str_eq(e.sqlstate, "08S01");
+    e = my_errcode_for(DBT_LIMIT_REACHED);
+    cr_assert_eq(e.code, 1040);
+    cr_assert_str_eq(e.sqlstate, "08004");
+    e = my_errcode_for(DBT_INTERNAL_ERROR);
+    cr_assert_eq(e.code, 1105);
+    cr_assert_str_eq(e.sqlstate, "HY000");
+}
+
+Test(mysql, my_fail_before_greeting_and_after_response)
+{
+    uint8_t want[300];
+    struct my_step st;
+    struct my_session *s = new_session(&tcp_nokey);
+    my_fail(s, DBT_UPSTREAM_CONNECT_FAILED, "Can't connect to MySQL server on 'db:3306'", &st);
+    size_t wn = err_pkt(want, 0, 2003, NULL, "Can't connect to MySQL server on 'db:3306'");
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.len, wn);
+    cr_assert_arr_eq(st.data, want, wn);
+    free(s);
+
+    /* TLS fails after the client's response: seq 2 with SQLSTATE (B5) */
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    struct ev e[3];
+    login_events(e, &l);
+    struct trace t;
+    s = run(&tcp_nokey, e, 2, SIZE_MAX, SIZE_MAX, &t);
+    cr_assert_eq(t.n, 3);
+    my_fail(s, DBT_TLS_HOSTNAME_MISMATCH, "SSL connection error: hostname mismatch", &st);
+    wn = err_pkt(want, 2, 2026, "HY000", "SSL connection error: hostname mismatch");
+    cr_assert_eq(st.len, wn);
+    cr_assert_arr_eq(st.data, want, wn);
+    struct my_step after;
+    cr_assert_eq(my_feed_client(s, want, 1, &after), 0);
+    cr_assert_eq(after.action, MY_FAIL);
+    cr_assert_eq(after.reason, DBT_INTERNAL_ERROR);
+    trace_free(&t);
+    free(s);
+}
+
+/* ---- the caching_sha2 / sha256 bridge (B3, B4) ---- */
+
+struct rsa_fixture {
+    EVP_PKEY *key;
+    char pem[MY_PEM_MAX + 1];
+    struct my_config cfg;
+};
+
+static void rsa_setup(struct rsa_fixture *f, bool unix_socket)
+{
+    f->key = my_rsa_generate(2048);
+    cr_assert_not_null(f->key);
+    cr_assert_gt(my_rsa_public_pem(f->key, f->pem, sizeof f->pem), 0);
+    cr_assert_eq(strncmp(f->pem, "-----BEGIN PUBLIC KEY-----\n", 27), 0);
+    f->cfg = (struct my_config){unix_socket, f->key, f->pem};
+}
+
+/* What libmysqlclient / PyMySQL do with the PEM they received: (password\0 XOR nonce), then
+ * RSA-OAEP (SHA-1, MGF1-SHA-1) with the public key read by PEM_read_bio_PUBKEY. */
+static size_t client_blob(const char *pem, const uint8_t *nonce, const char *pw, uint8_t *blob)
+{
+    BIO *b = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *pub = PEM_read_bio_PUBKEY(b, NULL, NULL, NULL);
+    BIO_free(b);
+    cr_assert_not_null(pub);
+    uint8_t buf[256];
+    size_t n = strlen(pw) + 1, out = 512;
+    memcpy(buf, pw, n);
+    for (size_t i = 0; i < n; i++)
+        buf[i] ^= nonce[i % 20];
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
+    cr_assert_not_null(ctx);
+    cr_assert_eq(EVP_PKEY_encrypt_init(ctx), 1);
+    cr_assert_eq(EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING), 1);
+    cr_assert_eq(EVP_PKEY_encrypt(ctx, blob, &out, buf, n), 1);
+    EVP_PKEY_CTX_free(ctx);
+    EVP_PKEY_free(pub);
+    return out;
+}
+
+static void mysql8_greet_out(uint8_t *out, const struct login *l)
+{
+    memcpy(out, l->greet, l->greet_len);
+    out[4 + 21] = 0xdf;
+    out[4 + 22] = 0xf7;
+    out[4 + 27] = 0xdb;
+}
+
+static const uint8_t full_auth[] = {0x01, 0x04};
+
+static size_t pem_packet(uint8_t *b, uint8_t seq, const char *pem)
+{
+    uint8_t p[MY_PEM_MAX + 1];
+    p[0] = 0x01;
+    memcpy(p + 1, pem, strlen(pem));
+    return pkt(b, seq, p, 1 + strlen(pem));
+}
+
+static bool contains(const uint8_t *hay, size_t n, const char *needle)
+{
+    return memmem(hay, n, needle, strlen(needle)) != NULL;
+}
+
+Test(mysql_bridge, caching_sha2_full_auth_through_dbtrust_key)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    uint8_t fa3[8], fa2[8], req3[8], blob[256], blob5[300], pem4[MY_PEM_MAX + 8], pw4[32];
+    uint8_t ok5[16], ok6[16], greet_out[200];
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    pkt(fa2, 2, full_auth, 2);
+    size_t reqn = pkt(req3, 3, "\x02", 1);
+    size_t bn = client_blob(f.pem, mysql8_nonce, "password", blob);
+    cr_assert_eq(bn, 256);
+    size_t blobn = pkt(blob5, 5, blob, bn);
+    size_t pemn = pem_packet(pem4, 4, f.pem);
+    size_t pwn = pkt(pw4, 4, "password", 9); /* with its NUL */
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok6, 6, ok_payload, sizeof ok_payload);
+    mysql8_greet_out(greet_out, &l);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req3, reqn};
+    e[ne++] = (struct ev){CLIENT, blob5, blobn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&f.cfg, e, ne, &t, &s);
+    cr_assert_eq(t.n, 8);
+    expect_login(&t, &l, greet_out);
+    /* worked example: server leg 3 (01 04), 4 (password), 5 (OK); client 2, 4 (PEM), 6 */
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, fa2, fan);
+    expect(&t, 5, CLIENT, MY_SEND_CLIENT, pem4, pemn); /* the 02 never reaches the server */
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn);
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, ok6, okn);
+    cr_assert(t.step[7].phase_end);
+    cr_assert(!contains(s->out, sizeof s->out, "password"), "cleartext wiped after use");
+    cr_assert(!contains(s->pkt, sizeof s->pkt, "password"));
+    trace_free(&t);
+    my_session_wipe(s);
+    free(s);
+    my_rsa_free(f.key);
+}
+
+static const char undecryptable[] =
+    "Access denied for user 'app' (dbtrust: client sent no password blob dbtrust can decrypt; "
+    "give the client dbtrust's public key (--get-server-public-key), not the server's)";
+
+Test(mysql_bridge, garbage_blob_denied_never_forwarded)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    uint8_t fa3[8], req3[8], junk[256], junk5[300], want[600];
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t reqn = pkt(req3, 3, "\x02", 1);
+    memset(junk, 0x42, sizeof junk);
+    size_t jn = pkt(junk5, 5, junk, sizeof junk);
+    size_t wn = err_pkt(want, 6, 1045, "28000", undecryptable);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req3, reqn};
+    e[ne++] = (struct ev){CLIENT, junk5, jn};
+    struct trace t;
+
+    run_all(&f.cfg, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 7);
+    cr_assert_eq(t.step[5].action, MY_SEND_CLIENT);
+    expect(&t, 6, CLIENT, MY_FAIL, want, wn);
+    cr_assert_eq(t.step[6].reason, DBT_CLIENT_PROTOCOL_ERROR);
+    trace_free(&t);
+
+    /* pinned key of the real server: the blob comes without a 02 and cannot be decrypted */
+    struct rsa_fixture other;
+    rsa_setup(&other, false);
+    uint8_t blob[256], blob3[300];
+    size_t bn = client_blob(other.pem, mysql8_nonce, "password", blob);
+    size_t b3 = pkt(blob3, 3, blob, bn);
+    wn = err_pkt(want, 4, 1045, "28000", undecryptable);
+    ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, blob3, b3};
+    run_all(&f.cfg, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 6);
+    expect(&t, 5, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+    my_rsa_free(other.key);
+    my_rsa_free(f.key);
+}
+
+Test(mysql_bridge, key_request_without_key_denied)
+{
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    uint8_t fa3[8], req3[8], want[600];
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t reqn = pkt(req3, 3, "\x02", 1);
+    size_t wn = err_pkt(want, 4, 1045, "28000",
+                        "Access denied for user 'app' (dbtrust: client asked for an RSA public "
+                        "key and none is configured; configure an RSA key for dbtrust or connect "
+                        "over its Unix socket)");
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req3, reqn};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 6);
+    expect(&t, 5, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+}
+
+static void cleartext_after_full_auth(const struct my_config *cfg, struct trace *t)
+{
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    uint8_t fa3[8], pw3[16], ok5[16];
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t pwn = pkt(pw3, 3, "s3cret", 7);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, pw3, pwn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    run_all(cfg, e, ne, t, NULL);
+}
+
+Test(mysql_bridge, unix_socket_cleartext_forwarded_tcp_denied)
+{
+    static const struct my_config unix_nokey = {.unix_socket = true};
+    uint8_t pw4[16], ok4[16], want[600];
+    size_t pwn = pkt(pw4, 4, "s3cret", 7);
+    size_t okn = pkt(ok4, 4, ok_payload, sizeof ok_payload);
+    struct trace t;
+
+    cleartext_after_full_auth(&unix_nokey, &t);
+    cr_assert_eq(t.n, 7);
+    expect(&t, 5, CLIENT, MY_SEND_SERVER, pw4, pwn);
+    expect(&t, 6, SERVER, MY_SEND_CLIENT, ok4, okn);
+    trace_free(&t);
+
+    size_t wn = err_pkt(want, 4, 1045, "28000", undecryptable);
+    cleartext_after_full_auth(&tcp_nokey, &t);
+    cr_assert_eq(t.n, 6, "nothing reaches the server");
+    expect(&t, 5, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+}
+
+Test(mysql_bridge, sha256_password_key_request_01)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static const char sw[] = "\xfesha256_password\0"
+                             "0123456789abcdefghij";
+    uint8_t sw3[64], sw2[64], req3[8], blob[256], blob5[300], pem4[MY_PEM_MAX + 8], pw4[32];
+    uint8_t ok5[16], ok6[16], greet_out[200];
+    size_t swn = pkt(sw3, 3, sw, sizeof sw);
+    pkt(sw2, 2, sw, sizeof sw);
+    size_t reqn = pkt(req3, 3, "\x01", 1);
+    size_t bn = client_blob(f.pem, (const uint8_t *)"0123456789abcdefghij", "pa55", blob);
+    size_t blobn = pkt(blob5, 5, blob, bn);
+    size_t pemn = pem_packet(pem4, 4, f.pem);
+    size_t pwn = pkt(pw4, 4, "pa55", 5);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok6, 6, ok_payload, sizeof ok_payload);
+    mysql8_greet_out(greet_out, &l);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, sw3, swn};
+    e[ne++] = (struct ev){CLIENT, req3, reqn};
+    e[ne++] = (struct ev){CLIENT, blob5, blobn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    struct trace t;
+
+    run_all(&f.cfg, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 8);
+    expect_login(&t, &l, greet_out);
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, sw2, swn);
+    expect(&t, 5, CLIENT, MY_SEND_CLIENT, pem4, pemn);
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn);
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, ok6, okn);
+    trace_free(&t);
+    my_rsa_free(f.key);
+}
+
+Test(mysql_bridge, rsa_helpers)
+{
+    cr_assert_null(my_rsa_generate(1024), "keys under 2048 bits are refused");
+    EVP_PKEY *key = my_rsa_generate(2048);
+    cr_assert_eq(my_rsa_size(key), 256);
+    char small[64];
+    cr_assert_eq(my_rsa_public_pem(key, small, sizeof small), 0, "does not fit");
+    cr_assert_null(my_rsa_from_pem("junk", 4));
+    struct my_config bad = {false, key, NULL};
+    struct my_session *s = malloc(sizeof *s);
+    cr_assert(!my_session_init(s, &bad), "a key without its PEM is a config error");
+    free(s);
+    my_rsa_free(key);
+}
+
+/* ---- relay and COM_CHANGE_USER (B6) ---- */
+
+/* Login through the MariaDB greeting with mysql_native_password and an OK at seq 3. */
+struct relay_login {
+    struct login l;
+    uint8_t ok3[16];
+    size_t okn;
+};
+
+static size_t relay_login_events(struct ev *e, struct relay_login *r)
+{
+    make_login(&r->l, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    r->okn = pkt(r->ok3, 3, ok_payload, sizeof ok_payload);
+    size_t ne = login_events(e, &r->l);
+    e[ne++] = (struct ev){SERVER, r->ok3, r->okn};
+    return ne;
+}
+
+static size_t change_user(uint8_t *b, const char *user, const char *plugin)
+{
+    uint8_t p[200];
+    size_t n = 0;
+    p[n++] = 0x11;
+    memcpy(p + n, user, strlen(user) + 1);
+    n += strlen(user) + 1;
+    p[n++] = 20;
+    memset(p + n, 0x77, 20);
+    n += 20;
+    memcpy(p + n, "shop", 5);
+    n += 5;
+    p[n++] = 0x2d;
+    p[n++] = 0x00;
+    memcpy(p + n, plugin, strlen(plugin) + 1);
+    n += strlen(plugin) + 1;
+    return pkt(b, 0, p, n);
+}
+
+Test(mysql_relay, change_user_to_other_plugin_with_full_auth)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct relay_login r;
+    static const uint8_t nonce2[20] = "NEWNONCE-0123456789!";
+    static const uint8_t result[] = {0x01, 0x00, 0x00, 0x01, 0x01, 0x05, 0x00, 0x00, 0x00,
+                                     0x11, 0x22, 0x33, 0x44, 0x11, 0x00, 0x00, 0x00, 0x11};
+    uint8_t q[32], cu[128], sw[64], sw1[64], scr2[64], scr[32], fa3[8], req4[8],
+        pem5[MY_PEM_MAX + 8];
+    uint8_t blob[256], blob6[300], pw4[32], ok5[16], ok7[16], sw_payload[64];
+    size_t qn = pkt(q, 0, "\x03select 1", 9);
+    size_t cun = change_user(cu, "bob", "mysql_native_password");
+    sw_payload[0] = 0xfe;
+    memcpy(sw_payload + 1, "caching_sha2_password", 22);
+    memcpy(sw_payload + 23, nonce2, 20);
+    sw_payload[43] = 0;
+    size_t swn = pkt(sw, 1, sw_payload, 44);
+    pkt(sw1, 1, sw_payload, 44);
+    memset(scr, 0x3c, sizeof scr);
+    size_t scrn = pkt(scr2, 2, scr, 32);
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t reqn = pkt(req4, 4, "\x02", 1);
+    size_t pemn = pem_packet(pem5, 5, f.pem);
+    size_t bn = client_blob(f.pem, nonce2, "hunter2", blob);
+    size_t blobn = pkt(blob6, 6, blob, bn);
+    size_t pwn = pkt(pw4, 4, "hunter2", 8);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok7, 7, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    e[ne++] = (struct ev){CLIENT, cu, cun};
+    e[ne++] = (struct ev){SERVER, sw, swn};
+    e[ne++] = (struct ev){CLIENT, scr2, scrn};
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req4, reqn};
+    e[ne++] = (struct ev){CLIENT, blob6, blobn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&f.cfg, e, ne, &t, &s);
+    cr_assert_eq(t.n, 16);
+    cr_assert(t.step[4].phase_end);
+    expect(&t, 5, CLIENT, MY_RELAY, q, qn);
+    expect(&t, 6, SERVER, MY_RELAY, result, sizeof result); /* not framed, not re-sequenced */
+    expect(&t, 7, CLIENT, MY_RELAY, cu, cun);               /* verbatim, seq 0 on both legs */
+    expect(&t, 8, SERVER, MY_SEND_CLIENT, sw1, swn);
+    expect(&t, 9, CLIENT, MY_SEND_SERVER, scr2, scrn);
+    expect(&t, 10, SERVER, MY_SEND_CLIENT, fa3, fan);
+    expect(&t, 11, CLIENT, MY_SEND_CLIENT, pem5, pemn);
+    expect(&t, 12, CLIENT, MY_SEND_SERVER, pw4, pwn);
+    expect(&t, 13, SERVER, MY_SEND_CLIENT, ok7, okn);
+    cr_assert(t.step[13].phase_end);
+    expect(&t, 14, CLIENT, MY_RELAY, q, qn);
+    expect(&t, 15, SERVER, MY_RELAY, result, sizeof result);
+    cr_assert_str_eq(s->user, "bob");
+    cr_assert(my_relaying(s));
+    trace_free(&t);
+    my_session_wipe(s);
+    free(s);
+    my_rsa_free(f.key);
+}
+
+/* LOAD DATA LOCAL: the file streams at seq 2, 3, ... 255, 0, 1... - the packet at seq 0 after
+ * 255 starts with 0x11 and must not be taken for a COM_CHANGE_USER. */
+Test(mysql_relay, load_data_wraparound_not_change_user)
+{
+    struct relay_login r;
+    static const char query[] = "\x03LOAD DATA LOCAL INFILE 'f' INTO TABLE t";
+    uint8_t q[64], req[16], file[4096], ok[16], cu[128], cuok[16], cuok1[16];
+    size_t qn = pkt(q, 0, query, sizeof query - 1);
+    size_t reqn = pkt(req, 1,
+                      "\xfb"
+                      "f",
+                      2);
+    size_t fn = 0;
+    for (unsigned seq = 2; seq < 256 + 2; seq++)
+        fn += pkt(file + fn, (uint8_t)seq,
+                  seq == 256 ? "\x11"
+                               "ab\n"
+                             : "row\n",
+                  4);
+    fn += pkt(file + fn, 2, "", 0); /* end of file */
+    size_t okn = pkt(ok, 3, ok_payload, sizeof ok_payload);
+    size_t cun = change_user(cu, "carol", "mysql_native_password");
+    size_t cuokn = pkt(cuok, 1, ok_payload, sizeof ok_payload);
+    pkt(cuok1, 1, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, req, reqn};
+    e[ne++] = (struct ev){CLIENT, file, fn};
+    e[ne++] = (struct ev){SERVER, ok, okn};
+    e[ne++] = (struct ev){CLIENT, cu, cun};
+    e[ne++] = (struct ev){SERVER, cuok, cuokn};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, e, ne, &t, &s);
+    cr_assert_eq(t.n, 11);
+    expect(&t, 7, CLIENT, MY_RELAY, file, fn);
+    expect(&t, 8, SERVER, MY_RELAY, ok, okn); /* still relaying: no change-user was seen */
+    expect(&t, 9, CLIENT, MY_RELAY, cu, cun);
+    expect(&t, 10, SERVER, MY_SEND_CLIENT, cuok1, cuokn);
+    cr_assert(t.step[10].phase_end);
+    cr_assert_str_eq(s->user, "carol");
+    trace_free(&t);
+    free(s);
+}
+
+/* A 16 MiB COM_QUERY: a 0xFFFFFF chunk, then a continuation at seq 1 starting with 0x11, its
+ * payload full of fake change-user headers. Only the real COM_CHANGE_USER after it counts. */
+Test(mysql_relay, multi_packet_16mib_command_not_change_user, .timeout = 120)
+{
+    struct relay_login r;
+    size_t big = 4 + MY_MAX_PAYLOAD_CHUNK + 4 + 10 + 128;
+    uint8_t *in = malloc(big);
+    cr_assert_not_null(in);
+    static const uint8_t fake[] = {0x05, 0x00, 0x00, 0x00, 0x11};
+    in[0] = in[1] = in[2] = 0xFF;
+    in[3] = 0;
+    in[4] = 0x03;
+    for (size_t i = 5; i < 4 + MY_MAX_PAYLOAD_CHUNK; i++)
+        in[i] = fake[(i - 5) % sizeof fake];
+    size_t n = 4 + MY_MAX_PAYLOAD_CHUNK;
+    n += pkt(in + n, 1,
+             "\x11"
+             "continued",
+             10);
+    size_t before_cu = n;
+    n += change_user(in + n, "dave", "mysql_native_password");
+    uint8_t ok1[16];
+    size_t okn = pkt(ok1, 1, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    e[ne++] = (struct ev){CLIENT, in, n};
+    e[ne++] = (struct ev){SERVER, ok1, okn};
+    struct trace whole, t;
+    struct my_session *s = run(&tcp_nokey, e, ne, SIZE_MAX, SIZE_MAX, &whole);
+
+    cr_assert_eq(whole.n, 7);
+    expect(&whole, 5, CLIENT, MY_RELAY, in, n);
+    expect(&whole, 6, SERVER, MY_SEND_CLIENT, ok1, okn);
+    cr_assert(whole.step[6].phase_end);
+    cr_assert_str_eq(s->user, "dave");
+    free(s);
+    /* sampled cuts: inside every header and around every packet boundary */
+    static const size_t around[] = {1, 2, 3, 4, 5, 6};
+    for (size_t i = 0; i < DBT_ARRAY_LEN(around); i++) {
+        size_t bases[] = {0, 4 + MY_MAX_PAYLOAD_CHUNK - 3, before_cu - 3};
+        for (size_t b = 0; b < DBT_ARRAY_LEN(bases); b++) {
+            free(run(&tcp_nokey, e, ne, bases[b] + around[i], SIZE_MAX, &t));
+            assert_same(&whole, &t, "split at", bases[b] + around[i]);
+            trace_free(&t);
+        }
+    }
+    free(run(&tcp_nokey, e, ne, 65537, 65537, &t));
+    assert_same(&whole, &t, "chunks of", 65537);
+    trace_free(&t);
+    free(run(&tcp_nokey, e, ne, 1, 1, &t));
+    assert_same(&whole, &t, "byte by byte", 1);
+    trace_free(&t);
+    trace_free(&whole);
+    free(in);
+}
