@@ -151,6 +151,50 @@ static int load_trust(struct px_server *srv)
     return 0;
 }
 
+static EVP_PKEY *read_rsa_key(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        px_log(CFG_LOG_ERROR, "cannot open mysql_rsa_key %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *pem = calloc(1, 65536);
+    size_t n = pem ? fread(pem, 1, 65535, f) : 0;
+    fclose(f);
+    EVP_PKEY *key = pem ? my_rsa_from_pem(pem, n) : NULL;
+    if (pem) {
+        dbt_wipe(pem, 65536); /* private key material */
+        free(pem);
+    }
+    if (!key)
+        px_log(CFG_LOG_ERROR, "mysql_rsa_key %s is not an RSA private key of >= 2048 bits", path);
+    return key;
+}
+
+/* The key of the caching_sha2/sha256 bridge (PROTOCOLS.md B3): a configured file, or one key
+ * generated at start and shared by the MySQL listeners without a file. Clients that pin the
+ * server's public key must be given this key's public half (logged at start). */
+static int load_mysql_keys(struct px_server *srv, EVP_PKEY **generated)
+{
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_listener *l = &srv->listeners[i];
+        if (l->cfg->protocol != CFG_PROTO_MYSQL)
+            continue;
+        if (l->cfg->mysql_rsa_key[0]) {
+            l->rsa_key = read_rsa_key(l->cfg->mysql_rsa_key);
+        } else {
+            if (!*generated)
+                *generated = my_rsa_generate(2048);
+            l->rsa_key = *generated;
+        }
+        if (!l->rsa_key || my_rsa_public_pem(l->rsa_key, l->rsa_pem, sizeof(l->rsa_pem)) == 0) {
+            px_log(CFG_LOG_ERROR, "listener %s: no usable MySQL bridge key", l->cfg->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* After binding: a root-started daemon keeps no privileges it does not need. */
 static int drop_privileges(const char *user)
 {
@@ -216,6 +260,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     int status = 1;
+    EVP_PKEY *generated_key = NULL;
     struct px_server srv = {.cfg = &cfg, .listener_count = cfg.listener_count};
     srv.worker_count = cfg.workers > PX_MAX_WORKERS ? PX_MAX_WORKERS : cfg.workers;
     srv.listeners = calloc(cfg.listener_count, sizeof(*srv.listeners));
@@ -226,7 +271,7 @@ int main(int argc, char **argv)
         for (unsigned k = 0; k < PX_MAX_WORKERS; k++)
             srv.listeners[i].fds[k] = -1;
     }
-    if (load_trust(&srv) != 0)
+    if (load_trust(&srv) != 0 || load_mysql_keys(&srv, &generated_key) != 0)
         goto out;
     for (size_t i = 0; i < srv.listener_count; i++) {
         char err[512];
@@ -265,7 +310,11 @@ out:
         px_listen_close(&srv.listeners[i]);
         if (srv.listeners[i].gen)
             tlsw_gen_unref(srv.listeners[i].gen);
+        if (srv.listeners[i].rsa_key && srv.listeners[i].rsa_key != generated_key)
+            my_rsa_free(srv.listeners[i].rsa_key);
     }
+    if (generated_key)
+        my_rsa_free(generated_key);
     free(srv.listeners);
     cfg_free(&cfg);
     return status;

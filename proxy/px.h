@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "cfg.h"
+#include "mysql.h"
 #include "tlsw.h"
 
 #define PX_MAX_WORKERS 256
@@ -31,6 +32,8 @@ struct px_listener {
     struct tlsw_gen *gen;    /* trust generation loaded at start (workers take their own ref) */
     int fds[PX_MAX_WORKERS]; /* one SO_REUSEPORT listening socket per worker (-1 = none) */
     atomic_uint active;      /* live connections across workers, for max_connections */
+    EVP_PKEY *rsa_key;       /* MySQL caching_sha2/sha256 bridge key (mysql listeners) */
+    char rsa_pem[MY_PEM_MAX + 1]; /* its public half, served to clients that ask */
 };
 
 struct px_server {

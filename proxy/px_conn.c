@@ -83,6 +83,10 @@ void px_conn_accept(struct px_worker_listener *wl)
         format_peer(&c->client.tcp, c->client_addr, sizeof(c->client_addr));
         uv_tcp_nodelay(&c->client.tcp, 1);
     }
+    if (wl->l->cfg->protocol == CFG_PROTO_MYSQL) {
+        px_my_start(c); /* the server speaks first: dial now */
+        return;
+    }
     c->pg = calloc(1, sizeof(*c->pg));
     if (!c->pg) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
@@ -114,6 +118,12 @@ static void on_timer(uv_timer_t *t)
     case PX_CONN_CONNECTING:
         px_upstream_connect_timeout(c);
         break;
+    case PX_CONN_MY_GREETING:
+        px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "upstream sent no greeting in time");
+        break;
+    case PX_CONN_MY_RESPONSE:
+        px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not answer the greeting in time");
+        break;
     case PX_CONN_SSL_ANSWER:
     case PX_CONN_TLS_HANDSHAKE:
         px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT,
@@ -130,6 +140,10 @@ static void on_timer(uv_timer_t *t)
         px_conn_close(c, c->reason, NULL);
         break;
     case PX_CONN_RELAY:
+        /* MySQL relays through its machine while authentication still runs. */
+        if (c->my && !my_relaying(c->my))
+            px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "authentication did not finish in time");
+        break;
     case PX_CONN_CLOSING:
         break;
     }
@@ -156,13 +170,17 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     case PX_CONN_CLIENT_STARTUP:
         px_pg_on_client_data(c, data, (size_t)nread);
         break;
+    case PX_CONN_MY_RESPONSE:
+        px_my_on_client_data(c, data, (size_t)nread);
+        break;
     case PX_CONN_RELAY:
         px_relay_from_client(c, data, (size_t)nread);
         break;
     default:
         /* Reads are stopped outside these states; bytes here would be a client that pipelines
          * while dbtrust dials. Keep them for after the StartupMessage. */
-        px_pg_keep_early(c, data, (size_t)nread);
+        if (c->pg)
+            px_pg_keep_early(c, data, (size_t)nread);
         break;
     }
 }
@@ -188,6 +206,39 @@ int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
     return px_io_send_copy(c, &c->client.stream, &c->queued_to_client, data, len);
 }
 
+static const char *summary_for(enum dbt_reason r)
+{
+    switch (dbt_reason_class(r)) {
+    case DBT_CLASS_TLS:
+        if (r == DBT_TLS_UNTRUSTED_CHAIN || r == DBT_TLS_HOSTNAME_MISMATCH ||
+            r == DBT_TLS_CERT_EXPIRED || r == DBT_TLS_CERT_NOT_YET_VALID ||
+            r == DBT_TLS_PIN_MISMATCH)
+            return "upstream certificate rejected";
+        return "could not establish TLS to upstream";
+    case DBT_CLASS_UNREACHABLE:
+        return "upstream unreachable";
+    case DBT_CLASS_PROTOCOL:
+        return "protocol violation";
+    case DBT_CLASS_LIMIT:
+        return "too many connections";
+    case DBT_CLASS_SHUTDOWN:
+        return "dbtrust is shutting down";
+    case DBT_CLASS_BROKEN:
+        return "upstream connection lost";
+    default:
+        return "internal error";
+    }
+}
+
+void px_error_message(const struct px_conn *c, enum dbt_reason reason, const char *detail,
+                      char *buf, size_t cap)
+{
+    const char *upstream = c->upstream_label[0] ? c->upstream_label : "(not dialed)";
+    snprintf(buf, cap, "dbtrust: %s (%s)%s%s [listener %s, upstream %s]", summary_for(reason),
+             dbt_reason_name(reason), detail && *detail ? ": " : "", detail ? detail : "",
+             c->wl->l->cfg->name, upstream);
+}
+
 void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
 {
     if (c->closing || c->state == PX_CONN_FAILING)
@@ -204,7 +255,12 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
     if (c->upstream_leg == PX_LEG_OPEN)
         px_upstream_stop_reading(c);
     c->state = PX_CONN_FAILING;
-    px_pg_send_error(c, reason, c->detail);
+    char msg[900];
+    px_error_message(c, reason, c->detail, msg, sizeof(msg));
+    if (c->my)
+        px_my_send_error(c, reason, msg);
+    else
+        px_pg_send_error(c, reason, msg);
     if (c->closing)
         return;
     if (c->queued_to_client == 0) {
@@ -247,6 +303,7 @@ static void conn_free(struct px_conn *c)
     if (c->addrs)
         uv_freeaddrinfo(c->addrs);
     px_pg_startup_free(c);
+    px_my_free(c);
     tlsw_gen_unref(c->gen);
     free(c);
     px_worker_conn_gone(w);

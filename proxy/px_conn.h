@@ -11,6 +11,8 @@
 
 enum px_conn_state {
     PX_CONN_CLIENT_STARTUP, /* reading the client's startup packets */
+    PX_CONN_MY_GREETING,    /* MySQL: connected, waiting for the server's greeting */
+    PX_CONN_MY_RESPONSE,    /* MySQL: greeting sent, waiting for the client's response */
     PX_CONN_RESOLVING,      /* upstream name lookup */
     PX_CONN_CONNECTING,     /* TCP connect to one upstream address */
     PX_CONN_SSL_ANSWER,     /* PostgreSQL: SSLRequest sent, waiting for exactly 'S' */
@@ -60,6 +62,8 @@ struct px_conn {
     bool tls_up;              /* handshake completed and verified */
     bool tls_first_byte_seen; /* first upstream byte after 'S' must start a TLS record */
     struct px_pg_startup *pg;
+    struct my_session *my; /* MySQL listeners: the whole connection runs through it */
+    bool my_greeted;
 
     /* upstream candidates: listener entries in order, each resolved to addresses */
     size_t upstream_idx;
@@ -132,6 +136,22 @@ int px_upstream_write_raw(struct px_conn *c, const uint8_t *data, size_t len);
 const char *px_upstream_verify_name(const struct px_conn *c);
 void px_pg_keep_early(struct px_conn *c, const uint8_t *data, size_t len);
 void px_pg_startup_free(struct px_conn *c);
+
+/* MySQL/MariaDB (px_mysql.c). */
+int px_my_start(struct px_conn *c);
+void px_my_free(struct px_conn *c);
+void px_my_on_connected(struct px_conn *c);
+void px_my_on_server_plain(struct px_conn *c, const uint8_t *data, size_t len);
+void px_my_on_client_data(struct px_conn *c, const uint8_t *data, size_t len);
+void px_my_on_tls_ready(struct px_conn *c);
+void px_my_from_client(struct px_conn *c, const uint8_t *data, size_t len);
+void px_my_to_client(struct px_conn *c, const uint8_t *data, size_t len);
+void px_my_send_error(struct px_conn *c, enum dbt_reason reason, const char *message);
+
+/* The client-facing error text: "dbtrust: <summary> (<reason>): <detail> [listener X, upstream
+ * H:P]" - the same words for every protocol. */
+void px_error_message(const struct px_conn *c, enum dbt_reason reason, const char *detail,
+                      char *buf, size_t cap);
 
 /* Arms the connection's single timer for the current phase (0 = stop it). */
 void px_conn_set_timer(struct px_conn *c, uint32_t ms);

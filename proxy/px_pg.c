@@ -160,43 +160,14 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
-static const char *summary_for(enum dbt_reason r)
+void px_pg_send_error(struct px_conn *c, enum dbt_reason reason, const char *message)
 {
-    switch (dbt_reason_class(r)) {
-    case DBT_CLASS_TLS:
-        if (r == DBT_TLS_UNTRUSTED_CHAIN || r == DBT_TLS_HOSTNAME_MISMATCH ||
-            r == DBT_TLS_CERT_EXPIRED || r == DBT_TLS_CERT_NOT_YET_VALID ||
-            r == DBT_TLS_PIN_MISMATCH)
-            return "upstream certificate rejected";
-        return "could not establish TLS to upstream";
-    case DBT_CLASS_UNREACHABLE:
-        return "upstream unreachable";
-    case DBT_CLASS_PROTOCOL:
-        return "protocol violation";
-    case DBT_CLASS_LIMIT:
-        return "too many connections";
-    case DBT_CLASS_SHUTDOWN:
-        return "dbtrust is shutting down";
-    case DBT_CLASS_BROKEN:
-        return "upstream connection lost";
-    default:
-        return "internal error";
-    }
-}
-
-void px_pg_send_error(struct px_conn *c, enum dbt_reason reason, const char *detail)
-{
-    char msg[900];
-    const char *upstream = c->upstream_label[0] ? c->upstream_label : "(not dialed)";
-    snprintf(msg, sizeof(msg), "dbtrust: %s (%s)%s%s [listener %s, upstream %s]",
-             summary_for(reason), dbt_reason_name(reason), detail && *detail ? ": " : "",
-             detail ? detail : "", c->wl->l->cfg->name, upstream);
     const char *hint = NULL;
     if (dbt_reason_class(reason) == DBT_CLASS_TLS)
         hint = "dbtrust verifies the upstream against its CA bundle; check the bundle and the "
                "upstream host name (see dbtrust's log)";
     uint8_t buf[1400];
-    size_t n = pg_build_error(buf, sizeof(buf), pg_sqlstate_for(reason), msg, NULL, hint);
+    size_t n = pg_build_error(buf, sizeof(buf), pg_sqlstate_for(reason), message, NULL, hint);
     if (n > 0)
         px_client_send(c, buf, n);
 }

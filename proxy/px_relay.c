@@ -17,7 +17,11 @@ void px_relay_start(struct px_conn *c, const uint8_t *to_client, size_t len)
 
 void px_relay_from_client(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    if (px_upstream_send(c, data, len) != 0)
+    if (c->my)
+        px_my_from_client(c, data, len); /* framed: sequence ids, change-user, RSA bridge */
+    else if (px_upstream_send(c, data, len) != 0)
+        return;
+    if (c->closing)
         return;
     if (c->queued_to_upstream > PX_HIGH_WATER)
         px_client_stop_reading(c);
@@ -25,6 +29,10 @@ void px_relay_from_client(struct px_conn *c, const uint8_t *data, size_t len)
 
 void px_relay_to_client(struct px_conn *c, const uint8_t *data, size_t len)
 {
+    if (c->my) {
+        px_my_to_client(c, data, len);
+        return;
+    }
     c->bytes_to_client += len;
     px_client_send(c, data, len);
 }

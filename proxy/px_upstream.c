@@ -181,7 +181,10 @@ static void on_connected(uv_connect_t *req, int status)
     tune_upstream_socket(c);
     c->upstream_reading = true;
     uv_read_start((uv_stream_t *)&c->upstream, px_io_alloc, on_upstream_read);
-    px_pg_on_connected(c);
+    if (c->my)
+        px_my_on_connected(c);
+    else
+        px_pg_on_connected(c);
 }
 
 static void try_next_addr(struct px_conn *c)
@@ -350,7 +353,10 @@ static void handshake_step(struct px_conn *c)
         return;
     c->tls_up = true;
     log_new_chain(c);
-    px_pg_on_tls_ready(c);
+    if (c->my)
+        px_my_on_tls_ready(c);
+    else
+        px_pg_on_tls_ready(c);
     if (!c->closing && c->state != PX_CONN_FAILING)
         drain_plain(c); /* the server's first records may have arrived with the handshake */
 }
@@ -358,7 +364,10 @@ static void handshake_step(struct px_conn *c)
 void px_upstream_start_tls(struct px_conn *c)
 {
     static const uint8_t alpn_pg[] = "\x0apostgresql";
-    c->tls = tlsw_conn_new(c->gen, px_upstream_verify_name(c), alpn_pg, sizeof(alpn_pg) - 1);
+    /* ALPN "postgresql" is what PostgreSQL 17+ servers expect (PROTOCOLS.md A3); MySQL has none. */
+    bool pg = c->my == NULL;
+    c->tls = tlsw_conn_new(c->gen, px_upstream_verify_name(c), pg ? alpn_pg : NULL,
+                           pg ? sizeof(alpn_pg) - 1 : 0);
     if (!c->tls) {
         px_conn_fail(c, DBT_INTERNAL_ERROR, "could not create a TLS session");
         return;
@@ -377,6 +386,9 @@ void px_upstream_on_eof(struct px_conn *c, bool clean)
         break;
     case PX_CONN_CANCEL_DRAIN:
         px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
+        break;
+    case PX_CONN_MY_GREETING:
+        px_conn_fail(c, DBT_UPSTREAM_RESET, "upstream closed the connection before its greeting");
         break;
     case PX_CONN_SSL_ANSWER:
     case PX_CONN_TLS_HANDSHAKE:
@@ -412,6 +424,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     const uint8_t *data = (const uint8_t *)buf->base;
     if (c->state == PX_CONN_SSL_ANSWER) {
         px_pg_on_ssl_answer(c, data, (size_t)nread);
+        return;
+    }
+    if (c->state == PX_CONN_MY_GREETING || c->state == PX_CONN_MY_RESPONSE) {
+        px_my_on_server_plain(c, data, (size_t)nread);
         return;
     }
     if (!c->tls)

@@ -1,0 +1,170 @@
+/* MySQL/MariaDB: drives protocol/mysql.c with the connection's sockets (PROTOCOLS.md part B).
+ * The server speaks first, so dbtrust dials at accept, greets the client with the server's
+ * (patched) greeting, upgrades the upstream leg after the client's response, and keeps both legs
+ * flowing through the machine so sequence ids, the RSA bridge and COM_CHANGE_USER stay right. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "px_conn.h"
+#include "px_log.h"
+
+int px_my_start(struct px_conn *c)
+{
+    struct px_listener *l = c->wl->l;
+    c->my = malloc(sizeof(*c->my));
+    struct my_config cfg = {
+        .unix_socket = l->cfg->listen.is_unix,
+        .rsa_key = l->rsa_key,
+        .rsa_pem = l->rsa_pem,
+    };
+    if (!c->my || !my_session_init(c->my, &cfg)) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
+        return -1;
+    }
+    if (c->over_limit) {
+        char detail[96];
+        snprintf(detail, sizeof(detail), "max_connections (%u) reached", l->cfg->max_connections);
+        px_conn_fail(c, DBT_LIMIT_REACHED, detail);
+        return -1;
+    }
+    px_upstream_dial(c);
+    return 0;
+}
+
+void px_my_free(struct px_conn *c)
+{
+    if (!c->my)
+        return;
+    my_session_wipe(c->my);
+    free(c->my);
+    c->my = NULL;
+}
+
+/* Executes steps until the machine needs more input. from_server tells which feed to call. */
+static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t len)
+{
+    while (!c->closing && c->state != PX_CONN_FAILING) {
+        struct my_step st;
+        size_t used = from_server ? my_feed_server(c->my, data, len, &st)
+                                  : my_feed_client(c->my, data, len, &st);
+        data += used;
+        len -= used;
+        switch (st.action) {
+        case MY_NEED_MORE:
+            return;
+        case MY_SEND_CLIENT:
+            if (!c->my_greeted && c->state == PX_CONN_MY_GREETING) {
+                /* The patched greeting: now the client may answer. */
+                c->my_greeted = true;
+                c->state = PX_CONN_MY_RESPONSE;
+                px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
+                dbt_strlcpy(c->user, "", sizeof(c->user));
+                px_client_start_reading(c);
+            }
+            c->bytes_to_client += st.len;
+            if (px_client_send(c, st.data, st.len) != 0)
+                return;
+            if (st.phase_end && c->state == PX_CONN_RELAY)
+                px_conn_set_timer(c, 0); /* logged in: no phase timer while relaying */
+            break;
+        case MY_SEND_SERVER_PLAIN:
+            dbt_strlcpy(c->user, c->my->user, sizeof(c->user));
+            dbt_strlcpy(c->database, c->my->database, sizeof(c->database));
+            dbt_strlcpy(c->application_name, c->my->program_name, sizeof(c->application_name));
+            if (px_upstream_write_raw(c, st.data, st.len) != 0)
+                return;
+            break;
+        case MY_START_TLS:
+            px_client_stop_reading(c);
+            px_upstream_start_tls(c);
+            return;
+        case MY_SEND_SERVER:
+            if (px_upstream_send(c, st.data, st.len) != 0)
+                return;
+            break;
+        case MY_RELAY:
+            if (from_server) {
+                c->bytes_to_client += st.len;
+                if (px_client_send(c, st.data, st.len) != 0)
+                    return;
+            } else if (px_upstream_send(c, st.data, st.len) != 0) {
+                return;
+            }
+            break;
+        case MY_FAIL:
+            if (st.len > 0 && !c->is_cancel) {
+                c->state = PX_CONN_FAILING;
+                c->reason = st.reason;
+                dbt_strlcpy(c->detail, st.detail ? st.detail : "", sizeof(c->detail));
+                px_client_stop_reading(c);
+                px_upstream_stop_reading(c);
+                if (px_client_send(c, st.data, st.len) == 0)
+                    px_conn_set_timer(c, 5000);
+            } else {
+                px_conn_close(c, st.reason, st.detail);
+            }
+            return;
+        case MY_CLOSE:
+            /* The server refused us before any TLS (1040 too many connections, 1129 host
+             * blocked...): its ERR greeting is forwarded as is so the client sees why. */
+            c->state = PX_CONN_FAILING;
+            c->reason = DBT_UPSTREAM_REFUSED_TLS;
+            dbt_strlcpy(c->detail, "upstream answered with an error greeting", sizeof(c->detail));
+            if (px_client_send(c, st.data, st.len) == 0)
+                px_conn_set_timer(c, 5000);
+            return;
+        }
+    }
+}
+
+void px_my_on_connected(struct px_conn *c)
+{
+    c->state = PX_CONN_MY_GREETING;
+    px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
+}
+
+void px_my_on_server_plain(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    run(c, true, data, len);
+}
+
+void px_my_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    run(c, false, data, len);
+}
+
+void px_my_on_tls_ready(struct px_conn *c)
+{
+    struct my_step st;
+    my_tls_ready(c->my, &st);
+    if (st.action != MY_SEND_SERVER) {
+        px_conn_fail(c, DBT_INTERNAL_ERROR, "TLS became ready in an unexpected state");
+        return;
+    }
+    /* From here both legs run through the machine until the end: the auth exchange is
+     * re-sequenced, then relayed while COM_CHANGE_USER is watched for. */
+    c->state = PX_CONN_RELAY;
+    px_pg_startup_free(c);
+    if (px_upstream_send(c, st.data, st.len) != 0)
+        return;
+    px_client_start_reading(c);
+}
+
+void px_my_from_client(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    run(c, false, data, len);
+}
+
+void px_my_to_client(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    run(c, true, data, len);
+}
+
+void px_my_send_error(struct px_conn *c, enum dbt_reason reason, const char *message)
+{
+    struct my_step st;
+    my_fail(c->my, reason, message, &st);
+    if (st.len > 0)
+        px_client_send(c, st.data, st.len);
+}
