@@ -411,6 +411,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread < 0) {
         if (nread == UV_EOF) {
             px_upstream_on_eof(c, false);
+        } else if (c->state == PX_CONN_RELAY && c->client_eof) {
+            /* The client already said goodbye (COM_QUIT, Terminate): a server that closes hard
+             * after it, before our close_notify lands, is a normal end, not a broken leg. */
+            px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
         } else if (c->state == PX_CONN_RELAY) {
             px_conn_close(c, nread == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
                           uv_strerror((int)nread));
