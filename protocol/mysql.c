@@ -104,10 +104,13 @@ bool my_relaying(const struct my_session *s)
 struct my_errcode my_errcode_for(enum dbt_reason r)
 {
     switch (dbt_reason_class(r)) {
+    /* Only server-range codes: MariaDB Connector/C (the mariadb CLI, mysqlclient on Debian)
+     * turns an ERR packet carrying a client-range code (2000-2999, e.g. 2026 or 2003) into
+     * "2027 Received malformed packet" and drops the message - seen here with mariadb 10.11. */
     case DBT_CLASS_TLS:
-        return (struct my_errcode){2026, "HY000"}; /* CR_SSL_CONNECTION_ERROR */
+        return (struct my_errcode){1043, "08S01"}; /* ER_HANDSHAKE_ERROR */
     case DBT_CLASS_UNREACHABLE:
-        return (struct my_errcode){2003, "HY000"}; /* CR_CONN_HOST_ERROR */
+        return (struct my_errcode){1429, "HY000"}; /* ER_CONNECT_TO_FOREIGN_DATA_SOURCE */
     case DBT_CLASS_PROTOCOL:
         return (struct my_errcode){1043, "08S01"}; /* ER_HANDSHAKE_ERROR */
     case DBT_CLASS_LIMIT:

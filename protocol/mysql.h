@@ -183,7 +183,7 @@ struct my_errcode {
     uint16_t code;
     const char *sqlstate;
 };
-/* TLS -> 2026 HY000 (CR_SSL_CONNECTION_ERROR), unreachable -> 2003 HY000, protocol -> 1043
+/* TLS -> 1043 08S01 (ER_HANDSHAKE_ERROR), unreachable -> 1429 HY000, protocol -> 1043
  * 08S01 (ER_HANDSHAKE_ERROR), limit -> 1040 08004 (ER_CON_COUNT_ERROR), else 1105 HY000. */
 struct my_errcode my_errcode_for(enum dbt_reason r);
 

@@ -181,8 +181,74 @@ def section_postgres(demo):
     pg.stop()
 
 
-# Add engines here, e.g. ("MariaDB 10.11", section_mariadb).
-SECTIONS = [("PostgreSQL 15", section_postgres)]
+# --------------------------------------------------------------------------------------------
+# MariaDB section
+# --------------------------------------------------------------------------------------------
+
+MY_QUERY = ("select current_user() as user, @@version as version, "
+            "(select variable_value from information_schema.session_status "
+            " where variable_name = 'Ssl_version') as tls_version, "
+            "(select variable_value from information_schema.session_status "
+            " where variable_name = 'Ssl_cipher') as cipher")
+
+
+def mariadb(caption, port, query):
+    """The mariadb CLI as a legacy app would run it: plaintext (--skip-ssl) to dbtrust."""
+    step(caption)
+    cmd = ["mariadb", "-h", "127.0.0.1", "-P", str(port), "--skip-ssl",
+           "-u", fx.MY_NATIVE_USER, fx.MY_APP_DATABASE, "-E", "-e", query]
+    show("$ MYSQL_PWD=... " + shell_quote(cmd))
+    env = fx.clean_env(MYSQL_PWD=fx.MY_NATIVE_PASSWORD)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def section_mariadb(demo):
+    banner("MariaDB 10.11: plaintext mariadb CLI -> dbtrust -> verify-full TLS -> server")
+    step("Starting a TLS-only MariaDB 10.11 (require_secure_transport=ON)")
+    db = fx.MariadbServer(demo.pki.leaf, "demo-mariadb").start()
+    db.provision_app_users()
+    show(f"listening on 127.0.0.1:{db.port}, presenting leaf + intermediate A")
+
+    config = fx.DbTrustConfig(demo.pki.bundle, workers=2, drain_timeout="1s")
+    shop = config.add_listener("shop", "mysql", f"localhost:{db.port}",
+                               connect_timeout="2s", handshake_timeout="3s")
+    dbtrust = demo.start_dbtrust("dbtrust-mariadb", config)
+    show(f"dbtrust listening on {shop.listen} (plaintext, loopback)")
+
+    mark = dbtrust.mark()
+    ok = mariadb("Through dbtrust: a plaintext client works, and the server sees TLS",
+                 shop.port, MY_QUERY)
+    show(ok.stdout + ok.stderr)
+    if ok.returncode != 0 or not re.search(r"tls_version: TLSv1\.[23]", ok.stdout):
+        raise DemoError("query through dbtrust failed or the server did not see TLS")
+    step("dbtrust's log line for that connection")
+    fx.wait_for(lambda: dbtrust.find_lines("user=native", since=mark), 5, what="log line")
+    show_log_lines(dbtrust, mark, "user=native")
+
+    if not show_verified_chain("127.0.0.1", db.port, demo.pki.bundle, "localhost", "mysql"):
+        raise DemoError("the upstream chain did not verify")
+
+    step("The server now presents a certificate from a ROGUE CA (FLUSH SSL)")
+    db.set_certificate(demo.pki.rogue_leaf)
+    refused = mariadb("The same client through dbtrust: refused, and told why", shop.port,
+                      "select 1")
+    show(refused.stderr + refused.stdout)
+    if refused.returncode == 0 or "tls_untrusted_chain" not in refused.stderr:
+        raise DemoError("the rogue certificate was not refused with tls_untrusted_chain")
+
+    step("The server gets its real certificate back (FLUSH SSL)")
+    db.set_certificate(demo.pki.leaf)
+    again = mariadb("The same app works again; dbtrust was never restarted", shop.port,
+                    "select current_user() as user")
+    show(again.stdout + again.stderr)
+    if again.returncode != 0:
+        raise DemoError("connection after restoring the certificate failed")
+
+    dbtrust.stop()
+    db.stop()
+
+
+SECTIONS = [("PostgreSQL 15", section_postgres), ("MariaDB 10.11", section_mariadb)]
 
 
 def main():

@@ -426,7 +426,7 @@ Test(mysql, greeting_without_ssl_fails_closed)
     memcpy(g, mariadb_greeting, sizeof mariadb_greeting);
     g[MARIADB_CAPS_LO + 1] &= (uint8_t)~0x08;
     size_t n = pkt(in, 0, g, sizeof mariadb_greeting);
-    size_t wn = err_pkt(want, 0, 2026, NULL,
+    size_t wn = err_pkt(want, 0, 1043, NULL,
                         "dbtrust: upstream does not offer TLS (greeting lacks CLIENT_SSL), "
                         "refusing plaintext (upstream_refused_tls)");
     struct ev e = {SERVER, in, n};
@@ -687,10 +687,10 @@ Test(mysql, build_err_exact_bytes)
 Test(mysql, errcode_mapping)
 {
     struct my_errcode e = my_errcode_for(DBT_TLS_HOSTNAME_MISMATCH);
-    cr_assert_eq(e.code, 2026);
-    cr_assert_str_eq(e.sqlstate, "HY000");
+    cr_assert_eq(e.code, 1043);
+    cr_assert_str_eq(e.sqlstate, "08S01");
     e = my_errcode_for(DBT_UPSTREAM_CONNECT_FAILED);
-    cr_assert_eq(e.code, 2003);
+    cr_assert_eq(e.code, 1429);
     cr_assert_str_eq(e.sqlstate, "HY000");
     e = my_errcode_for(DBT_CLIENT_PROTOCOL_ERROR);
     cr_assert_eq(e.code, 1043);
@@ -709,7 +709,7 @@ Test(mysql, my_fail_before_greeting_and_after_response)
     struct my_step st;
     struct my_session *s = new_session(&tcp_nokey);
     my_fail(s, DBT_UPSTREAM_CONNECT_FAILED, "Can't connect to MySQL server on 'db:3306'", &st);
-    size_t wn = err_pkt(want, 0, 2003, NULL, "Can't connect to MySQL server on 'db:3306'");
+    size_t wn = err_pkt(want, 0, 1429, NULL, "Can't connect to MySQL server on 'db:3306'");
     cr_assert_eq(st.action, MY_FAIL);
     cr_assert_eq(st.len, wn);
     cr_assert_arr_eq(st.data, want, wn);
@@ -724,7 +724,7 @@ Test(mysql, my_fail_before_greeting_and_after_response)
     s = run(&tcp_nokey, e, 2, SIZE_MAX, SIZE_MAX, &t);
     cr_assert_eq(t.n, 3);
     my_fail(s, DBT_TLS_HOSTNAME_MISMATCH, "SSL connection error: hostname mismatch", &st);
-    wn = err_pkt(want, 2, 2026, "HY000", "SSL connection error: hostname mismatch");
+    wn = err_pkt(want, 2, 1043, "08S01", "SSL connection error: hostname mismatch");
     cr_assert_eq(st.len, wn);
     cr_assert_arr_eq(st.data, want, wn);
     struct my_step after;
