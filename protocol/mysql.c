@@ -124,18 +124,6 @@ struct my_errcode my_errcode_for(enum dbt_reason r)
     return (struct my_errcode){1105, "HY000"}; /* ER_UNKNOWN_ERROR */
 }
 
-/* Longest prefix of s within room bytes that does not cut a UTF-8 sequence. */
-static size_t fit(const char *s, size_t room)
-{
-    size_t n = strlen(s);
-    if (n <= room)
-        return n;
-    n = room;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-        n--;
-    return n;
-}
-
 size_t my_build_err(uint8_t *buf, size_t cap, uint8_t seq, uint16_t code, const char *sqlstate,
                     const char *message)
 {
@@ -145,7 +133,7 @@ size_t my_build_err(uint8_t *buf, size_t cap, uint8_t seq, uint16_t code, const 
     if (cap < fixed)
         return 0;
     size_t room = cap - fixed < MY_ERR_MSG_MAX ? cap - fixed : MY_ERR_MSG_MAX;
-    size_t mlen = fit(message ? message : "", room);
+    size_t mlen = wire_utf8_prefix(message ? message : "", room);
     uint8_t *p = buf + MY_HEADER;
     *p++ = PKT_ERR;
     put_le16(p, code);

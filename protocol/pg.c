@@ -422,25 +422,12 @@ const char *pg_sqlstate_for(enum dbt_reason r)
     return "XX000";
 }
 
-/* Longest prefix of s within room bytes that does not cut a UTF-8 sequence, so a truncated
- * message stays valid text for clients that decode it. */
-static size_t fit(const char *s, size_t room)
-{
-    size_t n = strlen(s);
-    if (n <= room)
-        return n;
-    n = room;
-    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
-        n--;
-    return n;
-}
-
 /* An optional field takes what the mandatory ones left; dropped rather than sent empty. */
 static bool optional_fits(const char *s, size_t *room, size_t *n)
 {
     if (!s || *room < 2)
         return false;
-    *n = fit(s, *room - 2);
+    *n = wire_utf8_prefix(s, *room - 2);
     if (*n == 0 && s[0] != '\0')
         return false;
     *room -= 2 + *n;
@@ -469,7 +456,7 @@ size_t pg_build_error(uint8_t *buf, size_t cap, const char *sqlstate, const char
     if (cap < base)
         return 0;
     size_t room = cap - base;
-    size_t mlen = fit(message, room);
+    size_t mlen = wire_utf8_prefix(message, room);
     room -= mlen;
     bool with_detail = optional_fits(detail, &room, &dlen);
     bool with_hint = optional_fits(hint, &room, &hlen);

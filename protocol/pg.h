@@ -12,15 +12,15 @@
 
 #include "dbt_reason.h"
 
-#define PG_SSL_REQUEST_CODE 80877103u    /* (1234 << 16) | 5679 */
+#define PG_SSL_REQUEST_CODE    80877103u /* (1234 << 16) | 5679 */
 #define PG_GSSENC_REQUEST_CODE 80877104u /* (1234 << 16) | 5680 */
 #define PG_CANCEL_REQUEST_CODE 80877102u /* (1234 << 16) | 5678 */
-#define PG_MAX_STARTUP_PACKET 10000u     /* body limit of the server (backend_startup.c) */
-#define PG_MAX_CANCEL_KEY 256u           /* protocol 3.2 variable-length cancel keys */
+#define PG_MAX_STARTUP_PACKET  10000u    /* body limit of the server (backend_startup.c) */
+#define PG_MAX_CANCEL_KEY      256u      /* protocol 3.2 variable-length cancel keys */
 /* Largest server message buffered during the startup phase. Only AuthenticationSASL is ever
  * rewritten; the rest is buffered whole just to keep the framing simple. */
 #define PG_MAX_SERVER_STARTUP_MSG 16384u
-#define PG_IDENT_MAX 64 /* user / database / application_name kept for logs (truncated) */
+#define PG_IDENT_MAX              64 /* user / database / application_name kept for logs (truncated) */
 
 /* The 8 bytes dbtrust sends upstream, alone, before TLS. */
 extern const uint8_t pg_ssl_request[8];
@@ -47,12 +47,12 @@ enum pg_client_state { PG_C_HEADER, PG_C_BODY, PG_C_DONE, PG_C_FAILED };
 
 struct pg_client {
     enum pg_client_state state;
-    bool seen_ssl_request;    /* at most one of each before the StartupMessage (A1) */
+    bool seen_ssl_request; /* at most one of each before the StartupMessage (A1) */
     bool seen_gssenc_request;
-    uint32_t version;          /* protocol version of the StartupMessage, e.g. 0x00030000 */
-    size_t have;               /* bytes of the current packet in buf */
-    size_t need;               /* total length of the current packet once known */
-    char user[PG_IDENT_MAX];   /* parsed from the StartupMessage, for logs only */
+    uint32_t version;        /* protocol version of the StartupMessage, e.g. 0x00030000 */
+    size_t have;             /* bytes of the current packet in buf */
+    size_t need;             /* total length of the current packet once known */
+    char user[PG_IDENT_MAX]; /* parsed from the StartupMessage, for logs only */
     char database[PG_IDENT_MAX];
     char application_name[PG_IDENT_MAX];
     uint8_t buf[4 + PG_MAX_STARTUP_PACKET];

@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 static inline uint32_t wire_be32(const uint8_t *p)
 {
@@ -29,6 +30,19 @@ static inline void wire_put_le24(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)v;
     p[1] = (uint8_t)(v >> 8);
     p[2] = (uint8_t)(v >> 16);
+}
+
+/* Longest prefix of s within room bytes that does not cut a UTF-8 sequence, so a truncated
+ * error message stays valid text for clients that decode it. */
+static inline size_t wire_utf8_prefix(const char *s, size_t room)
+{
+    size_t n = strlen(s);
+    if (n <= room)
+        return n;
+    n = room;
+    while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
+        n--;
+    return n;
 }
 
 /* A bounded output buffer: writers append and set `overflow` instead of writing past cap. A write
