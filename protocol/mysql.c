@@ -173,10 +173,11 @@ static void fail_err(struct my_session *s, struct my_step *out, enum dbt_reason 
 static void fail(struct my_session *s, struct my_step *out, enum dbt_reason reason,
                  const char *detail)
 {
-    char msg[256];
+    char msg[MY_ERR_MSG_MAX + 1];
     struct my_errcode e = my_errcode_for(reason);
 
-    snprintf(msg, sizeof msg, "dbtrust: %s (%s)", detail, dbt_reason_name(reason));
+    snprintf(msg, sizeof msg, "dbtrust: %s (%s)%s", detail, dbt_reason_name(reason),
+             s->cfg.context ? s->cfg.context : "");
     fail_err(s, out, reason, detail, e.code, e.sqlstate, msg);
 }
 

@@ -91,6 +91,9 @@ struct my_config {
     bool unix_socket;    /* the client leg counts as secure: cleartext passwords are forwarded */
     EVP_PKEY *rsa_key;   /* borrowed; RSA >= 2048 bits; NULL: no RSA bridge (B3) */
     const char *rsa_pem; /* borrowed; SPKI PEM of rsa_key ("-----BEGIN PUBLIC KEY-----") */
+    /* borrowed, may be NULL or change until used: appended to the errors the machine writes
+     * itself, e.g. " [listener shop, upstream db:3306]", so every error names where it came from */
+    const char *context;
 };
 
 enum my_state {

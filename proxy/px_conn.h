@@ -64,6 +64,7 @@ struct px_conn {
     struct px_pg_startup *pg;
     struct my_session *my; /* MySQL listeners: the whole connection runs through it */
     bool my_greeted;
+    char my_context[400]; /* " [listener X, upstream H:P]" for the machine's own errors */
 
     /* upstream candidates: listener entries in order, each resolved to addresses */
     size_t upstream_idx;

@@ -17,6 +17,7 @@ int px_my_start(struct px_conn *c)
         .unix_socket = l->cfg->listen.is_unix,
         .rsa_key = l->rsa_key,
         .rsa_pem = l->rsa_pem,
+        .context = c->my_context,
     };
     if (!c->my || !my_session_init(c->my, &cfg)) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
@@ -120,6 +121,8 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
 
 void px_my_on_connected(struct px_conn *c)
 {
+    snprintf(c->my_context, sizeof(c->my_context), " [listener %s, upstream %s]",
+             c->wl->l->cfg->name, c->upstream_label);
     c->state = PX_CONN_MY_GREETING;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
 }

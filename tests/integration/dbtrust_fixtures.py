@@ -7,6 +7,8 @@ Everything here starts real things on loopback and cleans them up again:
 - dbtrust itself              DbTrustConfig, DbTrust
 - PostgreSQL (PG-specific)    PostgresServer, pg_* wire helpers, run_psql(), pg_conninfo()
 - hostile upstreams           ScriptedUpstream + pg_script_* scripts, PgTlsUpstream
+- MariaDB (MySQL protocol)    MariadbServer, my_* wire helpers, run_mariadb(), my_script_*,
+                              Unix-socket listeners (add_unix_listener, dbtrust_from_config)
 
 MySQL/MariaDB suites reuse the generic parts; PostgreSQL-only code carries "pg"/"Postgres" in
 its name. Clients must run under /usr/bin/python3: Debian's psycopg2/psycopg/asyncpg live there.
@@ -19,6 +21,7 @@ Set DBTRUST_KEEP_TMP=1 to keep the temp dirs (logs, certificates) for post-morte
 
 import atexit
 import ctypes
+import hashlib
 import os
 import pwd
 import random
@@ -1013,3 +1016,665 @@ class PostgresServer:
         expected = cert.der()
         wait_for(lambda: pg_served_leaf_der("127.0.0.1", self.port) == expected, timeout,
                  interval=0.1, what=f"postgres {self.name} to serve {cert.name}")
+
+
+# ============================================================================================
+# MariaDB / MySQL section (MySQL protocol: names carry "my", "Mariadb" or "mysql")
+#
+# Everything below serves the MySQL-protocol suites; nothing above depends on it. Wire helpers
+# follow PROTOCOLS.md part B (little-endian, 4-byte packet headers with sequence ids).
+# ============================================================================================
+
+MARIADBD = "/usr/sbin/mariadbd"
+MARIADB_CLI = "mariadb"
+MY_NATIVE_USER, MY_NATIVE_PASSWORD = "native", "nativepw"   # mysql_native_password
+MY_ED_USER, MY_ED_PASSWORD = "ed", "edpw"                   # MariaDB ed25519
+MY_APP_DATABASE = "app"
+
+# Capability flags (PROTOCOLS.md B1)
+MY_CLIENT_LONG_PASSWORD = 0x1          # MariaDB: "CLIENT_MYSQL"
+MY_CLIENT_FOUND_ROWS = 0x2
+MY_CLIENT_LONG_FLAG = 0x4
+MY_CLIENT_CONNECT_WITH_DB = 0x8
+MY_CLIENT_COMPRESS = 0x20
+MY_CLIENT_LOCAL_FILES = 0x80
+MY_CLIENT_PROTOCOL_41 = 0x200
+MY_CLIENT_INTERACTIVE = 0x400
+MY_CLIENT_SSL = 0x800
+MY_CLIENT_TRANSACTIONS = 0x2000
+MY_CLIENT_SECURE_CONNECTION = 0x8000
+MY_CLIENT_MULTI_STATEMENTS = 0x10000
+MY_CLIENT_MULTI_RESULTS = 0x20000
+MY_CLIENT_PS_MULTI_RESULTS = 0x40000
+MY_CLIENT_PLUGIN_AUTH = 0x80000
+MY_CLIENT_CONNECT_ATTRS = 0x100000
+MY_CLIENT_PLUGIN_AUTH_LENENC = 0x200000
+MY_CLIENT_DEPRECATE_EOF = 0x1000000
+MY_SERVER_STATUS_AUTOCOMMIT = 0x2
+
+# What a plain 4.1+ client with plugin auth asks for; enough for raw wire-level tests.
+MY_BASIC_CLIENT_CAPS = (MY_CLIENT_LONG_PASSWORD | MY_CLIENT_LONG_FLAG | MY_CLIENT_PROTOCOL_41
+                        | MY_CLIENT_TRANSACTIONS | MY_CLIENT_SECURE_CONNECTION
+                        | MY_CLIENT_MULTI_RESULTS | MY_CLIENT_PLUGIN_AUTH)
+MY_MAX_PACKET = 16 * 1024 * 1024
+MY_CHARSET_UTF8MB4 = 45  # utf8mb4_general_ci
+
+
+# -- framing and encodings -----------------------------------------------------------------
+
+def my_packet(seq, payload):
+    """One packet: int<3> length, int<1> sequence id, payload (single-chunk payloads only)."""
+    if len(payload) >= 0xFFFFFF:
+        raise ValueError("my_packet builds single packets; split payloads of 16 MiB yourself")
+    return struct.pack("<I", len(payload))[:3] + bytes([seq & 0xFF]) + payload
+
+
+def my_read_packet(sock):
+    """One packet -> (sequence id, payload). Connection-phase packets are far below 16 MiB, so
+    continuation chunks are not joined here."""
+    header = recv_exact(sock, 4)
+    length = header[0] | header[1] << 8 | header[2] << 16
+    return header[3], recv_exact(sock, length)
+
+
+def my_lenenc_int(n):
+    if n < 251:
+        return bytes([n])
+    if n < 1 << 16:
+        return b"\xfc" + struct.pack("<H", n)
+    if n < 1 << 24:
+        return b"\xfd" + struct.pack("<I", n)[:3]
+    return b"\xfe" + struct.pack("<Q", n)
+
+
+def my_lenenc_str(data):
+    data = data.encode() if isinstance(data, str) else data
+    return my_lenenc_int(len(data)) + data
+
+
+def my_read_lenenc_int(buf, pos):
+    """(value, new position) of the length-encoded integer at buf[pos]."""
+    first = buf[pos]
+    if first < 251:
+        return first, pos + 1
+    if first == 0xFC:
+        return struct.unpack_from("<H", buf, pos + 1)[0], pos + 3
+    if first == 0xFD:
+        return int.from_bytes(buf[pos + 1:pos + 4], "little"), pos + 4
+    if first == 0xFE:
+        return struct.unpack_from("<Q", buf, pos + 1)[0], pos + 9
+    raise ValueError(f"invalid length-encoded integer prefix 0x{first:02x}")
+
+
+def my_read_nul_str(buf, pos):
+    """(bytes up to the NUL, position after it); a missing NUL takes the rest of buf."""
+    end = buf.find(b"\0", pos)
+    if end < 0:
+        return bytes(buf[pos:]), len(buf)
+    return bytes(buf[pos:end]), end + 1
+
+
+# -- greeting (HandshakeV10) ---------------------------------------------------------------
+
+@dataclass
+class MyGreeting:
+    """The fields of a HandshakeV10 a test looks at (PROTOCOLS.md B1)."""
+    version: str
+    connection_id: int
+    nonce: bytes           # 20-byte scramble (part 1 + part 2 without the trailing NUL)
+    capabilities: int      # lower | upper 16 bits
+    charset: int
+    status: int
+    plugin: str
+    mariadb_ext_caps: int  # MariaDB extended capabilities (0 when CLIENT_MYSQL is set)
+
+
+def my_parse_greeting(payload):
+    if not payload or payload[0] != 0x0A:
+        raise ValueError(f"not a HandshakeV10 greeting: {payload[:16]!r}")
+    version, v = my_read_nul_str(payload, 1)
+    conn_id = struct.unpack_from("<I", payload, v)[0]
+    part1 = payload[v + 4:v + 12]
+    caps = struct.unpack_from("<H", payload, v + 13)[0]
+    charset = payload[v + 15]
+    status = struct.unpack_from("<H", payload, v + 16)[0]
+    caps |= struct.unpack_from("<H", payload, v + 18)[0] << 16
+    auth_len = payload[v + 20]
+    ext = 0 if caps & MY_CLIENT_LONG_PASSWORD else struct.unpack_from("<I", payload, v + 27)[0]
+    part2_len = max(13, auth_len - 8)
+    part2 = payload[v + 31:v + 31 + part2_len]
+    plugin = b""
+    if caps & MY_CLIENT_PLUGIN_AUTH:
+        plugin, _ = my_read_nul_str(payload, v + 31 + part2_len)
+    return MyGreeting(version.decode(), conn_id, bytes(part1 + part2[:12]), caps, charset,
+                      status, plugin.decode(), ext)
+
+
+def my_build_greeting(version, connection_id, nonce, capabilities, plugin,
+                      charset=MY_CHARSET_UTF8MB4, status=MY_SERVER_STATUS_AUTOCOMMIT):
+    """A MySQL-style HandshakeV10 (CLIENT_MYSQL set, so no MariaDB extended caps)."""
+    if len(nonce) != 20:
+        raise ValueError("the nonce is 20 bytes")
+    return (b"\x0a" + version.encode() + b"\0" + struct.pack("<I", connection_id) + nonce[:8]
+            + b"\0" + struct.pack("<H", capabilities & 0xFFFF) + bytes([charset])
+            + struct.pack("<H", status) + struct.pack("<H", capabilities >> 16)
+            + bytes([21]) + b"\0" * 10 + nonce[8:] + b"\0" + plugin.encode() + b"\0")
+
+
+# -- client packets ------------------------------------------------------------------------
+
+def my_ssl_request(capabilities, max_packet=MY_MAX_PACKET, charset=MY_CHARSET_UTF8MB4):
+    """SSLRequest payload (32 bytes, B2): the first 32 bytes of a HandshakeResponse41."""
+    return struct.pack("<IIB23s", capabilities | MY_CLIENT_SSL, max_packet, charset, b"")
+
+
+def my_handshake_response(user, auth_response, capabilities=MY_BASIC_CLIENT_CAPS, database=None,
+                          plugin="mysql_native_password", attrs=None, max_packet=MY_MAX_PACKET,
+                          charset=MY_CHARSET_UTF8MB4):
+    """HandshakeResponse41 payload (B2); the CONNECT_WITH_DB / CONNECT_ATTRS / LENENC bits are
+    set to match the optional parts given."""
+    caps = capabilities
+    if database is not None:
+        caps |= MY_CLIENT_CONNECT_WITH_DB
+    if attrs:
+        caps |= MY_CLIENT_CONNECT_ATTRS
+    out = struct.pack("<IIB23s", caps, max_packet, charset, b"") + user.encode() + b"\0"
+    if caps & MY_CLIENT_PLUGIN_AUTH_LENENC:
+        out += my_lenenc_str(auth_response)
+    else:
+        out += bytes([len(auth_response)]) + auth_response
+    if database is not None:
+        out += database.encode() + b"\0"
+    if caps & MY_CLIENT_PLUGIN_AUTH:
+        out += plugin.encode() + b"\0"
+    if attrs:
+        body = b"".join(my_lenenc_str(k) + my_lenenc_str(v) for k, v in attrs.items())
+        out += my_lenenc_str(body)
+    return out
+
+
+@dataclass
+class MyHandshakeResponse:
+    capabilities: int
+    max_packet: int
+    charset: int
+    user: str
+    auth_response: bytes
+    database: str = None
+    plugin: str = None
+    attrs: dict = field(default_factory=dict)
+
+
+def my_parse_handshake_response(payload, capabilities=None):
+    """Parse a HandshakeResponse41. `capabilities` overrides the packet's own flags: a real
+    server parses the response inside TLS with the flags of the SSLRequest (B2)."""
+    own_caps, max_packet, charset = struct.unpack_from("<IIB", payload, 0)
+    caps = own_caps if capabilities is None else capabilities
+    user, pos = my_read_nul_str(payload, 32)
+    if caps & MY_CLIENT_PLUGIN_AUTH_LENENC:
+        n, pos = my_read_lenenc_int(payload, pos)
+    elif caps & MY_CLIENT_SECURE_CONNECTION:
+        n, pos = payload[pos], pos + 1
+    else:
+        n = payload.index(b"\0", pos) - pos
+    auth, pos = bytes(payload[pos:pos + n]), pos + n
+    if not caps & (MY_CLIENT_PLUGIN_AUTH_LENENC | MY_CLIENT_SECURE_CONNECTION):
+        pos += 1
+    database = plugin = None
+    if caps & MY_CLIENT_CONNECT_WITH_DB and pos < len(payload):
+        database, pos = my_read_nul_str(payload, pos)
+        database = database.decode(errors="replace")
+    if caps & MY_CLIENT_PLUGIN_AUTH and pos < len(payload):
+        plugin, pos = my_read_nul_str(payload, pos)
+        plugin = plugin.decode(errors="replace")
+    attrs = {}
+    if caps & MY_CLIENT_CONNECT_ATTRS and pos < len(payload):
+        total, pos = my_read_lenenc_int(payload, pos)
+        end = pos + total
+        while pos < end:
+            klen, pos = my_read_lenenc_int(payload, pos)
+            key, pos = payload[pos:pos + klen], pos + klen
+            vlen, pos = my_read_lenenc_int(payload, pos)
+            value, pos = payload[pos:pos + vlen], pos + vlen
+            attrs[key.decode(errors="replace")] = value.decode(errors="replace")
+    return MyHandshakeResponse(own_caps, max_packet, charset, user.decode(errors="replace"),
+                               auth, database, plugin, attrs)
+
+
+# -- server packets ------------------------------------------------------------------------
+
+def my_ok_packet(affected_rows=0, last_insert_id=0, status=MY_SERVER_STATUS_AUTOCOMMIT,
+                 warnings=0):
+    return (b"\x00" + my_lenenc_int(affected_rows) + my_lenenc_int(last_insert_id)
+            + struct.pack("<HH", status, warnings))
+
+
+def my_err_packet(code, message, sqlstate="HY000"):
+    """ERR payload; sqlstate=None for the pre-greeting form without '#SQLSTATE' (B5)."""
+    state = b"" if sqlstate is None else b"#" + sqlstate.encode()
+    return b"\xff" + struct.pack("<H", code) + state + message.encode()
+
+
+@dataclass
+class MyError:
+    code: int
+    sqlstate: str      # None when the packet carried no '#SQLSTATE' marker
+    message: str
+
+
+def my_parse_err(payload):
+    if not payload or payload[0] != 0xFF:
+        raise ValueError(f"not an ERR packet: {payload[:16]!r}")
+    code = struct.unpack_from("<H", payload, 1)[0]
+    if payload[3:4] == b"#":
+        return MyError(code, payload[4:9].decode(), payload[9:].decode(errors="replace"))
+    return MyError(code, None, payload[3:].decode(errors="replace"))
+
+
+# -- authentication scrambles --------------------------------------------------------------
+
+def my_native_scramble(password, nonce):
+    """mysql_native_password: SHA1(pw) XOR SHA1(nonce || SHA1(SHA1(pw)))."""
+    if not password:
+        return b""
+    p1 = hashlib.sha1(password.encode()).digest()
+    p2 = hashlib.sha1(p1).digest()
+    p3 = hashlib.sha1(nonce + p2).digest()
+    return bytes(a ^ b for a, b in zip(p1, p3))
+
+
+def my_caching_sha2_scramble(password, nonce):
+    """caching_sha2_password: SHA256(pw) XOR SHA256(SHA256(SHA256(pw)) || nonce) (B3)."""
+    if not password:
+        return b""
+    p1 = hashlib.sha256(password.encode()).digest()
+    p2 = hashlib.sha256(p1).digest()
+    p3 = hashlib.sha256(p2 + nonce).digest()
+    return bytes(a ^ b for a, b in zip(p1, p3))
+
+
+# -- raw clients ---------------------------------------------------------------------------
+
+@dataclass
+class MyLoginResult:
+    """What a raw client saw: the greeting (None if the first packet was an ERR), and the
+    (sequence id, payload) of the packet that ended the attempt."""
+    greeting: MyGreeting
+    seq: int
+    payload: bytes
+
+    @property
+    def error(self):
+        return my_parse_err(self.payload) if self.payload[:1] == b"\xff" else None
+
+
+def my_raw_login(host, port, user, password, database=None, timeout=10, unix_path=None):
+    """A minimal plaintext 4.1 client: read the greeting, answer with a native-password
+    HandshakeResponse (seq 1), return the next packet. Enough to see which packet, sequence id,
+    error code and SQLSTATE a proxy's refusal carries, independently of any client library."""
+    if unix_path:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(unix_path)
+    else:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    with sock:
+        seq, payload = my_read_packet(sock)
+        if payload[:1] == b"\xff":
+            return MyLoginResult(None, seq, payload)
+        greeting = my_parse_greeting(payload)
+        sock.sendall(my_packet(1, my_handshake_response(
+            user, my_native_scramble(password, greeting.nonce), database=database)))
+        seq, payload = my_read_packet(sock)
+        return MyLoginResult(greeting, seq, payload)
+
+
+def my_read_greeting(host, port, timeout=10):
+    """Connect and return the parsed greeting (the first packet), closing right after."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        _, payload = my_read_packet(sock)
+    return my_parse_greeting(payload)
+
+
+def my_starttls(host, port, server_hostname=None, cafile=None, timeout=10):
+    """Greeting -> SSLRequest (seq 1) -> TLS client socket. With cafile: verify-full."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    _, payload = my_read_packet(sock)
+    greeting = my_parse_greeting(payload)
+    if not greeting.capabilities & MY_CLIENT_SSL:
+        sock.close()
+        raise ConnectionError("server greeting lacks CLIENT_SSL")
+    sock.sendall(my_packet(1, my_ssl_request(MY_BASIC_CLIENT_CAPS)))
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx.wrap_socket(sock, server_hostname=server_hostname or host)
+
+
+def my_served_leaf_der(host, port):
+    """DER of the leaf certificate a MySQL/MariaDB server presents now (no verification)."""
+    with my_starttls(host, port) as tls:
+        return tls.getpeercert(binary_form=True)
+
+
+# -- scripted MySQL-protocol upstreams (scripts for ScriptedUpstream) ----------------------
+
+MY_NO_TLS_VERSION = "5.5.5-10.11.99-MariaDB-scripted-no-tls"
+
+
+def my_script_refuse_tls(sock, record, stop_event):
+    """A MariaDB-looking server without TLS: its greeting lacks CLIENT_SSL. Records whatever
+    follows: a proxy that fails closed sends nothing (no response with the user's
+    credentials, no SSLRequest)."""
+    caps = (MY_CLIENT_LONG_FLAG | MY_CLIENT_CONNECT_WITH_DB | MY_CLIENT_PROTOCOL_41
+            | MY_CLIENT_TRANSACTIONS | MY_CLIENT_SECURE_CONNECTION | MY_CLIENT_MULTI_RESULTS
+            | MY_CLIENT_PLUGIN_AUTH | MY_CLIENT_CONNECT_ATTRS | MY_CLIENT_PLUGIN_AUTH_LENENC)
+    nonce = bytes(random.randrange(1, 128) for _ in range(20))
+    sock.sendall(my_packet(0, my_build_greeting(MY_NO_TLS_VERSION, 4242, nonce,
+                                                caps | MY_CLIENT_LONG_PASSWORD,
+                                                "mysql_native_password")))
+    record.drain(sock, stop_event)
+
+
+# -- clients: mariadb CLI ------------------------------------------------------------------
+
+def run_mariadb(args, sql=None, password=None, timeout=60, cwd=None, input_text=None):
+    """The mariadb CLI without any option file (--no-defaults: Debian's /etc/mysql must not
+    change a test), in batch mode; the password travels in MYSQL_PWD (not on the command
+    line). Returns the CompletedProcess (no check)."""
+    cmd = [MARIADB_CLI, "--no-defaults", "--batch", "--skip-column-names",
+           "--connect-timeout=10"] + list(args)
+    if sql is not None:
+        cmd += ["-e", sql]
+    env = clean_env(**({"MYSQL_PWD": password} if password is not None else {}))
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env, input=input_text)
+
+
+# -- MariaDB 10.11 server ------------------------------------------------------------------
+
+def _mysql_ids():
+    pw = pwd.getpwnam("mysql")
+    return pw.pw_uid, pw.pw_gid
+
+
+class MariadbServer:
+    """A throwaway TLS-only MariaDB 10.11 on 127.0.0.1:<free port> (TESTING.md traps applied).
+
+    - Own datadir from `mariadb-install-db` and own config file, read with --defaults-file, so
+      neither Debian's /etc/mysql nor a system instance on 3306 play any part.
+    - TLS only: ssl-cert (leaf + intermediate chain), ssl-key, require-secure-transport=ON;
+      plaintext TCP clients are refused, which proves every dbtrust upstream leg is TLS.
+    - skip-name-resolve (no anonymous-user shadowing by host name, and users are matched by
+      IP), max-allowed-packet=64M (packets above 16 MiB), local-infile=1 (LOAD DATA LOCAL).
+    - mariadbd runs as the mysql user and is our direct child with a parent-death signal. It
+      is stopped by the pid in its pid file, and we wait for it to exit: a second server on
+      the same datadir would hang on InnoDB's lock.
+    - The admin is root over the Unix socket in the temp dir (root's password is empty;
+      nothing but this process can reach the socket directory).
+    - client_ca (optional) becomes ssl-ca: only needed by clients that present a client
+      certificate (sysbench --mysql-ssl=on always does); the server then verifies it, while
+      clients without a certificate (dbtrust) are unaffected.
+    """
+
+    def __init__(self, cert, name="mariadb", port=None, client_ca=None):
+        self.name = name
+        self.cert = cert
+        self.client_ca = client_ca
+        self.port = port or free_port()
+        self.dir = make_temp_dir(name)
+        self.data = os.path.join(self.dir, "data")
+        self.tls_dir = os.path.join(self.dir, "tls")
+        self.socket = os.path.join(self.dir, "mysqld.sock")
+        self.pid_file = os.path.join(self.dir, "mysqld.pid")
+        self.log_path = os.path.join(self.dir, "mariadb.err")
+        self.config_path = os.path.join(self.dir, "my.cnf")
+        self.proc = None
+        self.uid, self.gid = _mysql_ids()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, timeout=60):
+        """install-db, TLS-only configuration, start, wait until the socket answers."""
+        os.makedirs(self.data)
+        os.makedirs(self.tls_dir, mode=0o700)
+        os.makedirs(os.path.join(self.dir, "tmp"), mode=0o700)
+        self._install_certificate(self.cert)
+        if self.client_ca:  # a copy: mysql cannot read the PKI's temp dir
+            with open(self.client_ca) as f:
+                self._write_owned(os.path.join(self.tls_dir, "client-ca.pem"), f.read(), 0o644)
+        self._write_config()
+        open(self.log_path, "ab").close()  # mariadbd (as mysql) must be able to append to it
+        self._chown_tree(self.dir)
+        run(["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", "--user=mysql",
+             "--auth-root-authentication-method=normal", "--skip-test-db",
+             "--skip-name-resolve"], cwd=self.dir, timeout=120, env=clean_env())
+        self._chown_tree(self.data)  # install-db leaves a root-owned mysql_upgrade_info
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [MARIADBD, f"--defaults-file={self.config_path}"], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True,
+                preexec_fn=lambda: _set_parent_death_signal(signal.SIGKILL),
+                **self._user_kwargs())
+        register_cleanup(self.stop)
+        self._wait_ready(timeout)
+        return self
+
+    def stop(self, timeout=30):
+        """SIGTERM to the pid in the pid file (clean InnoDB shutdown), wait for the process to
+        be gone, SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        pid = self.proc.pid
+        try:
+            with open(self.pid_file) as f:
+                pid = int(f.read().strip() or pid)
+        except (OSError, ValueError):
+            pass
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if pid != self.proc.pid:  # never expected; do not leave a stranger behind
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 10, what=f"pid {pid} to exit")
+
+    def _wait_ready(self, timeout):
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mariadbd {self.name} exited with {self.proc.returncode};"
+                                   f" log:\n{self.log_text()}")
+            return os.path.exists(self.socket) and run(
+                ["mariadb-admin", "--no-defaults", f"--socket={self.socket}", "-u", "root",
+                 "--connect-timeout=2", "ping"], check=False, env=clean_env()).returncode == 0
+        wait_for(ready, timeout, interval=0.1, what=f"mariadbd {self.name} to accept")
+
+    def log_text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _user_kwargs(self):
+        """Popen arguments that run a command as mysql (no-op if we already are)."""
+        if os.geteuid() == self.uid:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def _chown_tree(self, path):
+        if os.geteuid() != 0:
+            return
+        for root, _dirs, files in os.walk(path):
+            os.chown(root, self.uid, self.gid)
+            for name in files:
+                os.chown(os.path.join(root, name), self.uid, self.gid)
+
+    def _write_owned(self, path, text, mode):
+        """Write a file atomically (tmp + rename) owned by mysql with `mode`."""
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        if os.geteuid() == 0:
+            os.chown(tmp, self.uid, self.gid)
+        os.replace(tmp, path)
+
+    def _install_certificate(self, cert):
+        """Server files: chain (leaf + intermediates, never the root) and key (600, mysql)."""
+        with open(cert.chain) as f:
+            chain = f.read()
+        with open(cert.key) as f:
+            key = f.read()
+        self._write_owned(os.path.join(self.tls_dir, "server.key"), key, 0o600)
+        self._write_owned(os.path.join(self.tls_dir, "server.crt"), chain, 0o644)
+        self.cert = cert
+
+    def _write_config(self):
+        settings = [
+            ("datadir", self.data),
+            ("socket", self.socket),
+            ("pid-file", self.pid_file),
+            ("log-error", self.log_path),
+            ("tmpdir", os.path.join(self.dir, "tmp")),
+            ("port", self.port),
+            ("bind-address", "127.0.0.1"),   # loopback only
+            ("skip-name-resolve", None),
+            ("ssl-cert", os.path.join(self.tls_dir, "server.crt")),
+            ("ssl-key", os.path.join(self.tls_dir, "server.key")),
+            ("require-secure-transport", "ON"),
+            *([("ssl-ca", os.path.join(self.tls_dir, "client-ca.pem"))]
+              if self.client_ca else []),
+            ("max-allowed-packet", "64M"),
+            ("local-infile", 1),
+            ("character-set-server", "utf8mb4"),
+            ("collation-server", "utf8mb4_general_ci"),
+            ("max-connections", 200),
+            # A throwaway server: durability and instrumentation cost time and buy nothing.
+            ("innodb-buffer-pool-size", "128M"),
+            ("innodb-flush-log-at-trx-commit", 0),
+            ("innodb-doublewrite", 0),
+            ("performance-schema", "OFF"),
+            ("skip-log-bin", None),
+        ]
+        lines = ["# dbtrust test server: TLS-only MariaDB on loopback", "[mariadbd]"]
+        lines += [k if v is None else f"{k} = {v}" for k, v in settings]
+        self._write_owned(self.config_path, "\n".join(lines) + "\n", 0o644)
+
+    # -- administration ----------------------------------------------------------------------
+
+    def admin_sql(self, sql):
+        """Run statements as root over the Unix socket (batch, no column names); stdout."""
+        return run([MARIADB_CLI, "--no-defaults", f"--socket={self.socket}", "-u", "root",
+                    "--batch", "--skip-column-names", "-e", sql], env=clean_env()).stdout
+
+    def admin_value(self, sql):
+        """The first column of the first row of a query, as text."""
+        out = self.admin_sql(sql)
+        return out.splitlines()[0].split("\t")[0] if out else None
+
+    def provision_app_users(self):
+        """Users native (mysql_native_password) and ed (ed25519), database app with grants on
+        it, and no anonymous users (they would shadow native@'%' for loopback clients). root
+        keeps only root@localhost (the socket): install-db's root@127.0.0.1 has an empty
+        password, and root@<hostname> is only noise in the log under skip-name-resolve."""
+        self.admin_sql(f"""
+            INSTALL SONAME 'auth_ed25519';
+            DELETE FROM mysql.global_priv
+                WHERE User = '' OR (User = 'root' AND Host <> 'localhost');
+            DELETE FROM mysql.proxies_priv WHERE Host <> 'localhost';
+            FLUSH PRIVILEGES;
+            CREATE DATABASE {MY_APP_DATABASE};
+            CREATE USER '{MY_NATIVE_USER}'@'%'
+                IDENTIFIED VIA mysql_native_password USING PASSWORD('{MY_NATIVE_PASSWORD}');
+            CREATE USER '{MY_ED_USER}'@'%'
+                IDENTIFIED VIA ed25519 USING PASSWORD('{MY_ED_PASSWORD}');
+            GRANT ALL ON {MY_APP_DATABASE}.* TO '{MY_NATIVE_USER}'@'%', '{MY_ED_USER}'@'%';
+            FLUSH PRIVILEGES;
+        """)
+        return self
+
+    def user_plugins(self):
+        """{user: auth plugin} of the non-system accounts (sanity of the provisioning)."""
+        out = self.admin_sql("SELECT user, plugin FROM mysql.user "
+                             "WHERE user NOT IN ('root', 'mysql', 'mariadb.sys')")
+        return dict(line.split("\t") for line in out.splitlines() if line)
+
+    def set_certificate(self, cert, timeout=10):
+        """Write new server files, FLUSH SSL (live reload), wait until new connections get the
+        new leaf. Live connections keep their session; new ones see the new chain."""
+        self._install_certificate(cert)
+        self.admin_sql("FLUSH SSL")
+        expected = cert.der()
+        wait_for(lambda: my_served_leaf_der("127.0.0.1", self.port) == expected, timeout,
+                 interval=0.1, what=f"mariadbd {self.name} to serve {cert.name}")
+
+    def served_leaf_der(self):
+        return my_served_leaf_der("127.0.0.1", self.port)
+
+    def verified_cli_args(self, bundle, host="127.0.0.1"):
+        """mariadb CLI arguments for the reference path: TCP, TLS, verify chain + name."""
+        return ["-h", host, "-P", str(self.port), "--ssl", f"--ssl-ca={bundle}",
+                "--ssl-verify-server-cert"]
+
+
+# -- extra certificates for MySQL clients --------------------------------------------------
+
+_EXT_CLIENT_LEAF = """basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+"""
+
+
+def make_client_cert(pki, name="client", common_name="dbtrust test client"):
+    """A clientAuth leaf under the PKI's intermediate. sysbench 1.0.20 with --mysql-ssl=on
+    insists on client-cert.pem/client-key.pem in its working directory (TESTING.md); its
+    chain file holds the intermediate too."""
+    key = pki._new_key(name)
+    cert = pki._sign(name, pki._csr(name, key, common_name), _EXT_CLIENT_LEAF, 365,
+                     issuer=pki.intermediate)
+    return Cert(name, cert, key, pki._chain_file(name, cert, pki.intermediate), False,
+                pki.intermediate)
+
+
+# -- dbtrust with Unix-socket listeners ----------------------------------------------------
+
+@dataclass
+class UnixListenerSpec(ListenerSpec):
+    """A [listener.NAME] with `listen = unix:/path` (port stays 0: nothing to TCP-probe)."""
+    path: str = ""
+
+    @property
+    def listen(self):
+        return f"unix:{self.path}"
+
+
+def add_unix_listener(config, name, protocol, upstream, path, **options):
+    """Add a Unix-socket listener to a DbTrustConfig; returns its UnixListenerSpec."""
+    spec = UnixListenerSpec(name, protocol, upstream, 0, options=options, path=path)
+    config.listeners[name] = spec
+    return spec
+
+
+def dbtrust_from_config(binary, config, workdir, name="dbtrust"):
+    """DbTrust.from_config for configs that may hold Unix-socket listeners: TCP listeners are
+    probed as usual; call wait_for_unix_listeners() after start()."""
+    path = config.write(os.path.join(workdir, f"{name}.ini"))
+    ports = [s.port for s in config.listeners.values() if not isinstance(s, UnixListenerSpec)]
+    return DbTrust(binary, ["--config", path], ports, workdir, name)
+
+
+def wait_for_unix_listeners(config, timeout=5):
+    """Block until every unix: listener of config has its socket file."""
+    for spec in config.listeners.values():
+        if isinstance(spec, UnixListenerSpec):
+            wait_for(lambda p=spec.path: os.path.exists(p), timeout,
+                     what=f"unix listener {spec.name} at {spec.path}")

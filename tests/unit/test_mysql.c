@@ -749,7 +749,7 @@ static void rsa_setup(struct rsa_fixture *f, bool unix_socket)
     cr_assert_not_null(f->key);
     cr_assert_gt(my_rsa_public_pem(f->key, f->pem, sizeof f->pem), 0);
     cr_assert_eq(strncmp(f->pem, "-----BEGIN PUBLIC KEY-----\n", 27), 0);
-    f->cfg = (struct my_config){unix_socket, f->key, f->pem};
+    f->cfg = (struct my_config){unix_socket, f->key, f->pem, NULL};
 }
 
 /* What libmysqlclient / PyMySQL do with the PEM they received: (password\0 XOR nonce), then
@@ -998,7 +998,7 @@ Test(mysql_bridge, rsa_helpers)
     char small[64];
     cr_assert_eq(my_rsa_public_pem(key, small, sizeof small), 0, "does not fit");
     cr_assert_null(my_rsa_from_pem("junk", 4));
-    struct my_config bad = {false, key, NULL};
+    struct my_config bad = {false, key, NULL, NULL};
     struct my_session *s = malloc(sizeof *s);
     cr_assert(!my_session_init(s, &bad), "a key without its PEM is a config error");
     free(s);
