@@ -15,6 +15,7 @@
 #include "px.h"
 #include "px_listen.h"
 #include "px_log.h"
+#include "px_reload.h"
 
 #ifndef DBTRUST_VERSION
 #define DBTRUST_VERSION "0.0.0"
@@ -114,10 +115,6 @@ fail:
 static int load_trust(struct px_server *srv)
 {
     const struct cfg *cfg = srv->cfg;
-    struct tlsw_gen_opts opts = {
-        .verify = cfg->verify == CFG_VERIFY_CA ? TLSW_VERIFY_CA : TLSW_VERIFY_FULL,
-        .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
-    };
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
         const char *path = l->cfg->bundle[0] ? l->cfg->bundle : cfg->bundle;
@@ -132,7 +129,7 @@ static int load_trust(struct px_server *srv)
         if (l->gen)
             continue;
         char err[512];
-        if (tlsw_gen_load(path, &opts, &l->gen, err, sizeof(err)) != 0) {
+        if (px_trust_load(cfg, path, &l->gen, err, sizeof(err)) != 0) {
             px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
             return -1;
         }
@@ -225,14 +222,15 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&sig->term, NULL);
     uv_close((uv_handle_t *)&sig->intr, NULL);
     uv_close((uv_handle_t *)&sig->hup, NULL);
+    px_reload_stop(sig->srv);
     px_workers_stop(sig->srv);
 }
 
 static void on_hup(uv_signal_t *s, int signum)
 {
-    (void)s;
+    struct signals *sig = s->data;
     (void)signum;
-    px_log(CFG_LOG_INFO, "SIGHUP received: bundle hot reload is not implemented yet");
+    px_reload_all(sig->srv, "sighup");
 }
 
 static void log_started(const struct px_server *srv)
@@ -296,6 +294,11 @@ int main(int argc, char **argv)
     int rc = px_workers_start(&srv);
     if (rc != 0) {
         px_log(CFG_LOG_ERROR, "cannot start workers: %s", uv_strerror(rc));
+        goto out;
+    }
+    rc = px_reload_start(&srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
         goto out;
     }
     log_started(&srv);

@@ -36,8 +36,14 @@ struct px_listener {
     char rsa_pem[MY_PEM_MAX + 1]; /* its public half, served to clients that ask */
 };
 
+struct px_bundle_watch;
+
 struct px_server {
     struct cfg *cfg;
+    struct px_bundle_watch **watches; /* reload triggers, one per distinct bundle (main loop) */
+    size_t watch_count;
+    bool stopping;
+    atomic_uint reloads_ok, reloads_failed;
     struct px_listener *listeners;
     size_t listener_count;
     struct px_worker *workers;
@@ -50,7 +56,8 @@ struct px_worker_listener {
     union px_stream handle;
     struct px_worker *w;
     struct px_listener *l;
-    struct tlsw_gen *gen;
+    struct tlsw_gen *gen;                   /* the generation new connections take */
+    _Atomic(struct tlsw_gen *) pending_gen; /* published by a reload, taken on wakeup */
     bool open;
     char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
 };

@@ -44,9 +44,24 @@ static void close_listeners(struct px_worker *w)
     }
 }
 
+/* A reload published new trust: from now on this worker's new connections take it. Live
+ * connections hold their own reference to the generation they started with. */
+static void take_trust(struct px_worker *w)
+{
+    for (size_t i = 0; i < w->srv->listener_count; i++) {
+        struct px_worker_listener *wl = &w->wls[i];
+        struct tlsw_gen *g = atomic_exchange(&wl->pending_gen, NULL);
+        if (g) {
+            tlsw_gen_unref(wl->gen);
+            wl->gen = g;
+        }
+    }
+}
+
 static void on_wakeup(uv_async_t *a)
 {
     struct px_worker *w = a->data;
+    take_trust(w);
     if (!atomic_load(&w->stop_requested) || w->draining)
         return;
     w->draining = true;
@@ -149,8 +164,12 @@ void px_workers_stop(struct px_server *srv)
     for (unsigned i = 0; i < srv->worker_count; i++) {
         struct px_worker *w = &srv->workers[i];
         uv_thread_join(&w->thread);
-        for (size_t j = 0; j < srv->listener_count; j++)
+        for (size_t j = 0; j < srv->listener_count; j++) {
             tlsw_gen_unref(w->wls[j].gen);
+            struct tlsw_gen *pending = atomic_exchange(&w->wls[j].pending_gen, NULL);
+            if (pending)
+                tlsw_gen_unref(pending);
+        }
         free(w->wls);
     }
     free(srv->workers);

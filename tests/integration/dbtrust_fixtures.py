@@ -379,10 +379,11 @@ class ListenerSpec:
 class DbTrustConfig:
     """Builds a dbtrust INI file; listener ports are allocated here so tests know them early."""
 
-    def __init__(self, bundle, workers=2, verify="full", **global_options):
+    def __init__(self, bundle, workers=2, verify="full", trust_options=None, **global_options):
         self.bundle = bundle
         self.workers = workers
         self.verify = verify
+        self.trust_options = trust_options or {}  # extra [trust] keys, e.g. reload_interval
         self.global_options = global_options
         self.listeners = {}
 
@@ -395,7 +396,8 @@ class DbTrustConfig:
     def render(self):
         lines = ["[dbtrust]", f"workers = {self.workers}"]
         lines += [f"{k} = {v}" for k, v in self.global_options.items()]
-        lines += ["", "[trust]", f"bundle = {self.bundle}", f"verify = {self.verify}", ""]
+        lines += ["", "[trust]", f"bundle = {self.bundle}", f"verify = {self.verify}"]
+        lines += [f"{k} = {v}" for k, v in self.trust_options.items()] + [""]
         for spec in self.listeners.values():
             lines += [f"[listener.{spec.name}]", f"protocol = {spec.protocol}",
                       f"listen = {spec.listen}", f"upstream = {spec.upstream}"]

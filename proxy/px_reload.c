@@ -1,0 +1,199 @@
+#include "px_reload.h"
+
+#include <libgen.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "px_log.h"
+
+/* Events from a directory come in bursts (a ConfigMap update is several renames): wait this
+ * long after the last one, then reload once. */
+#define SETTLE_MS 100
+
+/* One watched bundle file, shared by the listeners that use it. */
+struct px_bundle_watch {
+    struct px_server *srv;
+    char path[4096];
+    char dir[4096];
+    uv_fs_event_t dir_event;
+    uv_timer_t settle_timer;
+    uv_timer_t poll_timer;
+    struct tlsw_gen *current; /* main loop's reference to the generation in force */
+    int open_handles;         /* freed when the last of its three handles has closed */
+};
+
+static const char *bundle_path(const struct cfg *cfg, const struct cfg_listener *l)
+{
+    return l->bundle[0] ? l->bundle : cfg->bundle;
+}
+
+int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out, char *err,
+                  size_t errlen)
+{
+    struct tlsw_gen_opts opts = {
+        .verify = cfg->verify == CFG_VERIFY_CA ? TLSW_VERIFY_CA : TLSW_VERIFY_FULL,
+        .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
+    };
+    struct tlsw_gen *g = NULL;
+    if (tlsw_gen_load(path, &opts, &g, err, errlen) != 0)
+        return -1;
+    /* A bundle of leaf certificates only would make every upstream fail: refuse it rather than
+     * replace a working trust store. */
+    bool any_ca = false;
+    for (size_t i = 0; i < tlsw_gen_cert_count(g); i++)
+        any_ca = any_ca || tlsw_gen_cert(g, i)->is_ca;
+    if (!any_ca) {
+        snprintf(err, errlen, "no CA certificate in bundle %s (only end-entity certificates)",
+                 path);
+        tlsw_gen_unref(g);
+        return -1;
+    }
+    *out = g;
+    return 0;
+}
+
+/* Hands g to every worker for every listener on this bundle. Each worker swaps it in from its
+ * own loop (px_worker_take_trust), so nothing on the data path waits for a lock. */
+static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
+{
+    struct px_server *srv = bw->srv;
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_listener *l = &srv->listeners[i];
+        if (strcmp(bundle_path(srv->cfg, l->cfg), bw->path) != 0)
+            continue;
+        tlsw_gen_ref(g);
+        tlsw_gen_unref(l->gen);
+        l->gen = g;
+        for (unsigned k = 0; k < srv->worker_count; k++) {
+            tlsw_gen_ref(g);
+            struct tlsw_gen *old = atomic_exchange(&srv->workers[k].wls[i].pending_gen, g);
+            if (old)
+                tlsw_gen_unref(old); /* superseded before the worker picked it up */
+        }
+    }
+    for (unsigned k = 0; k < srv->worker_count; k++)
+        uv_async_send(&srv->workers[k].wakeup);
+}
+
+static void reload_one(struct px_bundle_watch *bw, const char *trigger)
+{
+    struct px_server *srv = bw->srv;
+    if (srv->stopping)
+        return;
+    char err[512];
+    struct tlsw_gen *g = NULL;
+    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
+        atomic_fetch_add(&srv->reloads_failed, 1);
+        px_log_event(CFG_LOG_ERROR, "bundle_reload", "result", "refused", "trigger", trigger,
+                     "path", bw->path, "reason", err, "kept_sha256", tlsw_gen_sha256(bw->current),
+                     NULL);
+        return;
+    }
+    if (strcmp(tlsw_gen_sha256(g), tlsw_gen_sha256(bw->current)) == 0) {
+        tlsw_gen_unref(g); /* same content: nothing to do */
+        return;
+    }
+    char certs[16];
+    snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(g));
+    publish(bw, g);
+    atomic_fetch_add(&srv->reloads_ok, 1);
+    px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "ok", "trigger", trigger, "path",
+                 bw->path, "sha256", tlsw_gen_sha256(g), "previous_sha256",
+                 tlsw_gen_sha256(bw->current), "certificates", certs, NULL);
+    tlsw_gen_unref(bw->current);
+    bw->current = g;
+}
+
+static void on_settled(uv_timer_t *t)
+{
+    reload_one(t->data, "watch");
+}
+
+static void on_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    struct px_bundle_watch *bw = h->data;
+    (void)filename;
+    (void)events;
+    if (status < 0) {
+        px_log(CFG_LOG_WARN, "watching %s failed: %s (the poll still runs)", bw->dir,
+               uv_strerror(status));
+        return;
+    }
+    uv_timer_start(&bw->settle_timer, on_settled, SETTLE_MS, 0);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    reload_one(t->data, "poll");
+}
+
+int px_reload_start(struct px_server *srv, uv_loop_t *loop)
+{
+    srv->watches = calloc(srv->listener_count, sizeof(*srv->watches));
+    if (!srv->watches)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const char *path = bundle_path(srv->cfg, srv->listeners[i].cfg);
+        bool seen = false;
+        for (size_t j = 0; j < srv->watch_count; j++)
+            seen = seen || strcmp(srv->watches[j]->path, path) == 0;
+        if (seen)
+            continue;
+        struct px_bundle_watch *bw = calloc(1, sizeof(*bw));
+        if (!bw)
+            return UV_ENOMEM;
+        srv->watches[srv->watch_count++] = bw;
+        bw->srv = srv;
+        dbt_strlcpy(bw->path, path, sizeof(bw->path));
+        char tmp[4096];
+        dbt_strlcpy(tmp, path, sizeof(tmp));
+        dbt_strlcpy(bw->dir, dirname(tmp), sizeof(bw->dir));
+        bw->current = srv->listeners[i].gen;
+        tlsw_gen_ref(bw->current);
+        uv_timer_init(loop, &bw->settle_timer);
+        uv_timer_init(loop, &bw->poll_timer);
+        uv_fs_event_init(loop, &bw->dir_event);
+        bw->settle_timer.data = bw->poll_timer.data = bw->dir_event.data = bw;
+        /* The directory, not the file: a ConfigMap update swaps the "..data" symlink and an
+         * editor renames over the file; a watch on the old inode would never fire again. */
+        int rc = uv_fs_event_start(&bw->dir_event, on_dir_event, bw->dir, 0);
+        if (rc != 0)
+            px_log(CFG_LOG_WARN, "cannot watch %s: %s (reload by poll and SIGHUP only)", bw->dir,
+                   uv_strerror(rc));
+        uint32_t every = srv->cfg->reload_interval_ms;
+        uv_timer_start(&bw->poll_timer, on_poll, every, every);
+    }
+    return 0;
+}
+
+void px_reload_all(struct px_server *srv, const char *trigger)
+{
+    for (size_t i = 0; i < srv->watch_count; i++)
+        reload_one(srv->watches[i], trigger);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    struct px_bundle_watch *bw = h->data;
+    if (--bw->open_handles == 0) { /* libuv runs close callbacks in no promised order */
+        tlsw_gen_unref(bw->current);
+        free(bw);
+    }
+}
+
+void px_reload_stop(struct px_server *srv)
+{
+    srv->stopping = true;
+    for (size_t i = 0; i < srv->watch_count; i++) {
+        struct px_bundle_watch *bw = srv->watches[i];
+        bw->open_handles = 3;
+        uv_close((uv_handle_t *)&bw->dir_event, on_watch_closed);
+        uv_close((uv_handle_t *)&bw->settle_timer, on_watch_closed);
+        uv_close((uv_handle_t *)&bw->poll_timer, on_watch_closed);
+    }
+    free(srv->watches);
+    srv->watches = NULL;
+    srv->watch_count = 0;
+}

@@ -1,0 +1,24 @@
+/* Trust bundle loading and hot reload (DESIGN.md "Trust generations and hot reload"). Runs on
+ * the main loop, off the data path: a reload builds a new generation, validates it and publishes
+ * it to every worker by message; live connections keep the generation they started with. */
+#ifndef PX_RELOAD_H
+#define PX_RELOAD_H
+
+#include "px.h"
+
+/* Loads and validates a bundle into a new generation (refcount 1). Refuses what tlsw refuses
+ * (unreadable, empty, garbage, no certificate, all expired) and a bundle without any CA
+ * certificate. Returns 0, or -1 with the reason in err. */
+DBT_MUST_USE int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out,
+                               char *err, size_t errlen);
+
+/* Starts the triggers for every distinct bundle: a watch on its directory (sees a Kubernetes
+ * ConfigMap "..data" symlink swap, rename-over and in-place writes) and a content-hash poll every
+ * reload_interval. Call after the workers started. Returns 0 or a negative uv error. */
+DBT_MUST_USE int px_reload_start(struct px_server *srv, uv_loop_t *loop);
+/* Reloads every bundle now (SIGHUP). */
+void px_reload_all(struct px_server *srv, const char *trigger);
+/* Stops the triggers (before the workers stop) and frees them. */
+void px_reload_stop(struct px_server *srv);
+
+#endif
