@@ -376,6 +376,54 @@ class ListenerSpec:
         return f"{self.host}:{self.port}"
 
 
+def write_owned(path, text, mode, uid, gid):
+    """Write a file atomically (tmp + rename) with `mode`, owned by the server's user when we
+    are root (servers refuse keys they cannot read or that others can)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    if os.geteuid() == 0:
+        os.chown(tmp, uid, gid)
+    os.replace(tmp, path)
+
+
+def install_server_certificate(tls_dir, cert, uid, gid):
+    """A server's files: chain (leaf + intermediates, never the root) and its key (mode 600)."""
+    with open(cert.chain) as f:
+        chain = f.read()
+    with open(cert.key) as f:
+        key = f.read()
+    write_owned(os.path.join(tls_dir, "server.key"), key, 0o600, uid, gid)
+    write_owned(os.path.join(tls_dir, "server.crt"), chain, 0o644, uid, gid)
+
+
+def parse_dbtrust_arg(argv):
+    """Remove `--dbtrust PATH` (or --dbtrust=PATH) from argv and return PATH."""
+    rest, path, i = [argv[0]], None, 1
+    while i < len(argv):
+        if argv[i] == "--dbtrust" and i + 1 < len(argv):
+            path, i = argv[i + 1], i + 2
+            continue
+        if argv[i].startswith("--dbtrust="):
+            path = argv[i].split("=", 1)[1]
+        else:
+            rest.append(argv[i])
+        i += 1
+    argv[:] = rest
+    return path or os.environ.get("DBTRUST_BIN") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "build", "dbtrust")
+
+
+def resident_kib(pid):
+    """A process's resident memory (VmRSS) in KiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
 class DbTrustConfig:
     """Builds a dbtrust INI file; listener ports are allocated here so tests know them early."""
 
@@ -940,23 +988,10 @@ class PostgresServer:
                 os.chown(os.path.join(root, name), self.uid, self.gid)
 
     def _write_owned(self, path, text, mode=0o600):
-        """Write a file atomically (tmp + rename) owned by postgres with `mode`."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        if os.geteuid() == 0:
-            os.chown(tmp, self.uid, self.gid)
-        os.replace(tmp, path)
+        write_owned(path, text, mode, self.uid, self.gid)
 
     def _install_certificate(self, cert):
-        """Server files: chain (leaf + intermediates) and key, key mode 600 owned by postgres."""
-        with open(cert.chain) as f:
-            chain = f.read()
-        with open(cert.key) as f:
-            key = f.read()
-        self._write_owned(os.path.join(self.tls_dir, "server.key"), key, 0o600)
-        self._write_owned(os.path.join(self.tls_dir, "server.crt"), chain, 0o644)
+        install_server_certificate(self.tls_dir, cert, self.uid, self.gid)
         self.cert = cert
 
     def _write_config(self):
@@ -1518,24 +1553,11 @@ class MariadbServer:
             for name in files:
                 os.chown(os.path.join(root, name), self.uid, self.gid)
 
-    def _write_owned(self, path, text, mode):
-        """Write a file atomically (tmp + rename) owned by mysql with `mode`."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        if os.geteuid() == 0:
-            os.chown(tmp, self.uid, self.gid)
-        os.replace(tmp, path)
+    def _write_owned(self, path, text, mode=0o600):
+        write_owned(path, text, mode, self.uid, self.gid)
 
     def _install_certificate(self, cert):
-        """Server files: chain (leaf + intermediates, never the root) and key (600, mysql)."""
-        with open(cert.chain) as f:
-            chain = f.read()
-        with open(cert.key) as f:
-            key = f.read()
-        self._write_owned(os.path.join(self.tls_dir, "server.key"), key, 0o600)
-        self._write_owned(os.path.join(self.tls_dir, "server.crt"), chain, 0o644)
+        install_server_certificate(self.tls_dir, cert, self.uid, self.gid)
         self.cert = cert
 
     def _write_config(self):

@@ -100,23 +100,6 @@ DBTRUST_BIN = None           # set from --dbtrust before unittest runs
 W = types.SimpleNamespace()  # the module's world: servers, peers, dbtrust, listener specs
 
 
-def parse_dbtrust_arg(argv):
-    """Remove `--dbtrust PATH` (or --dbtrust=PATH) from argv and return PATH."""
-    rest, path, i = [argv[0]], None, 1
-    while i < len(argv):
-        if argv[i] == "--dbtrust" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith("--dbtrust="):
-            path = argv[i].split("=", 1)[1]
-        else:
-            rest.append(argv[i])
-        i += 1
-    argv[:] = rest
-    return path or os.environ.get("DBTRUST_BIN") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "build", "dbtrust")
-
-
 # --------------------------------------------------------------------------------------------
 # Module fixtures
 # --------------------------------------------------------------------------------------------
@@ -1009,8 +992,8 @@ class TestLogHygiene(MyTestCase):
 
 if __name__ == "__main__":
     if not DIRECT:
-        DBTRUST_BIN = os.path.abspath(parse_dbtrust_arg(sys.argv))
+        DBTRUST_BIN = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     else:
-        parse_dbtrust_arg(sys.argv)
+        fx.parse_dbtrust_arg(sys.argv)
     program = unittest.main(verbosity=2, exit=False)
     sys.exit(fx.exit_status_with_process_checks(program.result))

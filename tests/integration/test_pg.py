@@ -45,23 +45,6 @@ DBTRUST_BIN = None           # set from --dbtrust before unittest runs
 W = types.SimpleNamespace()  # the module's world: servers, peers, dbtrust, listener specs
 
 
-def parse_dbtrust_arg(argv):
-    """Remove `--dbtrust PATH` (or --dbtrust=PATH) from argv and return PATH."""
-    rest, path, i = [argv[0]], None, 1
-    while i < len(argv):
-        if argv[i] == "--dbtrust" and i + 1 < len(argv):
-            path, i = argv[i + 1], i + 2
-            continue
-        if argv[i].startswith("--dbtrust="):
-            path = argv[i].split("=", 1)[1]
-        else:
-            rest.append(argv[i])
-        i += 1
-    argv[:] = rest
-    return path or os.environ.get("DBTRUST_BIN") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "build", "dbtrust")
-
-
 # --------------------------------------------------------------------------------------------
 # Module fixtures
 # --------------------------------------------------------------------------------------------
@@ -675,20 +658,12 @@ class TestLogHygiene(DbTrustTestCase):
 # Backpressure
 # --------------------------------------------------------------------------------------------
 
-def resident_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class TestBackpressure(DbTrustTestCase):
     """A client that stops reading must not make dbtrust buffer the server's output."""
 
     def test_stalled_client_keeps_memory_bounded(self):
         pid = W.dbtrust.proc.pid
-        before = resident_kib(pid)
+        before = fx.resident_kib(pid)
         conninfo = fx.pg_conninfo(host="127.0.0.1", port=port_of("orders"), user=APP,
                                   dbname=DB, sslmode="disable", application_name="dbt-stall")
         # ~400 MB of COPY output into a pipe nobody reads: psql blocks on stdout, stops reading
@@ -698,7 +673,7 @@ class TestBackpressure(DbTrustTestCase):
                                 stderr=subprocess.DEVNULL, env=fx.clean_env(PGPASSWORD=APP_PW))
         try:
             time.sleep(4)
-            grown = resident_kib(pid) - before
+            grown = fx.resident_kib(pid) - before
             self.assertIsNone(proc.poll(), "psql should still be blocked on its stdout")
             # Socket buffers hold the rest; dbtrust itself queues ~256 KiB per direction. The
             # bound leaves room for ASan's quarantine of freed write buffers (~17 MiB seen) and
@@ -783,6 +758,6 @@ class TestCommandLine(DbTrustTestCase):
 
 
 if __name__ == "__main__":
-    DBTRUST_BIN = os.path.abspath(parse_dbtrust_arg(sys.argv))
+    DBTRUST_BIN = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     program = unittest.main(verbosity=2, exit=False)
     sys.exit(fx.exit_status_with_process_checks(program.result))

@@ -17,7 +17,6 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dbtrust_fixtures as fx  # noqa: E402
-from test_pg import parse_dbtrust_arg  # noqa: E402
 
 RELOAD_DEADLINE_S = 2.0  # new connections use a changed bundle within 2 s of the file change
 
@@ -202,14 +201,6 @@ class TestPollFallback(ReloadCase):
         self.assertRegex(line, r"trigger=(poll|watch)")
 
 
-def resident_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class TestReloadChurn(ReloadCase):
     """1000 reloads while connections open and close: nothing leaks (LSan in the ASan build
     checks every byte at exit; here resident memory must stay flat) and no client fails."""
@@ -240,7 +231,7 @@ class TestReloadChurn(ReloadCase):
         for t in workers:
             t.start()
         time.sleep(1)
-        before = resident_kib(pid)
+        before = fx.resident_kib(pid)
         mark = self.dbtrust.mark()
         try:
             for i in range(self.RELOADS):
@@ -253,7 +244,7 @@ class TestReloadChurn(ReloadCase):
             stop.set()
             for t in workers:
                 t.join()
-        after = resident_kib(pid)
+        after = fx.resident_kib(pid)
         print(f"\n  {self.RELOADS} reloads, {sessions[0]} sessions: resident {before} KiB -> "
               f"{after} KiB ({after - before:+d} KiB)", end=" ")
         self.assertEqual(failures, [])
@@ -264,6 +255,6 @@ class TestReloadChurn(ReloadCase):
 
 
 if __name__ == "__main__":
-    sys.argv_dbtrust = os.path.abspath(parse_dbtrust_arg(sys.argv))
+    sys.argv_dbtrust = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     program = unittest.main(verbosity=2, exit=False)
     sys.exit(fx.exit_status_with_process_checks(program.result))
