@@ -21,12 +21,12 @@ struct tlsw_gen_opts {
 
 /* Metadata of one certificate of a bundle (or of a peer chain). */
 struct tlsw_cert_info {
-    char subject[256];  /* RFC 2253 one-line */
+    char subject[256]; /* RFC 2253 one-line */
     char issuer[256];
     time_t not_before;
     time_t not_after;
-    char sha256[65];    /* hex fingerprint of the DER */
-    char spki_pin[64];  /* base64 SHA-256 of the SubjectPublicKeyInfo */
+    char sha256[65];   /* hex fingerprint of the DER */
+    char spki_pin[64]; /* base64 SHA-256 of the SubjectPublicKeyInfo */
     bool is_ca;
 };
 
@@ -49,10 +49,10 @@ const char *tlsw_gen_sha256(const struct tlsw_gen *g); /* hex hash of the bundle
 struct tlsw_conn;
 
 enum tlsw_status {
-    TLSW_OK,       /* done (handshake complete / data moved) */
-    TLSW_WANT_IO,  /* flush pending ciphertext to the peer and/or feed more from it */
-    TLSW_CLOSED,   /* the peer sent close_notify (or closed cleanly) */
-    TLSW_ERROR,    /* fatal: see tlsw_conn_failure() */
+    TLSW_OK,      /* done (handshake complete / data moved) */
+    TLSW_WANT_IO, /* flush pending ciphertext to the peer and/or feed more from it */
+    TLSW_CLOSED,  /* the peer sent close_notify (or closed cleanly) */
+    TLSW_ERROR,   /* fatal: see tlsw_conn_failure() */
 };
 
 /* host: the name to verify and send as SNI, or an IP literal (verified against IP SANs, no SNI).
@@ -122,6 +122,6 @@ enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verif
 DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);
 void tlsw_name_oneline(const X509_NAME *name, char *buf, size_t cap);
 time_t tlsw_asn1_time(const ASN1_TIME *t); /* (time_t)-1 when unparsable */
-#endif /* TLSW_INTERNAL */
+#endif                                     /* TLSW_INTERNAL */
 
 #endif
