@@ -88,6 +88,12 @@ DBT_MUST_USE int cfg_parse_duration_ms(const char *s, uint32_t *out_ms); /* "10s
 
 const char *cfg_protocol_name(enum cfg_protocol p);
 
+/* The bundle a listener trusts: its own override, else [trust] bundle. */
+static inline const char *cfg_listener_bundle(const struct cfg *c, const struct cfg_listener *l)
+{
+    return l->bundle[0] ? l->bundle : c->bundle;
+}
+
 /* "host:port", "[v6]:port" or "unix:/path", for messages and log lines. */
 void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n);
 

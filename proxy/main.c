@@ -117,10 +117,9 @@ static int load_trust(struct px_server *srv)
     const struct cfg *cfg = srv->cfg;
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
-        const char *path = l->cfg->bundle[0] ? l->cfg->bundle : cfg->bundle;
+        const char *path = cfg_listener_bundle(cfg, l->cfg);
         for (size_t j = 0; j < i; j++) {
-            const struct cfg_listener *o = srv->listeners[j].cfg;
-            if (strcmp(o->bundle[0] ? o->bundle : cfg->bundle, path) == 0) {
+            if (strcmp(cfg_listener_bundle(cfg, srv->listeners[j].cfg), path) == 0) {
                 l->gen = srv->listeners[j].gen;
                 tlsw_gen_ref(l->gen);
                 break;

@@ -243,11 +243,24 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
+    char msg[900];
+    uint8_t pkt[1400];
+    px_error_message(c, reason, detail, msg, sizeof(msg));
+    size_t n = c->my ? px_my_build_error(c, reason, msg, pkt, sizeof(pkt))
+                     : px_pg_build_error(reason, msg, pkt, sizeof(pkt));
+    px_conn_fail_with(c, reason, detail, pkt, n);
+}
+
+void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
+                       const uint8_t *pkt, size_t len)
+{
+    if (c->closing || c->state == PX_CONN_FAILING)
+        return;
     c->reason = reason;
     if (detail)
         dbt_strlcpy(c->detail, detail, sizeof(c->detail));
     /* A cancel's client expects silence and a close (PROTOCOLS.md A4). */
-    if (c->is_cancel) {
+    if (c->is_cancel || len == 0) {
         px_conn_close(c, reason, detail);
         return;
     }
@@ -255,12 +268,7 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
     if (c->upstream_leg == PX_LEG_OPEN)
         px_upstream_stop_reading(c);
     c->state = PX_CONN_FAILING;
-    char msg[900];
-    px_error_message(c, reason, c->detail, msg, sizeof(msg));
-    if (c->my)
-        px_my_send_error(c, reason, msg);
-    else
-        px_pg_send_error(c, reason, msg);
+    px_client_send(c, pkt, len);
     if (c->closing)
         return;
     if (c->queued_to_client == 0) {

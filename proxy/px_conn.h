@@ -96,6 +96,9 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
 /* Ends the startup phase with an error: the client gets a protocol-native error naming the
  * reason, the listener and the upstream, then the connection closes. */
 void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail);
+/* The same with a ready error packet (len 0: close without one). */
+void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
+                       const uint8_t *pkt, size_t len);
 
 /* Upstream leg (px_upstream.c). */
 void px_upstream_dial(struct px_conn *c);
@@ -123,7 +126,8 @@ void px_pg_on_connected(struct px_conn *c);
 void px_pg_on_ssl_answer(struct px_conn *c, const uint8_t *data, size_t len);
 void px_pg_on_tls_ready(struct px_conn *c);
 void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len);
-void px_pg_send_error(struct px_conn *c, enum dbt_reason reason, const char *message);
+/* The protocol-native error for message; returns its length (0 = none). */
+size_t px_pg_build_error(enum dbt_reason reason, const char *message, uint8_t *buf, size_t cap);
 
 void px_conn_release(struct px_conn *c); /* drops one open_refs; frees at zero */
 void px_client_stop_reading(struct px_conn *c);
@@ -147,7 +151,8 @@ void px_my_on_client_data(struct px_conn *c, const uint8_t *data, size_t len);
 void px_my_on_tls_ready(struct px_conn *c);
 void px_my_from_client(struct px_conn *c, const uint8_t *data, size_t len);
 void px_my_to_client(struct px_conn *c, const uint8_t *data, size_t len);
-void px_my_send_error(struct px_conn *c, enum dbt_reason reason, const char *message);
+size_t px_my_build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
+                         uint8_t *buf, size_t cap);
 
 /* The client-facing error text: "dbtrust: <summary> (<reason>): <detail> [listener X, upstream
  * H:P]" - the same words for every protocol. */

@@ -60,7 +60,6 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
                 c->my_greeted = true;
                 c->state = PX_CONN_MY_RESPONSE;
                 px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
-                dbt_strlcpy(c->user, "", sizeof(c->user));
                 px_client_start_reading(c);
             }
             c->bytes_to_client += st.len;
@@ -94,26 +93,13 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
             }
             break;
         case MY_FAIL:
-            if (st.len > 0 && !c->is_cancel) {
-                c->state = PX_CONN_FAILING;
-                c->reason = st.reason;
-                dbt_strlcpy(c->detail, st.detail ? st.detail : "", sizeof(c->detail));
-                px_client_stop_reading(c);
-                px_upstream_stop_reading(c);
-                if (px_client_send(c, st.data, st.len) == 0)
-                    px_conn_set_timer(c, 5000);
-            } else {
-                px_conn_close(c, st.reason, st.detail);
-            }
+            px_conn_fail_with(c, st.reason, st.detail, st.data, st.len);
             return;
         case MY_CLOSE:
             /* The server refused us before any TLS (1040 too many connections, 1129 host
              * blocked...): its ERR greeting is forwarded as is so the client sees why. */
-            c->state = PX_CONN_FAILING;
-            c->reason = DBT_UPSTREAM_REFUSED_TLS;
-            dbt_strlcpy(c->detail, "upstream answered with an error greeting", sizeof(c->detail));
-            if (px_client_send(c, st.data, st.len) == 0)
-                px_conn_set_timer(c, 5000);
+            px_conn_fail_with(c, DBT_UPSTREAM_REFUSED_TLS,
+                              "upstream answered with an error greeting", st.data, st.len);
             return;
         }
     }
@@ -164,10 +150,13 @@ void px_my_to_client(struct px_conn *c, const uint8_t *data, size_t len)
     run(c, true, data, len);
 }
 
-void px_my_send_error(struct px_conn *c, enum dbt_reason reason, const char *message)
+size_t px_my_build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
+                         uint8_t *buf, size_t cap)
 {
     struct my_step st;
     my_fail(c->my, reason, message, &st);
-    if (st.len > 0)
-        px_client_send(c, st.data, st.len);
+    size_t n = st.len <= cap ? st.len : 0;
+    if (n > 0)
+        memcpy(buf, st.data, n);
+    return n;
 }

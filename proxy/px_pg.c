@@ -160,14 +160,11 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
-void px_pg_send_error(struct px_conn *c, enum dbt_reason reason, const char *message)
+size_t px_pg_build_error(enum dbt_reason reason, const char *message, uint8_t *buf, size_t cap)
 {
     const char *hint = NULL;
     if (dbt_reason_class(reason) == DBT_CLASS_TLS)
         hint = "dbtrust verifies the upstream against its CA bundle; check the bundle and the "
                "upstream host name (see dbtrust's log)";
-    uint8_t buf[1400];
-    size_t n = pg_build_error(buf, sizeof(buf), pg_sqlstate_for(reason), message, NULL, hint);
-    if (n > 0)
-        px_client_send(c, buf, n);
+    return pg_build_error(buf, cap, pg_sqlstate_for(reason), message, NULL, hint);
 }

@@ -82,10 +82,8 @@ void px_relay_upstream_eof(struct px_conn *c)
         uv_shutdown(&c->client_shutdown_req, &c->client.stream, on_shutdown_done);
     }
     /* A client that already hung up gets nothing more; end now. */
-    if (c->client_eof) {
+    if (c->client_eof)
         maybe_finish(c);
-        return;
-    }
 }
 
 /* A write finished: resume a side paused by backpressure, or finish a half-closed pipe. */

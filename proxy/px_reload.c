@@ -24,11 +24,6 @@ struct px_bundle_watch {
     int open_handles;         /* freed when the last of its three handles has closed */
 };
 
-static const char *bundle_path(const struct cfg *cfg, const struct cfg_listener *l)
-{
-    return l->bundle[0] ? l->bundle : cfg->bundle;
-}
-
 int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out, char *err,
                   size_t errlen)
 {
@@ -61,7 +56,7 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
     struct px_server *srv = bw->srv;
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
-        if (strcmp(bundle_path(srv->cfg, l->cfg), bw->path) != 0)
+        if (strcmp(cfg_listener_bundle(srv->cfg, l->cfg), bw->path) != 0)
             continue;
         tlsw_gen_ref(g);
         tlsw_gen_unref(l->gen);
@@ -135,7 +130,7 @@ int px_reload_start(struct px_server *srv, uv_loop_t *loop)
     if (!srv->watches)
         return UV_ENOMEM;
     for (size_t i = 0; i < srv->listener_count; i++) {
-        const char *path = bundle_path(srv->cfg, srv->listeners[i].cfg);
+        const char *path = cfg_listener_bundle(srv->cfg, srv->listeners[i].cfg);
         bool seen = false;
         for (size_t j = 0; j < srv->watch_count; j++)
             seen = seen || strcmp(srv->watches[j]->path, path) == 0;

@@ -901,7 +901,33 @@ def _postgres_ids():
     return pw.pw_uid, pw.pw_gid
 
 
-class PostgresServer:
+class OwnedServerFiles:
+    """What a database server class shares: files and commands owned by the server's own user
+    (self.uid/self.gid), and its TLS files in self.tls_dir."""
+
+    def _user_kwargs(self):
+        """Popen arguments that run a command as the server's user (no-op if we already are)."""
+        if os.geteuid() == self.uid:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
+
+    def _chown_tree(self, path):
+        if os.geteuid() != 0:
+            return
+        for root, _dirs, files in os.walk(path):
+            os.chown(root, self.uid, self.gid)
+            for name in files:
+                os.chown(os.path.join(root, name), self.uid, self.gid)
+
+    def _write_owned(self, path, text, mode=0o600):
+        write_owned(path, text, mode, self.uid, self.gid)
+
+    def _install_certificate(self, cert):
+        install_server_certificate(self.tls_dir, cert, self.uid, self.gid)
+        self.cert = cert
+
+
+class PostgresServer(OwnedServerFiles):
     """A throwaway TLS-only PostgreSQL 15 cluster on 127.0.0.1:<free port>.
 
     initdb and the postmaster run as the postgres user (they refuse root) in a temp dir that
@@ -970,29 +996,9 @@ class PostgresServer:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _user_kwargs(self):
-        """Popen arguments that run a command as postgres (no-op if we already are)."""
-        if os.geteuid() == self.uid:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
     def _run_as_postgres(self, cmd, timeout=60):
         return run(cmd, cwd=self.dir, timeout=timeout, env=clean_env(), **self._user_kwargs())
 
-    def _chown_tree(self, path):
-        if os.geteuid() != 0:
-            return
-        for root, dirs, files in os.walk(path):
-            os.chown(root, self.uid, self.gid)
-            for name in files:
-                os.chown(os.path.join(root, name), self.uid, self.gid)
-
-    def _write_owned(self, path, text, mode=0o600):
-        write_owned(path, text, mode, self.uid, self.gid)
-
-    def _install_certificate(self, cert):
-        install_server_certificate(self.tls_dir, cert, self.uid, self.gid)
-        self.cert = cert
 
     def _write_config(self):
         settings = {
@@ -1438,7 +1444,7 @@ def _mysql_ids():
     return pw.pw_uid, pw.pw_gid
 
 
-class MariadbServer:
+class MariadbServer(OwnedServerFiles):
     """A throwaway TLS-only MariaDB 10.11 on 127.0.0.1:<free port> (TESTING.md traps applied).
 
     - Own datadir from `mariadb-install-db` and own config file, read with --defaults-file, so
@@ -1539,26 +1545,6 @@ class MariadbServer:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _user_kwargs(self):
-        """Popen arguments that run a command as mysql (no-op if we already are)."""
-        if os.geteuid() == self.uid:
-            return {}
-        return {"user": self.uid, "group": self.gid, "extra_groups": []}
-
-    def _chown_tree(self, path):
-        if os.geteuid() != 0:
-            return
-        for root, _dirs, files in os.walk(path):
-            os.chown(root, self.uid, self.gid)
-            for name in files:
-                os.chown(os.path.join(root, name), self.uid, self.gid)
-
-    def _write_owned(self, path, text, mode=0o600):
-        write_owned(path, text, mode, self.uid, self.gid)
-
-    def _install_certificate(self, cert):
-        install_server_certificate(self.tls_dir, cert, self.uid, self.gid)
-        self.cert = cert
 
     def _write_config(self):
         settings = [
