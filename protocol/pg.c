@@ -15,6 +15,7 @@
 #define AUTH_SASL       10
 
 const uint8_t pg_ssl_request[8] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
+const uint8_t pg_alpn[11] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l'};
 
 static const uint8_t answer_no[1] = {'N'};
 

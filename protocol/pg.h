@@ -24,6 +24,8 @@
 
 /* The 8 bytes dbtrust sends upstream, alone, before TLS. */
 extern const uint8_t pg_ssl_request[8];
+/* ALPN offered on the TLS leg, wire format: PostgreSQL 17+ servers expect "postgresql" (A3). */
+extern const uint8_t pg_alpn[11];
 
 enum pg_action {
     PG_NEED_MORE,     /* all input consumed; feed more when it arrives */

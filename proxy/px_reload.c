@@ -6,11 +6,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "px_guard.h"
 #include "px_log.h"
 
 /* Events from a directory come in bursts (a ConfigMap update is several renames): wait this
  * long after the last one, then reload once. */
 #define SETTLE_MS 100
+/* A bundle the guard refused is checked again by the poll (the server may have rotated since),
+ * but not more often than this: each check is a handshake the server may count as aborted. */
+#define GUARD_RECHECK_MS 60000
 
 /* One watched bundle file, shared by the listeners that use it. */
 struct px_bundle_watch {
@@ -22,6 +26,15 @@ struct px_bundle_watch {
     uv_timer_t poll_timer;
     struct tlsw_gen *current; /* main loop's reference to the generation in force */
     int open_handles;         /* freed when the last of its three handles has closed */
+    /* rotation guard */
+    struct px_guard *guard;     /* the run checking candidate, NULL when none */
+    struct tlsw_gen *candidate; /* the bundle waiting for the guard's verdict */
+    const char *guard_trigger;
+    bool guard_quiet;          /* rechecking a bundle already refused and reported */
+    const char *rerun_trigger; /* a trigger that fired during the run: reload once more after */
+    char guard_refused_sha256[65];
+    uint64_t guard_refused_at;
+    char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
 
 int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out, char *err,
@@ -72,33 +85,99 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
         uv_async_send(&srv->workers[k].wakeup);
 }
 
-static void reload_one(struct px_bundle_watch *bw, const char *trigger)
+/* The generation g (validated, and passed by the guard if on) goes into force. */
+static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *trigger)
 {
-    struct px_server *srv = bw->srv;
-    if (srv->stopping)
-        return;
-    char err[512];
-    struct tlsw_gen *g = NULL;
-    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
-        atomic_fetch_add(&srv->reloads_failed, 1);
-        px_log_event(CFG_LOG_ERROR, "bundle_reload", "result", "refused", "trigger", trigger,
-                     "path", bw->path, "reason", err, "kept_sha256", tlsw_gen_sha256(bw->current),
-                     NULL);
-        return;
-    }
-    if (strcmp(tlsw_gen_sha256(g), tlsw_gen_sha256(bw->current)) == 0) {
-        tlsw_gen_unref(g); /* same content: nothing to do */
-        return;
-    }
     char certs[16];
     snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(g));
     publish(bw, g);
-    atomic_fetch_add(&srv->reloads_ok, 1);
+    atomic_fetch_add(&bw->srv->reloads_ok, 1);
     px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "ok", "trigger", trigger, "path",
                  bw->path, "sha256", tlsw_gen_sha256(g), "previous_sha256",
                  tlsw_gen_sha256(bw->current), "certificates", certs, NULL);
     tlsw_gen_unref(bw->current);
     bw->current = g;
+    bw->guard_refused_sha256[0] = '\0';
+}
+
+static void refuse(struct px_bundle_watch *bw, const char *trigger, const char *why)
+{
+    atomic_fetch_add(&bw->srv->reloads_failed, 1);
+    px_log_event(CFG_LOG_ERROR, "bundle_reload", "result", "refused", "trigger", trigger, "path",
+                 bw->path, "reason", why, "kept_sha256", tlsw_gen_sha256(bw->current), NULL);
+}
+
+static void reload_one(struct px_bundle_watch *bw, const char *trigger);
+
+static void on_guard_done(struct px_guard *gd, void *arg)
+{
+    struct px_bundle_watch *bw = arg;
+    char why[1024] = "";
+    bool ok = px_guard_verdict(gd, bw->guard_quiet, why, sizeof(why));
+    px_guard_free(gd);
+    bw->guard = NULL;
+    struct tlsw_gen *g = bw->candidate;
+    bw->candidate = NULL;
+    if (ok) {
+        apply(bw, g, bw->guard_trigger);
+    } else {
+        if (!bw->guard_quiet)
+            refuse(bw, bw->guard_trigger, why);
+        dbt_strlcpy(bw->guard_refused_sha256, tlsw_gen_sha256(g), sizeof(bw->guard_refused_sha256));
+        bw->guard_refused_at = uv_now(bw->poll_timer.loop);
+        tlsw_gen_unref(g);
+    }
+    const char *again = bw->rerun_trigger;
+    bw->rerun_trigger = NULL;
+    if (again)
+        reload_one(bw, again);
+}
+
+static void reload_one(struct px_bundle_watch *bw, const char *trigger)
+{
+    struct px_server *srv = bw->srv;
+    if (srv->stopping)
+        return;
+    if (bw->guard) {
+        bw->rerun_trigger = trigger; /* the file may have changed again since the run began */
+        return;
+    }
+    char err[512];
+    struct tlsw_gen *g = NULL;
+    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
+        /* A change (watch), a signal or a request always reports; the poll only news. */
+        if (strcmp(trigger, "poll") != 0 || strcmp(err, bw->last_refusal) != 0)
+            refuse(bw, trigger, err);
+        dbt_strlcpy(bw->last_refusal, err, sizeof(bw->last_refusal));
+        return;
+    }
+    bw->last_refusal[0] = '\0';
+    const char *sha = tlsw_gen_sha256(g);
+    if (strcmp(sha, tlsw_gen_sha256(bw->current)) == 0) {
+        tlsw_gen_unref(g); /* same content: nothing to do */
+        bw->guard_refused_sha256[0] = '\0';
+        return;
+    }
+    if (!srv->cfg->guard) {
+        apply(bw, g, trigger);
+        return;
+    }
+    bool recheck = strcmp(sha, bw->guard_refused_sha256) == 0;
+    uint64_t now = uv_now(bw->poll_timer.loop);
+    if (recheck && strcmp(trigger, "poll") == 0 && now - bw->guard_refused_at < GUARD_RECHECK_MS) {
+        tlsw_gen_unref(g);
+        return;
+    }
+    bw->candidate = g;
+    bw->guard_trigger = trigger;
+    bw->guard_quiet = recheck && strcmp(trigger, "poll") == 0;
+    bw->guard =
+        px_guard_start(bw->poll_timer.loop, srv, bw->path, g, bw->current, on_guard_done, bw);
+    if (!bw->guard) {
+        bw->candidate = NULL;
+        tlsw_gen_unref(g);
+        refuse(bw, trigger, "rotation guard could not run (out of memory or threads)");
+    }
 }
 
 static void on_settled(uv_timer_t *t)
@@ -183,6 +262,11 @@ void px_reload_stop(struct px_server *srv)
     srv->stopping = true;
     for (size_t i = 0; i < srv->watch_count; i++) {
         struct px_bundle_watch *bw = srv->watches[i];
+        if (bw->guard) {
+            px_guard_free(bw->guard); /* cancels its probes and waits for its thread */
+            bw->guard = NULL;
+            tlsw_gen_unref(bw->candidate);
+        }
         bw->open_handles = 3;
         uv_close((uv_handle_t *)&bw->dir_event, on_watch_closed);
         uv_close((uv_handle_t *)&bw->settle_timer, on_watch_closed);

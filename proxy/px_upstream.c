@@ -10,6 +10,7 @@
 #include "px_conn.h"
 #include "px_io.h"
 #include "px_log.h"
+#include "px_probe.h"
 
 static void try_next_upstream(struct px_conn *c);
 static void try_next_addr(struct px_conn *c);
@@ -23,11 +24,7 @@ static const struct cfg_listener *lcfg(const struct px_conn *c)
 /* The name the certificate must carry: server_name when configured, else the upstream host. */
 const char *px_upstream_verify_name(const struct px_conn *c)
 {
-    const struct cfg_listener *l = lcfg(c);
-    if (l->server_name[0])
-        return l->server_name;
-    size_t i = c->upstream_idx < l->upstream_count ? c->upstream_idx : l->upstream_count - 1;
-    return l->upstream[i].host;
+    return px_verify_name(lcfg(c), c->upstream_idx);
 }
 
 void px_upstream_dial(struct px_conn *c)
@@ -363,11 +360,9 @@ static void handshake_step(struct px_conn *c)
 
 void px_upstream_start_tls(struct px_conn *c)
 {
-    static const uint8_t alpn_pg[] = "\x0apostgresql";
-    /* ALPN "postgresql" is what PostgreSQL 17+ servers expect (PROTOCOLS.md A3); MySQL has none. */
-    bool pg = c->my == NULL;
-    c->tls = tlsw_conn_new(c->gen, px_upstream_verify_name(c), pg ? alpn_pg : NULL,
-                           pg ? sizeof(alpn_pg) - 1 : 0);
+    bool pg = c->my == NULL; /* MySQL has no ALPN name */
+    c->tls = tlsw_conn_new(c->gen, px_upstream_verify_name(c), pg ? pg_alpn : NULL,
+                           pg ? sizeof(pg_alpn) : 0);
     if (!c->tls) {
         px_conn_fail(c, DBT_INTERNAL_ERROR, "could not create a TLS session");
         return;

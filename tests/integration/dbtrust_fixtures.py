@@ -236,6 +236,7 @@ class TestPKI:
     """The test PKI of TESTING.md, generated with the openssl CLI into `directory`.
 
     good:  root A ("dbtrust test root A") -> intermediate A -> leaf (DNS:localhost, IP:127.0.0.1)
+    next:  root B -> intermediate B -> leaf_b (same names): the CA a provider rotates to
     bad:   rogue root -> rogue leaf (localhost)        -> tls_untrusted_chain
            intermediate A -> wrong-name leaf            -> tls_hostname_mismatch
            intermediate A -> expired leaf (faketime)    -> tls_cert_expired
@@ -252,6 +253,10 @@ class TestPKI:
         self.intermediate = self.make_intermediate("inter-a", "dbtrust test intermediate A",
                                                    self.root)
         self.leaf = self.make_leaf("leaf", "localhost", LOCALHOST_SAN, self.intermediate)
+        self.root_b = self.make_root("root-b", "dbtrust test root B")
+        self.intermediate_b = self.make_intermediate("inter-b", "dbtrust test intermediate B",
+                                                     self.root_b)
+        self.leaf_b = self.make_leaf("leaf-b", "localhost", LOCALHOST_SAN, self.intermediate_b)
         self.rogue_root = self.make_root("rogue-root", "dbtrust rogue root")
         self.rogue_leaf = self.make_leaf("rogue-leaf", "localhost", LOCALHOST_SAN,
                                          self.rogue_root)

@@ -53,6 +53,7 @@ class ReloadCase(unittest.TestCase):
     the trigger under test can explain a reload)."""
 
     layout = "plain"  # or "configmap": bundle.pem -> ..data/bundle.pem, ..data -> ..<stamp>
+    guard = "on"      # [trust] guard: the rotation guard (its drill is in test_drill.py)
 
     def setUp(self):
         self.dir = fx.make_temp_dir("bundle-dir")
@@ -60,7 +61,8 @@ class ReloadCase(unittest.TestCase):
         self.bundle = os.path.join(self.dir, "bundle.pem")
         self.install(pem_of(W.pki.rogue_root))
         cfg = fx.DbTrustConfig(self.bundle, workers=2, drain_timeout="1s",
-                               trust_options={"reload_interval": self.reload_interval()})
+                               trust_options={"reload_interval": self.reload_interval(),
+                                              "guard": self.guard})
         self.spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}",
                                      handshake_timeout="3s")
         self.dbtrust = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
@@ -142,11 +144,16 @@ class TestRenameOver(ReloadCase):
         cur.execute("select 2")
         self.assertEqual(cur.fetchone(), (2,))
 
-        # A bundle without root A: new connections fail again, the live session does not.
+        # A bundle without root A would break the live upstream: the rotation guard refuses it,
+        # naming the upstream and the missing issuer; nothing changes for anyone.
         mark = self.dbtrust.mark()
         self.install(pem_of(W.pki.rogue_root))
-        self.dbtrust.wait_for_line("bundle_reload", "result=ok", since=mark)
-        self.assertIn("tls_untrusted_chain", self.connect_error() or "")
+        line = self.dbtrust.wait_for_line("bundle_guard", "result=refused", since=mark)
+        self.assertIn(f"upstream=localhost:{W.pg.port}", line)
+        self.assertIn("issuer CN=dbtrust test root A", line)
+        self.dbtrust.wait_for_line("bundle_reload", "result=refused", "rotation guard",
+                                   since=mark)
+        self.assertIsNone(self.connect_error())
         cur.execute("select 3")
         self.assertEqual(cur.fetchone(), (3,))
         live.close()
@@ -171,6 +178,27 @@ class TestRenameOver(ReloadCase):
         time.sleep(0.5)
         self.assertEqual(len(self.dbtrust.find_lines("bundle_reload", "result=ok", since=mark)),
                          n_ok, "an unchanged bundle must not be reloaded again")
+
+
+class TestGuardOff(ReloadCase):
+    """guard = off applies any valid bundle, even one that breaks new connections; a live
+    session is not touched by it."""
+
+    guard = "off"
+
+    def test_bundle_without_the_live_root_is_applied(self):
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        live = self.connect("dbt-live")
+        cur = live.cursor()
+        mark = self.dbtrust.mark()
+        self.install(pem_of(W.pki.rogue_root))
+        self.dbtrust.wait_for_line("bundle_reload", "result=ok", since=mark)
+        self.assertEqual(self.dbtrust.find_lines("bundle_guard", since=mark), [])
+        self.assertIn("tls_untrusted_chain", self.connect_error() or "")
+        cur.execute("select 3")
+        self.assertEqual(cur.fetchone(), (3,))
+        live.close()
 
 
 class TestConfigMapSwap(ReloadCase):
