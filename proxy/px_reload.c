@@ -102,9 +102,11 @@ static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *tr
 
 static void refuse(struct px_bundle_watch *bw, const char *trigger, const char *why)
 {
-    atomic_fetch_add(&bw->srv->reloads_failed, 1);
+    char total[16]; /* the counter behind dbtrust_bundle_reloads_total{result="refused"} */
+    snprintf(total, sizeof(total), "%u", atomic_fetch_add(&bw->srv->reloads_failed, 1) + 1);
     px_log_event(CFG_LOG_ERROR, "bundle_reload", "result", "refused", "trigger", trigger, "path",
-                 bw->path, "reason", why, "kept_sha256", tlsw_gen_sha256(bw->current), NULL);
+                 bw->path, "reason", why, "kept_sha256", tlsw_gen_sha256(bw->current),
+                 "refused_total", total, NULL);
 }
 
 static void reload_one(struct px_bundle_watch *bw, const char *trigger);

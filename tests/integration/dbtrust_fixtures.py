@@ -345,6 +345,49 @@ class TestPKI:
                     out.write(f.read())
 
 
+def pem_of(*certs):
+    """The PEM text of the given certificates, concatenated (a bundle's content)."""
+    text = ""
+    for cert in certs:
+        with open(cert.cert) as f:
+            text += f.read()
+    return text
+
+
+class BundleDirectory:
+    """The directory dbtrust's bundle lives in, written the way operators write it.
+
+    plain:     bundle.pem replaced by rename-over (an editor, a deploy tool)
+    configmap: a Kubernetes ConfigMap/Secret volume: files live in a timestamped dir, ..data
+               points at it and bundle.pem is a symlink through ..data; an update writes a new
+               timestamped dir and swaps ..data atomically.
+    """
+
+    def __init__(self, layout="plain"):
+        self.layout = layout
+        self.dir = make_temp_dir("bundle-dir")
+        self.path = os.path.join(self.dir, "bundle.pem")
+        self.generation = 0
+
+    def install(self, text):
+        if self.layout == "plain":
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.rename(tmp, self.path)
+            return
+        self.generation += 1
+        stamp = os.path.join(self.dir, f"..2026_11_23_{self.generation:04d}")
+        os.mkdir(stamp)
+        with open(os.path.join(stamp, "bundle.pem"), "w") as f:
+            f.write(text)
+        tmp_link = os.path.join(self.dir, "..data_tmp")
+        os.symlink(os.path.basename(stamp), tmp_link)
+        os.rename(tmp_link, os.path.join(self.dir, "..data"))
+        if not os.path.islink(self.path):
+            os.symlink("..data/bundle.pem", self.path)
+
+
 def split_pem_certificates(text):
     """All PEM certificate blocks in text, in order."""
     return re.findall(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", text, re.S)

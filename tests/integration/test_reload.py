@@ -40,25 +40,19 @@ def tearDownModule():
     fx.run_cleanups()
 
 
-def pem_of(*certs):
-    text = ""
-    for cert in certs:
-        with open(cert.cert) as f:
-            text += f.read()
-    return text
+pem_of = fx.pem_of
 
 
 class ReloadCase(unittest.TestCase):
     """Each test gets its own bundle directory and dbtrust (poll interval long enough that only
     the trigger under test can explain a reload)."""
 
-    layout = "plain"  # or "configmap": bundle.pem -> ..data/bundle.pem, ..data -> ..<stamp>
+    layout = "plain"  # or "configmap" (fx.BundleDirectory)
     guard = "on"      # [trust] guard: the rotation guard (its drill is in test_drill.py)
 
     def setUp(self):
-        self.dir = fx.make_temp_dir("bundle-dir")
-        self.generation = 0
-        self.bundle = os.path.join(self.dir, "bundle.pem")
+        self.bundle_dir = fx.BundleDirectory(self.layout)
+        self.bundle = self.bundle_dir.path
         self.install(pem_of(W.pki.rogue_root))
         cfg = fx.DbTrustConfig(self.bundle, workers=2, drain_timeout="1s",
                                trust_options={"reload_interval": self.reload_interval(),
@@ -75,25 +69,7 @@ class ReloadCase(unittest.TestCase):
     # -- bundle files ------------------------------------------------------------------------
 
     def install(self, text):
-        """Write the bundle the way this layout's operators do."""
-        if self.layout == "plain":
-            tmp = self.bundle + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.rename(tmp, self.bundle)  # an editor's / a deploy tool's rename-over
-            return
-        # Kubernetes ConfigMap volume: files live in a timestamped dir; ..data points at it and
-        # the visible names are symlinks through ..data. An update swaps ..data atomically.
-        self.generation += 1
-        stamp = os.path.join(self.dir, f"..2026_11_23_{self.generation:04d}")
-        os.mkdir(stamp)
-        with open(os.path.join(stamp, "bundle.pem"), "w") as f:
-            f.write(text)
-        tmp_link = os.path.join(self.dir, "..data_tmp")
-        os.symlink(os.path.basename(stamp), tmp_link)
-        os.rename(tmp_link, os.path.join(self.dir, "..data"))
-        if not os.path.islink(self.bundle):
-            os.symlink("..data/bundle.pem", self.bundle)
+        self.bundle_dir.install(text)
 
     # -- clients -----------------------------------------------------------------------------
 
