@@ -379,13 +379,31 @@ class BundleDirectory:
         self.generation += 1
         stamp = os.path.join(self.dir, f"..2026_11_23_{self.generation:04d}")
         os.mkdir(stamp)
-        with open(os.path.join(stamp, "bundle.pem"), "w") as f:
-            f.write(text)
+        if text is not None:
+            with open(os.path.join(stamp, "bundle.pem"), "w") as f:
+                f.write(text)
         tmp_link = os.path.join(self.dir, "..data_tmp")
         os.symlink(os.path.basename(stamp), tmp_link)
         os.rename(tmp_link, os.path.join(self.dir, "..data"))
         if not os.path.islink(self.path):
             os.symlink("..data/bundle.pem", self.path)
+
+    def install_missing(self):
+        """configmap: an update whose new data dir lacks bundle.pem (the key was deleted from
+        the ConfigMap): bundle.pem becomes a dangling symlink, an unreadable bundle."""
+        self.install(None)
+
+    def rewrite_by_mmap(self, text):
+        """Rewrite the file in place through a shared mapping: inotify reports no event for
+        writes through mmap (inotify(7)), so only the content-hash poll can see this change.
+        The new text must be as long as the old."""
+        import mmap
+        data = text.encode()
+        with open(self.path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size != len(data):
+                raise ValueError("rewrite_by_mmap needs content of the same length")
+            with mmap.mmap(f.fileno(), len(data)) as m:
+                m[:] = data
 
 
 def split_pem_certificates(text):

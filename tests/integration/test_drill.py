@@ -12,7 +12,8 @@ previous one left:
      while the bundle becomes A+B, both servers switch to root B -> intermediate B -> leaf B,
      and the bundle becomes B only. Zero failed transactions, zero failed connections, and the
      persistent sessions are the same sessions at the end.
-  b. a garbage bundle is refused; service continues.
+  b. a garbage, an empty and an unreadable bundle are refused (the refusal counter rises by one
+     each); service continues.
   c. the guard refuses a bundle without the live chain's root (A only while the servers serve B)
      and names each upstream and the missing issuer; service continues.
   d. the late case: the servers rotate (back to chain A) before the bundle is updated; new
@@ -283,6 +284,11 @@ class TestRotationDrill(unittest.TestCase):
         line, _, _ = self.install_and_wait("", "result=refused")  # an empty bundle
         self.assertEqual(number(r"refused_total=(\d+)", line, "refusal counter"),
                          refused_before + 1)
+        mark = W.dbtrust.mark()
+        W.bundle.install_missing()  # bundle.pem now a dangling symlink: unreadable
+        line = W.dbtrust.wait_for_line("bundle_reload", "result=refused", since=mark)
+        self.assertEqual(number(r"refused_total=(\d+)", line, "refusal counter"),
+                         refused_before + 2)
         self.assertIsNone(pg_new_connection_error())
         self.assertIsNone(my_new_connection_error())
         self.assertEqual(live.session(), live.session_id)
