@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "px.h"
+#include "px_cmd.h"
 #include "px_listen.h"
 #include "px_log.h"
 #include "px_reload.h"
@@ -26,6 +27,10 @@ static const char usage_text[] =
     "  dbtrust --config FILE                      run with a configuration file\n"
     "  dbtrust --listen HOST:PORT --upstream HOST:PORT --protocol postgres|mysql \\\n"
     "          --bundle CA.pem [--server-name NAME]   run one listener without a file\n"
+    "  dbtrust check --config FILE [--tap] [--min-days N] [--bundle CANDIDATE.pem]\n"
+    "                                             live handshake to every upstream (see --help)\n"
+    "  dbtrust bundle inspect FILE...              certificates, expiry, fingerprints, warnings\n"
+    "  dbtrust bundle merge -o OUT FILE...         combined, de-duplicated bundle (atomic)\n"
     "  dbtrust --version | --help\n"
     "\n"
     "Applications connect in plaintext to a listener; dbtrust upgrades the upstream leg to TLS\n"
@@ -247,6 +252,10 @@ static void log_started(const struct px_server *srv)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && strcmp(argv[1], "check") == 0)
+        return px_cmd_check(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "bundle") == 0)
+        return px_cmd_bundle(argc - 1, argv + 1);
     struct cli cli = {0};
     if (parse_cli(argc, argv, &cli) != 0)
         return 2;
