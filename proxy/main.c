@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include "px.h"
+#include "px_admin.h"
 #include "px_cmd.h"
+#include "px_expiry.h"
 #include "px_listen.h"
 #include "px_log.h"
 #include "px_reload.h"
@@ -226,8 +228,23 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&sig->term, NULL);
     uv_close((uv_handle_t *)&sig->intr, NULL);
     uv_close((uv_handle_t *)&sig->hup, NULL);
-    px_reload_stop(sig->srv);
-    px_workers_stop(sig->srv);
+    struct px_server *srv = sig->srv;
+    atomic_store(&srv->ready, false); /* /readyz: take this pod out of rotation while draining */
+    px_reload_stop(srv);
+    px_workers_stop(srv); /* returns when every connection ended or drain_timeout passed */
+    px_admin_stop(srv);   /* metrics stay scrapable during the drain */
+    px_expiry_stop(srv);
+    uv_close((uv_handle_t *)&srv->main_wakeup, NULL); /* no thread can send to it any more */
+}
+
+/* Requests from other threads: POST /reload (admin), a new upstream chain (workers). */
+static void on_main_wakeup(uv_async_t *a)
+{
+    struct px_server *srv = a->data;
+    if (atomic_exchange(&srv->reload_requested, false))
+        px_reload_all(srv, "admin");
+    if (atomic_exchange(&srv->chain_seen, false))
+        px_expiry_check(srv);
 }
 
 static void on_hup(uv_signal_t *s, int signum)
@@ -268,6 +285,8 @@ int main(int argc, char **argv)
     int status = 1;
     EVP_PKEY *generated_key = NULL;
     struct px_server srv = {.cfg = &cfg, .listener_count = cfg.listener_count};
+    uv_mutex_init(&srv.trust_lock);
+    uv_mutex_init(&srv.seen_lock);
     srv.worker_count = cfg.workers > PX_MAX_WORKERS ? PX_MAX_WORKERS : cfg.workers;
     srv.listeners = calloc(cfg.listener_count, sizeof(*srv.listeners));
     if (!srv.listeners)
@@ -298,6 +317,8 @@ int main(int argc, char **argv)
     uv_signal_start(&sig.term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig.intr, on_stop_signal, SIGINT);
     uv_signal_start(&sig.hup, on_hup, SIGHUP);
+    uv_async_init(loop, &srv.main_wakeup, on_main_wakeup);
+    srv.main_wakeup.data = &srv;
 
     int rc = px_workers_start(&srv);
     if (rc != 0) {
@@ -309,6 +330,14 @@ int main(int argc, char **argv)
         px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
         goto out;
     }
+    if (px_expiry_start(&srv, loop) != 0)
+        goto out;
+    char err[512];
+    if (cfg.admin_enabled && px_admin_start(&srv, err, sizeof(err)) != 0) {
+        px_log(CFG_LOG_ERROR, "%s", err);
+        goto out;
+    }
+    atomic_store(&srv.ready, true);
     log_started(&srv);
     px_log(CFG_LOG_INFO, "dbtrust %s ready: %zu listener(s), %u worker(s)", DBTRUST_VERSION,
            srv.listener_count, srv.worker_count);
@@ -326,7 +355,10 @@ out:
     }
     if (generated_key)
         my_rsa_free(generated_key);
+    px_workers_free(&srv);
     free(srv.listeners);
+    uv_mutex_destroy(&srv.trust_lock);
+    uv_mutex_destroy(&srv.seen_lock);
     cfg_free(&cfg);
     return status;
 }

@@ -9,6 +9,7 @@
 
 #include "cfg.h"
 #include "mysql.h"
+#include "px_metrics.h"
 #include "tlsw.h"
 
 #define PX_MAX_WORKERS 256
@@ -26,13 +27,22 @@ union px_stream {
     uv_pipe_t pipe;
 };
 
-/* One configured listener, shared read-only by every worker. */
+#define PX_CHAIN_KEPT 4 /* certificates of an upstream chain kept for metrics and warnings */
+
+/* The chain an upstream presented in the last verified handshake of a listener. */
+struct px_seen_chain {
+    size_t len;
+    struct tlsw_cert_info certs[PX_CHAIN_KEPT]; /* leaf first */
+};
+
+/* One configured listener, shared by every worker. */
 struct px_listener {
     const struct cfg_listener *cfg;
-    struct tlsw_gen *gen;    /* trust generation loaded at start (workers take their own ref) */
-    int fds[PX_MAX_WORKERS]; /* one SO_REUSEPORT listening socket per worker (-1 = none) */
-    atomic_uint active;      /* live connections across workers, for max_connections */
-    EVP_PKEY *rsa_key;       /* MySQL caching_sha2/sha256 bridge key (mysql listeners) */
+    struct tlsw_gen *gen; /* generation in force (workers hold their own ref); srv->trust_lock */
+    struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
+    int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
+    atomic_uint active;           /* live connections across workers, for max_connections */
+    EVP_PKEY *rsa_key;            /* MySQL caching_sha2/sha256 bridge key (mysql listeners) */
     char rsa_pem[MY_PEM_MAX + 1]; /* its public half, served to clients that ask */
 };
 
@@ -44,6 +54,13 @@ struct px_server {
     size_t watch_count;
     bool stopping;
     atomic_uint reloads_ok, reloads_failed;
+    atomic_bool ready;      /* workers running, not draining: /readyz */
+    uv_mutex_t trust_lock;  /* listeners[].gen: swapped by reloads, read by the admin thread */
+    uv_mutex_t seen_lock;   /* listeners[].seen: written by workers, read by admin and expiry */
+    uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
+    atomic_bool reload_requested, chain_seen;
+    struct px_admin *admin;
+    struct px_expiry *expiry;
     struct px_listener *listeners;
     size_t listener_count;
     struct px_worker *workers;
@@ -59,7 +76,8 @@ struct px_worker_listener {
     struct tlsw_gen *gen;                   /* the generation new connections take */
     _Atomic(struct tlsw_gen *) pending_gen; /* published by a reload, taken on wakeup */
     bool open;
-    char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
+    char last_leaf_sha256[65];      /* to log each newly seen upstream chain once */
+    struct px_listener_stats stats; /* written by this worker only */
 };
 
 struct px_conn;
@@ -81,8 +99,10 @@ struct px_worker {
 
 /* Starts one thread per worker; each runs its own loop. Returns 0 or a negative uv error. */
 DBT_MUST_USE int px_workers_start(struct px_server *srv);
-/* Asks every worker to stop accepting and drain (SIGTERM); joins them. */
+/* Asks every worker to stop accepting and drain (SIGTERM); joins them. Their counters stay
+ * readable until px_workers_free. */
 void px_workers_stop(struct px_server *srv);
+void px_workers_free(struct px_server *srv);
 
 /* Called by a connection when it is freed, so the worker can finish draining. */
 void px_worker_conn_gone(struct px_worker *w);

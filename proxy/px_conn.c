@@ -166,6 +166,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     const uint8_t *data = (const uint8_t *)buf->base;
     c->bytes_from_client += (uint64_t)nread;
+    px_counter_add(&c->wl->stats.bytes_from_client, (uint64_t)nread);
     switch (c->state) {
     case PX_CONN_CLIENT_STARTUP:
         px_pg_on_client_data(c, data, (size_t)nread);
@@ -203,6 +204,9 @@ void px_client_start_reading(struct px_conn *c)
 
 int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
 {
+    /* Every byte the client gets passes here: server data, greetings and dbtrust's errors. */
+    c->bytes_to_client += len;
+    px_counter_add(&c->wl->stats.bytes_to_client, len);
     return px_io_send_copy(c, &c->client.stream, &c->queued_to_client, data, len);
 }
 
@@ -298,6 +302,9 @@ static void conn_free(struct px_conn *c)
 {
     struct px_worker *w = c->w;
     log_conn_end(c);
+    px_counter_add(&c->wl->stats.conns_by_reason[c->reason], 1);
+    if (!c->is_cancel) /* a cancel is the same application's second socket, not a session */
+        px_stats_app(&c->wl->stats, c->application_name);
     if (c->prev)
         c->prev->next = c->next;
     else

@@ -60,6 +60,7 @@ struct px_conn {
 
     struct tlsw_conn *tls;
     bool tls_up;              /* handshake completed and verified */
+    uint64_t connected_ns;    /* upstream TCP connected (uv_hrtime): handshake latency */
     bool tls_first_byte_seen; /* first upstream byte after 'S' must start a TLS record */
     struct px_pg_startup *pg;
     struct my_session *my; /* MySQL listeners: the whole connection runs through it */

@@ -1,6 +1,8 @@
 #include "px_log.h"
 
+#include <jansson.h>
 #include <stdbool.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -56,15 +58,65 @@ static void puts_(struct line *l, const char *s)
     put(l, s, strlen(s));
 }
 
-static void start_line(struct line *l, enum cfg_log_level level)
+#define TS_CAP 80
+
+static void timestamp(char buf[static TS_CAP])
 {
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
-    l->len = (size_t)snprintf(l->buf, sizeof(l->buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s ",
-                              tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                              tm.tm_sec, ts.tv_nsec / 1000000, level_name(level));
+    snprintf(buf, TS_CAP, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+}
+
+static void start_line(struct line *l, enum cfg_log_level level)
+{
+    char ts[TS_CAP];
+    timestamp(ts);
+    l->len = (size_t)snprintf(l->buf, sizeof(l->buf), "%s %s ", ts, level_name(level));
+}
+
+/* ---- JSON lines (log_format = json): built and escaped by jansson ---- */
+
+/* A JSON string of v. Values can come from clients (application_name) or certificates and need
+ * not be UTF-8, which JSON requires: such bytes are written as \xNN text instead. */
+static json_t *json_text(const char *v)
+{
+    json_t *j = json_string(v);
+    if (j)
+        return j;
+    char safe[LINE_MAX_BYTES];
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)v; *p && n + 5 < sizeof(safe); p++) {
+        if (*p < 0x80)
+            safe[n++] = (char)*p;
+        else
+            n += (size_t)snprintf(safe + n, sizeof(safe) - n, "\\x%02x", *p);
+    }
+    safe[n] = '\0';
+    return json_string(safe);
+}
+
+static json_t *json_start(enum cfg_log_level level)
+{
+    char ts[TS_CAP];
+    timestamp(ts);
+    return json_pack("{s:s, s:s}", "ts", ts, "level", level_name(level));
+}
+
+/* One write per line, as for text. Over-long values are cut by the text path's limit first. */
+static void json_finish(json_t *obj)
+{
+    char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(obj);
+    if (!text)
+        return;
+    size_t n = strlen(text);
+    text[n] = '\n';
+    ssize_t rc = write(STDERR_FILENO, text, n + 1); /* the NUL's byte holds the newline */
+    (void)rc;
+    free(text);
 }
 
 static void finish_line(struct line *l)
@@ -83,6 +135,16 @@ void px_log(enum cfg_log_level level, const char *fmt, ...)
     start_line(&l, level);
     va_list ap;
     va_start(ap, fmt);
+    if (log_format == CFG_LOG_JSON) {
+        char msg[LINE_MAX_BYTES];
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        json_t *obj = json_start(level);
+        if (obj)
+            json_object_set_new(obj, "msg", json_text(msg));
+        json_finish(obj);
+        return;
+    }
     int n = vsnprintf(l.buf + l.len, sizeof(l.buf) - 2 - l.len, fmt, ap);
     va_end(ap);
     if (n > 0)
@@ -129,11 +191,23 @@ void px_log_event(enum cfg_log_level level, const char *event, ...)
 {
     if (!px_log_enabled(level))
         return;
+    va_list ap;
+    va_start(ap, event);
+    if (log_format == CFG_LOG_JSON) {
+        json_t *obj = json_start(level);
+        if (obj)
+            json_object_set_new(obj, "event", json_string(event));
+        for (const char *k; obj && (k = va_arg(ap, const char *)) != NULL;) {
+            const char *v = va_arg(ap, const char *);
+            json_object_set_new(obj, k, json_text(v ? v : ""));
+        }
+        va_end(ap);
+        json_finish(obj);
+        return;
+    }
     struct line l;
     start_line(&l, level);
     puts_(&l, event);
-    va_list ap;
-    va_start(ap, event);
     for (;;) {
         const char *k = va_arg(ap, const char *);
         if (!k)

@@ -62,7 +62,6 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
                 px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
                 px_client_start_reading(c);
             }
-            c->bytes_to_client += st.len;
             if (px_client_send(c, st.data, st.len) != 0)
                 return;
             if (st.phase_end && c->state == PX_CONN_RELAY)
@@ -85,7 +84,6 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
             break;
         case MY_RELAY:
             if (from_server) {
-                c->bytes_to_client += st.len;
                 if (px_client_send(c, st.data, st.len) != 0)
                     return;
             } else if (px_upstream_send(c, st.data, st.len) != 0) {

@@ -143,7 +143,6 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
         case PG_NEED_MORE:
             return;
         case PG_SEND_CLIENT:
-            c->bytes_to_client += st.len;
             if (px_client_send(c, st.data, st.len) != 0)
                 return;
             continue;

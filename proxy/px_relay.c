@@ -33,7 +33,6 @@ void px_relay_to_client(struct px_conn *c, const uint8_t *data, size_t len)
         px_my_to_client(c, data, len);
         return;
     }
-    c->bytes_to_client += len;
     px_client_send(c, data, len);
 }
 

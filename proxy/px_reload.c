@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "px_expiry.h"
 #include "px_guard.h"
 #include "px_log.h"
 
@@ -72,8 +73,11 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
         if (strcmp(cfg_listener_bundle(srv->cfg, l->cfg), bw->path) != 0)
             continue;
         tlsw_gen_ref(g);
-        tlsw_gen_unref(l->gen);
+        uv_mutex_lock(&srv->trust_lock); /* the admin thread reads l->gen */
+        struct tlsw_gen *old_gen = l->gen;
         l->gen = g;
+        uv_mutex_unlock(&srv->trust_lock);
+        tlsw_gen_unref(old_gen);
         for (unsigned k = 0; k < srv->worker_count; k++) {
             tlsw_gen_ref(g);
             struct tlsw_gen *old = atomic_exchange(&srv->workers[k].wls[i].pending_gen, g);
@@ -98,6 +102,7 @@ static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *tr
     tlsw_gen_unref(bw->current);
     bw->current = g;
     bw->guard_refused_sha256[0] = '\0';
+    px_expiry_check(bw->srv);
 }
 
 static void refuse(struct px_bundle_watch *bw, const char *trigger, const char *why)

@@ -176,6 +176,7 @@ static void on_connected(uv_connect_t *req, int status)
         return;
     }
     tune_upstream_socket(c);
+    c->connected_ns = uv_hrtime();
     c->upstream_reading = true;
     uv_read_start((uv_stream_t *)&c->upstream, px_io_alloc, on_upstream_read);
     if (c->my)
@@ -256,6 +257,20 @@ int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
 /* Logs the verified chain when a worker sees a leaf it has not seen before on this listener:
  * what an operator wants to know after a server certificate rotation, without a line per
  * connection. */
+/* Keeps the chain for metrics and expiry warnings (other threads read it) and tells the main
+ * loop, which checks its dates. Only when a worker sees a new leaf: not per connection. */
+static void remember_chain(struct px_conn *c, const struct tlsw_cert_info *chain, size_t n)
+{
+    struct px_server *srv = c->w->srv;
+    struct px_seen_chain *seen = &c->wl->l->seen;
+    uv_mutex_lock(&srv->seen_lock);
+    seen->len = n < PX_CHAIN_KEPT ? n : PX_CHAIN_KEPT;
+    memcpy(seen->certs, chain, seen->len * sizeof(chain[0]));
+    uv_mutex_unlock(&srv->seen_lock);
+    atomic_store(&srv->chain_seen, true);
+    uv_async_send(&srv->main_wakeup);
+}
+
 static void log_new_chain(struct px_conn *c)
 {
     struct tlsw_cert_info chain[4];
@@ -263,6 +278,7 @@ static void log_new_chain(struct px_conn *c)
     if (n == 0 || strcmp(chain[0].sha256, c->wl->last_leaf_sha256) == 0)
         return;
     dbt_strlcpy(c->wl->last_leaf_sha256, chain[0].sha256, sizeof(c->wl->last_leaf_sha256));
+    remember_chain(c, chain, n);
     char depth[4][600];
     for (size_t i = 0; i < 4; i++) {
         depth[i][0] = '\0';
@@ -349,6 +365,7 @@ static void handshake_step(struct px_conn *c)
     if (st != TLSW_OK)
         return;
     c->tls_up = true;
+    px_stats_handshake(&c->wl->stats, uv_hrtime() - c->connected_ns);
     log_new_chain(c);
     if (c->my)
         px_my_on_tls_ready(c);

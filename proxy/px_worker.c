@@ -170,8 +170,13 @@ void px_workers_stop(struct px_server *srv)
             if (pending)
                 tlsw_gen_unref(pending);
         }
-        free(w->wls);
     }
+}
+
+void px_workers_free(struct px_server *srv)
+{
+    for (unsigned i = 0; srv->workers && i < srv->worker_count; i++)
+        free(srv->workers[i].wls);
     free(srv->workers);
     srv->workers = NULL;
 }

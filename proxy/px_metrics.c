@@ -1,0 +1,273 @@
+#include "px_metrics.h"
+
+#include <openssl/crypto.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "px.h"
+
+#ifndef DBTRUST_VERSION
+#define DBTRUST_VERSION "0.0.0"
+#endif
+
+static const double hs_bounds[PX_HS_BUCKETS] = {PX_HS_BUCKET_BOUNDS};
+
+void px_stats_handshake(struct px_listener_stats *s, uint64_t ns)
+{
+    size_t i = 0;
+    while (i < PX_HS_BUCKETS && (double)ns / 1e9 > hs_bounds[i])
+        i++;
+    px_counter_add(&s->hs_buckets[i], 1);
+    px_counter_add(&s->hs_sum_ns, ns);
+    px_counter_add(&s->hs_count, 1);
+}
+
+void px_stats_app(struct px_listener_stats *s, const char *app)
+{
+    size_t n = atomic_load_explicit(&s->app_count, memory_order_relaxed); /* we are the writer */
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(s->apps[i].name, app) == 0) {
+            px_counter_add(&s->apps[i].connections, 1);
+            return;
+        }
+    }
+    if (n == PX_APPS_MAX) {
+        px_counter_add(&s->apps_other, 1);
+        return;
+    }
+    dbt_strlcpy(s->apps[n].name, app, sizeof(s->apps[n].name));
+    px_counter_add(&s->apps[n].connections, 1);
+    /* Release: a reader that sees the new count also sees the name written above. */
+    atomic_store_explicit(&s->app_count, n + 1, memory_order_release);
+}
+
+/* ---- Prometheus text format ---- */
+
+/* A label value: backslash, double quote and line feed escaped, as the format requires. */
+static void label(FILE *out, const char *v)
+{
+    fputc('"', out);
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            fputc('\\', out);
+        if (*v == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*v, out);
+    }
+    fputc('"', out);
+}
+
+static void family(FILE *out, const char *name, const char *type, const char *help)
+{
+    fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Sum of one counter (at offset in px_listener_stats) over every worker's copy for listener i. */
+static uint64_t sum_at(struct px_server *srv, size_t i, size_t offset)
+{
+    uint64_t sum = 0;
+    for (unsigned k = 0; k < srv->worker_count; k++)
+        sum += px_counter_get((px_counter *)((char *)&srv->workers[k].wls[i].stats + offset));
+    return sum;
+}
+
+#define SUM(srv, i, field) sum_at((srv), (i), offsetof(struct px_listener_stats, field))
+#define SUM_NTH(srv, i, array, n)                                                                  \
+    sum_at((srv), (i), offsetof(struct px_listener_stats, array) + (size_t)(n) * sizeof(px_counter))
+
+static void connections(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_connections_total", "counter",
+           "Connections ended, by the reason they ended with (none = normal end).");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        for (int r = 0; r < DBT_REASON_COUNT; r++) {
+            uint64_t n = SUM_NTH(srv, i, conns_by_reason, r);
+            if (n == 0 && r != DBT_NONE)
+                continue;
+            fputs("dbtrust_connections_total{listener=", out);
+            label(out, srv->listeners[i].cfg->name);
+            fprintf(out, ",result=\"%s\"} %llu\n", dbt_reason_name(r), (unsigned long long)n);
+        }
+    }
+    family(out, "dbtrust_connections_active", "gauge", "Connections open now.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        fputs("dbtrust_connections_active{listener=", out);
+        label(out, srv->listeners[i].cfg->name);
+        fprintf(out, "} %u\n", atomic_load(&srv->listeners[i].active));
+    }
+    family(out, "dbtrust_tls_failures_total", "counter",
+           "Upstream TLS set-ups that failed (refused, unverified, timed out), by reason.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        for (int r = 0; r < DBT_REASON_COUNT; r++) {
+            if (dbt_reason_class(r) != DBT_CLASS_TLS)
+                continue;
+            fputs("dbtrust_tls_failures_total{listener=", out);
+            label(out, srv->listeners[i].cfg->name);
+            fprintf(out, ",reason=\"%s\"} %llu\n", dbt_reason_name(r),
+                    (unsigned long long)SUM_NTH(srv, i, conns_by_reason, r));
+        }
+    }
+    family(out, "dbtrust_bytes_total", "counter", "Plaintext bytes relayed, by direction.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const char *name = srv->listeners[i].cfg->name;
+        fputs("dbtrust_bytes_total{listener=", out);
+        label(out, name);
+        fprintf(out, ",direction=\"client_to_upstream\"} %llu\n",
+                (unsigned long long)SUM(srv, i, bytes_from_client));
+        fputs("dbtrust_bytes_total{listener=", out);
+        label(out, name);
+        fprintf(out, ",direction=\"upstream_to_client\"} %llu\n",
+                (unsigned long long)SUM(srv, i, bytes_to_client));
+    }
+}
+
+static void handshakes(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_upstream_handshake_seconds", "histogram",
+           "Time from the upstream TCP connection to a verified TLS session.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        uint64_t cumulative = 0;
+        for (size_t b = 0; b <= PX_HS_BUCKETS; b++) {
+            cumulative += SUM_NTH(srv, i, hs_buckets, b);
+            fputs("dbtrust_upstream_handshake_seconds_bucket{listener=", out);
+            label(out, srv->listeners[i].cfg->name);
+            if (b < PX_HS_BUCKETS)
+                fprintf(out, ",le=\"%g\"} %llu\n", hs_bounds[b], (unsigned long long)cumulative);
+            else
+                fprintf(out, ",le=\"+Inf\"} %llu\n", (unsigned long long)cumulative);
+        }
+        fputs("dbtrust_upstream_handshake_seconds_sum{listener=", out);
+        label(out, srv->listeners[i].cfg->name);
+        fprintf(out, "} %.6f\n", (double)SUM(srv, i, hs_sum_ns) / 1e9);
+        fputs("dbtrust_upstream_handshake_seconds_count{listener=", out);
+        label(out, srv->listeners[i].cfg->name);
+        fprintf(out, "} %llu\n", (unsigned long long)SUM(srv, i, hs_count));
+    }
+}
+
+/* Application names from all workers, merged (each worker keeps its own table). */
+static void applications(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_application_connections_total", "counter",
+           "Connections ended, by application_name (PostgreSQL) or program_name (MySQL); "
+           "names beyond the first 32 per worker count as other.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        for (unsigned k = 0; k < srv->worker_count; k++) {
+            struct px_listener_stats *s = &srv->workers[k].wls[i].stats;
+            size_t n = atomic_load_explicit(&s->app_count, memory_order_acquire);
+            for (size_t a = 0; a < n; a++) {
+                uint64_t total = 0;
+                bool first = true; /* print a name once: at the first worker that has it */
+                for (unsigned j = 0; j < srv->worker_count; j++) {
+                    struct px_listener_stats *o = &srv->workers[j].wls[i].stats;
+                    size_t m = atomic_load_explicit(&o->app_count, memory_order_acquire);
+                    for (size_t b = 0; b < m; b++) {
+                        if (strcmp(o->apps[b].name, s->apps[a].name) != 0)
+                            continue;
+                        first = first && !(j < k);
+                        total += px_counter_get(&o->apps[b].connections);
+                    }
+                }
+                if (!first)
+                    continue;
+                fputs("dbtrust_application_connections_total{listener=", out);
+                label(out, srv->listeners[i].cfg->name);
+                fputs(",application=", out);
+                label(out, s->apps[a].name);
+                fprintf(out, "} %llu\n", (unsigned long long)total);
+            }
+        }
+        uint64_t other = SUM(srv, i, apps_other);
+        if (other) {
+            fputs("dbtrust_application_connections_total{listener=", out);
+            label(out, srv->listeners[i].cfg->name);
+            fprintf(out, ",application=\"other\"} %llu\n", (unsigned long long)other);
+        }
+    }
+}
+
+/* The distinct generations in force, one per bundle path, each referenced (unref after use). */
+static size_t bundles_in_force(struct px_server *srv, struct tlsw_gen **gens, const char **paths)
+{
+    size_t n = 0;
+    uv_mutex_lock(&srv->trust_lock);
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const char *path = cfg_listener_bundle(srv->cfg, srv->listeners[i].cfg);
+        bool seen = false;
+        for (size_t j = 0; j < n; j++)
+            seen = seen || strcmp(paths[j], path) == 0;
+        if (seen)
+            continue;
+        paths[n] = path;
+        gens[n] = srv->listeners[i].gen;
+        tlsw_gen_ref(gens[n++]);
+    }
+    uv_mutex_unlock(&srv->trust_lock);
+    return n;
+}
+
+static void trust(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_bundle_reloads_total", "counter",
+           "Bundle reloads applied (ok) and refused (invalid bundle or rotation guard).");
+    fprintf(out, "dbtrust_bundle_reloads_total{result=\"ok\"} %u\n", atomic_load(&srv->reloads_ok));
+    fprintf(out, "dbtrust_bundle_reloads_total{result=\"refused\"} %u\n",
+            atomic_load(&srv->reloads_failed));
+
+    struct tlsw_gen **gens = calloc(srv->listener_count, sizeof(*gens));
+    const char **paths = calloc(srv->listener_count, sizeof(*paths));
+    size_t n = gens && paths ? bundles_in_force(srv, gens, paths) : 0;
+    family(out, "dbtrust_bundle_certificates", "gauge", "Certificates in the bundle in force.");
+    for (size_t b = 0; b < n; b++) {
+        fputs("dbtrust_bundle_certificates{bundle=", out);
+        label(out, paths[b]);
+        fprintf(out, "} %zu\n", tlsw_gen_cert_count(gens[b]));
+    }
+    family(out, "dbtrust_bundle_expiry_timestamp_seconds", "gauge",
+           "notAfter of each certificate of the bundle in force (Unix time).");
+    for (size_t b = 0; b < n; b++) {
+        for (size_t c = 0; c < tlsw_gen_cert_count(gens[b]); c++) {
+            const struct tlsw_cert_info *ci = tlsw_gen_cert(gens[b], c);
+            fputs("dbtrust_bundle_expiry_timestamp_seconds{bundle=", out);
+            label(out, paths[b]);
+            fputs(",subject=", out);
+            label(out, ci->subject);
+            fprintf(out, ",sha256=\"%s\"} %lld\n", ci->sha256, (long long)ci->not_after);
+        }
+        tlsw_gen_unref(gens[b]);
+    }
+    free(gens);
+    free(paths);
+
+    family(out, "dbtrust_upstream_cert_expiry_timestamp_seconds", "gauge",
+           "notAfter of each certificate of the chain seen in the last verified handshake with "
+           "a new leaf, by listener and depth (0 = leaf).");
+    uv_mutex_lock(&srv->seen_lock);
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const struct px_seen_chain *sc = &srv->listeners[i].seen;
+        for (size_t d = 0; d < sc->len; d++) {
+            fputs("dbtrust_upstream_cert_expiry_timestamp_seconds{listener=", out);
+            label(out, srv->listeners[i].cfg->name);
+            fprintf(out, ",depth=\"%zu\",subject=", d);
+            label(out, sc->certs[d].subject);
+            fprintf(out, "} %lld\n", (long long)sc->certs[d].not_after);
+        }
+    }
+    uv_mutex_unlock(&srv->seen_lock);
+}
+
+void px_metrics_render(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_build_info", "gauge", "Version of dbtrust and of the OpenSSL it runs on.");
+    fputs("dbtrust_build_info{version=", out);
+    label(out, DBTRUST_VERSION);
+    fputs(",openssl=", out);
+    label(out, OpenSSL_version(OPENSSL_VERSION));
+    fputs("} 1\n", out);
+    connections(srv, out);
+    handshakes(srv, out);
+    applications(srv, out);
+    trust(srv, out);
+}
