@@ -303,9 +303,10 @@ class TestPKI:
         run(cmd)
         return cert
 
-    def make_root(self, name, common_name, days=3650):
+    def make_root(self, name, common_name, days=3650, faketime=None):
         key = self._new_key(name)
-        cert = self._sign(name, self._csr(name, key, common_name), _EXT_ROOT, days, self_key=key)
+        cert = self._sign(name, self._csr(name, key, common_name), _EXT_ROOT, days, self_key=key,
+                          faketime=faketime)
         return Cert(name, cert, key, cert, True)
 
     def make_intermediate(self, name, common_name, issuer, days=1825):

@@ -1,0 +1,397 @@
+"""Operations (issue 5): the admin endpoint, metrics, JSON logs, expiry warnings, `dbtrust
+check` and graceful shutdown, against real PostgreSQL 15 and MariaDB 10.11.
+
+Run: /usr/bin/python3 tests/integration/test_ops.py --dbtrust build/dbtrust
+
+Servers: pg-main (root A -> intermediate A -> leaf), pg-short (a leaf under intermediate A that
+expires in 5 days), maria (leaf). The main dbtrust trusts root A plus a root expiring in 10 days
+and an expired root, so every expiry warning has something to say.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+import unittest
+import urllib.error
+import urllib.request
+
+import psycopg2
+import pymysql
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dbtrust_fixtures as fx  # noqa: E402
+
+DAY = 86400
+W = types.SimpleNamespace()
+
+
+def setUpModule():
+    for key in [k for k in os.environ if k.startswith(("PG", "MYSQL", "MARIADB"))]:
+        del os.environ[key]
+    W.tmp = fx.make_temp_dir("test-ops")
+    W.pki = fx.TestPKI(os.path.join(W.tmp, "pki"))
+    W.soon_root = W.pki.make_root("soon-root", "dbtrust root expiring soon", days=10)
+    W.old_root = W.pki.make_root("old-root", "dbtrust expired root", days=30,
+                                 faketime="2020-01-01 00:00:00")
+    W.short_leaf = W.pki.make_leaf("short-leaf", "localhost", fx.LOCALHOST_SAN,
+                                   W.pki.intermediate, days=5)
+    W.pg = fx.PostgresServer(W.pki.leaf, "pg-ops").start().provision_app_roles()
+    W.pg_short = fx.PostgresServer(W.short_leaf, "pg-ops-short").start().provision_app_roles()
+    W.maria = fx.MariadbServer(W.pki.leaf, "maria-ops").start().provision_app_users()
+    W.bundle = W.pki.write_bundle("ops-bundle.pem", [W.pki.root, W.soon_root, W.old_root])
+    W.admin_port = fx.free_port()
+    cfg = fx.DbTrustConfig(W.bundle, workers=2, drain_timeout="1s",
+                           admin=f"127.0.0.1:{W.admin_port}")
+    W.orders = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+    W.short = cfg.add_listener("short", "postgres", f"localhost:{W.pg_short.port}")
+    W.shop = cfg.add_listener("shop", "mysql", f"localhost:{W.maria.port}")
+    W.mismatch = cfg.add_listener("mismatch", "postgres", f"localhost:{W.pg.port}",
+                                  server_name="db.example.org")
+    W.config = cfg
+    W.dbtrust = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-ops").start()
+    fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", W.admin_port), 5, what="admin endpoint")
+
+
+def tearDownModule():
+    fx.run_cleanups()
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+def http(path, method="GET", port=None):
+    """(status, headers, body text) of one request to the admin endpoint."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port or W.admin_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.headers, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers, exc.read().decode()
+
+
+def pg_connect(spec, app="ops-app", password=fx.PG_APP_PASSWORD):
+    return psycopg2.connect(host="127.0.0.1", port=spec.port, user=fx.PG_APP_USER,
+                            password=password, dbname=fx.PG_APP_DATABASE, sslmode="disable",
+                            application_name=app, connect_timeout=5)
+
+
+def pg_query(spec, app="ops-app"):
+    conn = pg_connect(spec, app)
+    try:
+        cur = conn.cursor()
+        cur.execute("select 41 + 1")
+        return cur.fetchone()[0]
+    finally:
+        conn.close()
+
+
+def metric(text, name, **labels):
+    """The value of the one sample of name with exactly these labels (None if absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def samples(text, name):
+    return [line for line in text.splitlines() if line.startswith(name + "{")]
+
+
+def fingerprint(cert):
+    out = fx.run(["openssl", "x509", "-in", cert.cert, "-noout", "-fingerprint", "-sha256"]).stdout
+    return out.split("=", 1)[1].strip().replace(":", "").lower()
+
+
+def run_check(*args, config=None):
+    cmd = [sys.argv_dbtrust, "check"] + (["--config", config] if config else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+# -- the admin endpoint and its metrics -------------------------------------------------------
+
+class TestAdminEndpoint(unittest.TestCase):
+    def test_metrics_count_connections_failures_and_apps(self):
+        for _ in range(2):
+            self.assertEqual(pg_query(W.orders, app="ops-app"), 42)
+        self.assertEqual(pg_query(W.short, app="ops-short"), 42)
+        with self.assertRaises(psycopg2.OperationalError) as ctx:
+            pg_query(W.mismatch)
+        self.assertIn("tls_hostname_mismatch", str(ctx.exception))
+        conn = pymysql.connect(host="127.0.0.1", port=W.shop.port, user=fx.MY_NATIVE_USER,
+                               password=fx.MY_NATIVE_PASSWORD, database=fx.MY_APP_DATABASE,
+                               ssl_disabled=True, program_name="ops-mysql-app")
+        conn.cursor().execute("select 1")
+        conn.close()
+        fx.wait_for(lambda: len(W.dbtrust.find_lines("conn_end", "app=ops-mysql-app")) == 1, 5,
+                    what="mysql conn_end")
+        status, headers, text = http("/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn("text/plain; version=0.0.4", headers["Content-Type"])
+        self.assertGreaterEqual(metric(text, "dbtrust_connections_total", listener="orders",
+                                       result="client_closed"), 2)
+        self.assertGreaterEqual(metric(text, "dbtrust_tls_failures_total", listener="mismatch",
+                                       reason="tls_hostname_mismatch"), 1)
+        self.assertEqual(metric(text, "dbtrust_tls_failures_total", listener="orders",
+                                reason="tls_untrusted_chain"), 0)
+        self.assertGreaterEqual(metric(text, "dbtrust_application_connections_total",
+                                       listener="orders", application="ops-app"), 2)
+        self.assertEqual(metric(text, "dbtrust_application_connections_total",
+                                listener="shop", application="ops-mysql-app"), 1)
+        self.assertGreaterEqual(metric(text, "dbtrust_upstream_handshake_seconds_count",
+                                       listener="orders"), 2)
+        self.assertGreater(metric(text, "dbtrust_upstream_handshake_seconds_sum",
+                                  listener="orders"), 0)
+        self.assertGreater(metric(text, "dbtrust_bytes_total", listener="orders",
+                                  direction="upstream_to_client"), 0)
+        self.assertEqual(metric(text, "dbtrust_connections_active", listener="orders"), 0)
+        self.assertEqual(metric(text, "dbtrust_bundle_certificates", bundle=W.bundle), 3)
+        soon = metric(text, "dbtrust_bundle_expiry_timestamp_seconds", bundle=W.bundle,
+                      subject="CN=dbtrust root expiring soon,O=dbtrust tests",
+                      sha256=fingerprint(W.soon_root))
+        self.assertAlmostEqual(soon, time.time() + 10 * DAY, delta=DAY)
+        leaf = metric(text, "dbtrust_upstream_cert_expiry_timestamp_seconds", listener="short",
+                      depth="0", subject="CN=localhost,O=dbtrust tests")
+        self.assertAlmostEqual(leaf, time.time() + 5 * DAY, delta=DAY)
+        self.assertEqual(len(samples(text, "dbtrust_build_info")), 1)
+        # Prometheus' own linter accepts the exposition.
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(lint.returncode, 0, lint.stdout + lint.stderr)
+
+    def test_health_ready_and_bundle(self):
+        self.assertEqual(http("/healthz")[::2], (200, "ok\n"))
+        self.assertEqual(http("/readyz")[::2], (200, "ready\n"))
+        status, headers, body = http("/bundle")
+        self.assertEqual(status, 200)
+        self.assertEqual(headers["Content-Type"], "application/json")
+        doc = json.loads(body)
+        (entry,) = doc["bundles"]
+        self.assertEqual(entry["path"], W.bundle)
+        self.assertEqual(sorted(entry["listeners"]), ["mismatch", "orders", "shop", "short"])
+        by_sha = {c["sha256"]: c for c in entry["certificates"]}
+        root = by_sha[fingerprint(W.pki.root)]
+        self.assertEqual(root["subject"], "CN=dbtrust test root A,O=dbtrust tests")
+        self.assertTrue(root["is_ca"])
+        self.assertIn(by_sha[fingerprint(W.soon_root)]["days_left"], (9, 10))
+        self.assertLess(by_sha[fingerprint(W.old_root)]["days_left"], 0)
+        self.assertRegex(root["not_after"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+
+    def test_methods_and_unknown_paths(self):
+        status, headers, _ = http("/reload", method="GET")
+        self.assertEqual(status, 405)
+        self.assertEqual(headers["Allow"], "POST")
+        self.assertEqual(http("/metrics", method="POST")[0], 405)
+        self.assertEqual(http("/nope")[0], 404)
+        self.assertEqual(http("/metrics", method="HEAD")[0], 200)
+
+
+class TestReloadEndpoint(unittest.TestCase):
+    """POST /reload applies a change no file event announced (a rewrite through mmap)."""
+
+    def test_post_reload(self):
+        bundle_dir = fx.BundleDirectory()
+        bundle_dir.install(fx.pem_of(W.pki.root, W.pki.rogue_root))
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(bundle_dir.path, workers=1, admin=f"127.0.0.1:{port}",
+                               trust_options={"reload_interval": "1h"})
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-ops-reload").start()
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        mark = d.mark()
+        bundle_dir.rewrite_by_mmap(fx.pem_of(W.pki.rogue_root, W.pki.root))
+        time.sleep(0.3)
+        self.assertEqual(d.find_lines("bundle_reload", since=mark), [])
+        status, _, body = http("/reload", method="POST", port=port)
+        self.assertEqual(status, 202)
+        self.assertEqual(json.loads(body)["status"], "reload requested")
+        d.wait_for_line("bundle_reload", "result=ok", "trigger=admin", since=mark)
+        _, _, text = http("/metrics", port=port)
+        self.assertEqual(metric(text, "dbtrust_bundle_reloads_total", result="ok"), 1)
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+class TestLogs(unittest.TestCase):
+    def test_expiry_warnings_at_thresholds(self):
+        line = W.dbtrust.wait_for_line("cert_expiry", "source=bundle", "expiring soon")
+        self.assertIn("threshold_days=14", line)
+        self.assertIn(" warn ", line)
+        line = W.dbtrust.wait_for_line("cert_expiry", "source=bundle", "expired root")
+        self.assertIn("threshold_days=expired", line)
+        self.assertIn(" error ", line)
+        self.assertEqual(W.dbtrust.find_lines("cert_expiry", "test root A"), [])
+        pg_query(W.short, app="ops-expiry")
+        line = W.dbtrust.wait_for_line("cert_expiry", "source=upstream", "listener=short",
+                                       "depth=0")
+        self.assertIn("threshold_days=7", line)
+        self.assertIn("days_left=4", line)  # 5 days minus the seconds since it was issued
+        # Once per threshold: another connection to the same chain adds nothing.
+        mark = W.dbtrust.mark()
+        pg_query(W.short, app="ops-expiry")
+        time.sleep(0.3)
+        self.assertEqual(W.dbtrust.find_lines("cert_expiry", since=mark), [])
+
+    def test_json_lines_and_no_secrets(self):
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, log_format="json", log_level="debug")
+        orders = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        shop = cfg.add_listener("shop", "mysql", f"localhost:{W.maria.port}")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-ops-json").start()
+        app = 'ops "json"\tapp\x01\u00e9'
+        conn = pg_connect(orders, app=app)
+        conn.cursor().execute("select 1")
+        conn.close()
+        conn = pymysql.connect(host="127.0.0.1", port=shop.port, user=fx.MY_NATIVE_USER,
+                               password=fx.MY_NATIVE_PASSWORD, database=fx.MY_APP_DATABASE,
+                               ssl_disabled=True, program_name="ops-json-mysql")
+        conn.cursor().execute("select 1")
+        conn.close()
+        d.wait_for_line("conn_end", "ops-json-mysql")
+        d.stop()
+        records = [json.loads(line) for line in d.log_lines()]  # every line is one JSON object
+        for r in records:
+            self.assertIn("ts", r)
+            self.assertIn(r["level"], ("debug", "info", "warn", "error"))
+            self.assertTrue("event" in r or "msg" in r, r)
+        ends = [r for r in records if r.get("event") == "conn_end" and r.get("listener") == "orders"
+                and r.get("user") == fx.PG_APP_USER]
+        self.assertEqual(len(ends), 1, ends)
+        self.assertEqual(ends[0]["app"], app)  # quotes, tab and control byte survive, escaped
+        self.assertEqual(ends[0]["reason"], "client_closed")
+        self.assertTrue(ends[0]["tls"].startswith("TLSv1."))
+        text = d.output_text()
+        for secret in (fx.PG_APP_PASSWORD, fx.MY_NATIVE_PASSWORD):
+            self.assertNotIn(secret, text)
+
+
+# -- dbtrust check ----------------------------------------------------------------------------
+
+class TestCheckCommand(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1)
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        cfg.add_listener("short", "postgres", f"localhost:{W.pg_short.port}")
+        cfg.add_listener("shop", "mysql", f"localhost:{W.maria.port}")
+        cls.config = cfg.write(os.path.join(W.tmp, "check.ini"))
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1)
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        cfg.add_listener("gone", "postgres", f"127.0.0.1:{fx.free_port()}", connect_timeout="1s")
+        cls.unreachable_config = cfg.write(os.path.join(W.tmp, "check-unreachable.ini"))
+
+    def test_all_verified(self):
+        r = run_check(config=self.config)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(len(re.findall(r"^listener \S+ \((postgres|mysql)\) upstream .*: verified",
+                                        r.stdout, re.M)), 3, r.stdout)
+        self.assertIn(f"listener shop (mysql) upstream localhost:{W.maria.port}", r.stdout)
+        self.assertIn("depth 0: CN=localhost,O=dbtrust tests", r.stdout)
+        self.assertIn("depth 2: CN=dbtrust test root A,O=dbtrust tests", r.stdout)
+        self.assertRegex(r.stdout, r"days left")
+
+    def test_min_days(self):
+        r = run_check("--min-days", "7", config=self.config)
+        self.assertEqual(r.returncode, 3, r.stdout)
+        self.assertRegex(r.stdout, r"short .*EXPIRING: CN=localhost,O=dbtrust tests has 4 days")
+        r = run_check("--min-days", "3", config=self.config)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn("1 certificate(s), 0 expire within 3 days", r.stdout)
+
+    def test_tap(self):
+        r = run_check("--tap", "--min-days", "7", config=self.config)
+        lines = r.stdout.splitlines()
+        self.assertEqual(lines[:2], ["TAP version 13", "1..4"])
+        results = [line for line in lines if re.match(r"^(not )?ok \d+ - ", line)]
+        self.assertEqual([line.split(" - ")[0] for line in results],
+                         ["ok 1", "not ok 2", "ok 3", "ok 4"], r.stdout)
+        self.assertTrue(all(line.startswith("# ") for line in lines[2:] if line not in results))
+        self.assertEqual(r.returncode, 3)
+
+    def test_candidate_bundle(self):
+        rogue = W.pki.write_bundle("rogue-only.pem", [W.pki.rogue_root])
+        r = run_check("--bundle", rogue, config=self.config)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertEqual(r.stdout.count("FAILED tls_untrusted_chain"), 3, r.stdout)
+        self.assertIn("issuer CN=dbtrust test root A,O=dbtrust tests is not in the bundle",
+                      r.stdout)
+        combined = W.pki.write_bundle("combined.pem", [W.pki.rogue_root, W.pki.root])
+        r = run_check("--bundle", combined, config=self.config)
+        self.assertEqual(r.returncode, 0, r.stdout)
+        self.assertIn(f"candidate bundle {combined}", r.stdout)
+
+    def test_unreachable_and_usage_errors(self):
+        r = run_check(config=self.unreachable_config)
+        self.assertEqual(r.returncode, 4, r.stdout)
+        self.assertIn("UNREACHABLE upstream_connect_failed", r.stdout)
+        self.assertEqual(run_check().returncode, 2)
+        self.assertEqual(run_check("--min-days", "soon", config=self.config).returncode, 2)
+        self.assertEqual(run_check(config="/nonexistent.ini").returncode, 2)
+        garbage = os.path.join(W.tmp, "garbage.pem")
+        with open(garbage, "w") as f:
+            f.write("not a bundle\n")
+        r = run_check("--bundle", garbage, config=self.config)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("bundle refused", r.stderr)
+
+
+# -- graceful shutdown ------------------------------------------------------------------------
+
+class TestGracefulShutdown(unittest.TestCase):
+    def start(self, drain):
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout=drain,
+                               admin=f"127.0.0.1:{port}")
+        spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
+                                   name=f"dbtrust-drain-{self.id().split('.')[-1]}").start()
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        return d, spec, port
+
+    def test_sigterm_drains_then_closes_with_reason(self):
+        d, spec, port = self.start("2s")
+        live = pg_connect(spec, app="ops-drain")
+        cur = live.cursor()
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        fx.wait_for(lambda: http("/readyz", port=port)[0] == 503, 2, what="/readyz 503")
+        self.assertEqual(http("/healthz", port=port)[0], 200)
+        cur.execute("select 7")  # the live session keeps working while draining
+        self.assertEqual(cur.fetchone(), (7,))
+        self.assertFalse(fx.tcp_accepts("127.0.0.1", spec.port), "new connections refused")
+        d.proc.wait(10)
+        took = time.monotonic() - start
+        self.assertEqual(d.proc.returncode, 0)
+        self.assertGreater(took, 1.5)
+        self.assertLess(took, 6)
+        line = d.wait_for_line("conn_end", "app=ops-drain")
+        self.assertIn("reason=shutdown", line)
+        self.assertIn("drain_timeout", line)
+        with self.assertRaises(psycopg2.Error):
+            cur.execute("select 8")
+        d.check_clean_exit()
+
+    def test_sigint_ends_as_soon_as_connections_finish(self):
+        d, spec, _ = self.start("30s")
+        live = pg_connect(spec, app="ops-finish")
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        live.cursor().execute("select 1")
+        live.close()
+        d.proc.wait(10)
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual(d.proc.returncode, 0)
+        line = d.wait_for_line("conn_end", "app=ops-finish")
+        self.assertIn("reason=client_closed", line)
+        d.check_clean_exit()
+
+
+if __name__ == "__main__":
+    sys.argv_dbtrust = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
+    program = unittest.main(verbosity=2, exit=False)
+    sys.exit(fx.exit_status_with_process_checks(program.result))
