@@ -44,6 +44,7 @@ int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out
     struct tlsw_gen_opts opts = {
         .verify = cfg->verify == CFG_VERIFY_CA ? TLSW_VERIFY_CA : TLSW_VERIFY_FULL,
         .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
+        .pins = cfg->pins,
     };
     struct tlsw_gen *g = NULL;
     if (tlsw_gen_load(path, &opts, &g, err, errlen) != 0)

@@ -17,6 +17,9 @@ enum tlsw_verify { TLSW_VERIFY_FULL, TLSW_VERIFY_CA };
 struct tlsw_gen_opts {
     enum tlsw_verify verify; /* FULL: chain + host name/IP; CA: chain only */
     int min_tls_version;     /* TLS1_2_VERSION or TLS1_3_VERSION */
+    /* NULL or "sha256/BASE64, ...": in addition to the chain, some certificate of the verified
+     * chain must have one of these SPKI pins, else the handshake fails with tls_pin_mismatch. */
+    const char *pins;
 };
 
 /* Metadata of one certificate of a bundle (or of a peer chain). */
@@ -110,6 +113,7 @@ struct tlsw_verify_rec {
 };
 
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
+const char *tlsw_gen_pins(const struct tlsw_gen *g); /* "" when none are configured */
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
 
 /* Installed on every generation's SSL_CTX; reaches its record through SSL_get_app_data. */

@@ -6,6 +6,7 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,6 +22,7 @@ struct tlsw_conn {
     bool handshake_done;
     bool failed;
     bool out_of_memory;
+    bool pin_mismatch;
     char error[256]; /* OpenSSL's reason, captured when the failure happened */
     struct tlsw_verify_rec vrec;
 };
@@ -129,6 +131,46 @@ void tlsw_conn_free(struct tlsw_conn *c)
     free(c);
 }
 
+/* True when pin (base64) is one of the "sha256/BASE64" items of the comma-separated list. */
+static bool pin_listed(const char *list, const char *pin)
+{
+    size_t n = strlen(pin);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t len = strcspn(p, ",");
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == 7 + n && strncmp(p, "sha256/", 7) == 0 && memcmp(p + 7, pin, n) == 0)
+            return true;
+        p += strcspn(p, ",");
+    }
+    return false;
+}
+
+/* With pins configured, the verified chain must also contain a pinned key (HPKP's rule: any
+ * certificate of the chain, so a pin on an intermediate survives leaf renewals). */
+static bool chain_pinned(struct tlsw_conn *c)
+{
+    const char *pins = tlsw_gen_pins(c->gen);
+    if (pins[0] == '\0')
+        return true;
+    STACK_OF(X509) *chain = SSL_get0_verified_chain(c->ssl);
+    char leaf_pin[64] = "?";
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain); i++) {
+        struct tlsw_cert_info ci;
+        if (tlsw_cert_info_fill(sk_X509_value(chain, i), &ci) != 0)
+            continue;
+        if (pin_listed(pins, ci.spki_pin))
+            return true;
+        if (i == 0)
+            dbt_strlcpy(leaf_pin, ci.spki_pin, sizeof(leaf_pin));
+    }
+    snprintf(c->error, sizeof(c->error),
+             "no certificate of the verified chain has a configured pin (leaf: sha256/%s)",
+             leaf_pin);
+    return false;
+}
+
 enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
 {
     if (c->failed)
@@ -139,6 +181,10 @@ enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
         c->handshake_done = true;
+        if (!chain_pinned(c)) {
+            c->failed = c->pin_mismatch = true;
+            return TLSW_ERROR;
+        }
         return TLSW_OK;
     }
     int e = SSL_get_error(c->ssl, r);
@@ -255,6 +301,10 @@ enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_
     if (c->out_of_memory) {
         dbt_strlcpy(detail, "out of memory buffering ciphertext", cap);
         return DBT_INTERNAL_ERROR;
+    }
+    if (c->pin_mismatch) {
+        dbt_strlcpy(detail, c->error, cap);
+        return DBT_TLS_PIN_MISMATCH;
     }
     long v = SSL_get_verify_result(c->ssl);
     if (v != X509_V_OK)

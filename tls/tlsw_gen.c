@@ -28,6 +28,7 @@ struct tlsw_gen {
     struct tlsw_cert_info *certs;
     size_t cert_count;
     char sha256[65];
+    char pins[2048];
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -293,6 +294,13 @@ int tlsw_gen_load(const char *bundle_path, const struct tlsw_gen_opts *opts, str
     }
     atomic_init(&g->refs, 1);
     g->verify = verify;
+    if (opts != NULL && opts->pins != NULL) {
+        if (strlen(opts->pins) >= sizeof(g->pins)) {
+            set_err(err, errlen, "pin list too long");
+            goto out;
+        }
+        dbt_strlcpy(g->pins, opts->pins, sizeof(g->pins));
+    }
     if (sha256_hex(data, len, g->sha256) != 0) {
         set_err(err, errlen, "cannot hash %s: %s", bundle_path, openssl_reason(ebuf, sizeof(ebuf)));
         goto out;
@@ -362,6 +370,11 @@ const char *tlsw_gen_sha256(const struct tlsw_gen *g)
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g)
 {
     return g->ctx;
+}
+
+const char *tlsw_gen_pins(const struct tlsw_gen *g)
+{
+    return g->pins;
 }
 
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g)

@@ -338,6 +338,43 @@ class TestCheckCommand(unittest.TestCase):
         self.assertIn("bundle refused", r.stderr)
 
 
+# -- pins ------------------------------------------------------------------------------------
+
+def spki_pin(cert):
+    """base64(SHA-256(SPKI DER)), computed with the openssl CLI, as an operator would."""
+    pub = fx.run(["openssl", "x509", "-in", cert.cert, "-pubkey", "-noout"]).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub.encode(),
+                         capture_output=True, check=True).stdout
+    digest = subprocess.run(["openssl", "dgst", "-sha256", "-binary"], input=der,
+                            capture_output=True, check=True).stdout
+    import base64
+    return base64.b64encode(digest).decode()
+
+
+class TestPins(unittest.TestCase):
+    """[trust] pin: in addition to the chain, a key of the verified chain must be pinned."""
+
+    def start(self, pins):
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, trust_options={"pin": pins})
+        spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
+                                   name=f"dbtrust-pin-{self.id().split('.')[-1]}").start()
+        self.addCleanup(d.stop)
+        return spec
+
+    def test_pinned_intermediate_connects(self):
+        spec = self.start(f"sha256/{spki_pin(W.pki.rogue_root)}, "
+                          f"sha256/{spki_pin(W.pki.intermediate)}")
+        self.assertEqual(pg_query(spec), 42)
+
+    def test_unpinned_chain_is_refused(self):
+        spec = self.start(f"sha256/{spki_pin(W.pki.rogue_root)}")
+        with self.assertRaises(psycopg2.OperationalError) as ctx:
+            pg_query(spec)
+        self.assertIn("tls_pin_mismatch", str(ctx.exception))
+        self.assertIn(f"leaf: sha256/{spki_pin(W.pki.leaf)}", str(ctx.exception))
+
+
 # -- graceful shutdown ------------------------------------------------------------------------
 
 class TestGracefulShutdown(unittest.TestCase):

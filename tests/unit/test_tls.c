@@ -225,7 +225,10 @@ static enum tlsw_status pump_handshake(struct tlsw_conn *c, struct server *s)
 
 enum bundle_kind { BUNDLE_ROOT, BUNDLE_OTHER_ROOT, BUNDLE_INTER_ONLY };
 
+enum pin_kind { PIN_NONE, PIN_INTERMEDIATE, PIN_UNRELATED };
+
 struct scenario {
+    enum pin_kind pin;
     struct cg_spec leaf;
     const char *host;
     enum tlsw_verify verify;
@@ -255,7 +258,28 @@ static void run_scenario(struct run *r, const struct scenario *sc)
                    : sc->bundle == BUNDLE_OTHER_ROOT ? r->pki.other_root.cert
                                                      : r->pki.inter.cert;
     cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "bundle.pem"), &bundle, 1), 0);
-    r->gen = load_ok(path, sc->verify, sc->client_min);
+    char pins[300] = "";
+    if (sc->pin == PIN_INTERMEDIATE) {
+        /* The intermediate's pin, read back through a generation holding it. */
+        char ipath[256];
+        cr_assert_eq(
+            cg_write_bundle(tmp_path(ipath, sizeof(ipath), "inter.pem"), &r->pki.inter.cert, 1), 0);
+        struct tlsw_gen *ig = load_ok(ipath, TLSW_VERIFY_FULL, 0);
+        snprintf(pins, sizeof(pins),
+                 "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=, sha256/%s",
+                 tlsw_gen_cert(ig, 0)->spki_pin);
+        tlsw_gen_unref(ig);
+    } else if (sc->pin == PIN_UNRELATED) {
+        dbt_strlcpy(pins, "sha256/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", sizeof(pins));
+    }
+    if (pins[0]) {
+        char err[512] = "";
+        struct tlsw_gen_opts o = {
+            .verify = sc->verify, .min_tls_version = sc->client_min, .pins = pins};
+        cr_assert_eq(tlsw_gen_load(path, &o, &r->gen, err, sizeof(err)), 0, "%s", err);
+    } else {
+        r->gen = load_ok(path, sc->verify, sc->client_min);
+    }
     X509 *chain[] = {r->pki.inter.cert};
     server_start(&r->s, &r->pki.leaf, chain, 1, sc->server_max);
     r->c = tlsw_conn_new(r->gen, sc->host, (const uint8_t *)sc->alpn, sc->alpn_len);
@@ -396,6 +420,27 @@ Test(tls, client_close_notify_reaches_server)
     ERR_clear_error();
     cr_assert_eq(SSL_read_ex(r.s.ssl, buf, sizeof(buf), &n), 0);
     cr_assert_eq(SSL_get_error(r.s.ssl, 0), SSL_ERROR_ZERO_RETURN);
+    run_free(&r);
+}
+
+Test(tls, pin_on_intermediate_accepted)
+{
+    struct run r;
+    run_scenario(&r,
+                 &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .pin = PIN_INTERMEDIATE});
+    expect_ok(&r);
+    run_free(&r);
+}
+
+Test(tls, pin_mismatch_refused_after_a_valid_chain)
+{
+    struct run r;
+    run_scenario(&r,
+                 &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .pin = PIN_UNRELATED});
+    expect_failure(&r, DBT_TLS_PIN_MISMATCH);
+    cr_assert(strstr(r.detail, "no certificate of the verified chain has a configured pin (leaf: "
+                               "sha256/") != NULL,
+              "%s", r.detail);
     run_free(&r);
 }
 
