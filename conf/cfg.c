@@ -176,8 +176,8 @@ int cfg_finish(struct cfg *c, char *err, size_t errlen)
                         "bundle = FILE or --bundle");
     }
     if (c->workers == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        c->workers = cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : (unsigned)cpus;
+        unsigned cpus = cfg_usable_cpus();
+        c->workers = cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus;
     }
     return 0;
 }

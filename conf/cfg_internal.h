@@ -62,4 +62,7 @@ struct cfg_listener *cfg_listener_add(struct cfg *c);
 DBT_MUST_USE int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why,
                                        size_t n);
 
+/* CPUs this process may use: its affinity mask, capped by a cgroup CPU quota (cfg_cpus.c). */
+unsigned cfg_usable_cpus(void);
+
 #endif

@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,15 +140,19 @@ static int load_trust(struct px_server *srv)
             px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
             return -1;
         }
+        char certs[16];
+        snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(l->gen));
         px_log_event(CFG_LOG_INFO, "bundle_loaded", "listener", l->cfg->name, "path", path,
-                     "sha256", tlsw_gen_sha256(l->gen), NULL);
+                     "sha256", tlsw_gen_sha256(l->gen), "certificates", certs, NULL);
+        /* One line per certificate: a system bundle holds ~150, so only at debug level (the
+         * admin endpoint's /bundle and `dbtrust bundle inspect` list them on demand). */
         for (size_t k = 0; k < tlsw_gen_cert_count(l->gen); k++) {
             const struct tlsw_cert_info *ci = tlsw_gen_cert(l->gen, k);
             char date[32];
             struct tm tm;
             gmtime_r(&ci->not_after, &tm);
             strftime(date, sizeof(date), "%Y-%m-%d", &tm);
-            px_log_event(CFG_LOG_INFO, "bundle_cert", "subject", ci->subject, "not_after", date,
+            px_log_event(CFG_LOG_DEBUG, "bundle_cert", "subject", ci->subject, "not_after", date,
                          "sha256", ci->sha256, NULL);
         }
     }
@@ -199,6 +204,20 @@ static int load_mysql_keys(struct px_server *srv, EVP_PKEY **generated)
 }
 
 /* After binding: a root-started daemon keeps no privileges it does not need. */
+/* Two descriptors per proxied connection: the soft limit (often 1024, also in containers) would
+ * cap a listener near 500 connections while the hard limit allows far more. */
+static void raise_open_files_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t before = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+        px_log(CFG_LOG_INFO, "open files limit raised from %llu to %llu",
+               (unsigned long long)before, (unsigned long long)rl.rlim_max);
+}
+
 static int drop_privileges(const char *user)
 {
     if (!user[0] || geteuid() != 0)
@@ -281,6 +300,7 @@ int main(int argc, char **argv)
         return 1;
     px_log_setup(cfg.log_level, cfg.log_format);
     signal(SIGPIPE, SIG_IGN);
+    raise_open_files_limit();
 
     int status = 1;
     EVP_PKEY *generated_key = NULL;

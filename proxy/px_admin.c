@@ -222,8 +222,9 @@ int px_admin_start(struct px_server *srv, char *err, size_t errlen)
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     a->daemon = MHD_start_daemon(
-        flags, addr->port, NULL, NULL, handle, a, MHD_OPTION_SOCK_ADDR, res->ai_addr,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
+        /* the logger first: libmicrohttpd reports problems with later options through it */
+        flags, addr->port, NULL, NULL, handle, a, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, res->ai_addr, MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)10, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024), MHD_OPTION_END);
     freeaddrinfo(res);
