@@ -92,9 +92,10 @@ size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *ou
 /* True when s is an IPv4 or IPv6 literal. */
 bool tlsw_is_ip_literal(const char *s);
 
-/* tls/-private part: declarations shared between the files of tls/ only. tls/ has no private
- * header of its own, so the public one carries this guarded section; the proxy never defines
- * TLSW_INTERNAL and so never sees OpenSSL types through this header. */
+/* tls/-private part: declarations shared between the files of tls/ only. Rather than a private
+ * header of its own, tls/ has this guarded section of the public one (only the bundle files add
+ * theirs, tlsw_bundle_internal.h); the proxy never defines TLSW_INTERNAL and so never sees
+ * OpenSSL types through this header. */
 #ifdef TLSW_INTERNAL
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -126,6 +127,33 @@ enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verif
 DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);
 void tlsw_name_oneline(const X509_NAME *name, char *buf, size_t cap);
 time_t tlsw_asn1_time(const ASN1_TIME *t); /* (time_t)-1 when unparsable */
-#endif                                     /* TLSW_INTERNAL */
+
+/* Helpers shared by the files of tls/ (tlsw_util.c). */
+
+/* Real bundles are a few hundred KiB at most (Mozilla's whole store is ~220 KiB); anything much
+ * larger is a wrong path (a log file, a device), refused before it is read into memory. */
+#define TLSW_BUNDLE_MAX_BYTES (16u * 1024 * 1024)
+
+/* Formats into err; does nothing when err is NULL or errlen is 0. */
+void tlsw_set_err(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Copies the reason of the oldest queued OpenSSL error into buf (the root cause: callers push
+ * generic errors such as "nested asn1 error" after it), or fallback when nothing is queued (some
+ * failures queue nothing; NULL says "unknown error"), then clears the queue: it is per thread
+ * and must not leak into the next caller's SSL_get_error(). Returns buf. */
+const char *tlsw_openssl_reason(char *buf, size_t cap, const char *fallback);
+/* Reads the whole file (at most TLSW_BUNDLE_MAX_BYTES) into *out (caller frees), so that
+ * everything done with it (hash, parse, checks) sees the same bytes even if the file is being
+ * rewritten. On failure returns -1 with why in err, without the path: callers name the file in
+ * their own words ("No such file or directory", "larger than ... bytes, not a CA bundle"). */
+DBT_MUST_USE int tlsw_read_file(const char *path, unsigned char **out, size_t *outlen, char *err,
+                                size_t errlen);
+/* Hex digits of in (lowercase) into out, which holds 2 * len + 1 bytes. */
+void tlsw_hex_encode(const unsigned char *in, size_t len, char *out);
+/* t in UTC as "2024-01-31" (day) or "2024-01-31T12:00:00Z" (iso), or "?" when t is (time_t)-1
+ * (an unparsable certificate time) or cannot be formatted. */
+void tlsw_format_day(time_t t, char *buf, size_t cap);
+void tlsw_format_iso(time_t t, char *buf, size_t cap);
+#endif /* TLSW_INTERNAL */
 
 #endif

@@ -49,16 +49,6 @@ time_t tlsw_asn1_time(const ASN1_TIME *t)
     return timegm(&tm);
 }
 
-static void hex_encode(const unsigned char *in, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[in[i] >> 4];
-        out[2 * i + 1] = digits[in[i] & 0x0F];
-    }
-    out[2 * len] = '\0';
-}
-
 /* The pin format of HPKP (RFC 7469) and of curl's --pinnedpubkey: base64(SHA-256(SPKI DER)). */
 static int spki_pin(X509 *x, char *out, size_t cap)
 {
@@ -93,7 +83,7 @@ int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out)
     out->not_after = tlsw_asn1_time(X509_get0_notAfter(x));
     if (X509_digest(x, EVP_sha256(), md, &mdlen) != 1 || mdlen * 2 >= sizeof(out->sha256))
         return -1;
-    hex_encode(md, mdlen, out->sha256);
+    tlsw_hex_encode(md, mdlen, out->sha256);
     if (spki_pin(x, out->spki_pin, sizeof(out->spki_pin)) != 0)
         return -1;
     /* Any of basicConstraints CA:TRUE, keyCertSign, or a v1 self-signed root counts: that is

@@ -37,18 +37,13 @@ bool tlsw_is_ip_literal(const char *s)
  * worker clears it, so the text has to be copied now, not when the proxy asks. */
 static void fail(struct tlsw_conn *c, int ssl_error)
 {
+    char fallback[64];
     c->failed = true;
-    unsigned long e = ERR_peek_error();
-    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
-    if (reason != NULL)
-        dbt_strlcpy(c->error, reason, sizeof(c->error));
-    else if (e != 0)
-        ERR_error_string_n(e, c->error, sizeof(c->error));
-    else if (ssl_error == SSL_ERROR_ZERO_RETURN)
-        dbt_strlcpy(c->error, "peer sent close_notify during the handshake", sizeof(c->error));
+    if (ssl_error == SSL_ERROR_ZERO_RETURN)
+        dbt_strlcpy(fallback, "peer sent close_notify during the handshake", sizeof(fallback));
     else
-        snprintf(c->error, sizeof(c->error), "TLS engine error %d", ssl_error);
-    ERR_clear_error();
+        snprintf(fallback, sizeof(fallback), "TLS engine error %d", ssl_error);
+    tlsw_openssl_reason(c->error, sizeof(c->error), fallback);
 }
 
 /* Host check and SNI per DESIGN.md: a name gets SNI and (verify full) a host check; an IP

@@ -104,13 +104,6 @@ int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
     return ok;
 }
 
-static void format_day(time_t t, char *buf, size_t cap)
-{
-    struct tm tm;
-    if (t == (time_t)-1 || gmtime_r(&t, &tm) == NULL || strftime(buf, cap, "%Y-%m-%d", &tm) == 0)
-        dbt_strlcpy(buf, "?", cap);
-}
-
 /* Whether name is one entry of the "a, b, c" list. An IP host listed in a failed IP check can
  * only be a DNS SAN spelling the address, which OpenSSL never matches against an address. */
 static bool list_has(const char *list, const char *name)
@@ -155,11 +148,11 @@ enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, co
                      host != NULL ? host : "?");
         return DBT_TLS_HOSTNAME_MISMATCH;
     case X509_V_ERR_CERT_HAS_EXPIRED:
-        format_day(have ? r->not_after : (time_t)-1, day, sizeof(day));
+        tlsw_format_day(have ? r->not_after : (time_t)-1, day, sizeof(day));
         snprintf(detail, cap, "%s (depth %d, %s, notAfter %s)", what, depth, subject, day);
         return DBT_TLS_CERT_EXPIRED;
     case X509_V_ERR_CERT_NOT_YET_VALID:
-        format_day(have ? r->not_before : (time_t)-1, day, sizeof(day));
+        tlsw_format_day(have ? r->not_before : (time_t)-1, day, sizeof(day));
         snprintf(detail, cap, "%s (depth %d, %s, notBefore %s)", what, depth, subject, day);
         return DBT_TLS_CERT_NOT_YET_VALID;
     case X509_V_ERR_OUT_OF_MEM:

@@ -15,79 +15,34 @@
 
 #include <openssl/err.h>
 
+#include "test_util.h"
 #include "tls_certgen.h"
 #include "tlsw_bundle.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#endif
-
-/* ---- temp dir per test ---------------------------------------------------------------------- */
-
-static char tmpdir[64];
-
 static void setup(void)
 {
-    dbt_strlcpy(tmpdir, "/tmp/dbtrust-bundle-XXXXXX", sizeof(tmpdir));
-    cr_assert_not_null(mkdtemp(tmpdir));
+    tmpdir_make("bundle");
 }
 
 static void teardown(void)
 {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-        if (unlink(p) != 0)
-            rmdir(p);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(tmpdir);
-#if defined(__SANITIZE_ADDRESS__)
-    /* As in test_tls.c: Criterion ignores LSan's exit-time report, so a leak is a crash here. */
-    if (__lsan_do_recoverable_leak_check() != 0)
-        abort();
-#endif
+    tmpdir_remove();
+    leak_check();
 }
 
 TestSuite(bundle, .init = setup, .fini = teardown);
 
-static const char *tmp_path(char *buf, size_t cap, const char *name)
-{
-    snprintf(buf, cap, "%s/%s", tmpdir, name);
-    return buf;
-}
-
 /* ---- certificates and files ----------------------------------------------------------------- */
 
-static const struct cg_spec ROOT = {
-    .cn = "Test Root", .ca = true, .not_before_days = -10, .not_after_days = 3650};
-static const struct cg_spec INTER = {
-    .cn = "Test Intermediate", .ca = true, .not_before_days = -10, .not_after_days = 1000};
-static const struct cg_spec LEAF = {
-    .cn = "localhost", .san = "DNS:localhost", .not_before_days = -1, .not_after_days = 90};
-
-struct pki {
-    struct cg_cert root, inter, leaf;
-};
-
-static void pki_make(struct pki *p)
+/* The text written into a memory BIO, which is freed (caller frees the text). */
+static char *mem_text(BIO *b)
 {
-    memset(p, 0, sizeof(*p));
-    cr_assert_eq(cg_issue(&p->root, &ROOT, NULL), 0);
-    cr_assert_eq(cg_issue(&p->inter, &INTER, &p->root), 0);
-    cr_assert_eq(cg_issue(&p->leaf, &LEAF, &p->inter), 0);
-}
-
-static void pki_free(struct pki *p)
-{
-    cg_free(&p->root);
-    cg_free(&p->inter);
-    cg_free(&p->leaf);
+    char *data = NULL;
+    long len = BIO_get_mem_data(b, &data);
+    char *s = strndup(data, (size_t)len);
+    BIO_free(b);
+    cr_assert_not_null(s);
+    return s;
 }
 
 /* The PEM text of one certificate (caller frees). */
@@ -96,12 +51,7 @@ static char *pem_of(X509 *x)
     BIO *b = BIO_new(BIO_s_mem());
     cr_assert_not_null(b);
     cr_assert_eq(PEM_write_bio_X509(b, x), 1);
-    char *data = NULL;
-    long len = BIO_get_mem_data(b, &data);
-    char *s = strndup(data, (size_t)len);
-    BIO_free(b);
-    cr_assert_not_null(s);
-    return s;
+    return mem_text(b);
 }
 
 /* Writes the concatenation of the NULL-terminated text pieces to tmpdir/name. */
@@ -209,8 +159,8 @@ static void expected_fingerprints(X509 *x, char sha[65], char pin[64])
 
 Test(bundle, parses_every_certificate_with_metadata_and_position)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     char path[256];
     char *r = pem_of(p.root.cert), *i = pem_of(p.inter.cert);
     const char *parts[] = {"# Subject: Test Root\n", r, "\n# the intermediate\n", i, NULL};
@@ -249,7 +199,7 @@ Test(bundle, parses_every_certificate_with_metadata_and_position)
     free(text);
     free(r);
     free(i);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, days_left_rounds_down)
@@ -278,8 +228,8 @@ Test(bundle, warning_names_are_stable_and_only_unparsable_files_are_errors)
 
 Test(bundle, duplicates_name_both_places_and_count_once)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     char a[256], bpath[256];
     char *r = pem_of(p.root.cert), *i = pem_of(p.inter.cert);
     const char *pa[] = {r, i, NULL};
@@ -308,16 +258,16 @@ Test(bundle, duplicates_name_both_places_and_count_once)
     tlsw_bundle_free(b);
     free(r);
     free(i);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, intermediate_without_its_root)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     /* Same subject as the real root, another key: names match, the signature does not. */
     struct cg_cert rekeyed = {0};
-    cr_assert_eq(cg_issue(&rekeyed, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&rekeyed, &CG_ROOT, NULL), 0);
     char p1[256], p2[256], p3[256];
     char *r = pem_of(p.root.cert), *i = pem_of(p.inter.cert), *k = pem_of(rekeyed.cert);
     const char *alone[] = {i, NULL}, *with_root[] = {i, r, NULL}, *wrong_root[] = {k, i, NULL};
@@ -352,13 +302,13 @@ Test(bundle, intermediate_without_its_root)
     free(i);
     free(k);
     cg_free(&rekeyed);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, end_entity_certificate_is_not_a_ca)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     char path[256];
     char *r = pem_of(p.root.cert), *i = pem_of(p.inter.cert), *l = pem_of(p.leaf.cert);
     const char *parts[] = {r, i, l, NULL};
@@ -373,7 +323,7 @@ Test(bundle, end_entity_certificate_is_not_a_ca)
     free(r);
     free(i);
     free(l);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, expired_and_not_yet_valid)
@@ -385,7 +335,7 @@ Test(bundle, expired_and_not_yet_valid)
     struct cg_cert o = {0}, f = {0}, good = {0};
     cr_assert_eq(cg_issue(&o, &old, NULL), 0);
     cr_assert_eq(cg_issue(&f, &future, NULL), 0);
-    cr_assert_eq(cg_issue(&good, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&good, &CG_ROOT, NULL), 0);
     char path[256];
     char *po = pem_of(o.cert), *pf = pem_of(f.cert), *pg = pem_of(good.cert);
     const char *parts[] = {pg, po, pf, NULL};
@@ -445,7 +395,7 @@ static void expect_only(const struct tlsw_bundle *b, enum tlsw_bundle_warn kind,
 Test(bundle, broken_base64_is_an_error_with_its_line)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char *pr = pem_of(r.cert);
     const char *parts[] = {pr, "# next\n",
                            "-----BEGIN CERTIFICATE-----\nnot base64 at all\n"
@@ -467,7 +417,7 @@ Test(bundle, broken_base64_is_an_error_with_its_line)
 Test(bundle, truncated_block_and_non_certificate_der_are_errors)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char *pr = pem_of(r.cert);
     char *cut = strdup(pr);
     cut[strlen(cut) / 2] = '\0'; /* no END line */
@@ -491,8 +441,8 @@ Test(bundle, truncated_block_and_non_certificate_der_are_errors)
 Test(bundle, garbage_between_blocks_hides_a_certificate)
 {
     struct cg_cert r = {0}, r2 = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
-    cr_assert_eq(cg_issue(&r2, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r2, &CG_ROOT, NULL), 0);
     char *pr = pem_of(r.cert), *p2 = pem_of(r2.cert);
     /* A copy-paste that lost one dash: OpenSSL skips the whole block. */
     char *mangled = strdup(p2 + 1);
@@ -532,7 +482,7 @@ Test(bundle, garbage_between_blocks_hides_a_certificate)
 Test(bundle, comments_real_bundles_carry_are_not_garbage)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char *pr = pem_of(r.cert);
     char *crlf = calloc(1, 2 * strlen(pr) + 1);
     for (char *s = pr, *d = crlf; *s != '\0'; s++) {
@@ -565,7 +515,7 @@ Test(bundle, comments_real_bundles_carry_are_not_garbage)
 Test(bundle, files_without_certificates)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
 
     const char *empty[] = {NULL};
     struct tlsw_bundle *b = load_one("empty.pem", empty);
@@ -595,11 +545,9 @@ Test(bundle, files_without_certificates)
 
     /* Only a private key: reported, and the file still holds no certificate. */
     BIO *kb = BIO_new(BIO_s_mem());
+    cr_assert_not_null(kb);
     cr_assert_eq(PEM_write_bio_PrivateKey(kb, r.key, NULL, NULL, 0, NULL, NULL), 1);
-    char *kdata = NULL;
-    long klen = BIO_get_mem_data(kb, &kdata);
-    char *key = strndup(kdata, (size_t)klen);
-    BIO_free(kb);
+    char *key = mem_text(kb);
     const char *key_only[] = {"# oops\n", key, NULL};
     b = load_one("key.pem", key_only);
     cr_assert_eq(tlsw_bundle_warning_count(b), 2, "%s", dump_warnings(b));
@@ -614,7 +562,7 @@ Test(bundle, files_without_certificates)
 Test(bundle, unreadable_files_are_errors_and_the_others_still_load)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char good[256], missing[256], dir[256];
     char *pr = pem_of(r.cert);
     const char *parts[] = {pr, NULL};
@@ -668,8 +616,8 @@ static size_t read_back(const char *path, X509 **out, size_t cap)
 
 Test(bundle, merge_writes_unique_certificates_in_order_with_comments)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     const struct cg_spec old = {
         .cn = "Old Root", .ca = true, .not_before_days = -400, .not_after_days = -3};
     struct cg_cert o = {0};
@@ -727,13 +675,13 @@ Test(bundle, merge_writes_unique_certificates_in_order_with_comments)
     free(i);
     free(po);
     cg_free(&o);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, merge_replaces_by_rename_never_in_place)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char in[256], out[256], alias[256];
     char *pr = pem_of(r.cert);
     const char *parts[] = {pr, NULL};
@@ -791,8 +739,8 @@ static int read_racing(void *arg)
 
 Test(bundle, concurrent_readers_see_the_old_or_the_new_bundle)
 {
-    struct pki p;
-    pki_make(&p);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     char a[256], bpath[256], out[256], err[512] = "";
     char *r = pem_of(p.root.cert), *i = pem_of(p.inter.cert);
     const char *pa[] = {r, NULL}, *pb[] = {r, i, NULL};
@@ -826,13 +774,13 @@ Test(bundle, concurrent_readers_see_the_old_or_the_new_bundle)
     free(version_b);
     free(r);
     free(i);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(bundle, refused_or_failed_merge_leaves_out_untouched)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     char good[256], bad[256], out[256], nodir[256];
     char *pr = pem_of(r.cert);
     const char *parts[] = {pr, NULL};
@@ -872,15 +820,13 @@ Test(bundle, refused_or_failed_merge_leaves_out_untouched)
 Test(bundle, merge_keeps_trusted_certificate_form)
 {
     struct cg_cert r = {0};
-    cr_assert_eq(cg_issue(&r, &ROOT, NULL), 0);
+    cr_assert_eq(cg_issue(&r, &CG_ROOT, NULL), 0);
     ASN1_OBJECT *server_auth = OBJ_nid2obj(NID_server_auth);
     cr_assert_eq(X509_add1_trust_object(r.cert, server_auth), 1);
     BIO *mb = BIO_new(BIO_s_mem());
+    cr_assert_not_null(mb);
     cr_assert_eq(PEM_write_bio_X509_AUX(mb, r.cert), 1);
-    char *data = NULL;
-    long len = BIO_get_mem_data(mb, &data);
-    char *trusted = strndup(data, (size_t)len);
-    BIO_free(mb);
+    char *trusted = mem_text(mb);
     char in[256], out[256];
     const char *parts[] = {trusted, NULL};
     const char *paths[] = {write_parts(in, sizeof(in), "trusted.pem", parts)};

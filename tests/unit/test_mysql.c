@@ -13,19 +13,7 @@
 #include <openssl/rsa.h>
 
 #include "mysql.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#endif
-
-static void leak_check(void)
-{
-#if defined(__SANITIZE_ADDRESS__)
-    /* Criterion ignores LSan's exit-time report: make a leak a crash while the test runs. */
-    if (__lsan_do_recoverable_leak_check() != 0)
-        abort();
-#endif
-}
+#include "test_util.h"
 
 TestSuite(mysql, .fini = leak_check);
 TestSuite(mysql_bridge, .fini = leak_check);

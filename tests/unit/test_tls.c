@@ -2,96 +2,33 @@
  * OpenSSL server, with certificates generated at test time (tls_certgen.h). */
 #include <criterion/criterion.h>
 
-#include <dirent.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <threads.h>
-#include <unistd.h>
 
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "test_util.h"
 #include "tls_certgen.h"
 #include "tlsw.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/lsan_interface.h>
-#endif
-
-/* ---- temp dir per test ---------------------------------------------------------------------- */
-
-static char tmpdir[64];
-
 static void setup(void)
 {
-    dbt_strlcpy(tmpdir, "/tmp/dbtrust-tls-XXXXXX", sizeof(tmpdir));
-    cr_assert_not_null(mkdtemp(tmpdir));
+    tmpdir_make("tls");
 }
 
 static void teardown(void)
 {
-    DIR *d = opendir(tmpdir);
-    struct dirent *e;
-    char p[512];
-    while (d != NULL && (e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
-        unlink(p);
-    }
-    if (d != NULL)
-        closedir(d);
-    rmdir(tmpdir);
-#if defined(__SANITIZE_ADDRESS__)
-    /* Criterion ignores LSan's exit-time report and failed asserts in .fini, so a leak is made
-     * a crash here: every OpenSSL object a test made must be gone by now. */
-    if (__lsan_do_recoverable_leak_check() != 0)
-        abort();
-#endif
+    tmpdir_remove();
+    leak_check();
 }
 
 TestSuite(tls, .init = setup, .fini = teardown);
 
-static const char *tmp_path(char *buf, size_t cap, const char *name)
-{
-    snprintf(buf, cap, "%s/%s", tmpdir, name);
-    return buf;
-}
-
-/* ---- certificates --------------------------------------------------------------------------- */
-
-static const struct cg_spec ROOT = {
-    .cn = "Test Root", .ca = true, .not_before_days = -10, .not_after_days = 3650};
-static const struct cg_spec INTER = {
-    .cn = "Test Intermediate", .ca = true, .not_before_days = -10, .not_after_days = 1000};
-static const struct cg_spec LEAF_OK = {
-    .cn = "localhost", .san = "DNS:localhost", .not_before_days = -1, .not_after_days = 90};
-
-/* root -> intermediate -> leaf, plus an unrelated root for "untrusted". */
-struct pki {
-    struct cg_cert root, inter, leaf, other_root;
-};
-
-static void pki_make(struct pki *p, const struct cg_spec *leaf)
-{
-    memset(p, 0, sizeof(*p));
-    cr_assert_eq(cg_issue(&p->root, &ROOT, NULL), 0);
-    cr_assert_eq(cg_issue(&p->inter, &INTER, &p->root), 0);
-    cr_assert_eq(cg_issue(&p->leaf, leaf, &p->inter), 0);
-    const struct cg_spec other = {
-        .cn = "Other Root", .ca = true, .not_before_days = -10, .not_after_days = 3650};
-    cr_assert_eq(cg_issue(&p->other_root, &other, NULL), 0);
-}
-
-static void pki_free(struct pki *p)
-{
-    cg_free(&p->root);
-    cg_free(&p->inter);
-    cg_free(&p->leaf);
-    cg_free(&p->other_root);
-}
+/* ---- certificates and generations ----------------------------------------------------------- */
 
 static struct tlsw_gen *load_ok(const char *path, enum tlsw_verify verify, int min_version)
 {
@@ -113,6 +50,15 @@ static void load_fail(const char *path, char *err, size_t cap)
     cr_assert_eq(rc, -1, "bundle %s was accepted", path);
     cr_assert_null(g, "out must be NULL on failure");
     cr_assert_gt(strlen(err), 0, "no error text");
+}
+
+/* The usual PKI (leaf CG_LEAF) and a generation trusting its root alone (bundle tmpdir/b.pem). */
+static struct tlsw_gen *gen_of_root(struct cg_pki *p)
+{
+    char path[256];
+    cr_assert_eq(cg_pki_make(p, &CG_LEAF), 0);
+    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p->root.cert, 1), 0);
+    return load_ok(path, TLSW_VERIFY_FULL, 0);
 }
 
 /* ---- an in-memory OpenSSL server and the pump between it and the engine --------------------- */
@@ -240,7 +186,7 @@ struct scenario {
 };
 
 struct run {
-    struct pki pki;
+    struct cg_pki pki;
     struct tlsw_gen *gen;
     struct tlsw_conn *c;
     struct server s;
@@ -253,7 +199,7 @@ static void run_scenario(struct run *r, const struct scenario *sc)
 {
     char path[256];
     memset(r, 0, sizeof(*r));
-    pki_make(&r->pki, &sc->leaf);
+    cr_assert_eq(cg_pki_make(&r->pki, &sc->leaf), 0);
     X509 *bundle = sc->bundle == BUNDLE_ROOT         ? r->pki.root.cert
                    : sc->bundle == BUNDLE_OTHER_ROOT ? r->pki.other_root.cert
                                                      : r->pki.inter.cert;
@@ -293,7 +239,7 @@ static void run_free(struct run *r)
     tlsw_conn_free(r->c);
     tlsw_gen_unref(r->gen);
     server_free(&r->s);
-    pki_free(&r->pki);
+    cg_pki_free(&r->pki);
 }
 
 static void expect_failure(const struct run *r, enum dbt_reason want)
@@ -327,7 +273,7 @@ static enum tlsw_status read_some(struct tlsw_conn *c, uint8_t *buf, size_t cap,
 Test(tls, valid_chain_data_and_close)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost"});
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost"});
     expect_ok(&r);
     cr_assert_str_eq(tlsw_conn_version(r.c), "TLSv1.3");
     cr_assert_gt(strlen(tlsw_conn_cipher(r.c)), 0);
@@ -376,7 +322,7 @@ Test(tls, valid_chain_data_and_close)
 Test(tls, large_writes_both_ways)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost"});
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost"});
     expect_ok(&r);
     size_t len = 200 * 1024; /* several records each way */
     uint8_t *out = malloc(len), *in = malloc(len);
@@ -410,7 +356,7 @@ Test(tls, large_writes_both_ways)
 Test(tls, client_close_notify_reaches_server)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost"});
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost"});
     expect_ok(&r);
     tlsw_conn_shutdown(r.c);
     cr_assert_gt(tlsw_conn_pending(r.c), 0, "close_notify is queued");
@@ -427,7 +373,7 @@ Test(tls, pin_on_intermediate_accepted)
 {
     struct run r;
     run_scenario(&r,
-                 &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .pin = PIN_INTERMEDIATE});
+                 &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .pin = PIN_INTERMEDIATE});
     expect_ok(&r);
     run_free(&r);
 }
@@ -436,7 +382,7 @@ Test(tls, pin_mismatch_refused_after_a_valid_chain)
 {
     struct run r;
     run_scenario(&r,
-                 &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .pin = PIN_UNRELATED});
+                 &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .pin = PIN_UNRELATED});
     expect_failure(&r, DBT_TLS_PIN_MISMATCH);
     cr_assert(strstr(r.detail, "no certificate of the verified chain has a configured pin (leaf: "
                                "sha256/") != NULL,
@@ -447,7 +393,7 @@ Test(tls, pin_mismatch_refused_after_a_valid_chain)
 Test(tls, expired_leaf)
 {
     struct run r;
-    struct cg_spec leaf = LEAF_OK;
+    struct cg_spec leaf = CG_LEAF;
     leaf.not_before_days = -60;
     leaf.not_after_days = -2;
     run_scenario(&r, &(struct scenario){.leaf = leaf, .host = "localhost"});
@@ -463,7 +409,7 @@ Test(tls, expired_leaf)
 Test(tls, not_yet_valid_leaf)
 {
     struct run r;
-    struct cg_spec leaf = LEAF_OK;
+    struct cg_spec leaf = CG_LEAF;
     leaf.not_before_days = 2;
     leaf.not_after_days = 90;
     run_scenario(&r, &(struct scenario){.leaf = leaf, .host = "localhost"});
@@ -521,7 +467,7 @@ Test(tls, untrusted_root)
 {
     struct run r;
     run_scenario(
-        &r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .bundle = BUNDLE_OTHER_ROOT});
+        &r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .bundle = BUNDLE_OTHER_ROOT});
     expect_failure(&r, DBT_TLS_UNTRUSTED_CHAIN);
     cr_assert_str_eq(r.detail, "unable to get local issuer certificate (depth 1, "
                                "CN=Test Intermediate,O=dbtrust test; issuer CN=Test Root,"
@@ -533,7 +479,7 @@ Test(tls, intermediate_only_bundle_is_not_a_trust_anchor)
 {
     struct run r;
     run_scenario(
-        &r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .bundle = BUNDLE_INTER_ONLY});
+        &r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .bundle = BUNDLE_INTER_ONLY});
     expect_failure(&r, DBT_TLS_UNTRUSTED_CHAIN);
     cr_assert(strstr(r.detail, "CN=Test Root") != NULL, "names the missing root: %s", r.detail);
     run_free(&r);
@@ -541,13 +487,10 @@ Test(tls, intermediate_only_bundle_is_not_a_trust_anchor)
 
 Test(tls, self_signed_leaf)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     struct cg_cert self = {0};
-    cr_assert_eq(cg_issue(&self, &LEAF_OK, NULL), 0);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    cr_assert_eq(cg_issue(&self, &CG_LEAF, NULL), 0);
     struct server s;
     server_start(&s, &self, NULL, 0, 0);
     struct tlsw_conn *c = tlsw_conn_new(g, "localhost", NULL, 0);
@@ -561,7 +504,7 @@ Test(tls, self_signed_leaf)
     tlsw_gen_unref(g);
     server_free(&s);
     cg_free(&self);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, ip_san_matches_without_sni)
@@ -630,7 +573,7 @@ Test(tls, verify_ca_ignores_host_but_sends_sni)
 Test(tls, verify_ca_still_checks_chain)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK,
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF,
                                         .host = "localhost",
                                         .verify = TLSW_VERIFY_CA,
                                         .bundle = BUNDLE_OTHER_ROOT});
@@ -642,7 +585,7 @@ Test(tls, tls11_server_refused)
 {
     struct run r;
     run_scenario(
-        &r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .server_max = TLS1_1_VERSION});
+        &r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .server_max = TLS1_1_VERSION});
     expect_failure(&r, DBT_TLS_HANDSHAKE_FAILED);
     /* The server answers a ClientHello offering only 1.2+ with a protocol_version alert. */
     cr_assert(strstr(r.detail, "protocol") != NULL, "%s", r.detail);
@@ -652,7 +595,7 @@ Test(tls, tls11_server_refused)
 Test(tls, min_tls13_refuses_tls12_server)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK,
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF,
                                         .host = "localhost",
                                         .client_min = TLS1_3_VERSION,
                                         .server_max = TLS1_2_VERSION});
@@ -665,7 +608,7 @@ Test(tls, tls12_server_accepted)
 {
     struct run r;
     run_scenario(
-        &r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost", .server_max = TLS1_2_VERSION});
+        &r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost", .server_max = TLS1_2_VERSION});
     expect_ok(&r);
     cr_assert_str_eq(tlsw_conn_version(r.c), "TLSv1.2");
     run_free(&r);
@@ -677,7 +620,7 @@ Test(tls, alpn_postgresql)
     static const char alpn[] = "\x0apostgresql";
     run_scenario(
         &r, &(struct scenario){
-                .leaf = LEAF_OK, .host = "localhost", .alpn = alpn, .alpn_len = sizeof(alpn) - 1});
+                .leaf = CG_LEAF, .host = "localhost", .alpn = alpn, .alpn_len = sizeof(alpn) - 1});
     expect_ok(&r);
     cr_assert_str_eq(r.s.alpn, "postgresql");
     run_free(&r);
@@ -686,7 +629,7 @@ Test(tls, alpn_postgresql)
 Test(tls, no_alpn_by_default)
 {
     struct run r;
-    run_scenario(&r, &(struct scenario){.leaf = LEAF_OK, .host = "localhost"});
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost"});
     expect_ok(&r);
     cr_assert_str_empty(r.s.alpn);
     run_free(&r);
@@ -694,11 +637,8 @@ Test(tls, no_alpn_by_default)
 
 Test(tls, plaintext_answer_is_wrong_version_number)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     struct tlsw_conn *c = tlsw_conn_new(g, "localhost", NULL, 0);
     cr_assert_not_null(c);
     cr_assert_eq(tlsw_conn_handshake(c), TLSW_WANT_IO);
@@ -723,7 +663,7 @@ Test(tls, plaintext_answer_is_wrong_version_number)
     ERR_clear_error();
     tlsw_conn_free(c);
     tlsw_gen_unref(g);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, detail_is_truncated_safely)
@@ -742,11 +682,8 @@ Test(tls, detail_is_truncated_safely)
 
 Test(tls, connection_outlives_generation_reference)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     struct tlsw_conn *c = tlsw_conn_new(g, "localhost", NULL, 0);
     cr_assert_not_null(c);
     tlsw_gen_unref(g); /* a reload published a new generation: the connection keeps this one */
@@ -756,16 +693,13 @@ Test(tls, connection_outlives_generation_reference)
     cr_assert_eq(pump_handshake(c, &s), TLSW_OK);
     tlsw_conn_free(c); /* frees the generation */
     server_free(&s);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, conn_new_refuses_bad_input)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     cr_assert_null(tlsw_conn_new(g, NULL, NULL, 0), "verify full needs a host");
     cr_assert_null(tlsw_conn_new(g, "", NULL, 0));
     char longname[300];
@@ -775,7 +709,7 @@ Test(tls, conn_new_refuses_bad_input)
     static const uint8_t bad_alpn[] = {5, 'a'}; /* length prefix past the end */
     cr_assert_null(tlsw_conn_new(g, "localhost", bad_alpn, sizeof(bad_alpn)));
     tlsw_gen_unref(g); /* the failed attempts must not have kept references (ASan/LSan) */
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 /* ---- bundles -------------------------------------------------------------------------------- */
@@ -783,8 +717,8 @@ Test(tls, conn_new_refuses_bad_input)
 Test(tls, bundle_metadata)
 {
     char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     X509 *certs[] = {p.root.cert, p.inter.cert, p.leaf.cert};
     cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), certs, 3), 0);
     struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, TLS1_2_VERSION);
@@ -830,14 +764,14 @@ Test(tls, bundle_metadata)
         snprintf(hex + 2 * i, 3, "%02x", md[i]);
     cr_assert_str_eq(tlsw_gen_sha256(g), hex);
     tlsw_gen_unref(g);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, bundle_same_content_same_hash)
 {
     char a[256], b[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     cr_assert_eq(cg_write_bundle(tmp_path(a, sizeof(a), "a.pem"), &p.root.cert, 1), 0);
     cr_assert_eq(cg_write_bundle(tmp_path(b, sizeof(b), "b.pem"), &p.root.cert, 1), 0);
     struct tlsw_gen *ga = load_ok(a, TLSW_VERIFY_FULL, 0);
@@ -850,20 +784,20 @@ Test(tls, bundle_same_content_same_hash)
     tlsw_gen_unref(ga);
     tlsw_gen_unref(gb);
     tlsw_gen_unref(gc);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, bundle_duplicates_load)
 {
     char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     X509 *certs[] = {p.root.cert, p.root.cert};
     cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), certs, 2), 0);
     struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
     cr_assert_eq(tlsw_gen_cert_count(g), 2);
     tlsw_gen_unref(g);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, bundle_missing_file)
@@ -901,8 +835,8 @@ Test(tls, bundle_garbage_text)
 Test(tls, bundle_broken_pem_block)
 {
     char path[256], err[512];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     /* One good certificate then a block whose DER is garbage: the whole bundle is refused. */
     cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "g.pem"), &p.root.cert, 1), 0);
     FILE *f = fopen(path, "a");
@@ -911,21 +845,21 @@ Test(tls, bundle_broken_pem_block)
     fclose(f);
     load_fail(path, err, sizeof(err));
     cr_assert(strstr(err, "cannot parse") != NULL, "%s", err);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, bundle_key_only)
 {
     char path[256], err[512];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     FILE *f = fopen(tmp_path(path, sizeof(path), "k.pem"), "w");
     cr_assert_not_null(f);
     cr_assert_eq(PEM_write_PrivateKey(f, p.leaf.key, NULL, NULL, 0, NULL, NULL), 1);
     fclose(f);
     load_fail(path, err, sizeof(err));
     cr_assert(strstr(err, "no certificate in bundle") != NULL, "%s", err);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, bundle_all_expired)
@@ -943,14 +877,14 @@ Test(tls, bundle_all_expired)
     cr_assert(strstr(err, "expired") != NULL, "%s", err);
 
     /* One live root is enough: rotation bundles carry the old root until it is gone. */
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     X509 *mixed[] = {a.cert, p.root.cert};
     cr_assert_eq(cg_write_bundle(path, mixed, 2), 0);
     struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
     cr_assert_eq(tlsw_gen_cert_count(g), 2);
     tlsw_gen_unref(g);
-    pki_free(&p);
+    cg_pki_free(&p);
     cg_free(&a);
     cg_free(&b);
 }
@@ -958,8 +892,8 @@ Test(tls, bundle_all_expired)
 Test(tls, bundle_bad_options)
 {
     char path[256], err[512];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
+    struct cg_pki p;
+    cr_assert_eq(cg_pki_make(&p, &CG_LEAF), 0);
     cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
     struct tlsw_gen *g = NULL;
     struct tlsw_gen_opts o = {.verify = TLSW_VERIFY_FULL, .min_tls_version = TLS1_1_VERSION};
@@ -969,16 +903,13 @@ Test(tls, bundle_bad_options)
     /* NULL options mean the defaults. */
     cr_assert_eq(tlsw_gen_load(path, NULL, &g, err, sizeof(err)), 0, "%s", err);
     tlsw_gen_unref(g);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, refcount_pairs)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     for (int i = 0; i < 3; i++)
         tlsw_gen_ref(g);
     for (int i = 0; i < 3; i++)
@@ -986,7 +917,7 @@ Test(tls, refcount_pairs)
     cr_assert_eq(tlsw_gen_cert_count(g), 1, "still alive with the first reference");
     tlsw_gen_unref(g); /* the last: frees (LSan reports it otherwise) */
     tlsw_gen_unref(NULL);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 static int hammer(void *arg)
@@ -1002,11 +933,8 @@ static int hammer(void *arg)
 
 Test(tls, refcount_across_threads)
 {
-    char path[256];
-    struct pki p;
-    pki_make(&p, &LEAF_OK);
-    cr_assert_eq(cg_write_bundle(tmp_path(path, sizeof(path), "b.pem"), &p.root.cert, 1), 0);
-    struct tlsw_gen *g = load_ok(path, TLSW_VERIFY_FULL, 0);
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
     thrd_t t[4];
     for (int i = 0; i < 4; i++) {
         tlsw_gen_ref(g);
@@ -1015,7 +943,7 @@ Test(tls, refcount_across_threads)
     tlsw_gen_unref(g); /* the last thread to finish frees it */
     for (int i = 0; i < 4; i++)
         cr_assert_eq(thrd_join(t[i], NULL), thrd_success);
-    pki_free(&p);
+    cg_pki_free(&p);
 }
 
 Test(tls, ip_literals)

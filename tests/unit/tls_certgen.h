@@ -95,6 +95,39 @@ static inline void cg_free(struct cg_cert *c)
     c->cert = NULL;
 }
 
+/* The usual test PKI: a root, an intermediate under it, a server certificate for localhost. */
+static const struct cg_spec CG_ROOT = {
+    .cn = "Test Root", .ca = true, .not_before_days = -10, .not_after_days = 3650};
+static const struct cg_spec CG_INTER = {
+    .cn = "Test Intermediate", .ca = true, .not_before_days = -10, .not_after_days = 1000};
+static const struct cg_spec CG_LEAF = {
+    .cn = "localhost", .san = "DNS:localhost", .not_before_days = -1, .not_after_days = 90};
+
+/* root -> intermediate -> leaf, plus an unrelated root for "untrusted". */
+struct cg_pki {
+    struct cg_cert root, inter, leaf, other_root;
+};
+
+/* Issues the PKI with leaf as the leaf's spec (usually &CG_LEAF). Returns 0 on success. */
+static inline int cg_pki_make(struct cg_pki *p, const struct cg_spec *leaf)
+{
+    const struct cg_spec other = {
+        .cn = "Other Root", .ca = true, .not_before_days = -10, .not_after_days = 3650};
+    memset(p, 0, sizeof(*p));
+    if (cg_issue(&p->root, &CG_ROOT, NULL) != 0 || cg_issue(&p->inter, &CG_INTER, &p->root) != 0 ||
+        cg_issue(&p->leaf, leaf, &p->inter) != 0)
+        return -1;
+    return cg_issue(&p->other_root, &other, NULL);
+}
+
+static inline void cg_pki_free(struct cg_pki *p)
+{
+    cg_free(&p->root);
+    cg_free(&p->inter);
+    cg_free(&p->leaf);
+    cg_free(&p->other_root);
+}
+
 /* Writes the certificates (n of them) as one PEM bundle. */
 static inline int cg_write_bundle(const char *path, X509 *const *certs, size_t n)
 {
