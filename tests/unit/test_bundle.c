@@ -39,9 +39,12 @@ static char *mem_text(BIO *b)
 {
     char *data = NULL;
     long len = BIO_get_mem_data(b, &data);
-    char *s = strndup(data, (size_t)len);
-    BIO_free(b);
+    /* Not strndup: the BIO's buffer has no terminating NUL, and strndup may look one past len. */
+    char *s = malloc((size_t)len + 1);
     cr_assert_not_null(s);
+    memcpy(s, data, (size_t)len);
+    s[len] = '\0';
+    BIO_free(b);
     return s;
 }
 
