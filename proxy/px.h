@@ -95,6 +95,10 @@ struct px_worker {
     struct px_conn *conns; /* intrusive list of live connections (for shutdown) */
     unsigned conn_count;
     uint8_t read_buf[PX_READ_CHUNK];
+    /* TLS records on their way to an upstream: taken from the engine, then written. */
+    uint8_t tls_out[PX_READ_CHUNK];
+    struct px_wreq *free_wreqs; /* write blocks kept for reuse (px_io.c) */
+    unsigned free_wreq_count;
 };
 
 /* Starts one thread per worker; each runs its own loop. Returns 0 or a negative uv error. */

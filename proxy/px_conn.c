@@ -207,7 +207,7 @@ int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
     /* Every byte the client gets passes here: server data, greetings and dbtrust's errors. */
     c->bytes_to_client += len;
     px_counter_add(&c->wl->stats.bytes_to_client, len);
-    return px_io_send_copy(c, &c->client.stream, &c->queued_to_client, data, len);
+    return px_io_send(c, &c->client.stream, &c->queued_to_client, data, len);
 }
 
 static const char *summary_for(enum dbt_reason r)

@@ -226,21 +226,18 @@ void px_upstream_start_reading(struct px_conn *c)
 
 int px_upstream_write_raw(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    return px_io_send_copy(c, (uv_stream_t *)&c->upstream, &c->queued_to_upstream, data, len);
+    return px_io_send(c, (uv_stream_t *)&c->upstream, &c->queued_to_upstream, data, len);
 }
 
 int px_upstream_flush(struct px_conn *c)
 {
-    size_t n = tlsw_conn_pending(c->tls);
-    if (n == 0)
-        return 0;
-    struct px_wreq *wr = px_wreq_new(c, n);
-    if (!wr) {
-        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-        return -1;
+    while (tlsw_conn_pending(c->tls) > 0) {
+        size_t n = tlsw_conn_take(c->tls, c->w->tls_out, sizeof(c->w->tls_out));
+        if (px_io_send(c, (uv_stream_t *)&c->upstream, &c->queued_to_upstream, c->w->tls_out, n) !=
+            0)
+            return -1;
     }
-    wr->len = tlsw_conn_take(c->tls, wr->data, n);
-    return px_wreq_send(wr, (uv_stream_t *)&c->upstream, &c->queued_to_upstream);
+    return 0;
 }
 
 int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
@@ -254,9 +251,6 @@ int px_upstream_send(struct px_conn *c, const uint8_t *data, size_t len)
     return px_upstream_flush(c);
 }
 
-/* Logs the verified chain when a worker sees a leaf it has not seen before on this listener:
- * what an operator wants to know after a server certificate rotation, without a line per
- * connection. */
 /* Keeps the chain for metrics and expiry warnings (other threads read it) and tells the main
  * loop, which checks its dates. Only when a worker sees a new leaf: not per connection. */
 static void remember_chain(struct px_conn *c, const struct tlsw_cert_info *chain, size_t n)
@@ -271,6 +265,9 @@ static void remember_chain(struct px_conn *c, const struct tlsw_cert_info *chain
     uv_async_send(&srv->main_wakeup);
 }
 
+/* Logs the verified chain when a worker sees a leaf it has not seen before on this listener:
+ * what an operator wants to know after a server certificate rotation, without a line per
+ * connection. */
 static void log_new_chain(struct px_conn *c)
 {
     struct tlsw_cert_info chain[4];
@@ -322,18 +319,28 @@ static void deliver_plain(struct px_conn *c, const uint8_t *data, size_t len)
 
 static void drain_plain(struct px_conn *c)
 {
-    /* The read buffer is free again: its ciphertext was copied into the TLS engine. */
+    /* The read buffer is free again: its ciphertext was copied into the TLS engine. Records
+     * are decrypted into it until it is full, then handed on in one piece: one write to the
+     * client per read from the upstream, not one per TLS record. */
     uint8_t *buf = c->w->read_buf;
+    size_t have = 0;
     for (;;) {
         size_t n = 0;
-        enum tlsw_status st = tlsw_conn_read(c->tls, buf, sizeof(c->w->read_buf), &n);
+        enum tlsw_status st = tlsw_conn_read(c->tls, buf + have, sizeof(c->w->read_buf) - have, &n);
         if (st == TLSW_OK && n > 0) {
-            deliver_plain(c, buf, n);
+            have += n;
+            if (have < sizeof(c->w->read_buf))
+                continue;
+        }
+        if (have > 0) {
+            deliver_plain(c, buf, have);
+            have = 0;
             if (c->closing || c->state == PX_CONN_FAILING)
                 return;
             if (c->state == PX_CONN_RELAY && c->queued_to_client > PX_HIGH_WATER)
                 px_upstream_stop_reading(c); /* backpressure: the client is not keeping up */
-            continue;
+            if (st == TLSW_OK)
+                continue;
         }
         if (st == TLSW_CLOSED) {
             px_upstream_on_eof(c, true);

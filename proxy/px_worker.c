@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "px_conn.h"
+#include "px_io.h"
 #include "px_log.h"
 
 static void on_connection(uv_stream_t *server, int status)
@@ -94,6 +95,7 @@ static void worker_main(void *arg)
     uv_run(&w->loop, UV_RUN_DEFAULT);
     if (uv_loop_close(&w->loop) != 0)
         px_log(CFG_LOG_WARN, "worker %u: loop closed with handles still open", w->id);
+    px_io_worker_free(w);
 }
 
 static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
