@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "px_listen.h"
 #include "px_log.h"
 
 #define CT_TEXT    "text/plain; charset=utf-8"
@@ -201,16 +202,9 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 int px_admin_start(struct px_server *srv, char *err, size_t errlen)
 {
     const struct cfg_addr *addr = &srv->cfg->admin;
-    char port[8];
-    snprintf(port, sizeof(port), "%u", addr->port);
-    struct addrinfo hints = {
-        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res = NULL;
-    int grc = getaddrinfo(addr->host, port, &hints, &res);
-    if (grc != 0) {
-        snprintf(err, errlen, "admin address %s: %s", addr->host, gai_strerror(grc));
+    if (px_resolve_bind(addr, "admin address", &res, err, errlen) != 0)
         return -1;
-    }
     struct px_admin *a = calloc(1, sizeof(*a));
     if (!a) {
         freeaddrinfo(res);

@@ -64,6 +64,24 @@ static int open_unix(const char *path, char *err, size_t errlen)
     return fd;
 }
 
+int px_resolve_bind(const struct cfg_addr *a, const char *what, struct addrinfo **res, char *err,
+                    size_t errlen)
+{
+    char port[8];
+    snprintf(port, sizeof(port), "%u", a->port);
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
+    *res = NULL;
+    int rc = getaddrinfo(a->host, port, &hints, res);
+    if (rc != 0) {
+        char label[300];
+        cfg_addr_format(a, label, sizeof(label));
+        snprintf(err, errlen, "cannot resolve %s %s: %s", what, label, gai_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
 int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t errlen)
 {
     const struct cfg_addr *a = &l->cfg->listen;
@@ -75,16 +93,9 @@ int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t er
         l->fds[0] = open_unix(a->host, err, errlen);
         return l->fds[0] < 0 ? -1 : 0;
     }
-    char port[8];
-    snprintf(port, sizeof(port), "%u", a->port);
-    struct addrinfo hints = {
-        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};
     struct addrinfo *res = NULL;
-    int rc = getaddrinfo(a->host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "cannot resolve listen address %s: %s", label, gai_strerror(rc));
+    if (px_resolve_bind(a, "listen address", &res, err, errlen) != 0)
         return -1;
-    }
     for (unsigned i = 0; i < workers; i++) {
         l->fds[i] = open_one(res, err, errlen, label);
         if (l->fds[i] < 0) {

@@ -7,4 +7,10 @@
 DBT_MUST_USE int px_listen_open(struct px_listener *l, unsigned workers, char *err, size_t errlen);
 void px_listen_close(struct px_listener *l);
 
+struct addrinfo;
+/* Resolves a host:port to bind (listeners, the admin endpoint). Returns 0, or -1 with
+ * "cannot resolve <what> HOST:PORT: why" in err. Free *res with freeaddrinfo. */
+DBT_MUST_USE int px_resolve_bind(const struct cfg_addr *a, const char *what, struct addrinfo **res,
+                                 char *err, size_t errlen);
+
 #endif

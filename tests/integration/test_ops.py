@@ -115,6 +115,7 @@ def run_check(*args, config=None):
 
 class TestAdminEndpoint(unittest.TestCase):
     def test_metrics_count_connections_failures_and_apps(self):
+        mark = W.dbtrust.mark()
         for _ in range(2):
             self.assertEqual(pg_query(W.orders, app="ops-app"), 42)
         self.assertEqual(pg_query(W.short, app="ops-short"), 42)
@@ -126,8 +127,13 @@ class TestAdminEndpoint(unittest.TestCase):
                                ssl_disabled=True, program_name="ops-mysql-app")
         conn.cursor().execute("select 1")
         conn.close()
-        fx.wait_for(lambda: len(W.dbtrust.find_lines("conn_end", "app=ops-mysql-app")) == 1, 5,
-                    what="mysql conn_end")
+        # Counters move when a connection is freed, which may be after the client returned:
+        # wait for every conn_end line (since the test started) before scraping.
+        for app, count in (("app=ops-mysql-app", 1), ("app=ops-app", 2), ("app=ops-short", 1)):
+            fx.wait_for(lambda: len(W.dbtrust.find_lines("conn_end", app, since=mark)) >= count,
+                        5, what=f"conn_end {app}")
+        fx.wait_for(lambda: W.dbtrust.find_lines("conn_end", "listener=mismatch", since=mark), 5,
+                    what="conn_end of the mismatch listener")
         status, headers, text = http("/metrics")
         self.assertEqual(status, 200)
         self.assertIn("text/plain; version=0.0.4", headers["Content-Type"])
