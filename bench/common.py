@@ -1,0 +1,230 @@
+"""Shared pieces of bench/run: paths, the build, the machine's description, /proc readings,
+dbtrust processes with an admin endpoint, percentiles.
+
+Servers, PKI, ports and cleanup come from the integration fixtures
+(tests/integration/dbtrust_fixtures.py): everything started here registers its stop there, so
+one interrupted run leaves nothing behind.
+"""
+
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH_DIR)
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+
+import dbtrust_fixtures as fx  # noqa: E402  (after the path insert)
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    """Progress on stderr, so stdout carries only the report."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- build and dependencies ------------------------------------------------------------------
+
+def install_deps():
+    subprocess.run([os.path.join(BENCH_DIR, "install-deps")], check=True)
+
+
+def build_dbtrust(build_dir):
+    """RelWithDebInfo build of the current tree (no unit tests); returns the binary's path."""
+    build_dir = os.path.join(REPO, build_dir)
+    log(f"building dbtrust in {os.path.relpath(build_dir, REPO)}/")
+    fx.run(["cmake", "-S", REPO, "-B", build_dir, "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
+            "-DDBTRUST_TESTS=OFF"], timeout=300)
+    fx.run(["cmake", "--build", build_dir, f"-j{os.cpu_count() or 2}"], timeout=900)
+    return os.path.join(build_dir, "dbtrust")
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+def _first_line(cmd):
+    """First non-empty output line of a version command (stdout or stderr), or '?'."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    for line in (proc.stdout + "\n" + proc.stderr).splitlines():
+        line = line.strip()
+        if line and not line.startswith("Initializing"):  # stunnel's preamble
+            return line
+    return "?"
+
+
+def _cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "?"
+
+
+def _mem_total_gib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024 / 1024, 1)
+    return None
+
+
+def _git_revision():
+    """Short commit plus '+dirty' when the tree has local changes (read-only git commands)."""
+    head = _first_line(["git", "-C", REPO, "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def machine_description(dbtrust_binary):
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": _mem_total_gib(),
+        "kernel": platform.release(),
+        "dbtrust": f"{_first_line([dbtrust_binary, '--version'])} @ {_git_revision()}",
+        "postgresql": _first_line([f"{fx.PG_BIN}/postgres", "--version"]),
+        "mariadb": _first_line([fx.MARIADBD, "--version"]),
+        "openssl": _first_line(["openssl", "version"]),
+        "stunnel": _first_line(["stunnel", "-version"]),
+        "pgbouncer": _first_line(["pgbouncer", "--version"]),
+        "pgbench": _first_line(["pgbench", "--version"]),
+        "sysbench": _first_line(["sysbench", "--version"]),
+    }
+
+
+def aes_gcm_bytes_per_second(seconds):
+    """`openssl speed -evp aes-256-gcm` at 16 KiB blocks (one core), bytes per second."""
+    out = fx.run(["openssl", "speed", "-mr", "-evp", "aes-256-gcm", "-bytes", "16384",
+                  "-seconds", str(seconds)], timeout=seconds * 10 + 30).stdout
+    m = re.search(r"^\+F:\d+:AES-256-GCM:([\d.]+)", out, re.M)
+    if not m:
+        raise RuntimeError(f"cannot read openssl speed output:\n{out}")
+    return float(m.group(1))
+
+
+# -- /proc readings ----------------------------------------------------------------------------
+
+def cpu_seconds(pid):
+    """utime + stime of a process (all its threads) in seconds, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of stat(5)
+
+
+def rss_kib(pid):
+    return fx.resident_kib(pid)
+
+
+class RssSampler:
+    """Samples a process's RSS in a thread while a load runs; .peak_kib afterwards."""
+
+    def __init__(self, pid, interval=0.1):
+        self.pid = pid
+        self.interval = interval
+        self.peak_kib = rss_kib(pid)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+            except (OSError, AssertionError):
+                return
+
+
+# -- dbtrust -----------------------------------------------------------------------------------
+
+class BenchDbTrust:
+    """A dbtrust process for one measurement: listeners given as (name, protocol, upstream),
+    an admin endpoint for its byte counters, and a listener limit above the bench's 1000
+    connections. Stopped by the fixtures' cleanup or by stop()."""
+
+    def __init__(self, binary, bundle, listeners, workdir, workers=0, name="dbtrust"):
+        self.admin_port = fx.free_port()
+        config = fx.DbTrustConfig(bundle, workers=workers, admin=f"127.0.0.1:{self.admin_port}",
+                                  drain_timeout="1s")
+        self.specs = {lname: config.add_listener(lname, protocol, upstream,
+                                                 max_connections=4000)
+                      for lname, protocol, upstream in listeners}
+        self.process = fx.DbTrust.from_config(binary, config, workdir, name=name)
+
+    def start(self):
+        self.process.start()
+        return self
+
+    def stop(self, timeout=30):
+        self.process.stop(timeout)
+
+    @property
+    def pid(self):
+        return self.process.proc.pid
+
+    def port(self, listener):
+        return self.specs[listener].port
+
+    def metric(self, name, listener):
+        """Sum of a metric's samples for one listener, from the admin endpoint."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics",
+                                    timeout=5) as resp:
+            text = resp.read().decode()
+        pattern = rf'^{name}\{{listener="([^"]+)"[^}}]*\}} (\d+)'
+        return sum(int(m.group(2)) for m in re.finditer(pattern, text, re.M)
+                   if m.group(1) == listener)
+
+    def bytes_relayed(self, listener):
+        """Plaintext bytes relayed both ways on a listener (dbtrust_bytes_total)."""
+        return self.metric("dbtrust_bytes_total", listener)
+
+    def wait_idle(self, listener, timeout=120):
+        """Seconds until no connection is open on the listener any more (after a load's
+        clients went away, dbtrust still has to notice and close both legs of each)."""
+        start = time.monotonic()
+        fx.wait_for(lambda: self.metric("dbtrust_connections_active", listener) == 0, timeout,
+                    interval=0.1, what=f"{listener} to have no open connection")
+        return round(time.monotonic() - start, 2)
+
+    def settled_bytes_relayed(self, listener, timeout=3.0):
+        """The byte counter once it stops moving (it may be updated when a connection ends)."""
+        last = self.bytes_relayed(listener)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.bytes_relayed(listener)
+            if now == last:
+                return now
+            last = now
+        return last
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile (q in 0..100) of an already sorted list; None when empty."""
+    if not sorted_values:
+        return None
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
+    return sorted_values[rank - 1]
+
+
+def median(values):
+    values = sorted(values)
+    return percentile(values, 50) if values else None

@@ -1,0 +1,148 @@
+"""The peers dbtrust is compared with, each verifying the server as dbtrust does (chain to the
+test bundle + host name): stunnel in client mode and pgbouncer with session pooling.
+
+Both log to files in their own temp dir, listen on a fresh loopback port, and register their
+stop with the fixtures' cleanup.
+"""
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+
+from common import fx
+
+
+class PeerProcess:
+    """A foreground peer process: start, wait until its port accepts TCP, stop on cleanup."""
+
+    name = "peer"
+
+    def __init__(self):
+        self.dir = fx.make_temp_dir(self.name)
+        self.port = fx.free_port()
+        self.log_path = os.path.join(self.dir, f"{self.name}.log")
+        self.proc = None
+
+    def command(self):
+        raise NotImplementedError
+
+    def popen_kwargs(self):
+        return {}
+
+    def start(self, timeout=10):
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=out,
+                                         stdin=subprocess.DEVNULL, cwd=self.dir,
+                                         start_new_session=True, **self.popen_kwargs())
+        fx.register_cleanup(self.stop)
+
+        def listening():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; log:\n"
+                                   f"{self.log_text()}")
+            return fx.tcp_accepts("127.0.0.1", self.port)
+        fx.wait_for(listening, timeout, what=f"{self.name} to listen")
+        return self
+
+    def stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_text(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class Stunnel(PeerProcess):
+    """stunnel4 client mode: plaintext in, `protocol = pgsql` (SSLRequest) out, verifyChain +
+    checkHost against the bundle. It forwards the server's SASL list untouched, so libpq SCRAM
+    logins fail through it: the bench uses the md5 user on every route."""
+
+    name = "stunnel"
+
+    def __init__(self, bundle, upstream_port, host_name="localhost"):
+        super().__init__()
+        self.config_path = os.path.join(self.dir, "stunnel.conf")
+        with open(self.config_path, "w") as f:
+            f.write("\n".join([
+                "foreground = yes",
+                "pid =",
+                # The defaults on Debian, spelled out: no Nagle delay on either leg.
+                "socket = l:TCP_NODELAY=1",
+                "socket = r:TCP_NODELAY=1",
+                "[pg]",
+                "client = yes",
+                f"accept = 127.0.0.1:{self.port}",
+                f"connect = 127.0.0.1:{upstream_port}",
+                "protocol = pgsql",
+                "verifyChain = yes",
+                f"CAfile = {bundle}",
+                f"checkHost = {host_name}",
+                f"sni = {host_name}",
+                "",
+            ]))
+
+    def command(self):
+        return ["stunnel", self.config_path]
+
+
+class Pgbouncer(PeerProcess):
+    """pgbouncer, session pooling, `server_tls_sslmode = verify-full` with the bundle as CA
+    file. Clients log in with md5 against a userlist holding the plain password, which
+    pgbouncer then uses for the server's md5 challenge. pgbouncer refuses to run as root: it
+    runs as the postgres user, in a dir that user owns (with its own copy of the bundle)."""
+
+    name = "pgbouncer"
+
+    def __init__(self, bundle, upstream_port, database, user, password, pool_size=64,
+                 host_name="localhost", run_as="postgres"):
+        super().__init__()
+        self.run_as = pwd.getpwnam(run_as)
+        ca_file = os.path.join(self.dir, "bundle.pem")
+        shutil.copy(bundle, ca_file)
+        userlist = os.path.join(self.dir, "userlist.txt")
+        with open(userlist, "w") as f:
+            f.write(f'"{user}" "{password}"\n')
+        self.config_path = os.path.join(self.dir, "pgbouncer.ini")
+        with open(self.config_path, "w") as f:
+            f.write("\n".join([
+                "[databases]",
+                f"{database} = host={host_name} port={upstream_port} dbname={database}",
+                "[pgbouncer]",
+                "listen_addr = 127.0.0.1",
+                f"listen_port = {self.port}",
+                "unix_socket_dir =",
+                "auth_type = md5",
+                f"auth_file = {userlist}",
+                "pool_mode = session",
+                "max_client_conn = 4000",
+                f"default_pool_size = {pool_size}",
+                "server_tls_sslmode = verify-full",
+                f"server_tls_ca_file = {ca_file}",
+                f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}",
+                "ignore_startup_parameters = extra_float_digits",
+                "",
+            ]))
+        os.chmod(userlist, 0o600)
+        for root, _dirs, files in os.walk(self.dir):
+            os.chown(root, self.run_as.pw_uid, self.run_as.pw_gid)
+            for name in files:
+                os.chown(os.path.join(root, name), self.run_as.pw_uid, self.run_as.pw_gid)
+
+    def command(self):
+        return ["pgbouncer", self.config_path]
+
+    def popen_kwargs(self):
+        return {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}

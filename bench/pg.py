@@ -1,0 +1,230 @@
+"""PostgreSQL part of the bench: the server, the routes a client can take to it, and the loads
+(pgbench -S persistent and -C, a bulk COPY TO STDOUT), measured on every route.
+
+Every route logs in as the fixtures' md5 user: stunnel cannot pass SCRAM (TESTING.md), and one
+authentication method everywhere keeps the connect-per-transaction numbers comparable.
+"""
+
+import glob
+import math
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+
+from common import fx, log, median, percentile, cpu_seconds
+
+USER, PASSWORD = fx.PG_MD5_USER, fx.PG_MD5_PASSWORD
+DATABASE = fx.PG_APP_DATABASE
+ROUTE_ORDER = ("direct", "dbtrust", "stunnel", "pgbouncer")
+
+
+class BenchPostgres(fx.PostgresServer):
+    """The fixtures' TLS-only cluster, with room for the bench's 1000 idle connections."""
+
+    def __init__(self, cert, max_connections):
+        super().__init__(cert, "pg-bench")
+        self.max_connections = max_connections
+
+    def _write_config(self):
+        super()._write_config()
+        # A later line wins in postgresql.conf: this overrides the fixtures' 100.
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(f"\n# bench\nmax_connections = {self.max_connections}\n"
+                    "shared_buffers = 512MB\n")  # pgbench scale 10 fits in it
+
+    def admin_psql_db(self, database, *commands):
+        cmd = ["psql", self.admin_dsn(database), "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+        for c in commands:
+            cmd += ["-c", c]
+        return fx.run(cmd, env=fx.clean_env()).stdout
+
+
+@dataclass
+class PgRoute:
+    """How a client reaches the server: `direct` means libpq itself does verify-full against
+    the bundle; every other route is a plaintext loopback leg to a verifying proxy."""
+    name: str
+    port: int
+    direct: bool = False
+    bundle: str = None
+    pid: int = None  # the proxy process, for /proc readings
+
+    def libpq_params(self, user=USER, password=PASSWORD):
+        params = {"host": "127.0.0.1", "port": self.port, "user": user, "password": password,
+                  "dbname": DATABASE, "sslmode": "disable", "connect_timeout": 30}
+        if self.direct:
+            # host names the certificate; hostaddr skips a resolver call per connection.
+            params.update(host="localhost", hostaddr="127.0.0.1", sslmode="verify-full",
+                          sslrootcert=self.bundle)
+        return params
+
+    def env(self, user=USER, password=PASSWORD):
+        names = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "user": "PGUSER",
+                 "password": "PGPASSWORD", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE",
+                 "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT"}
+        return fx.clean_env(**{names[k]: v for k, v in self.libpq_params(user, password).items()})
+
+    def dsn(self):
+        return fx.pg_conninfo(**self.libpq_params())
+
+
+def start_postgres(pki, max_connections, scale, workdir):
+    """Cluster + roles (fixtures), pgbench tables at `scale` built once directly by their
+    owner, read access for the md5 user."""
+    log("starting PostgreSQL 15")
+    pg = BenchPostgres(pki.leaf, max_connections).start().provision_app_roles()
+    owner = PgRoute("direct", pg.port, direct=True, bundle=pki.bundle)
+    log(f"pgbench -i -s {scale}")
+    fx.run(["pgbench", "-i", "-q", "-s", str(scale)], timeout=600, cwd=workdir,
+           env=owner.env(fx.PG_APP_USER, fx.PG_APP_PASSWORD))
+    pg.admin_psql_db(DATABASE, f"grant select, insert, update on all tables in schema public "
+                               f"to {USER}")
+    return pg
+
+
+def check_route(route):
+    """One query through the route, asking the server whether its leg is TLS: a route that
+    would silently run in plaintext must not produce a number."""
+    proc = fx.run(["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c",
+                   "select ssl from pg_stat_ssl where pid = pg_backend_pid()"],
+                  env=route.env(), check=False)
+    if proc.returncode != 0 or proc.stdout.strip() != "t":
+        raise RuntimeError(f"route {route.name} does not reach the server over TLS: "
+                           f"{proc.stdout}{proc.stderr}")
+
+
+# -- pgbench -------------------------------------------------------------------------------
+
+def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_log=False):
+    """pgbench -S (-C) on a route -> {tps, failed, connect_ms[, p50_us, p99_us, mean_us,
+    samples]}.
+
+    pgbench's -T clock starts before its clients connect, and each thread connects its clients
+    one after the other (~40 ms per TLS backend start here): 1000 clients would use up a 15 s
+    run before the first transaction. So -T gets an allowance of 0.1 s per client and thread;
+    the tps pgbench reports leaves the initial connection time out."""
+    threads = min(clients, os.cpu_count() or 2)
+    allowance = 0 if connect_each else math.ceil(clients / threads * 0.1)
+    cmd = ["pgbench", "-n", "-S", "-c", str(clients), "-j", str(threads),
+           "-T", str(seconds + allowance)]
+    if connect_each:
+        cmd.append("-C")
+    prefix = os.path.join(workdir, f"pgbench-{route.name}-c{clients}")
+    if latency_log:
+        cmd += ["-l", f"--log-prefix={prefix}"]
+    proc = fx.run(cmd, check=False, timeout=(seconds + allowance) * 4 + 300, cwd=workdir,
+                  env=route.env())
+    tps = re.search(r"^tps = ([\d.]+)", proc.stdout, re.M)
+    processed = re.search(r"^number of transactions actually processed: (\d+)", proc.stdout, re.M)
+    if proc.returncode != 0 or not tps or not processed or processed.group(1) == "0":
+        raise RuntimeError(f"pgbench on {route.name} failed ({proc.returncode}):\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    failed = re.search(r"number of failed transactions: (\d+)", proc.stdout)
+    connect = re.search(r"^(?:initial|average) connection time = ([\d.]+) ms", proc.stdout, re.M)
+    result = {"tps": float(tps.group(1)), "failed": int(failed.group(1)) if failed else 0,
+              "connect_ms": float(connect.group(1)) if connect else None}
+    if latency_log:
+        result.update(read_latency_logs(prefix))
+    return result
+
+
+def read_latency_logs(prefix):
+    """Percentiles of pgbench's per-transaction logs (3rd column: latency in µs); the log
+    files are removed afterwards."""
+    latencies = []
+    for path in glob.glob(prefix + ".*"):
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies.append(int(fields[2]))
+        os.unlink(path)
+    latencies.sort()
+    return {"p50_us": percentile(latencies, 50), "p99_us": percentile(latencies, 99),
+            "mean_us": round(sum(latencies) / len(latencies), 1) if latencies else None,
+            "samples": len(latencies)}
+
+
+# -- COPY TO STDOUT -------------------------------------------------------------------------
+
+COPY_ROW_BYTES = 1001  # repeat('x', 1000) + newline in COPY text format
+
+
+def copy_sql(rows):
+    return f"COPY (SELECT repeat('x', 1000) FROM generate_series(1, {rows})) TO STDOUT"
+
+
+def copy_out(route, rows):
+    """One bulk COPY through psql, output to /dev/null; seconds of the COPY statement itself
+    (psql's \\timing, so the connection set-up is not part of it)."""
+    proc = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null",
+                           "-c", "\\timing on", "-c", copy_sql(rows)],
+                          capture_output=True, text=True, timeout=900, env=route.env())
+    m = re.search(r"^Time: ([\d.]+) ms", proc.stdout, re.M)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"COPY on {route.name} failed ({proc.returncode}):\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    return float(m.group(1)) / 1000
+
+
+def copy_with_cost(route, rows, dbtrust):
+    """One COPY -> (seconds, CPU seconds of the route's proxy or None, bytes dbtrust counted
+    or None). CPU is read right around the COPY; the byte counter before and after that."""
+    counts = route.name == "dbtrust"
+    bytes0 = dbtrust.settled_bytes_relayed("pg") if counts else 0
+    cpu0 = cpu_seconds(route.pid) if route.pid else 0.0
+    seconds = copy_out(route, rows)
+    cpu = cpu_seconds(route.pid) - cpu0 if route.pid else None
+    relayed = dbtrust.settled_bytes_relayed("pg") - bytes0 if counts else None
+    return seconds, cpu, relayed
+
+
+def measure_copy(routes, rows, repeats, dbtrust):
+    """COPY `repeats` times per route, routes interleaved so slow drift hits all alike.
+    Returns ({route: {mb_per_s (median), runs_s}}, {proxy route: CPU seconds per GB}).
+
+    CPU is utime + stime of the proxy process (all threads, /proc/PID/stat). The bytes are
+    dbtrust's own counter (plaintext, both ways); the peers relay the very same bytes."""
+    runs = {name: [] for name in routes}
+    cpu = {name: 0.0 for name, route in routes.items() if route.pid}
+    relayed = 0
+    for _ in range(repeats):
+        for name, route in routes.items():
+            seconds, cpu_s, counted = copy_with_cost(route, rows, dbtrust)
+            runs[name].append(seconds)
+            if cpu_s is not None:
+                cpu[name] += cpu_s
+            relayed += counted or 0
+    megabytes = rows * COPY_ROW_BYTES / 1e6
+    out = {name: {"mb_per_s": round(megabytes / median(t), 1), "runs_s": [round(x, 3) for x in t],
+                  "megabytes": round(megabytes, 1)} for name, t in runs.items()}
+    cpu_per_gb = {name: {"cpu_s": round(s, 3), "bytes": relayed,
+                         "cpu_s_per_gb": round(s / (relayed / 1e9), 3) if relayed else None}
+                  for name, s in cpu.items()}
+    return out, cpu_per_gb
+
+
+# -- the section -----------------------------------------------------------------------------
+
+def run_section(routes, dbtrust, settings, workdir):
+    """All PostgreSQL comparisons on all routes; returns the section's results."""
+    for route in routes.values():
+        check_route(route)
+    log("warm-up: pgbench -S via direct (not recorded)")
+    run_pgbench(routes["direct"], settings.target_clients, max(1, settings.seconds // 3), workdir)
+    results = {"select": {}, "connect": {}, "copy": {}, "proxy_cpu": {}}
+    for clients in settings.clients:
+        results["select"][clients] = {}
+        for name, route in routes.items():
+            log(f"pgbench -S -c {clients} via {name}")
+            results["select"][clients][name] = run_pgbench(route, clients, settings.seconds,
+                                                           workdir, latency_log=True)
+    for name, route in routes.items():
+        log(f"pgbench -S -C -c {settings.connect_clients} via {name}")
+        results["connect"][name] = run_pgbench(route, settings.connect_clients,
+                                               settings.seconds, workdir, connect_each=True)
+    log(f"COPY of {settings.copy_rows} rows x {settings.copy_repeats} per route")
+    results["copy"], results["proxy_cpu"] = measure_copy(routes, settings.copy_rows,
+                                                           settings.copy_repeats, dbtrust)
+    return results

@@ -1,0 +1,263 @@
+"""Turns the results of one run into the printed report (machine, one table of ratios with
+the issue's targets as PASS/MISS, the scaling table) and the list of target verdicts that
+also goes into the JSON file."""
+
+from dataclasses import dataclass, field
+
+ROUTES = ("direct", "dbtrust", "stunnel", "pgbouncer")
+OTHERS = ("direct", "stunnel", "pgbouncer")  # ratio columns: dbtrust vs each
+
+
+@dataclass
+class Target:
+    """One of issue 6's targets: value `op` limit, e.g. ratio >= 1.05 or KiB <= 32."""
+    name: str
+    value: float
+    op: str
+    limit: float
+    unit: str = "x"
+    short: str = ""   # what the table's row does not already say, e.g. "vs pgbouncer"
+
+    @property
+    def passed(self):
+        if self.value is None:
+            return False
+        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
+
+    def verdict(self):
+        if self.passed:
+            return "PASS"
+        if self.value is None:
+            return "MISS (no value)"
+        if self.op == ">=":
+            return f"MISS by {(self.limit - self.value) / self.limit * 100:.1f}%"
+        return f"MISS by {(self.value - self.limit) / self.limit * 100:.1f}% over"
+
+    def _bound(self):
+        sign = "≥" if self.op == ">=" else "≤"
+        if self.unit == "x":
+            return f"{sign}{self.limit:.2f}x"
+        return f"{sign}{self.limit:g}{self.unit}"
+
+    def text(self):
+        """The table's form: '≥1.05x pgbouncer: PASS'."""
+        return f"{self._bound()}{' ' + self.short if self.short else ''}: {self.verdict()}"
+
+    def summary(self):
+        """The closing list's form: 'COPY vs stunnel: 1.21x (target ≥1.50x): MISS by 19.3%'."""
+        value = "-" if self.value is None else (
+            f"{self.value:.2f}x" if self.unit == "x" else f"{self.value:g}{self.unit}")
+        return f"{self.name}: {value} (target {self._bound()}): {self.verdict()}"
+
+    def as_json(self):
+        return {"name": self.name, "value": self.value, "op": self.op, "limit": self.limit,
+                "unit": self.unit.strip() or "x", "passed": self.passed}
+
+
+@dataclass
+class Row:
+    label: str
+    unit: str
+    values: dict                      # route -> number
+    fmt: str = "{:.0f}"
+    lower_is_better: bool = False     # latency, CPU: the ratio columns show the difference
+    diff_unit: str = "µs"
+    diff_fmt: str = "{:+.0f}"
+    targets: list = field(default_factory=list)
+    note: str = ""
+
+    def cell(self, route):
+        v = self.values.get(route)
+        return "-" if v is None else self.fmt.format(v)
+
+    def compare(self, other):
+        mine, theirs = self.values.get("dbtrust"), self.values.get(other)
+        if mine is None or theirs is None or other == "dbtrust":
+            return ""
+        if self.lower_is_better:
+            return f"{self.diff_fmt.format(mine - theirs)} {self.diff_unit}"
+        return f"{mine / theirs:.2f}x" if theirs else ""
+
+
+def ratio(values, other):
+    mine, theirs = values.get("dbtrust"), values.get(other)
+    return round(mine / theirs, 3) if mine is not None and theirs else None
+
+
+# -- rows per section --------------------------------------------------------------------------
+
+def pg_rows(pg, settings):
+    rows = []
+    main = settings.target_clients
+    for clients, per_route in pg["select"].items():
+        values = {r: v["tps"] for r, v in per_route.items()}
+        targets = []
+        if clients == main:
+            targets = [Target(f"pgbench -S c{main} vs direct", ratio(values, "direct"), ">=", 1.0,
+                              short="direct"),
+                       Target(f"pgbench -S c{main} vs pgbouncer", ratio(values, "pgbouncer"),
+                              ">=", 1.05, short="pgbouncer")]
+        rows.append(Row(f"pgbench -S, {clients} client{'s' if clients > 1 else ''}", "tps",
+                        values, targets=targets))
+    values = {r: v["tps"] for r, v in pg["connect"].items()}
+    rows.append(Row(f"pgbench -S -C, {settings.connect_clients} clients", "tps", values,
+                    targets=[Target("pgbench -S -C vs direct", ratio(values, "direct"), ">=", 0.95,
+                                    short="direct")],
+                    note="pgbouncer reuses server sessions"))
+    values = {r: v["mb_per_s"] for r, v in pg["copy"].items()}
+    megabytes = next(iter(pg["copy"].values()))["megabytes"]
+    rows.append(Row(f"COPY TO STDOUT {megabytes:.0f} MB", "MB/s", values, fmt="{:.1f}",
+                    targets=[Target("COPY vs direct", ratio(values, "direct"), ">=", 1.0,
+                                    short="direct"),
+                             Target("COPY vs stunnel", ratio(values, "stunnel"), ">=", 1.5,
+                                    short="stunnel")],
+                    note=f"median of {settings.copy_repeats}"))
+    for clients in sorted({min(pg["select"]), main} & set(pg["select"])):
+        for q in ("p50", "p99"):
+            values = {r: v[f"{q}_us"] for r, v in pg["select"][clients].items()}
+            rows.append(Row(f"round trip {q}, -S {clients} client{'s' if clients > 1 else ''}",
+                            "µs", values, lower_is_better=True))
+    return rows
+
+
+def mysql_rows(mysql, settings):
+    point = {r: v["qps"] for r, v in mysql["oltp_point_select"].items()}
+    rw = {r: v["tps"] for r, v in mysql["oltp_read_write"].items()}
+    threads = settings.sysbench_threads
+    return [
+        Row(f"MariaDB point_select, {threads} thr", "qps", point,
+            targets=[Target("MariaDB point_select vs direct TLS", ratio(point, "direct"),
+                            ">=", 1.0, short="direct")]),
+        Row(f"MariaDB read_write, {threads} thr", "tps", rw),
+    ]
+
+
+def cpu_row(pg, crypto):
+    values = {r: v["cpu_s_per_gb"] for r, v in pg["proxy_cpu"].items()}
+    cpu = values.get("dbtrust")
+    note = ""
+    if crypto:
+        floor = 1e9 / crypto
+        note = (f"AES-256-GCM 1 core: {crypto / 1e9:.2f} GB/s = {floor:.3f} s/GB"
+                + (f"; dbtrust at {cpu / floor:.1f}x that" if cpu else ""))
+    return Row("proxy CPU per GB relayed (COPY)", "s/GB", values, fmt="{:.3f}",
+               lower_is_better=True, diff_unit="s/GB", diff_fmt="{:+.3f}",
+               targets=[Target("dbtrust CPU per GB", cpu, "<=", 0.5, " s/GB")], note=note)
+
+
+def memory_rows(memory):
+    rows = []
+    for key, title in (("pg", "PostgreSQL"), ("mysql", "MariaDB")):
+        if key in memory:
+            m = memory[key]
+            kib = m["kib_per_connection"]
+            rows.append(Row(f"idle conn memory, {title} x{m['count']}", "KiB", {"dbtrust": kib},
+                            fmt="{:.1f}",
+                            targets=[Target(f"{title} idle connection", kib, "<=", 32, " KiB")],
+                            note=f"RSS {m['rss_before_kib'] / 1024:.1f} -> "
+                                 f"{m['rss_after_kib'] / 1024:.1f} MiB; all closed "
+                                 f"{m['close_s']:.1f} s after the clients"))
+    return rows
+
+
+def build_rows(results, settings):
+    rows = []
+    if "pg" in results:
+        rows += pg_rows(results["pg"], settings)
+    if "mysql" in results:
+        rows += mysql_rows(results["mysql"], settings)
+    if "pg" in results:
+        crypto = results.get("crypto", {}).get("aes_256_gcm_bytes_per_s")
+        rows.append(cpu_row(results["pg"], crypto))
+    if "memory" in results:
+        rows += memory_rows(results["memory"])
+    return rows
+
+
+# -- printing ------------------------------------------------------------------------------------
+
+def format_table(header, lines, notes_last=False):
+    """Plain-text table: first column (and a notes column) left-aligned, numbers right."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    def fmt(cells):
+        def left(i):
+            return i == 0 or (notes_last and i == len(cells) - 1)
+        return "  ".join(str(c).ljust(w) if left(i) else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    out = [fmt(header), "  ".join("-" * w for w in widths)]
+    return "\n".join(out + [fmt(line) for line in lines])
+
+
+def main_table(rows):
+    header = (["workload", "unit"] + list(ROUTES)
+              + [f"vs {o}" for o in OTHERS] + ["targets / notes"])
+    lines = []
+    for row in rows:
+        notes = [t.text() for t in row.targets] + ([row.note] if row.note else [])
+        lines.append([row.label, row.unit] + [row.cell(r) for r in ROUTES]
+                     + [row.compare(o) for o in OTHERS] + ["; ".join(notes)])
+    return format_table(header, lines, notes_last=True)
+
+
+def scaling_table(scaling):
+    workers = list(scaling["dbtrust"])
+    header = ["connections", "direct tps"]
+    for w in workers:
+        header += [f"w={w} tps", f"w={w} vs direct", f"w={w} RSS MiB", f"w={w} close s"]
+    lines = []
+    for count, direct in scaling["direct"].items():
+        line = [count, f"{direct['tps']:.0f}"]
+        for w in workers:
+            run = scaling["dbtrust"][w]["runs"].get(count)
+            if run is None:
+                line += ["-", "-", "-", "-"]
+                continue
+            line += [f"{run['tps']:.0f}", f"{run['tps'] / direct['tps']:.2f}x",
+                     f"{run['rss_peak_kib'] / 1024:.1f}", f"{run['close_s']:.1f}"]
+        lines.append(line)
+    return format_table(header, lines)
+
+
+def machine_lines(machine, settings):
+    m = machine
+    return [
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}",
+        f"dbtrust: {m['dbtrust']}",
+        f"servers: {m['postgresql']}; {m['mariadb']}",
+        f"peers:   {m['stunnel']}; {m['pgbouncer']}",
+        f"tools:   {m['openssl']}; {m['pgbench']}; {m['sysbench']}",
+        f"run:     {settings.describe()}",
+    ]
+
+
+FOOTNOTES = [
+    "direct = the client verifies itself (libpq sslmode=verify-full; sysbench --mysql-ssl=on, "
+    "chain only); stunnel = client mode, protocol pgsql, verifyChain + checkHost; "
+    "pgbouncer = session pooling, server_tls_sslmode verify-full.",
+    "All PostgreSQL routes log in as the md5 user (stunnel cannot pass SCRAM). Ratio columns: "
+    "dbtrust / that route (throughput) or dbtrust - that route (latency, CPU).",
+]
+
+
+def render(results, settings, targets, problems):
+    out = ["== dbtrust bench: one run ==", *machine_lines(results["machine"], settings), ""]
+    rows = build_rows(results, settings)
+    if rows:
+        out += [main_table(rows), "", *FOOTNOTES, ""]
+    if "scaling" in results:
+        out += [f"-- scaling: pgbench -S, {settings.seconds} s per point; RSS = dbtrust peak "
+                "during the run; close s = time dbtrust still held connections after pgbench "
+                "exited --", scaling_table(results["scaling"]), ""]
+    if targets:
+        passed = sum(t.passed for t in targets)
+        out.append(f"targets: {passed} of {len(targets)} met")
+        out += [f"  {t.summary()}" for t in targets]
+    for name, error in results.get("errors", {}).items():
+        out.append(f"SECTION FAILED: {name}: {error}")
+    for problem in problems:
+        out.append(f"PROCESS PROBLEM: {problem}")
+    return "\n".join(out)
+
+
+def all_targets(results, settings):
+    return [t for row in build_rows(results, settings) for t in row.targets]
