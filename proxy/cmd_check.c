@@ -209,6 +209,15 @@ static int load_bundles(struct check *ck, struct tlsw_gen **gens)
     return 0;
 }
 
+/* True for the first listener using gens[i]: one bundle test per distinct generation. */
+static bool first_use(struct tlsw_gen *const *gens, size_t i)
+{
+    for (size_t j = 0; j < i; j++)
+        if (gens[j] == gens[i])
+            return false;
+    return true;
+}
+
 int px_cmd_check(int argc, char **argv)
 {
     struct check ck = {.min_days = -1};
@@ -231,10 +240,7 @@ int px_cmd_check(int argc, char **argv)
     int tests = 0;
     for (size_t i = 0; i < ck.cfg.listener_count; i++) {
         tests += (int)ck.cfg.listeners[i].upstream_count;
-        bool first_use = true; /* one bundle test per distinct generation */
-        for (size_t j = 0; j < i; j++)
-            first_use = first_use && gens[j] != gens[i];
-        tests += ck.min_days >= 0 && first_use;
+        tests += ck.min_days >= 0 && first_use(gens, i);
     }
     if (ck.tap)
         printf("TAP version 13\n1..%d\n", tests);
@@ -245,10 +251,7 @@ int px_cmd_check(int argc, char **argv)
             check_upstream(&ck, l, u, gens[i], path);
     }
     for (size_t i = 0; ck.min_days >= 0 && i < ck.cfg.listener_count; i++) {
-        bool first_use = true;
-        for (size_t j = 0; j < i; j++)
-            first_use = first_use && gens[j] != gens[i];
-        if (first_use)
+        if (first_use(gens, i))
             check_bundle_expiry(&ck, gens[i],
                                 ck.candidate ? ck.candidate
                                              : cfg_listener_bundle(&ck.cfg, &ck.cfg.listeners[i]));

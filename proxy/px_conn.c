@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "px_io.h"
+#include "px_listen.h"
 #include "px_log.h"
 
 uint64_t px_now_ms(void)
@@ -20,22 +21,11 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static void format_peer(uv_tcp_t *tcp, char *out, size_t cap)
 {
-    struct sockaddr_storage ss;
+    struct sockaddr_storage ss = {0};
     int len = sizeof(ss);
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-            uv_ip4_name(a, host, sizeof(host));
-            port = ntohs(a->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-            uv_ip6_name(a, host, sizeof(host));
-            port = ntohs(a->sin6_port);
-        }
-    }
-    snprintf(out, cap, ss.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0)
+        ss.ss_family = AF_UNSPEC;
+    px_format_sockaddr((struct sockaddr *)&ss, out, cap);
 }
 
 void px_conn_accept(struct px_worker_listener *wl)

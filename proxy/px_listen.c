@@ -3,6 +3,7 @@
  * sockets are made by hand and handed to each loop with uv_tcp_open. */
 #include "px_listen.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -62,6 +63,22 @@ static int open_unix(const char *path, char *err, size_t errlen)
         return -1;
     }
     return fd;
+}
+
+void px_format_sockaddr(const struct sockaddr *sa, char *buf, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(buf, cap, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(buf, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(buf, cap, "?");
+    }
 }
 
 int px_resolve_bind(const struct cfg_addr *a, const char *what, struct addrinfo **res, char *err,

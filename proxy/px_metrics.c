@@ -147,7 +147,20 @@ static void handshakes(struct px_server *srv, FILE *out)
     }
 }
 
-/* Application names from all workers, merged (each worker keeps its own table). */
+/* The connection count of application name in worker k's table for listener i, or -1 when the
+ * table does not have the name. */
+static int64_t app_count_in(struct px_server *srv, size_t i, unsigned k, const char *name)
+{
+    struct px_listener_stats *s = &srv->workers[k].wls[i].stats;
+    size_t n = atomic_load_explicit(&s->app_count, memory_order_acquire);
+    for (size_t a = 0; a < n; a++)
+        if (strcmp(s->apps[a].name, name) == 0)
+            return (int64_t)px_counter_get(&s->apps[a].connections);
+    return -1;
+}
+
+/* Application names from all workers, merged (each worker keeps its own table): each name is
+ * printed at the first worker that has it. */
 static void applications(struct px_server *srv, FILE *out)
 {
     family(out, "dbtrust_application_connections_total", "counter",
@@ -158,24 +171,20 @@ static void applications(struct px_server *srv, FILE *out)
             struct px_listener_stats *s = &srv->workers[k].wls[i].stats;
             size_t n = atomic_load_explicit(&s->app_count, memory_order_acquire);
             for (size_t a = 0; a < n; a++) {
+                const char *name = s->apps[a].name;
+                bool earlier = false;
                 uint64_t total = 0;
-                bool first = true; /* print a name once: at the first worker that has it */
                 for (unsigned j = 0; j < srv->worker_count; j++) {
-                    struct px_listener_stats *o = &srv->workers[j].wls[i].stats;
-                    size_t m = atomic_load_explicit(&o->app_count, memory_order_acquire);
-                    for (size_t b = 0; b < m; b++) {
-                        if (strcmp(o->apps[b].name, s->apps[a].name) != 0)
-                            continue;
-                        first = first && !(j < k);
-                        total += px_counter_get(&o->apps[b].connections);
-                    }
+                    int64_t c = app_count_in(srv, i, j, name);
+                    earlier = earlier || (j < k && c >= 0);
+                    total += c > 0 ? (uint64_t)c : 0;
                 }
-                if (!first)
+                if (earlier)
                     continue;
                 fputs("dbtrust_application_connections_total{listener=", out);
                 label(out, srv->listeners[i].cfg->name);
                 fputs(",application=", out);
-                label(out, s->apps[a].name);
+                label(out, name);
                 fprintf(out, "} %llu\n", (unsigned long long)total);
             }
         }

@@ -14,6 +14,7 @@
 
 #include "mysql.h"
 #include "pg.h"
+#include "px_listen.h"
 #include "wire.h"
 
 #define CANCEL_POLL_MS 100
@@ -121,23 +122,6 @@ static ssize_t recv_some(struct probe *p, uint8_t *buf, size_t cap, enum dbt_rea
     }
 }
 
-static void format_address(const struct sockaddr *sa, char *buf, size_t cap)
-{
-    char host[INET6_ADDRSTRLEN] = "?";
-    uint16_t port = 0;
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-        port = ntohs(in->sin_port);
-        snprintf(buf, cap, "%s:%u", host, port);
-    } else {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        port = ntohs(in6->sin6_port);
-        snprintf(buf, cap, "[%s]:%u", host, port);
-    }
-}
-
 /* Every address of the name in turn, connect_timeout each, as a connection would. */
 static int dial(struct probe *p, const struct cfg_addr *a, uint32_t connect_timeout_ms)
 {
@@ -166,7 +150,7 @@ static int dial(struct probe *p, const struct cfg_addr *a, uint32_t connect_time
                 rc = -so_error;
         }
         if (rc == 0) {
-            format_address(ai->ai_addr, p->out->address, sizeof(p->out->address));
+            px_format_sockaddr(ai->ai_addr, p->out->address, sizeof(p->out->address));
             freeaddrinfo(res);
             return 0;
         }
