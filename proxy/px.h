@@ -76,7 +76,13 @@ struct px_worker_listener {
     struct tlsw_gen *gen;                   /* the generation new connections take */
     _Atomic(struct tlsw_gen *) pending_gen; /* published by a reload, taken on wakeup */
     bool open;
-    char last_leaf_sha256[65];      /* to log each newly seen upstream chain once */
+    char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
+    int tls_group;             /* key exchange group the upstream chose last (NID) */
+    /* The newest resumable session from this listener's upstream resume_upstream, verified
+     * under resume_gen (referenced); dropped when new trust arrives. */
+    struct tlsw_session *resume;
+    struct tlsw_gen *resume_gen;
+    size_t resume_upstream;
     struct px_listener_stats stats; /* written by this worker only */
 };
 
@@ -89,6 +95,7 @@ struct px_worker {
     uv_thread_t thread;
     uv_async_t wakeup;
     uv_timer_t drain_timer;
+    uv_timer_t idle_sweep_timer; /* releases buffers of connections that went quiet */
     atomic_bool stop_requested;
     bool draining;
     struct px_worker_listener *wls;
@@ -107,6 +114,9 @@ DBT_MUST_USE int px_workers_start(struct px_server *srv);
  * readable until px_workers_free. */
 void px_workers_stop(struct px_server *srv);
 void px_workers_free(struct px_server *srv);
+
+/* Drops the listener's session kept for resumption (new trust, shutdown). */
+void px_worker_forget_session(struct px_worker_listener *wl);
 
 /* Called by a connection when it is freed, so the worker can finish draining. */
 void px_worker_conn_gone(struct px_worker *w);

@@ -155,6 +155,7 @@ static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     const uint8_t *data = (const uint8_t *)buf->base;
+    c->recent_io = true;
     c->bytes_from_client += (uint64_t)nread;
     px_counter_add(&c->wl->stats.bytes_from_client, (uint64_t)nread);
     switch (c->state) {
@@ -245,14 +246,22 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
     px_conn_fail_with(c, reason, detail, pkt, n);
 }
 
+/* Most connections end without a detail, so it is not carried in every connection. */
+static void set_detail(struct px_conn *c, const char *detail)
+{
+    if (detail == NULL || detail == c->detail)
+        return;
+    free(c->detail);
+    c->detail = strdup(detail); /* NULL on ENOMEM: the line goes out without it */
+}
+
 void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
                        const uint8_t *pkt, size_t len)
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
     c->reason = reason;
-    if (detail)
-        dbt_strlcpy(c->detail, detail, sizeof(c->detail));
+    set_detail(c, detail);
     /* A cancel's client expects silence and a close (PROTOCOLS.md A4). */
     if (c->is_cancel || len == 0) {
         px_conn_close(c, reason, detail);
@@ -284,8 +293,12 @@ static void log_conn_end(struct px_conn *c)
     px_log_event(lvl, "conn_end", "listener", c->wl->l->cfg->name, "client", c->client_addr, "app",
                  c->application_name, "user", c->user, "database", c->database, "upstream",
                  c->upstream_label, "tls", c->tls_up ? tlsw_conn_version(c->tls) : "", "cipher",
-                 c->tls_up ? tlsw_conn_cipher(c->tls) : "", "reason", dbt_reason_name(c->reason),
-                 "bytes_in", in, "bytes_out", out, "duration_ms", dur, "detail", c->detail, NULL);
+                 c->tls_up ? tlsw_conn_cipher(c->tls) : "", "resumed",
+                 !c->tls_up                  ? ""
+                 : tlsw_conn_resumed(c->tls) ? "yes"
+                                             : "no",
+                 "reason", dbt_reason_name(c->reason), "bytes_in", in, "bytes_out", out,
+                 "duration_ms", dur, "detail", c->detail != NULL ? c->detail : "", NULL);
 }
 
 static void conn_free(struct px_conn *c)
@@ -310,6 +323,7 @@ static void conn_free(struct px_conn *c)
     px_pg_startup_free(c);
     px_my_free(c);
     tlsw_gen_unref(c->gen);
+    free(c->detail);
     free(c);
     px_worker_conn_gone(w);
 }
@@ -332,8 +346,7 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
     c->closing = true;
     if (c->state != PX_CONN_FAILING) {
         c->reason = reason;
-        if (detail)
-            dbt_strlcpy(c->detail, detail, sizeof(c->detail));
+        set_detail(c, detail);
     }
     c->state = PX_CONN_CLOSING;
     if (c->gai_pending)

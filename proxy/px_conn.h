@@ -26,6 +26,8 @@ enum px_conn_state {
 
 enum px_leg_state { PX_LEG_NONE, PX_LEG_OPEN, PX_LEG_CLOSING };
 
+#define PX_MY_CONTEXT_MAX 400
+
 /* Startup-phase state, freed when the relay starts so idle connections stay small. */
 struct px_pg_startup {
     struct pg_client client;
@@ -53,7 +55,7 @@ struct px_conn {
 
     enum px_conn_state state;
     enum dbt_reason reason;
-    char detail[512];
+    char *detail; /* for the conn_end line; set once a reason comes with one (NULL: none) */
     bool closing;
     bool over_limit;
     bool is_cancel;
@@ -65,7 +67,7 @@ struct px_conn {
     struct px_pg_startup *pg;
     struct my_session *my; /* MySQL listeners: the whole connection runs through it */
     bool my_greeted;
-    char my_context[400]; /* " [listener X, upstream H:P]" for the machine's own errors */
+    char *my_context; /* " [listener X, upstream H:P]" for the machine's own errors (MySQL) */
 
     /* upstream candidates: listener entries in order, each resolved to addresses */
     size_t upstream_idx;
@@ -79,6 +81,7 @@ struct px_conn {
     bool client_reading, upstream_reading;
     bool client_eof, upstream_eof; /* that side will send no more */
     bool client_shut_sent, upstream_shut_sent;
+    bool recent_io; /* bytes moved since the worker's last idle sweep */
     uint64_t bytes_from_client, bytes_to_client;
 
     /* for the log line */

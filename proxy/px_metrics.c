@@ -145,6 +145,13 @@ static void handshakes(struct px_server *srv, FILE *out)
         label(out, srv->listeners[i].cfg->name);
         fprintf(out, "} %llu\n", (unsigned long long)SUM(srv, i, hs_count));
     }
+    family(out, "dbtrust_upstream_tls_resumed_total", "counter",
+           "Upstream TLS sessions resumed from a ticket of an earlier verified session.");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        fputs("dbtrust_upstream_tls_resumed_total{listener=", out);
+        label(out, srv->listeners[i].cfg->name);
+        fprintf(out, "} %llu\n", (unsigned long long)SUM(srv, i, hs_resumed));
+    }
 }
 
 /* The connection count of application name in worker k's table for listener i, or -1 when the

@@ -44,6 +44,7 @@ struct px_listener_stats {
     px_counter bytes_from_client, bytes_to_client;
     px_counter hs_buckets[PX_HS_BUCKETS + 1]; /* per bucket (not cumulative); last = +Inf */
     px_counter hs_count, hs_sum_ns;
+    px_counter hs_resumed;   /* of hs_count: resumed sessions (no key exchange, no chain) */
     atomic_size_t app_count; /* published slots of apps (release / acquire) */
     struct px_app_count apps[PX_APPS_MAX];
     px_counter apps_other;

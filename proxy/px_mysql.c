@@ -13,13 +13,14 @@ int px_my_start(struct px_conn *c)
 {
     struct px_listener *l = c->wl->l;
     c->my = malloc(sizeof(*c->my));
+    c->my_context = calloc(1, PX_MY_CONTEXT_MAX);
     struct my_config cfg = {
         .unix_socket = l->cfg->listen.is_unix,
         .rsa_key = l->rsa_key,
         .rsa_pem = l->rsa_pem,
         .context = c->my_context,
     };
-    if (!c->my || !my_session_init(c->my, &cfg)) {
+    if (!c->my || !c->my_context || !my_session_init(c->my, &cfg)) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
         return -1;
     }
@@ -35,6 +36,8 @@ int px_my_start(struct px_conn *c)
 
 void px_my_free(struct px_conn *c)
 {
+    free(c->my_context);
+    c->my_context = NULL;
     if (!c->my)
         return;
     my_session_wipe(c->my);
@@ -105,8 +108,8 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
 
 void px_my_on_connected(struct px_conn *c)
 {
-    snprintf(c->my_context, sizeof(c->my_context), " [listener %s, upstream %s]",
-             c->wl->l->cfg->name, c->upstream_label);
+    snprintf(c->my_context, PX_MY_CONTEXT_MAX, " [listener %s, upstream %s]", c->wl->l->cfg->name,
+             c->upstream_label);
     c->state = PX_CONN_MY_GREETING;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
 }

@@ -7,8 +7,10 @@ void px_relay_start(struct px_conn *c, const uint8_t *to_client, size_t len)
 {
     c->state = PX_CONN_RELAY;
     px_conn_set_timer(c, 0);
-    /* Startup buffers are no longer needed: idle connections keep only their handles. */
+    /* Startup buffers are no longer needed: idle connections keep only their handles (and
+     * not the ciphertext buffers the certificate flight grew). */
     px_pg_startup_free(c);
+    tlsw_conn_trim(c->tls);
     if (len > 0)
         px_relay_to_client(c, to_client, len);
     if (!c->closing)

@@ -317,6 +317,22 @@ static void deliver_plain(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
+/* A ticket arrived (TLS 1.3 sends them after the handshake): the worker's next connection
+ * to this upstream under this generation resumes with it, skipping the key exchange and the
+ * chain verification that the session already passed. */
+static void keep_new_session(struct px_conn *c)
+{
+    struct tlsw_session *s = tlsw_conn_new_session(c->tls);
+    if (s == NULL)
+        return;
+    struct px_worker_listener *wl = c->wl;
+    px_worker_forget_session(wl);
+    tlsw_gen_ref(c->gen);
+    wl->resume = s;
+    wl->resume_gen = c->gen;
+    wl->resume_upstream = c->upstream_idx;
+}
+
 static void drain_plain(struct px_conn *c)
 {
     /* The read buffer is free again: its ciphertext was copied into the TLS engine. Records
@@ -357,6 +373,7 @@ static void drain_plain(struct px_conn *c)
         }
         break;
     }
+    keep_new_session(c);
     px_upstream_flush(c);
 }
 
@@ -373,7 +390,11 @@ static void handshake_step(struct px_conn *c)
         return;
     c->tls_up = true;
     px_stats_handshake(&c->wl->stats, uv_hrtime() - c->connected_ns);
-    log_new_chain(c);
+    c->wl->tls_group = tlsw_conn_group(c->tls);
+    if (tlsw_conn_resumed(c->tls)) /* a resumption carries no chain; it is the one seen */
+        px_counter_add(&c->wl->stats.hs_resumed, 1);
+    else
+        log_new_chain(c);
     if (c->my)
         px_my_on_tls_ready(c);
     else
@@ -391,6 +412,10 @@ void px_upstream_start_tls(struct px_conn *c)
         px_conn_fail(c, DBT_INTERNAL_ERROR, "could not create a TLS session");
         return;
     }
+    struct px_worker_listener *wl = c->wl;
+    tlsw_conn_prefer_group(c->tls, wl->tls_group);
+    if (wl->resume != NULL && wl->resume_gen == c->gen && wl->resume_upstream == c->upstream_idx)
+        tlsw_conn_offer_session(c->tls, wl->resume);
     c->state = PX_CONN_TLS_HANDSHAKE;
     px_conn_set_timer(c, lcfg(c)->handshake_timeout_ms);
     handshake_step(c);
@@ -445,6 +470,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     const uint8_t *data = (const uint8_t *)buf->base;
+    c->recent_io = true;
     if (c->state == PX_CONN_SSL_ANSWER) {
         px_pg_on_ssl_answer(c, data, (size_t)nread);
         return;

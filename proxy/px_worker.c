@@ -35,6 +35,21 @@ static void on_drain_timeout(uv_timer_t *t)
     }
 }
 
+/* A connection that moved bytes once (a 64 KiB read, a bulk COPY) keeps ciphertext buffers of
+ * that size; one that stayed quiet for a whole sweep period gives them back. OpenSSL's own
+ * record buffers are released by SSL_MODE_RELEASE_BUFFERS already. */
+#define PX_IDLE_SWEEP_MS 10000
+
+static void on_idle_sweep(uv_timer_t *t)
+{
+    struct px_worker *w = t->data;
+    for (struct px_conn *c = w->conns; c != NULL; c = c->next) {
+        if (c->state == PX_CONN_RELAY && !c->recent_io)
+            tlsw_conn_trim(c->tls);
+        c->recent_io = false;
+    }
+}
+
 static void close_listeners(struct px_worker *w)
 {
     for (size_t i = 0; i < w->srv->listener_count; i++) {
@@ -55,6 +70,7 @@ static void take_trust(struct px_worker *w)
         if (g) {
             tlsw_gen_unref(wl->gen);
             wl->gen = g;
+            px_worker_forget_session(wl);
         }
     }
 }
@@ -72,6 +88,16 @@ static void on_wakeup(uv_async_t *a)
         px_log(CFG_LOG_INFO, "worker %u draining %u connection(s)", w->id, w->conn_count);
         uv_timer_start(&w->drain_timer, on_drain_timeout, w->srv->cfg->drain_timeout_ms, 0);
     }
+}
+
+void px_worker_forget_session(struct px_worker_listener *wl)
+{
+    if (wl->resume == NULL)
+        return;
+    tlsw_session_free(wl->resume);
+    tlsw_gen_unref(wl->resume_gen);
+    wl->resume = NULL;
+    wl->resume_gen = NULL;
 }
 
 void px_worker_conn_gone(struct px_worker *w)
@@ -109,6 +135,10 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->idle_sweep_timer);
+    w->idle_sweep_timer.data = w;
+    uv_timer_start(&w->idle_sweep_timer, on_idle_sweep, PX_IDLE_SWEEP_MS, PX_IDLE_SWEEP_MS);
+    uv_unref((uv_handle_t *)&w->idle_sweep_timer); /* never what keeps a draining loop alive */
     w->wls = calloc(srv->listener_count, sizeof(*w->wls));
     if (!w->wls)
         return UV_ENOMEM;
@@ -167,6 +197,7 @@ void px_workers_stop(struct px_server *srv)
         struct px_worker *w = &srv->workers[i];
         uv_thread_join(&w->thread);
         for (size_t j = 0; j < srv->listener_count; j++) {
+            px_worker_forget_session(&w->wls[j]);
             tlsw_gen_unref(w->wls[j].gen);
             struct tlsw_gen *pending = atomic_exchange(&w->wls[j].pending_gen, NULL);
             if (pending)

@@ -78,6 +78,28 @@ enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, s
 enum tlsw_status tlsw_conn_write(struct tlsw_conn *c, const uint8_t *data, size_t len);
 /* Queues a close_notify alert (pending ciphertext afterwards). */
 void tlsw_conn_shutdown(struct tlsw_conn *c);
+/* For idle connections: releases ciphertext buffers that are empty (a memory BIO keeps the
+ * largest size it ever held, e.g. the handshake's certificate flight or a 64 KiB read). */
+void tlsw_conn_trim(struct tlsw_conn *c);
+
+/* Key exchange: offer a key share for this group (an OpenSSL NID, e.g. what the server chose
+ * last time) before the others. A server that wants another group answers with a
+ * HelloRetryRequest, one more round trip per connection (PostgreSQL only takes P-256 by
+ * default, OpenSSL offers X25519 first). Before the handshake; 0 = OpenSSL's order. */
+void tlsw_conn_prefer_group(struct tlsw_conn *c, int nid);
+int tlsw_conn_group(const struct tlsw_conn *c); /* the group negotiated (NID), 0 if unknown */
+
+/* Resumption (MySQL/MariaDB send TLS 1.3 tickets; PostgreSQL disables them). A session is
+ * only ever offered to the upstream it came from under the trust generation that verified
+ * it: the caller keys its cache that way. */
+struct tlsw_session;
+/* A new reference to the connection's session when it became resumable since the last call
+ * (a ticket arrived), else NULL. */
+struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c);
+void tlsw_session_free(struct tlsw_session *s);
+/* Offers s for resumption; before the handshake. */
+void tlsw_conn_offer_session(struct tlsw_conn *c, struct tlsw_session *s);
+bool tlsw_conn_resumed(const struct tlsw_conn *c);
 
 /* After TLSW_ERROR (or a failed handshake): the stable reason and a human detail such as
  * "certificate has expired (depth 0, CN=db.example.com, notAfter 2020-01-31)" or

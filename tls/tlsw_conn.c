@@ -13,19 +13,36 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+/* What only the handshake (or explaining its failure) needs: freed once it succeeded, so an
+ * idle connection does not carry 1.4 KiB of names. */
+struct tlsw_handshake_state {
+    char host[256];
+    struct tlsw_verify_rec vrec;
+};
+
+#define TLSW_ERROR_MAX 256
+
 struct tlsw_conn {
     struct tlsw_gen *gen; /* our reference: keeps the trust store alive for this connection */
     SSL *ssl;
-    BIO *net_in;  /* ciphertext from the peer; the SSL's rbio */
-    BIO *net_out; /* ciphertext for the peer; the SSL's wbio */
-    char host[256];
+    BIO *net_in;                     /* ciphertext from the peer; the SSL's rbio */
+    BIO *net_out;                    /* ciphertext for the peer; the SSL's wbio */
+    struct tlsw_handshake_state *hs; /* NULL after a successful handshake */
     bool handshake_done;
     bool failed;
     bool out_of_memory;
     bool pin_mismatch;
-    char error[256]; /* OpenSSL's reason, captured when the failure happened */
-    struct tlsw_verify_rec vrec;
+    const SSL_SESSION *session_seen; /* the last session tlsw_conn_new_session returned */
+    char *error; /* OpenSSL's reason, captured when the failure happened (NULL until then) */
 };
+
+/* The failure text buffer, allocated on first use; NULL when even that fails. */
+static char *error_buf(struct tlsw_conn *c)
+{
+    if (c->error == NULL)
+        c->error = calloc(1, TLSW_ERROR_MAX);
+    return c->error;
+}
 
 bool tlsw_is_ip_literal(const char *s)
 {
@@ -43,7 +60,9 @@ static void fail(struct tlsw_conn *c, int ssl_error)
         dbt_strlcpy(fallback, "peer sent close_notify during the handshake", sizeof(fallback));
     else
         snprintf(fallback, sizeof(fallback), "TLS engine error %d", ssl_error);
-    tlsw_openssl_reason(c->error, sizeof(c->error), fallback);
+    char *buf = error_buf(c);
+    if (buf != NULL)
+        tlsw_openssl_reason(buf, TLSW_ERROR_MAX, fallback);
 }
 
 /* Host check and SNI per DESIGN.md: a name gets SNI and (verify full) a host check; an IP
@@ -51,21 +70,22 @@ static void fail(struct tlsw_conn *c, int ssl_error)
  * matches an IP SAN through SSL_set1_host, hence the branch. */
 static int set_peer_identity(struct tlsw_conn *c, enum tlsw_verify verify)
 {
-    if (c->host[0] == '\0')
+    const char *host = c->hs->host;
+    if (host[0] == '\0')
         return verify == TLSW_VERIFY_FULL ? -1 : 0; /* full without a name cannot be checked */
-    if (tlsw_is_ip_literal(c->host)) {
+    if (tlsw_is_ip_literal(host)) {
         if (verify == TLSW_VERIFY_FULL &&
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), c->host) != 1)
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(c->ssl), host) != 1)
             return -1;
         return 0;
     }
     if (verify == TLSW_VERIFY_FULL) {
         /* "f*.example.com" style wildcards are not allowed by RFC 6125 6.4.3's best practice. */
         SSL_set_hostflags(c->ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-        if (SSL_set1_host(c->ssl, c->host) != 1)
+        if (SSL_set1_host(c->ssl, host) != 1)
             return -1;
     }
-    return SSL_set_tlsext_host_name(c->ssl, c->host) == 1 ? 0 : -1;
+    return SSL_set_tlsext_host_name(c->ssl, host) == 1 ? 0 : -1;
 }
 
 struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint8_t *alpn,
@@ -76,15 +96,19 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
         return NULL;
     tlsw_gen_ref(g);
     c->gen = g;
-    c->vrec.err = X509_V_OK;
+    c->hs = calloc(1, sizeof(*c->hs));
+    if (c->hs == NULL)
+        goto fail;
+    c->hs->vrec.err = X509_V_OK;
     if (host != NULL) {
+        char *h = c->hs->host;
         size_t n = strlen(host);
-        if (n >= sizeof(c->host))
+        if (n >= sizeof(c->hs->host))
             goto fail;
-        memcpy(c->host, host, n + 1);
+        memcpy(h, host, n + 1);
         /* A trailing dot is legal in DNS but not in SNI (RFC 6066 3) nor in certificates. */
-        if (n > 1 && c->host[n - 1] == '.')
-            c->host[n - 1] = '\0';
+        if (n > 1 && h[n - 1] == '.')
+            h[n - 1] = '\0';
     }
 
     ERR_clear_error();
@@ -102,7 +126,7 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
     /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
     BIO_set_mem_eof_return(c->net_in, -1);
     SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
-    SSL_set_app_data(c->ssl, &c->vrec);         /* for tlsw_verify_cb */
+    SSL_set_app_data(c->ssl, &c->hs->vrec);     /* for tlsw_verify_cb */
     SSL_set_connect_state(c->ssl);
     if (set_peer_identity(c, tlsw_gen_verify_mode(g)) != 0)
         goto fail;
@@ -123,7 +147,46 @@ void tlsw_conn_free(struct tlsw_conn *c)
         return;
     SSL_free(c->ssl); /* frees both BIOs */
     tlsw_gen_unref(c->gen);
+    free(c->hs);
+    free(c->error);
     free(c);
+}
+
+/* Verified: the names and the verification record have served their purpose. Renegotiation is
+ * off, so the verify callback cannot run again; it would see no record and change nothing. */
+static void handshake_succeeded(struct tlsw_conn *c)
+{
+    SSL_set_app_data(c->ssl, NULL);
+    free(c->hs);
+    c->hs = NULL;
+}
+
+/* A memory BIO keeps the largest size it ever held; swap an empty one for a fresh one. */
+static void trim_bio(struct tlsw_conn *c, BIO *bio, bool input)
+{
+    BUF_MEM *mem = NULL;
+    if (BIO_ctrl_pending(bio) != 0 || BIO_get_mem_ptr(bio, &mem) != 1 || mem == NULL ||
+        mem->max == 0)
+        return;
+    BIO *fresh = BIO_new(BIO_s_mem());
+    if (fresh == NULL)
+        return; /* keep the old one: it still works */
+    if (input) {
+        BIO_set_mem_eof_return(fresh, -1);
+        SSL_set0_rbio(c->ssl, fresh); /* frees the old one */
+        c->net_in = fresh;
+    } else {
+        SSL_set0_wbio(c->ssl, fresh);
+        c->net_out = fresh;
+    }
+}
+
+void tlsw_conn_trim(struct tlsw_conn *c)
+{
+    if (c == NULL || c->failed)
+        return;
+    trim_bio(c, c->net_in, true);
+    trim_bio(c, c->net_out, false);
 }
 
 /* True when pin (base64) is one of the "sha256/BASE64" items of the comma-separated list. */
@@ -160,10 +223,26 @@ static bool chain_pinned(struct tlsw_conn *c)
         if (i == 0)
             dbt_strlcpy(leaf_pin, ci.spki_pin, sizeof(leaf_pin));
     }
-    snprintf(c->error, sizeof(c->error),
-             "no certificate of the verified chain has a configured pin (leaf: sha256/%s)",
-             leaf_pin);
+    char *buf = error_buf(c);
+    if (buf != NULL)
+        snprintf(buf, TLSW_ERROR_MAX,
+                 "no certificate of the verified chain has a configured pin (leaf: sha256/%s)",
+                 leaf_pin);
     return false;
+}
+
+/* The handshake verified the chain; the pins are checked on top. False: failed (pin). A
+ * resumed session was verified and pin-checked when it was made, under the same generation
+ * (same pins); a resumption carries no certificates to check again. */
+static bool finish_handshake(struct tlsw_conn *c)
+{
+    c->handshake_done = true;
+    if (!SSL_session_reused(c->ssl) && !chain_pinned(c)) {
+        c->failed = c->pin_mismatch = true;
+        return false;
+    }
+    handshake_succeeded(c);
+    return true;
 }
 
 enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
@@ -174,14 +253,8 @@ enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
         return TLSW_OK;
     ERR_clear_error();
     int r = SSL_do_handshake(c->ssl);
-    if (r == 1) {
-        c->handshake_done = true;
-        if (!chain_pinned(c)) {
-            c->failed = c->pin_mismatch = true;
-            return TLSW_ERROR;
-        }
-        return TLSW_OK;
-    }
+    if (r == 1)
+        return finish_handshake(c) ? TLSW_OK : TLSW_ERROR;
     int e = SSL_get_error(c->ssl, r);
     if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return TLSW_WANT_IO;
@@ -228,8 +301,8 @@ enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, s
     ERR_clear_error();
     size_t got = 0;
     if (SSL_read_ex(c->ssl, buf, cap, &got) == 1) {
-        if (!c->handshake_done && SSL_is_init_finished(c->ssl))
-            c->handshake_done = true;
+        if (!c->handshake_done && SSL_is_init_finished(c->ssl) && !finish_handshake(c))
+            return TLSW_ERROR;
         *n = got;
         return TLSW_OK;
     }
@@ -297,14 +370,15 @@ enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_
         dbt_strlcpy(detail, "out of memory buffering ciphertext", cap);
         return DBT_INTERNAL_ERROR;
     }
+    const char *error = c->error != NULL ? c->error : "no details (out of memory)";
     if (c->pin_mismatch) {
-        dbt_strlcpy(detail, c->error, cap);
+        dbt_strlcpy(detail, error, cap);
         return DBT_TLS_PIN_MISMATCH;
     }
     long v = SSL_get_verify_result(c->ssl);
-    if (v != X509_V_OK)
-        return tlsw_verify_describe(v, &c->vrec, c->host, detail, cap);
-    dbt_strlcpy(detail, c->error, cap);
+    if (v != X509_V_OK && c->hs != NULL) /* hs stays until a handshake succeeded */
+        return tlsw_verify_describe(v, &c->hs->vrec, c->hs->host, detail, cap);
+    dbt_strlcpy(detail, error, cap);
     return c->handshake_done ? DBT_TLS_ERROR : DBT_TLS_HANDSHAKE_FAILED;
 }
 
@@ -332,4 +406,61 @@ size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *ou
             n++;
     ERR_clear_error();
     return n;
+}
+
+/* OpenSSL 3.0's default client list, minus nothing: only the order changes. */
+static const int default_groups[] = {
+    NID_X25519,    NID_X9_62_prime256v1, NID_X448,      NID_secp521r1, NID_secp384r1,
+    NID_ffdhe2048, NID_ffdhe3072,        NID_ffdhe4096, NID_ffdhe6144, NID_ffdhe8192,
+};
+
+void tlsw_conn_prefer_group(struct tlsw_conn *c, int nid)
+{
+    if (nid == 0 || nid == default_groups[0])
+        return;
+    int groups[DBT_ARRAY_LEN(default_groups) + 1];
+    size_t n = 0;
+    groups[n++] = nid;
+    for (size_t i = 0; i < DBT_ARRAY_LEN(default_groups); i++)
+        if (default_groups[i] != nid)
+            groups[n++] = default_groups[i];
+    /* An unknown NID (a server's private group) is refused: keep OpenSSL's order then. */
+    if (SSL_set1_groups(c->ssl, groups, (long)n) != 1)
+        ERR_clear_error();
+}
+
+int tlsw_conn_group(const struct tlsw_conn *c)
+{
+    int nid = SSL_get_negotiated_group(c->ssl);
+    return nid > 0 ? nid : 0;
+}
+
+struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c)
+{
+    if (c->failed || !c->handshake_done)
+        return NULL;
+    SSL_SESSION *s = SSL_get0_session(c->ssl);
+    if (s == NULL || s == c->session_seen || !SSL_SESSION_is_resumable(s))
+        return NULL;
+    c->session_seen = s;
+    if (SSL_SESSION_up_ref(s) != 1)
+        return NULL;
+    return (struct tlsw_session *)(void *)s; /* the opaque name of an SSL_SESSION */
+}
+
+void tlsw_session_free(struct tlsw_session *s)
+{
+    SSL_SESSION_free((SSL_SESSION *)(void *)s);
+}
+
+void tlsw_conn_offer_session(struct tlsw_conn *c, struct tlsw_session *s)
+{
+    /* Refused (expired, another protocol version): a full handshake follows. */
+    if (s != NULL && SSL_set_session(c->ssl, (SSL_SESSION *)(void *)s) != 1)
+        ERR_clear_error();
+}
+
+bool tlsw_conn_resumed(const struct tlsw_conn *c)
+{
+    return SSL_session_reused(c->ssl) == 1;
 }

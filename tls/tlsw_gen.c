@@ -142,9 +142,9 @@ static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, cha
      * from a moved buffer; idle connections should not hold 2x16 KiB of record buffers. */
     SSL_CTX_set_mode(g->ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
-    /* The client cache belongs to the generation: a new trust store must not resume sessions
-     * verified under the old one. Nothing reads it yet (no resumption plumbing), so sessions
-     * are not stored internally, where they would pile up unused. */
+    /* Sessions to resume are kept by the proxy, per listener, upstream and generation (a new
+     * trust store must not resume sessions verified under the old one), not in OpenSSL's
+     * internal store, where every connection's session would pile up unused. */
     SSL_CTX_set_session_cache_mode(g->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     return 0;

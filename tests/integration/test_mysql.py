@@ -650,6 +650,37 @@ class TestClients(MyTestCase):
         self.assertRegex(line, r" reason=(client_closed|upstream_closed) ")
 
 
+class TestSessionResumption(MyTestCase):
+    """MariaDB sends TLS 1.3 tickets: a worker's next connection to the same upstream resumes
+    (no key exchange, no chain to verify again), and the session still works end to end."""
+
+    def test_later_connections_resume(self):
+        self.require_dbtrust()
+        tag = unique_tag("resume")
+        mark = self.mark()
+        # Two workers share the connections (SO_REUSEPORT): with 8, each worker gets several.
+        for _ in range(8):
+            conn = pymysql_connect(program_name=tag)
+            try:
+                self.assertEqual(query_one(conn, "select current_user(), 2 * 21"),
+                                 (f"{NATIVE}@%", 42))
+                self.assertRegex(server_tls_version(conn), r"^TLSv1\.3$")
+            finally:
+                conn.close()
+        fx.wait_for(lambda: len(W.dbtrust.find_lines("conn_end", f"app={tag}", since=mark)) >= 8,
+                    10, what="8 conn_end lines")
+        lines = W.dbtrust.find_lines("conn_end", f"app={tag}", since=mark)
+        self.assertEqual(len(lines), 8)
+        resumed = [line for line in lines if " resumed=yes " in line]
+        full = [line for line in lines if " resumed=no " in line]
+        self.assertEqual(len(resumed) + len(full), 8, lines)
+        # At most one full handshake per worker; the ticket of one connection serves the next.
+        self.assertGreaterEqual(len(resumed), 6, lines)
+        for line in resumed:
+            self.assertRegex(line, r" tls=TLSv1\.3 ")
+            self.assertRegex(line, r" reason=(client_closed|upstream_closed) ")
+
+
 class TestBulk(MyTestCase):
     """Multi-packet traffic: the relay must be byte-exact in both directions."""
 
