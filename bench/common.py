@@ -158,18 +158,29 @@ class BenchDbTrust:
     an admin endpoint for its byte counters, and a listener limit above the bench's 1000
     connections. Stopped by the fixtures' cleanup or by stop()."""
 
-    def __init__(self, binary, bundle, listeners, workdir, workers=0, name="dbtrust"):
+    def __init__(self, binary, bundle, listeners, workdir, workers=0, name="dbtrust",
+                 unix_listeners=()):
+        """unix_listeners: (name, protocol, upstream) served on a Unix socket in workdir, the
+        cheaper client leg for an application on the same host."""
         self.admin_port = fx.free_port()
-        config = fx.DbTrustConfig(bundle, workers=workers, admin=f"127.0.0.1:{self.admin_port}",
-                                  drain_timeout="1s")
-        self.specs = {lname: config.add_listener(lname, protocol, upstream,
-                                                 max_connections=4000)
+        self.config = fx.DbTrustConfig(bundle, workers=workers,
+                                       admin=f"127.0.0.1:{self.admin_port}", drain_timeout="1s")
+        self.specs = {lname: self.config.add_listener(lname, protocol, upstream,
+                                                      max_connections=4000)
                       for lname, protocol, upstream in listeners}
-        self.process = fx.DbTrust.from_config(binary, config, workdir, name=name)
+        for lname, protocol, upstream in unix_listeners:
+            path = os.path.join(workdir, f"{name}-{lname}.sock")
+            self.specs[lname] = fx.add_unix_listener(self.config, lname, protocol, upstream,
+                                                     path, max_connections=4000)
+        self.process = fx.dbtrust_from_config(binary, self.config, workdir, name=name)
 
     def start(self):
         self.process.start()
+        fx.wait_for_unix_listeners(self.config)
         return self
+
+    def socket(self, listener):
+        return self.specs[listener].path
 
     def stop(self, timeout=30):
         self.process.stop(timeout)

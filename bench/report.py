@@ -128,6 +128,9 @@ def mysql_rows(mysql, settings):
         Row(f"MariaDB point_select, {threads} thr", "qps", point,
             targets=[Target("MariaDB point_select vs direct TLS", ratio(point, "direct"),
                             ">=", 1.0, short="direct")]),
+        Row(f"MariaDB point_select, {threads} thr, app on a Unix socket", "qps",
+            {"direct": point.get("direct"), "dbtrust": point.get("dbtrust-unix")},
+            note="dbtrust column: listener = unix:/path (same host)"),
         Row(f"MariaDB read_write, {threads} thr", "tps", rw),
     ]
 

@@ -67,6 +67,15 @@ struct px_server {
     unsigned worker_count;
 };
 
+/* A session to resume: only offered to the listener's upstream entry it came from, under the
+ * trust generation that verified it (referenced). */
+#define PX_RESUME_MAX 4
+struct px_resume_slot {
+    struct tlsw_session *session;
+    struct tlsw_gen *gen;
+    size_t upstream;
+};
+
 /* A worker's view of one listener: its accept handle and its reference to the current trust
  * generation (replaced by a message to the worker on reload, never under a lock). */
 struct px_worker_listener {
@@ -78,11 +87,8 @@ struct px_worker_listener {
     bool open;
     char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
     int tls_group;             /* key exchange group the upstream chose last (NID) */
-    /* The newest resumable session from this listener's upstream resume_upstream, verified
-     * under resume_gen (referenced); dropped when new trust arrives. */
-    struct tlsw_session *resume;
-    struct tlsw_gen *resume_gen;
-    size_t resume_upstream;
+    struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
+    unsigned resume_count;
     struct px_listener_stats stats; /* written by this worker only */
 };
 
@@ -115,8 +121,14 @@ DBT_MUST_USE int px_workers_start(struct px_server *srv);
 void px_workers_stop(struct px_server *srv);
 void px_workers_free(struct px_server *srv);
 
-/* Drops the listener's session kept for resumption (new trust, shutdown). */
-void px_worker_forget_session(struct px_worker_listener *wl);
+/* Sessions for resumption (px_resume.c): put one (the store takes s, references gen), take
+ * one for gen and upstream (the caller frees it; NULL if none), forget all (new trust,
+ * shutdown). */
+void px_resume_put(struct px_worker_listener *wl, struct tlsw_session *s, struct tlsw_gen *gen,
+                   size_t upstream);
+struct tlsw_session *px_resume_take(struct px_worker_listener *wl, const struct tlsw_gen *gen,
+                                    size_t upstream);
+void px_resume_forget(struct px_worker_listener *wl);
 
 /* Called by a connection when it is freed, so the worker can finish draining. */
 void px_worker_conn_gone(struct px_worker *w);

@@ -325,12 +325,7 @@ static void keep_new_session(struct px_conn *c)
     struct tlsw_session *s = tlsw_conn_new_session(c->tls);
     if (s == NULL)
         return;
-    struct px_worker_listener *wl = c->wl;
-    px_worker_forget_session(wl);
-    tlsw_gen_ref(c->gen);
-    wl->resume = s;
-    wl->resume_gen = c->gen;
-    wl->resume_upstream = c->upstream_idx;
+    px_resume_put(c->wl, s, c->gen, c->upstream_idx);
 }
 
 static void drain_plain(struct px_conn *c)
@@ -414,8 +409,11 @@ void px_upstream_start_tls(struct px_conn *c)
     }
     struct px_worker_listener *wl = c->wl;
     tlsw_conn_prefer_group(c->tls, wl->tls_group);
-    if (wl->resume != NULL && wl->resume_gen == c->gen && wl->resume_upstream == c->upstream_idx)
-        tlsw_conn_offer_session(c->tls, wl->resume);
+    struct tlsw_session *s = px_resume_take(wl, c->gen, c->upstream_idx);
+    if (s != NULL) {
+        tlsw_conn_offer_session(c->tls, s); /* the engine keeps its own reference */
+        tlsw_session_free(s);
+    }
     c->state = PX_CONN_TLS_HANDSHAKE;
     px_conn_set_timer(c, lcfg(c)->handshake_timeout_ms);
     handshake_step(c);

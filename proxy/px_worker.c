@@ -70,7 +70,7 @@ static void take_trust(struct px_worker *w)
         if (g) {
             tlsw_gen_unref(wl->gen);
             wl->gen = g;
-            px_worker_forget_session(wl);
+            px_resume_forget(wl);
         }
     }
 }
@@ -88,16 +88,6 @@ static void on_wakeup(uv_async_t *a)
         px_log(CFG_LOG_INFO, "worker %u draining %u connection(s)", w->id, w->conn_count);
         uv_timer_start(&w->drain_timer, on_drain_timeout, w->srv->cfg->drain_timeout_ms, 0);
     }
-}
-
-void px_worker_forget_session(struct px_worker_listener *wl)
-{
-    if (wl->resume == NULL)
-        return;
-    tlsw_session_free(wl->resume);
-    tlsw_gen_unref(wl->resume_gen);
-    wl->resume = NULL;
-    wl->resume_gen = NULL;
 }
 
 void px_worker_conn_gone(struct px_worker *w)
@@ -197,7 +187,7 @@ void px_workers_stop(struct px_server *srv)
         struct px_worker *w = &srv->workers[i];
         uv_thread_join(&w->thread);
         for (size_t j = 0; j < srv->listener_count; j++) {
-            px_worker_forget_session(&w->wls[j]);
+            px_resume_forget(&w->wls[j]);
             tlsw_gen_unref(w->wls[j].gen);
             struct tlsw_gen *pending = atomic_exchange(&w->wls[j].pending_gen, NULL);
             if (pending)

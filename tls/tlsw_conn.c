@@ -32,7 +32,7 @@ struct tlsw_conn {
     bool failed;
     bool out_of_memory;
     bool pin_mismatch;
-    const SSL_SESSION *session_seen; /* the last session tlsw_conn_new_session returned */
+    SSL_SESSION *session_seen; /* referenced: the last session tlsw_conn_new_session saw */
     char *error; /* OpenSSL's reason, captured when the failure happened (NULL until then) */
 };
 
@@ -146,6 +146,7 @@ void tlsw_conn_free(struct tlsw_conn *c)
     if (c == NULL)
         return;
     SSL_free(c->ssl); /* frees both BIOs */
+    SSL_SESSION_free(c->session_seen);
     tlsw_gen_unref(c->gen);
     free(c->hs);
     free(c->error);
@@ -431,6 +432,8 @@ void tlsw_conn_prefer_group(struct tlsw_conn *c, int nid)
 
 int tlsw_conn_group(const struct tlsw_conn *c)
 {
+    if (SSL_get0_session(c->ssl) == NULL) /* OpenSSL 3.0 would read through it */
+        return 0;
     int nid = SSL_get_negotiated_group(c->ssl);
     return nid > 0 ? nid : 0;
 }
@@ -440,12 +443,18 @@ struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c)
     if (c->failed || !c->handshake_done)
         return NULL;
     SSL_SESSION *s = SSL_get0_session(c->ssl);
-    if (s == NULL || s == c->session_seen || !SSL_SESSION_is_resumable(s))
+    /* The reference on session_seen keeps its address from being reused by a newer session,
+     * which would then look already seen. */
+    if (s == NULL || s == c->session_seen || !SSL_SESSION_is_resumable(s) ||
+        SSL_SESSION_up_ref(s) != 1)
         return NULL;
+    SSL_SESSION_free(c->session_seen);
     c->session_seen = s;
-    if (SSL_SESSION_up_ref(s) != 1)
-        return NULL;
-    return (struct tlsw_session *)(void *)s; /* the opaque name of an SSL_SESSION */
+    /* A copy: SSL_free marks the connection's own session unresumable when the connection
+     * ends without close_notify (the upstream hung up first, a timeout), which would spoil
+     * the cached one if it were the same object. */
+    SSL_SESSION *copy = SSL_SESSION_dup(s);
+    return (struct tlsw_session *)(void *)copy; /* the opaque name of an SSL_SESSION */
 }
 
 void tlsw_session_free(struct tlsw_session *s)
