@@ -160,6 +160,11 @@ def memory_rows(memory):
                             note=f"RSS {m['rss_before_kib'] / 1024:.1f} -> "
                                  f"{m['rss_after_kib'] / 1024:.1f} MiB; all closed "
                                  f"{m['close_s']:.1f} s after the clients"))
+    if "rss_settled_kib" in memory:
+        rows.append(Row("RSS after closing them all", "MiB",
+                        {"dbtrust": memory["rss_settled_kib"] / 1024}, fmt="{:.1f}",
+                        note=f"{memory['rss_after_close_kib'] / 1024:.1f} MiB right after the "
+                             "closes; the figure is after dbtrust's next idle sweep"))
     return rows
 
 

@@ -107,6 +107,7 @@ struct px_worker {
     struct px_worker_listener *wls;
     struct px_conn *conns; /* intrusive list of live connections (for shutdown) */
     unsigned conn_count;
+    unsigned closed_since_sweep; /* connections freed since the last idle sweep */
     uint8_t read_buf[PX_READ_CHUNK];
     /* TLS records on their way to an upstream: taken from the engine, then written. */
     uint8_t tls_out[PX_READ_CHUNK];
