@@ -42,6 +42,7 @@ void cfg_listener_init(struct cfg_listener *l)
     l->upstream_dead_timeout_ms = 60000;
     l->startup_timeout_ms = 10000;
     l->max_connections = 1000;
+    l->upstream_connect_limit = 64;
 }
 
 void cfg_free(struct cfg *c)

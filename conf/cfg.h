@@ -36,6 +36,7 @@ struct cfg_listener {
     uint32_t upstream_dead_timeout_ms;
     uint32_t startup_timeout_ms;
     uint32_t max_connections;
+    uint32_t upstream_connect_limit; /* upstream legs being set up at once (px_dial.c) */
     char mysql_rsa_key[4096];
     int line; /* where the section started, for messages */
 };

@@ -75,6 +75,8 @@ static const struct cfg_key keys[] = {
      NULL},
     {"startup_timeout", CFG_SEC_LISTENER, K_DURATION, L(startup_timeout_ms), 1, 0, NULL},
     {"max_connections", CFG_SEC_LISTENER, K_UINT, L(max_connections), 1, 1000000, NULL},
+    {"upstream_connect_limit", CFG_SEC_LISTENER, K_UINT, L(upstream_connect_limit), 1, 100000,
+     NULL},
     {"mysql_rsa_key", CFG_SEC_LISTENER, K_PATH, L(mysql_rsa_key), 0, 0, NULL},
 };
 _Static_assert(DBT_ARRAY_LEN(keys) <= CFG_KEY_MAX, "raise CFG_KEY_MAX");

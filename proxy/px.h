@@ -87,6 +87,8 @@ struct px_worker_listener {
     bool open;
     char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
     int tls_group;             /* key exchange group the upstream chose last (NID) */
+    unsigned dials;            /* connect slots in use (px_dial.c) */
+    struct px_conn *dial_waiters, *dial_waiters_tail;
     struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
     unsigned resume_count;
     struct px_listener_stats stats; /* written by this worker only */
@@ -108,6 +110,8 @@ struct px_worker {
     struct px_conn *conns; /* intrusive list of live connections (for shutdown) */
     unsigned conn_count;
     unsigned closed_since_sweep; /* connections freed since the last idle sweep */
+    uint64_t fd_limit;           /* RLIMIT_NOFILE (0 = unlimited), for the EMFILE warning */
+    uint64_t fd_warned_ms;       /* last "descriptors nearly exhausted" warning */
     uint8_t read_buf[PX_READ_CHUNK];
     /* TLS records on their way to an upstream: taken from the engine, then written. */
     uint8_t tls_out[PX_READ_CHUNK];

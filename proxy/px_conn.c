@@ -28,6 +28,30 @@ static void format_peer(uv_tcp_t *tcp, char *out, size_t cap)
     px_format_sockaddr((struct sockaddr *)&ss, out, cap);
 }
 
+/* Out of descriptors, libuv accepts and closes the excess itself (its reserve-descriptor
+ * trick) without telling us, so nothing would say why clients are being hung up on. The
+ * kernel hands out the lowest free number, so a new descriptor this close to the limit means
+ * the process is nearly out: say so, at most every 10 s per worker. */
+#define PX_FD_HEADROOM 16
+
+static void warn_if_out_of_descriptors(struct px_conn *c)
+{
+    struct px_worker *w = c->w;
+    uv_os_fd_t fd;
+    if (w->fd_limit == 0 || uv_fileno(&c->client.handle, &fd) != 0 ||
+        (uint64_t)fd + PX_FD_HEADROOM < w->fd_limit)
+        return;
+    uint64_t now = px_now_ms();
+    if (w->fd_warned_ms != 0 && now - w->fd_warned_ms < 10000)
+        return;
+    w->fd_warned_ms = now;
+    px_log(CFG_LOG_WARN,
+           "open descriptors nearly exhausted on listener %s (descriptor %d of limit %llu): "
+           "connections beyond it are closed unanswered; raise the open-files limit "
+           "(LimitNOFILE, ulimit -n) or max_connections down",
+           c->wl->l->cfg->name, (int)fd, (unsigned long long)w->fd_limit);
+}
+
 void px_conn_accept(struct px_worker_listener *wl)
 {
     struct px_worker *w = wl->w;
@@ -55,6 +79,7 @@ void px_conn_accept(struct px_worker_listener *wl)
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->open_refs++;
+    warn_if_out_of_descriptors(c);
 
     c->next = w->conns;
     if (w->conns)
@@ -104,6 +129,15 @@ static void on_timer(uv_timer_t *t)
     case PX_CONN_CLIENT_STARTUP:
         px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not finish its startup packets in time");
         break;
+    case PX_CONN_DIAL_WAIT: {
+        char detail[160];
+        snprintf(detail, sizeof(detail),
+                 "no upstream connect slot within connect_timeout (%u ms): "
+                 "upstream_connect_limit (%u) connections were being set up",
+                 c->wl->l->cfg->connect_timeout_ms, c->wl->l->cfg->upstream_connect_limit);
+        px_conn_fail(c, DBT_LIMIT_REACHED, detail);
+        break;
+    }
     case PX_CONN_RESOLVING:
     case PX_CONN_CONNECTING:
         px_upstream_connect_timeout(c);
@@ -260,6 +294,7 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
+    px_dial_release(c);
     c->reason = reason;
     set_detail(c, detail);
     /* A cancel's client expects silence and a close (PROTOCOLS.md A4). */
@@ -316,6 +351,7 @@ static void conn_free(struct px_conn *c)
         c->next->prev = c->prev;
     w->conn_count--;
     atomic_fetch_sub(&c->wl->l->active, 1);
+    px_dial_release(c);
     if (c->tls)
         tlsw_conn_free(c->tls);
     if (c->addrs)
@@ -344,6 +380,7 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
     if (c->closing)
         return;
     c->closing = true;
+    px_dial_release(c);
     if (c->state != PX_CONN_FAILING) {
         c->reason = reason;
         set_detail(c, detail);

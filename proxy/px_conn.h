@@ -13,6 +13,7 @@ enum px_conn_state {
     PX_CONN_CLIENT_STARTUP, /* reading the client's startup packets */
     PX_CONN_MY_GREETING,    /* MySQL: connected, waiting for the server's greeting */
     PX_CONN_MY_RESPONSE,    /* MySQL: greeting sent, waiting for the client's response */
+    PX_CONN_DIAL_WAIT,      /* waiting for an upstream connect slot (px_dial.c) */
     PX_CONN_RESOLVING,      /* upstream name lookup */
     PX_CONN_CONNECTING,     /* TCP connect to one upstream address */
     PX_CONN_SSL_ANSWER,     /* PostgreSQL: SSLRequest sent, waiting for exactly 'S' */
@@ -69,6 +70,10 @@ struct px_conn {
     bool my_greeted;
     char *my_context; /* " [listener X, upstream H:P]" for the machine's own errors (MySQL) */
 
+    /* upstream connect slot (px_dial.c) */
+    bool dial_slot, dial_waiting;
+    struct px_conn *dial_prev, *dial_next; /* the listener's waiters, in arrival order */
+
     /* upstream candidates: listener entries in order, each resolved to addresses */
     size_t upstream_idx;
     struct addrinfo *addrs;
@@ -103,6 +108,12 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
 /* The same with a ready error packet (len 0: close without one). */
 void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
                        const uint8_t *pkt, size_t len);
+
+/* Upstream connect slots (px_dial.c). acquire: true = dial now; false = queued (state
+ * DIAL_WAIT), px_upstream_dial runs when a slot frees. release: the leg is set up, or the
+ * connection ends; idempotent. */
+bool px_dial_acquire(struct px_conn *c);
+void px_dial_release(struct px_conn *c);
 
 /* Upstream leg (px_upstream.c). */
 void px_upstream_dial(struct px_conn *c);

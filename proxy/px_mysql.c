@@ -62,6 +62,7 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
                 /* The patched greeting: now the client may answer. */
                 c->my_greeted = true;
                 c->state = PX_CONN_MY_RESPONSE;
+                px_dial_release(c); /* the TLS handshake waits for the client, not for us */
                 px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
                 px_client_start_reading(c);
             }

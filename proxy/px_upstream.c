@@ -29,6 +29,8 @@ const char *px_upstream_verify_name(const struct px_conn *c)
 
 void px_upstream_dial(struct px_conn *c)
 {
+    if (!px_dial_acquire(c))
+        return; /* queued: px_dial_release calls back */
     c->upstream_idx = 0;
     c->last_connect_error = 0;
     try_next_upstream(c);
@@ -384,6 +386,7 @@ static void handshake_step(struct px_conn *c)
     if (st != TLSW_OK)
         return;
     c->tls_up = true;
+    px_dial_release(c);
     px_stats_handshake(&c->wl->stats, uv_hrtime() - c->connected_ns);
     c->wl->tls_group = tlsw_conn_group(c->tls);
     if (tlsw_conn_resumed(c->tls)) /* a resumption carries no chain; it is the one seen */

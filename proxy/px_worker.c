@@ -1,6 +1,7 @@
 /* Workers: one thread and one libuv loop each, accepting on their own SO_REUSEPORT socket per
  * listener, so the kernel spreads connections and nothing on the data path takes a lock. */
 #include <malloc.h>
+#include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -138,6 +139,10 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    struct rlimit rl; /* read after main raised the soft limit */
+    w->fd_limit = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                      ? (uint64_t)rl.rlim_cur
+                      : 0;
     uv_timer_init(&w->loop, &w->idle_sweep_timer);
     w->idle_sweep_timer.data = w;
     uv_timer_start(&w->idle_sweep_timer, on_idle_sweep, PX_IDLE_SWEEP_MS, PX_IDLE_SWEEP_MS);

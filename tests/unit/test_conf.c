@@ -188,7 +188,8 @@ Test(conf, every_key_with_non_default_values)
              "[listener.a_1.x]\nprotocol = postgresql\nlisten = [::]:6432\n"
              "upstream = 10.0.0.7\nserver_name = db.internal\nbundle = /own.pem\n"
              "connect_timeout = 2m\nhandshake_timeout = 1h\nupstream_dead_timeout = 7\n"
-             "startup_timeout = 1500ms\nmax_connections = 1000000\n",
+             "startup_timeout = 1500ms\nmax_connections = 1000000\n"
+             "upstream_connect_limit = 5\n",
              pin1, pin2);
     expect_load(&c, text);
     cr_assert(c.admin_enabled);
@@ -219,6 +220,7 @@ Test(conf, every_key_with_non_default_values)
     cr_assert_eq(l->upstream_dead_timeout_ms, 7000);
     cr_assert_eq(l->startup_timeout_ms, 1500);
     cr_assert_eq(l->max_connections, 1000000);
+    cr_assert_eq(l->upstream_connect_limit, 5);
     cfg_free(&c);
 }
 
@@ -246,6 +248,7 @@ Test(conf, defaults)
     cr_assert_eq(l.upstream_dead_timeout_ms, 60000);
     cr_assert_eq(l.startup_timeout_ms, 10000);
     cr_assert_eq(l.max_connections, 1000);
+    cr_assert_eq(l.upstream_connect_limit, 64);
     cfg_free(&c);
 }
 
@@ -345,6 +348,8 @@ Test(conf, bad_values_name_key_and_line)
                  ":2: key 'listen': invalid address '127.0.0.1': missing port (use host:port)");
     expect_error("[listener.x]\nmax_connections = 0\n",
                  ":2: key 'max_connections': 0 is out of range (1-1000000)");
+    expect_error("[listener.x]\nupstream_connect_limit = 0\n",
+                 ":2: key 'upstream_connect_limit': 0 is out of range (1-100000)");
     expect_error("[dbtrust]\nuser =\n",
                  ":2: key 'user': empty value (remove the line for the default)");
 }
