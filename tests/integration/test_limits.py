@@ -10,6 +10,7 @@ Run: /usr/bin/python3 tests/integration/test_limits.py --dbtrust build/dbtrust
 - Startup packet bounds: an oversized PostgreSQL startup packet and an oversized MySQL
   handshake response are refused before they are buffered.
 - EMFILE: out of descriptors, dbtrust neither spins nor dies, and serves again afterwards.
+- `user =`: root binds a privileged port, then runs as nobody with no capabilities.
 (The startup-phase timeout against slow clients is in test_pg/test_mysql: slow-client tests.)
 """
 import os
@@ -305,6 +306,51 @@ class TestOutOfDescriptors(unittest.TestCase):
             return cur.fetchone() == (7,)
         finally:
             conn.close()
+
+
+class TestPrivileges(unittest.TestCase):
+    """`user =`: started as root, dbtrust binds (here a privileged port), loads its bundle,
+    then runs as that user with no supplementary groups."""
+
+    @staticmethod
+    def _privileged_port():
+        for port in range(1000, 700, -1):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                    return port
+                except OSError:
+                    continue
+        raise unittest.SkipTest("no free port below 1024")
+
+    def test_drops_to_user_after_binding(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root to bind a privileged port and to switch users")
+        port = self._privileged_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, drain_timeout="1s", user="nobody",
+                               trust_options={"guard": "off"})
+        spec = cfg.add_listener("low", "postgres", f"localhost:{W.pg.port}")
+        spec.port = port
+        path = cfg.write(os.path.join(W.tmp, "privileges.ini"))
+        d = fx.DbTrust(sys.argv_dbtrust, ["--config", path], [port], W.tmp,
+                       "dbtrust-privileges").start()
+        try:
+            with open(f"/proc/{d.proc.pid}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines())
+            ids = {"Uid": status["Uid"].split(), "Gid": status["Gid"].split()}
+            self.assertEqual(ids["Uid"], ["65534"] * 4, status["Uid"])  # nobody
+            self.assertEqual(ids["Gid"], ["65534"] * 4, status["Gid"])  # nogroup
+            self.assertEqual(status["Groups"].strip(), "")
+            self.assertEqual(status["CapEff"].strip(), "0000000000000000")
+            conn = pg_connect(spec, app="as-nobody")
+            try:
+                cur = conn.cursor()
+                cur.execute("select 5")
+                self.assertEqual(cur.fetchone(), (5,))
+            finally:
+                conn.close()
+        finally:
+            d.stop()
 
 
 if __name__ == "__main__":

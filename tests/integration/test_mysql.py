@@ -912,6 +912,37 @@ class TestCachingSha2Bridge(MyTestCase):
             self.assertIn("listener=sha2", line)
             self.assertIn(f"user={SHA2_USER}", line)
 
+    def test_decrypted_password_is_wiped(self):
+        """Issue 7: the password dbtrust decrypts for the bridge exists in its memory only
+        while it is sent. After a full-auth login, a core of the live process (gcore) holds
+        neither the password nor the `password\\0` packet built from it."""
+        self.require_dbtrust()
+        if os.environ.get("ASAN_OPTIONS"):
+            self.skipTest("a core of an ASan process maps terabytes of shadow memory")
+        W.sha2.flush_cache()
+        count = W.sha2.connection_count()
+        conn = self.connect_sha2(program_name=unique_tag("sha2-wipe"))
+        try:
+            self.assertEqual(query_one(conn, "select 1, current_user()"), (1, f"{SHA2_USER}@%"))
+        finally:
+            conn.close()
+        # (a probe that only checks the server's TLS may have connected too)
+        [record] = [r for r in W.sha2.connections_since(count) if "auth" in r.notes]
+        self.assert_password_only_over_tls(record)  # dbtrust really decrypted it
+        core = os.path.join(W.tmp, "dbtrust-wipe")
+        proc = fx.run(["gcore", "-o", core, str(W.dbtrust.proc.pid)], check=False, timeout=120)
+        path = f"{core}.{W.dbtrust.proc.pid}"
+        self.assertTrue(os.path.exists(path), proc.stdout + proc.stderr)
+        try:
+            with open(path, "rb") as f:
+                image = f.read()
+            self.assertGreater(len(image), 1 << 20, "the core is not a process image")
+            self.assertIn(b"dbtrust", image)  # the search can find things that are there
+            self.assertNotIn(SHA2_PW.encode(), image, "decrypted password left in memory")
+        finally:
+            os.unlink(path)
+        self.assert_shop_serves()
+
     def test_fast_auth_needs_no_key(self):
         W.sha2.cache_user(SHA2_USER)
         count = W.sha2.connection_count()
