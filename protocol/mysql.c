@@ -540,6 +540,13 @@ static void server_packet(struct my_session *s, struct my_step *out)
     size_t n = s->need - MY_HEADER;
     uint8_t type = n ? p[0] : PKT_OK;
 
+    if (type != PKT_OK && type != PKT_ERR && type != PKT_MORE_DATA && type != PKT_NEXT_FACTOR &&
+        type != PKT_SWITCH) {
+        /* A client would take it for whatever it resembles (PyMySQL: a successful login). */
+        fail(s, out, DBT_UPSTREAM_PROTOCOL_ERROR,
+             "upstream sent a packet of unknown type during authentication");
+        return;
+    }
     s->pkt[3] = ++s->c_seq;
     set_step(out, MY_SEND_CLIENT, s->pkt, s->need);
     if (n == 0)
@@ -565,8 +572,6 @@ static void server_packet(struct my_session *s, struct my_step *out)
             s->bridge = MY_BRIDGE_CSHA2;
             s->key_sent = false;
         }
-        return;
-    default:
         return;
     }
 }

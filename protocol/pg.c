@@ -2,6 +2,7 @@
  * allocation. Every length is checked against its bound before a byte of the body is buffered. */
 #include "pg.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "dbt_util.h"
@@ -363,8 +364,18 @@ static bool server_advance(struct pg_server *s, struct pg_step *out)
     case 'E':
         s->state = PG_S_RELAY; /* the server closes after it */
         break;
-    default:
-        break; /* 'v', 'N' and anything else ahead of 'R': forwarded as is */
+    case 'v': /* NegotiateProtocolVersion */
+    case 'N': /* NoticeResponse: allowed at any time */
+        break;
+    default: {
+        /* Nothing else may come before authentication; a client would take it for whatever
+         * it resembles. Name the byte, it is the one clue the operator gets. */
+        uint8_t t = s->buf[0];
+        snprintf(s->detail, sizeof s->detail,
+                 "upstream sent message type 0x%02x ('%c') before authentication", t,
+                 t >= 0x20 && t < 0x7f ? t : '?');
+        return server_fail(s, out, s->detail);
+    }
     }
     set_step(out, PG_SEND_CLIENT, s->buf, total);
     return true;

@@ -21,6 +21,14 @@ static const struct cfg_listener *lcfg(const struct px_conn *c)
     return c->wl->l->cfg;
 }
 
+/* A MySQL connection relays through its machine from the TLS handshake on, while the login
+ * still runs: until it is done, a broken upstream leg is a failed startup, and the client is
+ * owed an ERR naming the reason, not a bare close. */
+static bool relaying_data(const struct px_conn *c)
+{
+    return c->state == PX_CONN_RELAY && (c->my == NULL || my_relaying(c->my));
+}
+
 /* The name the certificate must carry: server_name when configured, else the upstream host. */
 const char *px_upstream_verify_name(const struct px_conn *c)
 {
@@ -362,7 +370,7 @@ static void drain_plain(struct px_conn *c)
         if (st == TLSW_ERROR) {
             char detail[256];
             enum dbt_reason r = tlsw_conn_failure(c->tls, detail, sizeof(detail));
-            if (c->state == PX_CONN_RELAY)
+            if (relaying_data(c))
                 px_conn_close(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
             else
                 px_conn_fail(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
@@ -427,7 +435,11 @@ void px_upstream_on_eof(struct px_conn *c, bool clean)
 {
     switch (c->state) {
     case PX_CONN_RELAY:
-        px_relay_upstream_eof(c);
+        if (relaying_data(c))
+            px_relay_upstream_eof(c);
+        else
+            px_conn_fail(c, DBT_UPSTREAM_RESET,
+                         "upstream closed the connection during authentication");
         break;
     case PX_CONN_CANCEL_DRAIN:
         px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
@@ -460,7 +472,7 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             /* The client already said goodbye (COM_QUIT, Terminate): a server that closes hard
              * after it, before our close_notify lands, is a normal end, not a broken leg. */
             px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
-        } else if (c->state == PX_CONN_RELAY) {
+        } else if (relaying_data(c)) {
             px_conn_close(c, nread == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
                           uv_strerror((int)nread));
         } else if (c->state == PX_CONN_TLS_HANDSHAKE || c->state == PX_CONN_SSL_ANSWER) {

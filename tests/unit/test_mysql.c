@@ -574,6 +574,30 @@ Test(mysql, server_packet_out_of_order_fails)
     trace_free(&t);
 }
 
+Test(mysql, unknown_auth_packet_type_fails_as_upstream_error)
+{
+    /* Forwarded, PyMySQL would take 0x42... for a successful login. */
+    struct login l;
+    make_login(&l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static const uint8_t junk[] = {0x42, 'x', 'y'};
+    uint8_t p3[16];
+    size_t n3 = pkt(p3, 3, junk, sizeof junk);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, p3, n3};
+    struct trace t;
+
+    run_all(&tcp_nokey, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 5);
+    cr_assert_eq(t.step[4].action, MY_FAIL);
+    cr_assert_eq(t.step[4].reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_str_eq(t.step[4].detail,
+                     "upstream sent a packet of unknown type during authentication");
+    cr_assert_eq(t.step[4].data[3], 2, "the ERR takes the sequence id the packet would have had");
+    cr_assert_eq(t.step[4].data[4], 0xff);
+    trace_free(&t);
+}
+
 Test(mysql, auth_switch_resequenced)
 {
     struct login l;

@@ -716,6 +716,28 @@ Test(pg_server, error_forwarded_then_relay)
     trace_free(&t);
 }
 
+Test(pg_server, other_message_before_auth_fails_naming_it)
+{
+    /* A server that answers the StartupMessage with anything but R/E/v/N: libpq would say
+     * "expected authentication request from server, but received q" and no more. */
+    static const uint8_t query[] = {'q', 0, 0, 0, 8, 1, 2, 3, 4};
+    static const uint8_t ready[] = {'Z', 0, 0, 0, 5, 'I'};
+    const uint8_t *bad[] = {query, ready};
+    const size_t len[] = {sizeof query, sizeof ready};
+    const char *detail[] = {"upstream sent message type 0x71 ('q') before authentication",
+                            "upstream sent message type 0x5a ('Z') before authentication"};
+
+    for (size_t i = 0; i < 2; i++) {
+        struct trace t;
+        run_all(SERVER, bad[i], len[i], &t, NULL);
+        cr_assert_eq(t.n, 1);
+        cr_assert_eq(t.step[0].action, PG_FAIL);
+        cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+        cr_assert_str_eq(t.step[0].detail, detail[i]);
+        trace_free(&t);
+    }
+}
+
 Test(pg_server, relay_bytes_after_first_r_not_consumed)
 {
     static const uint8_t ok[] = {'R', 0, 0, 0, 8, 0, 0, 0, 0};
