@@ -212,7 +212,9 @@ int px_admin_start(struct px_server *srv, char *err, size_t errlen)
         return -1;
     }
     a->srv = srv;
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG;
+    /* epoll, not the default select(): a process proxying 500 connections holds descriptors
+     * beyond FD_SETSIZE (1024), and select() refuses those, so scrapes failed under load. */
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (res->ai_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     a->daemon = MHD_start_daemon(

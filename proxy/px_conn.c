@@ -249,7 +249,7 @@ static const char *summary_for(enum dbt_reason r)
     case DBT_CLASS_PROTOCOL:
         return "protocol violation";
     case DBT_CLASS_LIMIT:
-        return "too many connections";
+        return "connection limit reached";
     case DBT_CLASS_SHUTDOWN:
         return "dbtrust is shutting down";
     case DBT_CLASS_BROKEN:
