@@ -819,3 +819,26 @@ size_t my_feed_client(struct my_session *s, const uint8_t *in, size_t len, struc
         client_packet(s, out);
     return used;
 }
+
+size_t my_build_decoy_login(uint8_t *buf, size_t cap)
+{
+    static const char user[] = "dbtrust";
+    static const char plugin[] = "mysql_native_password";
+    size_t len = 32 + sizeof user + 1 + sizeof plugin;
+    if (cap < MY_HEADER + len)
+        return 0;
+    memset(buf, 0, MY_HEADER + len);
+    wire_put_le24(buf, (uint32_t)len);
+    buf[3] = 1;
+    uint32_t flags = MY_CLIENT_LONG_PASSWORD | MY_CLIENT_PROTOCOL_41 | MY_CLIENT_SECURE_CONNECTION |
+                     MY_CLIENT_PLUGIN_AUTH;
+    uint8_t *p = buf + MY_HEADER;
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(flags >> (8 * i));
+    p[7] = 0x01; /* max packet 16 MiB */
+    p[8] = 45;   /* utf8mb4_general_ci */
+    memcpy(p + 32, user, sizeof user);
+    /* p[32 + sizeof user] = 0: an empty auth response */
+    memcpy(p + 32 + sizeof user + 1, plugin, sizeof plugin);
+    return MY_HEADER + len;
+}

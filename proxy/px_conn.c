@@ -148,6 +148,9 @@ static void on_timer(uv_timer_t *t)
     case PX_CONN_MY_RESPONSE:
         px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not answer the greeting in time");
         break;
+    case PX_CONN_MY_RETIRE:
+        px_conn_close(c, c->reason, NULL); /* the server never answered the decoy: hang up */
+        break;
     case PX_CONN_SSL_ANSWER:
     case PX_CONN_TLS_HANDSHAKE:
         px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT,
@@ -230,6 +233,8 @@ void px_client_start_reading(struct px_conn *c)
 int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
 {
     /* Every byte the client gets passes here: server data, greetings and dbtrust's errors. */
+    if (c->client_leg_closed)
+        return 0;
     c->bytes_to_client += len;
     px_counter_add(&c->wl->stats.bytes_to_client, len);
     return px_io_send(c, &c->client.stream, &c->queued_to_client, data, len);
@@ -375,20 +380,31 @@ static void on_handle_closed(uv_handle_t *h)
     px_conn_release(h->data);
 }
 
+void px_conn_close_client_leg(struct px_conn *c)
+{
+    if (c->client_leg_closed)
+        return;
+    c->client_leg_closed = true;
+    c->client_reading = false;
+    uv_close(&c->client.handle, on_handle_closed);
+}
+
 void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail)
 {
     if (c->closing)
         return;
-    c->closing = true;
-    px_dial_release(c);
     if (c->state != PX_CONN_FAILING) {
         c->reason = reason;
         set_detail(c, detail);
     }
+    if (px_my_retire(c))
+        return; /* the rest closes once the server refused the decoy login */
+    c->closing = true;
+    px_dial_release(c);
     c->state = PX_CONN_CLOSING;
     if (c->gai_pending)
         uv_cancel((uv_req_t *)&c->gai); /* its callback still runs and releases its ref */
-    uv_close(&c->client.handle, on_handle_closed);
+    px_conn_close_client_leg(c);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
     if (c->upstream_leg == PX_LEG_OPEN) {
         /* Be polite to the server: a pending TLS alert tells it why (best effort, no wait). */

@@ -13,6 +13,7 @@ enum px_conn_state {
     PX_CONN_CLIENT_STARTUP, /* reading the client's startup packets */
     PX_CONN_MY_GREETING,    /* MySQL: connected, waiting for the server's greeting */
     PX_CONN_MY_RESPONSE,    /* MySQL: greeting sent, waiting for the client's response */
+    PX_CONN_MY_RETIRE,      /* MySQL: client gone mid-handshake; ending the upstream's login */
     PX_CONN_DIAL_WAIT,      /* waiting for an upstream connect slot (px_dial.c) */
     PX_CONN_RESOLVING,      /* upstream name lookup */
     PX_CONN_CONNECTING,     /* TCP connect to one upstream address */
@@ -68,6 +69,8 @@ struct px_conn {
     struct px_pg_startup *pg;
     struct my_session *my; /* MySQL listeners: the whole connection runs through it */
     bool my_greeted;
+    bool my_retiring, my_decoy_sent; /* px_my_retire */
+    bool client_leg_closed;          /* the client handle is closed; sends are dropped */
     char *my_context; /* " [listener X, upstream H:P]" for the machine's own errors (MySQL) */
 
     /* upstream connect slot (px_dial.c) */
@@ -145,6 +148,7 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len);
 size_t px_pg_build_error(enum dbt_reason reason, const char *message, uint8_t *buf, size_t cap);
 
 void px_conn_release(struct px_conn *c); /* drops one open_refs; frees at zero */
+void px_conn_close_client_leg(struct px_conn *c);
 void px_client_stop_reading(struct px_conn *c);
 void px_client_start_reading(struct px_conn *c);
 void px_upstream_stop_reading(struct px_conn *c);
@@ -160,6 +164,12 @@ void px_pg_startup_free(struct px_conn *c);
 /* MySQL/MariaDB (px_mysql.c). */
 int px_my_start(struct px_conn *c);
 void px_my_free(struct px_conn *c);
+/* The client left during the handshake (reason in c->reason): rather than hang up on the
+ * server after its greeting, which the server counts against max_connect_errors for dbtrust's
+ * address (blocking every application behind it), finish the login as an authentication
+ * failure. True: the client leg is closed and the connection ends when the server answered. */
+bool px_my_retire(struct px_conn *c);
+void px_my_on_retire_data(struct px_conn *c, const uint8_t *data, size_t len);
 void px_my_on_connected(struct px_conn *c);
 void px_my_on_server_plain(struct px_conn *c, const uint8_t *data, size_t len);
 void px_my_on_client_data(struct px_conn *c, const uint8_t *data, size_t len);

@@ -45,6 +45,15 @@ void px_my_free(struct px_conn *c)
     c->my = NULL;
 }
 
+static void send_decoy(struct px_conn *c)
+{
+    uint8_t pkt[128];
+    size_t n = my_build_decoy_login(pkt, sizeof(pkt));
+    c->my_decoy_sent = true;
+    if (n == 0 || px_upstream_write_raw(c, pkt, n) != 0)
+        px_conn_close(c, c->reason, NULL);
+}
+
 /* Executes steps until the machine needs more input. from_server tells which feed to call. */
 static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t len)
 {
@@ -58,6 +67,10 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
         case MY_NEED_MORE:
             return;
         case MY_SEND_CLIENT:
+            if (c->my_retiring) { /* the greeting, and nobody to give it to */
+                send_decoy(c);
+                return;
+            }
             if (!c->my_greeted && c->state == PX_CONN_MY_GREETING) {
                 /* The patched greeting: now the client may answer. */
                 c->my_greeted = true;
@@ -161,4 +174,37 @@ size_t px_my_build_error(struct px_conn *c, enum dbt_reason reason, const char *
     if (n > 0)
         memcpy(buf, st.data, n);
     return n;
+}
+
+static bool client_caused(enum dbt_reason r)
+{
+    return r == DBT_CLIENT_CLOSED || r == DBT_CLIENT_RESET || r == DBT_CLIENT_TIMEOUT ||
+           r == DBT_CLIENT_PROTOCOL_ERROR;
+}
+
+bool px_my_retire(struct px_conn *c)
+{
+    /* Only before TLS: after it, the login is dbtrust's own and ends as the server says. */
+    if (c->my == NULL || c->my_retiring || c->tls != NULL || c->upstream_leg != PX_LEG_OPEN ||
+        c->connected_ns == 0 || !client_caused(c->reason))
+        return false;
+    c->my_retiring = true;
+    px_dial_release(c);
+    px_conn_close_client_leg(c);
+    c->state = PX_CONN_MY_RETIRE;
+    px_upstream_start_reading(c); /* a failing connection had stopped reading it */
+    px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
+    if (c->my_greeted)
+        send_decoy(c); /* else the greeting is on its way: run() answers it */
+    return true;
+}
+
+void px_my_on_retire_data(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    if (!c->my_decoy_sent) {
+        run(c, true, data, len); /* the greeting */
+        return;
+    }
+    /* Its answer ("Access denied"): the login ended as an authentication failure. */
+    px_conn_close(c, c->reason, NULL);
 }

@@ -466,7 +466,9 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->closing)
         return;
     if (nread < 0) {
-        if (nread == UV_EOF) {
+        if (c->state == PX_CONN_MY_RETIRE) {
+            px_conn_close(c, c->reason, NULL); /* it hung up first: nothing left to end */
+        } else if (nread == UV_EOF) {
             px_upstream_on_eof(c, false);
         } else if (c->state == PX_CONN_RELAY && c->client_eof) {
             /* The client already said goodbye (COM_QUIT, Terminate): a server that closes hard
@@ -486,6 +488,10 @@ static void on_upstream_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     c->recent_io = true;
     if (c->state == PX_CONN_SSL_ANSWER) {
         px_pg_on_ssl_answer(c, data, (size_t)nread);
+        return;
+    }
+    if (c->state == PX_CONN_MY_RETIRE) {
+        px_my_on_retire_data(c, data, (size_t)nread);
         return;
     }
     if (c->state == PX_CONN_MY_GREETING || c->state == PX_CONN_MY_RESPONSE) {

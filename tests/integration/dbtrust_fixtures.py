@@ -1530,6 +1530,8 @@ class MariadbServer(OwnedServerFiles):
       clients without a certificate (dbtrust) are unaffected.
     """
 
+    launcher = ()  # a command prefix for mariadbd (test_topology: its network namespace)
+
     def __init__(self, cert, name="mariadb", port=None, client_ca=None):
         self.name = name
         self.cert = cert
@@ -1563,12 +1565,15 @@ class MariadbServer(OwnedServerFiles):
              "--auth-root-authentication-method=normal", "--skip-test-db",
              "--skip-name-resolve"], cwd=self.dir, timeout=120, env=clean_env())
         self._chown_tree(self.data)  # install-db leaves a root-owned mysql_upgrade_info
+        cmd = [MARIADBD, f"--defaults-file={self.config_path}"]
+        user = self._user_kwargs()
+        if self.launcher:  # e.g. `ip netns exec NS`: started as root, mariadbd drops to mysql
+            cmd, user = [*self.launcher, *cmd, "--user=mysql"], {}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [MARIADBD, f"--defaults-file={self.config_path}"], stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True,
-                preexec_fn=lambda: _set_parent_death_signal(signal.SIGKILL),
-                **self._user_kwargs())
+                cmd, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=self.dir,
+                start_new_session=True,
+                preexec_fn=lambda: _set_parent_death_signal(signal.SIGKILL), **user)
         register_cleanup(self.stop)
         self._wait_ready(timeout)
         return self

@@ -598,6 +598,23 @@ Test(mysql, unknown_auth_packet_type_fails_as_upstream_error)
     trace_free(&t);
 }
 
+Test(mysql, decoy_login_exact_bytes)
+{
+    /* HandshakeResponse41, seq 1: caps LONG_PASSWORD|PROTOCOL_41|SECURE_CONNECTION|PLUGIN_AUTH,
+     * max packet 16 MiB, utf8mb4_general_ci, 23 zero bytes, "dbtrust", empty auth, plugin. */
+    static const uint8_t want[] = {
+        0x3f, 0x00, 0x00, 0x01, 0x01, 0x82, 0x08, 0x00, 0x00, 0x00, 0x00, 0x01, 0x2d, 0,
+        0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,    0,
+        0,    0,    0,    0,    0,    0,    0,    0,    'd',  'b',  't',  'r',  'u',  's',
+        't',  0,    0,    'm',  'y',  's',  'q',  'l',  '_',  'n',  'a',  't',  'i',  'v',
+        'e',  '_',  'p',  'a',  's',  's',  'w',  'o',  'r',  'd',  0};
+    uint8_t buf[128];
+    size_t n = my_build_decoy_login(buf, sizeof buf);
+    cr_assert_eq(n, sizeof want);
+    cr_assert_arr_eq(buf, want, sizeof want);
+    cr_assert_eq(my_build_decoy_login(buf, sizeof want - 1), 0, "too small a buffer");
+}
+
 Test(mysql, auth_switch_resequenced)
 {
     struct login l;
