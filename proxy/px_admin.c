@@ -188,6 +188,9 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     return bundle(a, conn);
 }
 
+static void mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+
+/* libmicrohttpd's own messages, as one warning line each. */
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;

@@ -175,6 +175,16 @@ void tlsw_hex_encode(const unsigned char *in, size_t len, char *out);
 /* t in UTC as "2024-01-31" (day) or "2024-01-31T12:00:00Z" (iso), or "?" when t is (time_t)-1
  * (an unparsable certificate time) or cannot be formatted. */
 void tlsw_format_day(time_t t, char *buf, size_t cap);
+
+/* One block of PEM_read_bio, as both bundle readers (daemon and inspect) judge it. */
+enum tlsw_pem_block {
+    TLSW_PEM_CERT,      /* *out: the certificate (caller frees) */
+    TLSW_PEM_NOT_CERT,  /* a key, a CRL...: not a trust anchor, ignored */
+    TLSW_PEM_ENCRYPTED, /* a certificate block with Proc-Type/DEK-Info headers: refused */
+    TLSW_PEM_BAD_CERT,  /* a certificate block whose DER does not decode: refused */
+};
+enum tlsw_pem_block tlsw_pem_cert(const char *name, const char *header, const unsigned char *der,
+                                  long derlen, X509 **out);
 void tlsw_format_iso(time_t t, char *buf, size_t cap);
 #endif /* TLSW_INTERNAL */
 

@@ -131,22 +131,27 @@ static int push_cert(struct tlsw_bundle *b, size_t file, X509 *x, bool trusted, 
 
 /* One decoded PEM block: a certificate is kept, anything else (a key pasted along, a CRL) is
  * reported, as the daemon ignores it and merge drops it. */
-static void take_block(struct tlsw_bundle *b, size_t file, const char *name,
+static void take_block(struct tlsw_bundle *b, size_t file, const char *name, const char *header,
                        const unsigned char *der, long derlen, unsigned line)
 {
     char ebuf[256];
-    /* TRUSTED CERTIFICATE carries OpenSSL trust settings after the DER, hence the _AUX decoder;
-     * PEM_X509_INFO_read_bio accepts the same three names. */
-    bool trusted = strcmp(name, PEM_STRING_X509_TRUSTED) == 0;
-    if (!trusted && strcmp(name, PEM_STRING_X509) != 0 && strcmp(name, PEM_STRING_X509_OLD) != 0) {
+    X509 *x = NULL;
+    enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
+    if (kind == TLSW_PEM_NOT_CERT) {
         add_warning(b, TLSW_BUNDLE_NOT_CERTIFICATE, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, line,
                     "line %u: %s block is not a certificate (ignored by dbtrust, dropped by "
                     "merge)",
                     line, name);
         return;
     }
-    const unsigned char *p = der;
-    X509 *x = trusted ? d2i_X509_AUX(NULL, &p, derlen) : d2i_X509(NULL, &p, derlen);
+    if (kind == TLSW_PEM_ENCRYPTED) {
+        add_warning(b, TLSW_BUNDLE_NOT_PEM, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, line,
+                    "line %u: %s block is encrypted (Proc-Type header): dbtrust refuses the "
+                    "bundle; trust anchors are public",
+                    line, name);
+        return;
+    }
+    bool trusted = strcmp(name, PEM_STRING_X509_TRUSTED) == 0;
     struct tlsw_cert_info info;
     if (x == NULL || tlsw_cert_info_fill(x, &info) != 0) {
         add_warning(b, TLSW_BUNDLE_NOT_PEM, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, line,
@@ -200,7 +205,7 @@ static void parse_pem(struct tlsw_bundle *b, size_t file, const unsigned char *d
         }
         size_t begin = tlsw_bundle_find_begin(data, pos, end);
         check_skipped(b, file, &lc, pos, begin, false);
-        take_block(b, file, name, der, derlen, line_at(&lc, begin));
+        take_block(b, file, name, header, der, derlen, line_at(&lc, begin));
         OPENSSL_free(name);
         OPENSSL_free(header);
         OPENSSL_free(der);

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 
 void tlsw_set_err(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -121,4 +122,22 @@ void tlsw_format_day(time_t t, char *buf, size_t cap)
 void tlsw_format_iso(time_t t, char *buf, size_t cap)
 {
     format_utc(t, true, buf, cap);
+}
+
+enum tlsw_pem_block tlsw_pem_cert(const char *name, const char *header, const unsigned char *der,
+                                  long derlen, X509 **out)
+{
+    *out = NULL;
+    /* TRUSTED CERTIFICATE carries OpenSSL trust settings after the DER, hence the _AUX decoder.
+     * The three names are the ones OpenSSL's own X509 PEM readers accept. */
+    bool trusted = strcmp(name, PEM_STRING_X509_TRUSTED) == 0;
+    if (!trusted && strcmp(name, PEM_STRING_X509) != 0 && strcmp(name, PEM_STRING_X509_OLD) != 0)
+        return TLSW_PEM_NOT_CERT;
+    /* A trust anchor is public: an encrypted one is a mistake, and decrypting it would ask
+     * for a pass phrase on the terminal. */
+    if (header != NULL && header[0] != '\0')
+        return TLSW_PEM_ENCRYPTED;
+    const unsigned char *p = der;
+    *out = trusted ? d2i_X509_AUX(NULL, &p, derlen) : d2i_X509(NULL, &p, derlen);
+    return *out != NULL ? TLSW_PEM_CERT : TLSW_PEM_BAD_CERT;
 }

@@ -1,0 +1,138 @@
+/* pg_client_feed: what a PostgreSQL application sends before its session exists (SSLRequest,
+ * GSSENCRequest, CancelRequest, StartupMessage). The payload is the client's byte stream, fed
+ * whole, in the chunks the input chooses and byte by byte (fuzz_common.h); all must agree. */
+#include "fuzz_common.h"
+#include "pg.h"
+#include "wire.h"
+
+struct outcome {
+    struct fuzz_trace t;
+    size_t consumed;
+    struct pg_client *c;
+};
+
+static bool finished(enum pg_action a)
+{
+    return a == PG_DIAL_UPSTREAM || a == PG_CANCEL || a == PG_FAIL || a == PG_CLOSE;
+}
+
+/* What every step must look like, whatever the cuts. */
+static void check_step(const struct pg_client *c, const struct pg_step *st, const uint8_t *in,
+                       size_t pos)
+{
+    switch (st->action) {
+    case PG_NEED_MORE:
+        FUZZ_CHECK(st->data == NULL && st->len == 0, "PG_NEED_MORE with data");
+        break;
+    case PG_SEND_CLIENT:
+        FUZZ_CHECK(st->len == 1 && st->data && st->data[0] == 'N', "only 'N' goes to the client");
+        break;
+    case PG_DIAL_UPSTREAM:
+        FUZZ_CHECK(st->data == c->buf && st->len == c->need, "packet is c->buf[0, need)");
+        FUZZ_CHECK(st->len >= 8 && st->len <= 4 + PG_MAX_STARTUP_PACKET, "length %zu", st->len);
+        FUZZ_CHECK(wire_be32(st->data) == st->len, "length word");
+        FUZZ_CHECK(wire_be32(st->data + 4) >> 16 == 3, "protocol 3.x only");
+        FUZZ_CHECK(wire_be32(st->data + 4) == c->version, "version recorded");
+        FUZZ_CHECK(st->data[st->len - 1] == 0, "terminator last");
+        FUZZ_CHECK(c->user[0] != '\0', "a user name is required");
+        break;
+    case PG_CANCEL:
+        FUZZ_CHECK(st->data == c->buf && st->len == c->need, "packet is c->buf[0, need)");
+        FUZZ_CHECK(st->len >= 13 && st->len <= 12 + PG_MAX_CANCEL_KEY, "length %zu", st->len);
+        FUZZ_CHECK(wire_be32(st->data) == st->len, "length word");
+        FUZZ_CHECK(wire_be32(st->data + 4) == PG_CANCEL_REQUEST_CODE, "cancel code");
+        break;
+    case PG_FAIL:
+        FUZZ_CHECK(st->detail != NULL && st->len == 0, "PG_FAIL without detail or with data");
+        FUZZ_CHECK(st->reason == DBT_CLIENT_PROTOCOL_ERROR, "reason %s",
+                   dbt_reason_name(st->reason));
+        break;
+    case PG_CLOSE:
+        FUZZ_CHECK(st->detail != NULL && st->reason == DBT_CLIENT_DIRECT_TLS, "PG_CLOSE");
+        FUZZ_CHECK(in[pos] == 0x16, "PG_CLOSE leaves the 0x16 unconsumed");
+        break;
+    case PG_RELAY:
+        FUZZ_CHECK(false, "PG_RELAY before the StartupMessage");
+        break;
+    }
+    FUZZ_CHECK_CSTR(c->user);
+    FUZZ_CHECK_CSTR(c->database);
+    FUZZ_CHECK_CSTR(c->application_name);
+}
+
+static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts cuts, uint8_t fill,
+                struct outcome *o)
+{
+    (void)flags; /* the PostgreSQL machines have no options */
+    struct pg_client *c = malloc(sizeof *c);
+    FUZZ_CHECK(c != NULL, "out of memory");
+    memset(c, fill, sizeof *c); /* init must not rely on zeroed memory */
+    pg_client_init(c);
+    memset(o, 0, sizeof *o);
+    o->c = c;
+
+    size_t pos = 0, end = fuzz_cut(&cuts, len);
+    struct pg_step st;
+    for (size_t guard = 0;; guard++) {
+        FUZZ_CHECK(guard <= 2 * len + 16, "no progress");
+        memset(&st, fill, sizeof st);
+        size_t n = pg_client_feed(c, in + pos, end - pos, &st);
+        FUZZ_CHECK(n <= end - pos, "consumed %zu of %zu", n, end - pos);
+        pos += n;
+        check_step(c, &st, in, pos);
+        if (st.action == PG_NEED_MORE) {
+            FUZZ_CHECK(pos == end, "PG_NEED_MORE left input unconsumed");
+            if (end == len)
+                break;
+            end += fuzz_cut(&cuts, len - end);
+            continue;
+        }
+        fuzz_trace_add(&o->t, 0, (int)st.action, (int)st.reason, false, st.detail, st.data, st.len);
+        if (finished(st.action))
+            break;
+    }
+    o->consumed = pos;
+    if (!finished(st.action))
+        return;
+
+    /* A finished machine consumes nothing and, after a StartupMessage, says relay; its packet
+     * stays valid in c->buf (the proxy sends it after the TLS handshake, without a copy). */
+    static const uint8_t one = 'Q';
+    const uint8_t *more = pos < len ? in + pos : &one;
+    size_t more_len = pos < len ? len - pos : 1;
+    struct pg_step again;
+    FUZZ_CHECK(pg_client_feed(c, more, more_len, &again) == 0, "finished machine consumed");
+    if (st.action == PG_DIAL_UPSTREAM) {
+        FUZZ_CHECK(again.action == PG_RELAY && again.data == NULL, "PG_RELAY expected");
+    } else {
+        FUZZ_CHECK(again.action == PG_FAIL && again.reason == DBT_INTERNAL_ERROR,
+                   "PG_FAIL internal_error expected, got %d", again.action);
+    }
+    if (st.action == PG_DIAL_UPSTREAM || st.action == PG_CANCEL) {
+        const struct fuzz_rec *r = &o->t.rec[o->t.n - 1];
+        FUZZ_CHECK(memcmp(c->buf, o->t.arena + r->off, r->len) == 0, "packet changed");
+    }
+}
+
+static void same(const struct outcome *a, const struct outcome *b, const char *how)
+{
+    fuzz_trace_same(&a->t, &b->t, how);
+    FUZZ_CHECK(a->consumed == b->consumed, "%s: consumed %zu vs %zu", how, a->consumed,
+               b->consumed);
+    const struct pg_client *x = a->c, *y = b->c;
+    FUZZ_CHECK(x->state == y->state && x->have == y->have && x->need == y->need, "%s: state", how);
+    FUZZ_CHECK(memcmp(x->buf, y->buf, x->have) == 0, "%s: buffered bytes", how);
+    FUZZ_CHECK(x->seen_ssl_request == y->seen_ssl_request &&
+                   x->seen_gssenc_request == y->seen_gssenc_request && x->version == y->version,
+               "%s: requests seen / version", how);
+    FUZZ_CHECK(strcmp(x->user, y->user) == 0 && strcmp(x->database, y->database) == 0 &&
+                   strcmp(x->application_name, y->application_name) == 0,
+               "%s: idents", how);
+}
+
+static void outcome_free(struct outcome *o)
+{
+    free(o->c);
+}
+
+FUZZ_SPLIT_ENTRY((void)0)

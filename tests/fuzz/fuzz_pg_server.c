@@ -1,0 +1,141 @@
+/* pg_server_feed: what a PostgreSQL server sends (decrypted) after the StartupMessage until
+ * authentication starts. The payload is the server's byte stream, fed whole, in the chunks the
+ * input chooses and byte by byte (fuzz_common.h); all must agree. Every message forwarded must be
+ * the server's own bytes, except an AuthenticationSASL, which must be the server's mechanism list
+ * without its "-PLUS" entries (checked here against an independent reading of the message). */
+#include "fuzz_common.h"
+#include "pg.h"
+#include "wire.h"
+
+struct outcome {
+    struct fuzz_trace t;
+    size_t consumed;
+    struct pg_server *s;
+};
+
+/* The AuthenticationSASL the client should see for msg[0, n) ('R', length, code 10, list):
+ * written to out, its length returned; 0 if the list is malformed or has no mechanism left. */
+static size_t expected_sasl(const uint8_t *msg, size_t n, uint8_t *out)
+{
+    size_t at = 9, w = 9;
+    bool any = false;
+
+    memcpy(out, msg, 9);
+    while (at < n && msg[at] != 0) {
+        const uint8_t *nul = memchr(msg + at, 0, n - at);
+        if (!nul)
+            return 0;
+        size_t len = (size_t)(nul - (msg + at));
+        any = true;
+        if (!(len >= 5 && memcmp(msg + at + len - 5, "-PLUS", 5) == 0)) {
+            memcpy(out + w, msg + at, len + 1);
+            w += len + 1;
+        }
+        at += len + 1;
+    }
+    if (at != n - 1 || !any || w == 9)
+        return 0;
+    out[w++] = 0;
+    wire_put_be32(out + 1, (uint32_t)(w - 1));
+    return w;
+}
+
+/* A forwarded message: msg[0, n) is what the machine consumed for it. */
+static void check_forwarded(const struct pg_step *st, const uint8_t *msg, size_t n)
+{
+    static uint8_t want[PG_MAX_SERVER_STARTUP_MSG];
+
+    FUZZ_CHECK(n >= 5 && n <= PG_MAX_SERVER_STARTUP_MSG, "message of %zu bytes forwarded", n);
+    FUZZ_CHECK((size_t)wire_be32(msg + 1) + 1 == n, "forwarded a message cut at the wrong place");
+    FUZZ_CHECK(st->len >= 5 && (size_t)wire_be32(st->data + 1) + 1 == st->len,
+               "forwarded message framing");
+    if (msg[0] == 'R' && n >= 9 && wire_be32(msg + 5) == 10) {
+        size_t wn = expected_sasl(msg, n, want);
+        FUZZ_CHECK(wn > 0, "a SASL list the machine should have refused was forwarded");
+        FUZZ_CHECK(st->len == wn && memcmp(st->data, want, wn) == 0, "SASL list rewritten wrong");
+        return;
+    }
+    FUZZ_CHECK(st->len == n && memcmp(st->data, msg, n) == 0, "message not forwarded verbatim");
+}
+
+static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts cuts, uint8_t fill,
+                struct outcome *o)
+{
+    (void)flags; /* the PostgreSQL machines have no options */
+    struct pg_server *s = malloc(sizeof *s);
+    FUZZ_CHECK(s != NULL, "out of memory");
+    memset(s, fill, sizeof *s);
+    pg_server_init(s);
+    memset(o, 0, sizeof *o);
+    o->s = s;
+
+    size_t pos = 0, msg_start = 0, end = fuzz_cut(&cuts, len);
+    bool auth_seen = false;
+    struct pg_step st;
+    for (size_t guard = 0;; guard++) {
+        FUZZ_CHECK(guard <= 2 * len + 16, "no progress");
+        memset(&st, fill, sizeof st);
+        size_t n = pg_server_feed(s, in + pos, end - pos, &st);
+        FUZZ_CHECK(n <= end - pos, "consumed %zu of %zu", n, end - pos);
+        pos += n;
+        switch (st.action) {
+        case PG_NEED_MORE:
+            FUZZ_CHECK(pos == end && st.data == NULL && st.len == 0, "PG_NEED_MORE");
+            if (end == len)
+                goto out;
+            end += fuzz_cut(&cuts, len - end);
+            continue;
+        case PG_SEND_CLIENT:
+            FUZZ_CHECK(!auth_seen, "a message forwarded after the first 'R' or 'E'");
+            check_forwarded(&st, in + msg_start, pos - msg_start);
+            auth_seen = in[msg_start] == 'R' || in[msg_start] == 'E';
+            msg_start = pos;
+            break;
+        case PG_RELAY:
+            FUZZ_CHECK(auth_seen && n == 0 && st.data == NULL, "PG_RELAY");
+            break;
+        case PG_FAIL:
+            FUZZ_CHECK(st.detail != NULL && st.len == 0, "PG_FAIL");
+            FUZZ_CHECK(st.reason == DBT_UPSTREAM_PROTOCOL_ERROR, "reason %s",
+                       dbt_reason_name(st.reason));
+            break;
+        default:
+            FUZZ_CHECK(false, "unexpected action %d", st.action);
+        }
+        fuzz_trace_add(&o->t, 0, (int)st.action, (int)st.reason, false, st.detail, st.data, st.len);
+        if (st.action == PG_RELAY || st.action == PG_FAIL)
+            break;
+    }
+out:
+    o->consumed = pos;
+    if (st.action != PG_RELAY && st.action != PG_FAIL)
+        return;
+    /* Finished: nothing more is consumed, the same answer again. */
+    static const uint8_t one = 'Z';
+    struct pg_step again;
+    FUZZ_CHECK(pg_server_feed(s, pos < len ? in + pos : &one, pos < len ? len - pos : 1, &again) ==
+                   0,
+               "finished machine consumed");
+    if (st.action == PG_RELAY)
+        FUZZ_CHECK(again.action == PG_RELAY, "PG_RELAY expected");
+    else
+        FUZZ_CHECK(again.action == PG_FAIL && again.reason == DBT_INTERNAL_ERROR,
+                   "PG_FAIL internal_error expected");
+}
+
+static void same(const struct outcome *a, const struct outcome *b, const char *how)
+{
+    fuzz_trace_same(&a->t, &b->t, how);
+    FUZZ_CHECK(a->consumed == b->consumed, "%s: consumed %zu vs %zu", how, a->consumed,
+               b->consumed);
+    FUZZ_CHECK(a->s->state == b->s->state && a->s->have == b->s->have && a->s->need == b->s->need,
+               "%s: machine state", how);
+    FUZZ_CHECK(memcmp(a->s->buf, b->s->buf, a->s->have) == 0, "%s: buffered bytes", how);
+}
+
+static void outcome_free(struct outcome *o)
+{
+    free(o->s);
+}
+
+FUZZ_SPLIT_ENTRY((void)0)
