@@ -820,7 +820,7 @@ size_t my_feed_client(struct my_session *s, const uint8_t *in, size_t len, struc
     return used;
 }
 
-size_t my_build_decoy_login(uint8_t *buf, size_t cap)
+size_t my_build_decoy_login(uint8_t *buf, size_t cap, bool tls)
 {
     static const char user[] = "dbtrust";
     static const char plugin[] = "mysql_native_password";
@@ -829,9 +829,9 @@ size_t my_build_decoy_login(uint8_t *buf, size_t cap)
         return 0;
     memset(buf, 0, MY_HEADER + len);
     wire_put_le24(buf, (uint32_t)len);
-    buf[3] = 1;
+    buf[3] = tls ? 2 : 1;
     uint32_t flags = MY_CLIENT_LONG_PASSWORD | MY_CLIENT_PROTOCOL_41 | MY_CLIENT_SECURE_CONNECTION |
-                     MY_CLIENT_PLUGIN_AUTH;
+                     MY_CLIENT_PLUGIN_AUTH | (tls ? MY_CLIENT_SSL : 0u);
     uint8_t *p = buf + MY_HEADER;
     for (int i = 0; i < 4; i++)
         p[i] = (uint8_t)(flags >> (8 * i));

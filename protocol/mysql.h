@@ -169,12 +169,14 @@ DBT_MUST_USE size_t my_feed_client(struct my_session *s, const uint8_t *in, size
  * (CLIENT_SSL set, seq 2). Called in any other state: MY_FAIL with DBT_INTERNAL_ERROR. */
 void my_tls_ready(struct my_session *s, struct my_step *out);
 
-/* A HandshakeResponse41 (sequence id 1) for user "dbtrust" with an empty password: what dbtrust
- * sends a server whose client gave up during the handshake. The server answers "Access
- * denied", an authentication failure, which unlike a handshake abandoned after the greeting
- * does not count against max_connect_errors for dbtrust's address. No secret in it; it is
- * sent before TLS. Returns its length, 0 if cap is too small. */
-size_t my_build_decoy_login(uint8_t *buf, size_t cap);
+/* A HandshakeResponse41 for user "dbtrust" with an empty password: what dbtrust sends a server
+ * whose client gave up during the handshake, and what the guard's probe sends once TLS is up.
+ * The server answers "Access denied", an authentication failure, which unlike a handshake
+ * abandoned after the greeting does not count against max_connect_errors for dbtrust's
+ * address. No secret in it. tls: after an SSLRequest (sequence id 2, CLIENT_SSL), else the
+ * plaintext answer to the greeting (sequence id 1). Returns its length, 0 if cap is too
+ * small. */
+size_t my_build_decoy_login(uint8_t *buf, size_t cap, bool tls);
 /* dbtrust gives up (upstream unreachable, TLS failed, timeout...): MY_FAIL with an ERR packet
  * for the client built from reason (my_errcode_for) and message, at the sequence id the client
  * expects (0 and no SQLSTATE before the greeting, B5). No packet once relaying or ended. */

@@ -48,7 +48,7 @@ void px_my_free(struct px_conn *c)
 static void send_decoy(struct px_conn *c)
 {
     uint8_t pkt[128];
-    size_t n = my_build_decoy_login(pkt, sizeof(pkt));
+    size_t n = my_build_decoy_login(pkt, sizeof(pkt), false);
     c->my_decoy_sent = true;
     if (n == 0 || px_upstream_write_raw(c, pkt, n) != 0)
         px_conn_close(c, c->reason, NULL);

@@ -284,6 +284,29 @@ static int handshake(struct probe *p, struct tlsw_conn *tls, bool pg)
     }
 }
 
+/* A MySQL server counts a connection that leaves after the TLS handshake against
+ * max_connect_errors for dbtrust's address; a failed login does not. So the probe logs in as
+ * nobody and waits for the refusal (best effort: the verdict is already in). */
+static void end_mysql_login(struct probe *p, struct tlsw_conn *tls)
+{
+    uint8_t buf[16384];
+    size_t n = my_build_decoy_login(buf, sizeof(buf), true);
+    if (n == 0 || tlsw_conn_write(tls, buf, n) != TLSW_OK || flush_tls(p, tls) != 0)
+        return;
+    for (;;) {
+        size_t got = 0;
+        enum tlsw_status st = tlsw_conn_read(tls, buf, sizeof(buf), &got);
+        if (st == TLSW_OK && got > 0)
+            return; /* the server's answer ("Access denied") */
+        if (st != TLSW_WANT_IO || flush_tls(p, tls) != 0)
+            return;
+        ssize_t r = recv_some(p, buf, sizeof(buf), DBT_UPSTREAM_TIMEOUT);
+        if (r <= 0)
+            return;
+        tlsw_conn_feed(tls, buf, (size_t)r);
+    }
+}
+
 void px_probe(const struct cfg_listener *l, size_t upstream_idx, struct tlsw_gen *g,
               const atomic_bool *cancel, struct px_probe_result *out)
 {
@@ -307,6 +330,8 @@ void px_probe(const struct cfg_listener *l, size_t upstream_idx, struct tlsw_gen
         goto out;
     out->chain_len = tlsw_conn_peer_chain(tls, out->chain, PX_PROBE_MAX_CHAIN);
     dbt_strlcpy(out->tls_version, tlsw_conn_version(tls), sizeof(out->tls_version));
+    if (!pg)
+        end_mysql_login(&p, tls);
     tlsw_conn_shutdown(tls);
     (void)flush_tls(&p, tls); /* best effort: the verdict is already in */
     out->reason = DBT_NONE;

@@ -19,6 +19,7 @@ import ctypes
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -185,7 +186,9 @@ def setUpModule():
     finally:
         W.net.enter(W.net.app)
     W.closed_port = fx.free_port()
-    cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout="1s")
+    W.bundle = os.path.join(W.tmp, "bundle.pem")
+    shutil.copy(W.pki.bundle, W.bundle)
+    cfg = fx.DbTrustConfig(W.bundle, workers=2, drain_timeout="1s")
     fast = {"connect_timeout": "2s", "upstream_dead_timeout": "4s"}
     W.orders = cfg.add_listener("orders", "postgres", f"{NAME}:{W.pg.port}", **fast)
     W.by_ip = cfg.add_listener("by-ip", "postgres", f"{W.net.v4(2)}:{W.pg.port}", **fast)
@@ -400,6 +403,29 @@ class TestMysqlHostCache(unittest.TestCase):
         refused = [a for a in answers if a is not None]
         self.assertTrue(refused, "the server never blocked the abusing address")
         self.assertEqual(int.from_bytes(refused[-1][1:3], "little"), 1129, refused[-1])
+
+    def test_guard_probes_do_not_block_dbtrust(self):
+        """Every bundle change makes the rotation guard probe each upstream through TLS; a
+        probe that left after the handshake would count. 12 changes = 24 probes of MariaDB
+        (two MySQL listeners), more than max_connect_errors."""
+        with open(W.bundle) as f:
+            original = f.read()
+        try:
+            for i in range(12):
+                mark = W.dbtrust.mark()
+                with open(W.bundle, "w") as f:
+                    f.write(f"# change {i}\n{original}")
+                W.dbtrust.proc.send_signal(signal.SIGHUP)
+                W.dbtrust.wait_for_line("bundle_reload", "result=ok", since=mark, timeout=20)
+        finally:
+            with open(W.bundle, "w") as f:
+                f.write(original)
+        conn = my_connect(W.shop, app="after-probes")
+        try:
+            self.assertEqual(my_one(conn, "select 6"), (6,))
+        finally:
+            conn.close()
+        self.assertIn("Access denied for user 'dbtrust'", W.maria.log_text())
 
     def test_abandoned_and_garbled_handshakes_do_not_block_dbtrust(self):
         for i in range(50):

@@ -609,10 +609,16 @@ Test(mysql, decoy_login_exact_bytes)
         't',  0,    0,    'm',  'y',  's',  'q',  'l',  '_',  'n',  'a',  't',  'i',  'v',
         'e',  '_',  'p',  'a',  's',  's',  'w',  'o',  'r',  'd',  0};
     uint8_t buf[128];
-    size_t n = my_build_decoy_login(buf, sizeof buf);
+    size_t n = my_build_decoy_login(buf, sizeof buf, false);
     cr_assert_eq(n, sizeof want);
     cr_assert_arr_eq(buf, want, sizeof want);
-    cr_assert_eq(my_build_decoy_login(buf, sizeof want - 1), 0, "too small a buffer");
+    cr_assert_eq(my_build_decoy_login(buf, sizeof want - 1, false), 0, "too small a buffer");
+    /* After an SSLRequest: sequence id 2 and CLIENT_SSL (0x800) among the flags. */
+    n = my_build_decoy_login(buf, sizeof buf, true);
+    cr_assert_eq(n, sizeof want);
+    cr_assert_eq(buf[3], 2);
+    cr_assert_eq(buf[5], 0x82 | 0x08);
+    cr_assert_arr_eq(buf + 6, want + 6, sizeof want - 6);
 }
 
 Test(mysql, auth_switch_resequenced)
