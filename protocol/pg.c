@@ -2,7 +2,6 @@
  * allocation. Every length is checked against its bound before a byte of the body is buffered. */
 #include "pg.h"
 
-#include <stdio.h>
 #include <string.h>
 
 #include "dbt_util.h"
@@ -367,15 +366,12 @@ static bool server_advance(struct pg_server *s, struct pg_step *out)
     case 'v': /* NegotiateProtocolVersion */
     case 'N': /* NoticeResponse: allowed at any time */
         break;
-    default: {
+    default:
         /* Nothing else may come before authentication; a client would take it for whatever
-         * it resembles. Name the byte, it is the one clue the operator gets. */
-        uint8_t t = s->buf[0];
-        snprintf(s->detail, sizeof s->detail,
-                 "upstream sent message type 0x%02x ('%c') before authentication", t,
-                 t >= 0x20 && t < 0x7f ? t : '?');
-        return server_fail(s, out, s->detail);
-    }
+         * it resembles (libpq: "expected authentication request from server"). */
+        return server_fail(s, out,
+                           "upstream sent a message other than authentication, an "
+                           "error or a notice before authentication");
     }
     set_step(out, PG_SEND_CLIENT, s->buf, total);
     return true;

@@ -103,18 +103,16 @@ struct pg_server {
     size_t need;
     uint8_t buf[PG_MAX_SERVER_STARTUP_MSG];
     uint8_t out[PG_MAX_SERVER_STARTUP_MSG]; /* rewritten AuthenticationSASL */
-    char detail[80]; /* a failure detail that names a byte (lives with the struct) */
 };
 
 void pg_server_init(struct pg_server *s);
 /* Feeds decrypted bytes from the upstream that arrive after the StartupMessage was sent.
  * NegotiateProtocolVersion ('v') and NoticeResponse ('N') before the first 'R' are forwarded
- * (PG_SEND_CLIENT); any other type there -> PG_FAIL (DBT_UPSTREAM_PROTOCOL_ERROR, the detail,
- * in s->detail, names the byte). The first 'R' is forwarded (AuthenticationSASL,
- * code 10, rewritten with every "-PLUS" mechanism removed, A5) and the next call returns
- * PG_RELAY; an 'E' is forwarded and then PG_RELAY too (the server closes). A message longer than
- * PG_MAX_SERVER_STARTUP_MSG, a length < 4, or a SASL list left empty -> PG_FAIL with
- * DBT_UPSTREAM_PROTOCOL_ERROR. */
+ * (PG_SEND_CLIENT); any other type there -> PG_FAIL (DBT_UPSTREAM_PROTOCOL_ERROR). The first 'R' is
+ * forwarded (AuthenticationSASL, code 10, rewritten with every "-PLUS" mechanism removed, A5) and
+ * the next call returns PG_RELAY; an 'E' is forwarded and then PG_RELAY too (the server closes). A
+ * message longer than PG_MAX_SERVER_STARTUP_MSG, a length < 4, or a SASL list left empty -> PG_FAIL
+ * with DBT_UPSTREAM_PROTOCOL_ERROR. */
 /* PG_SEND_CLIENT data points into s->buf or s->out, valid until the next call. Once the 'R' or
  * 'E' has been returned, every call returns PG_RELAY consuming 0: the input from there on,
  * including what the same call left unconsumed, is relay data. After PG_FAIL further calls
