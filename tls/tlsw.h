@@ -139,8 +139,13 @@ SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
 const char *tlsw_gen_pins(const struct tlsw_gen *g); /* "" when none are configured */
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
 
-/* Installed on every generation's SSL_CTX; reaches its record through SSL_get_app_data. */
+/* Installed on every generation's SSL_CTX; each SSL's app data is its struct tlsw_conn. */
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx);
+/* The connection's verification record while its handshake runs, NULL after. */
+struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c);
+/* SSL_CTX_sess_set_new_cb: a resumable session arrived (a TLS 1.3 ticket, or a TLS 1.2
+ * session at the end of its handshake); kept for tlsw_conn_new_session. */
+int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess);
 /* Maps a non-OK SSL_get_verify_result() to a reason, and writes the human detail. */
 enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verify_rec *r,
                                      const char *host, char *detail, size_t cap);

@@ -32,7 +32,7 @@ struct tlsw_conn {
     bool failed;
     bool out_of_memory;
     bool pin_mismatch;
-    SSL_SESSION *session_seen; /* referenced: the last session tlsw_conn_new_session saw */
+    SSL_SESSION *ticket; /* referenced: the newest resumable session, not yet handed out */
     char *error; /* OpenSSL's reason, captured when the failure happened (NULL until then) */
 };
 
@@ -126,7 +126,7 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
     /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
     BIO_set_mem_eof_return(c->net_in, -1);
     SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
-    SSL_set_app_data(c->ssl, &c->hs->vrec);     /* for tlsw_verify_cb */
+    SSL_set_app_data(c->ssl, c); /* for tlsw_verify_cb and tlsw_conn_on_new_session */
     SSL_set_connect_state(c->ssl);
     if (set_peer_identity(c, tlsw_gen_verify_mode(g)) != 0)
         goto fail;
@@ -146,7 +146,7 @@ void tlsw_conn_free(struct tlsw_conn *c)
     if (c == NULL)
         return;
     SSL_free(c->ssl); /* frees both BIOs */
-    SSL_SESSION_free(c->session_seen);
+    SSL_SESSION_free(c->ticket);
     tlsw_gen_unref(c->gen);
     free(c->hs);
     free(c->error);
@@ -157,7 +157,6 @@ void tlsw_conn_free(struct tlsw_conn *c)
  * off, so the verify callback cannot run again; it would see no record and change nothing. */
 static void handshake_succeeded(struct tlsw_conn *c)
 {
-    SSL_set_app_data(c->ssl, NULL);
     free(c->hs);
     c->hs = NULL;
 }
@@ -438,22 +437,32 @@ int tlsw_conn_group(const struct tlsw_conn *c)
     return nid > 0 ? nid : 0;
 }
 
+struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c)
+{
+    return c->hs != NULL ? &c->hs->vrec : NULL;
+}
+
+int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tlsw_conn *c = SSL_get_app_data(ssl);
+    if (c == NULL)
+        return 0;                /* not ours: OpenSSL drops its reference */
+    SSL_SESSION_free(c->ticket); /* a newer ticket replaces it (MariaDB sends two) */
+    c->ticket = sess;
+    return 1; /* the reference is ours now */
+}
+
 struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c)
 {
-    if (c->failed || !c->handshake_done)
+    /* A pointer test on the relay path: OpenSSL told us when a ticket arrived. */
+    if (c->ticket == NULL || c->failed || !c->handshake_done)
         return NULL;
-    SSL_SESSION *s = SSL_get0_session(c->ssl);
-    /* The reference on session_seen keeps its address from being reused by a newer session,
-     * which would then look already seen. */
-    if (s == NULL || s == c->session_seen || !SSL_SESSION_is_resumable(s) ||
-        SSL_SESSION_up_ref(s) != 1)
-        return NULL;
-    SSL_SESSION_free(c->session_seen);
-    c->session_seen = s;
     /* A copy: SSL_free marks the connection's own session unresumable when the connection
      * ends without close_notify (the upstream hung up first, a timeout), which would spoil
      * the cached one if it were the same object. */
-    SSL_SESSION *copy = SSL_SESSION_dup(s);
+    SSL_SESSION *copy = SSL_SESSION_dup(c->ticket);
+    SSL_SESSION_free(c->ticket);
+    c->ticket = NULL;
     return (struct tlsw_session *)(void *)copy; /* the opaque name of an SSL_SESSION */
 }
 

@@ -180,6 +180,7 @@ static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, cha
      * internal store, where every connection's session would pile up unused. */
     SSL_CTX_set_session_cache_mode(g->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(g->ctx, tlsw_conn_on_new_session);
     return 0;
 }
 

@@ -80,7 +80,8 @@ static void leaf_names(X509 *x, char *list, size_t cap)
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct tlsw_verify_rec *r = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    struct tlsw_conn *conn = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    struct tlsw_verify_rec *r = conn != NULL ? tlsw_conn_verify_rec(conn) : NULL;
     if (r == NULL)
         return ok; /* not one of our connections: change nothing */
 

@@ -472,39 +472,16 @@ class DribbleRelay:
         self.delay = delay
         self.after_up_bytes = after_up_bytes
         self.limit = limit
-        self.name = name
-        self.port = fx.free_port()
         self.stats = []
-        self._stop = threading.Event()
-        self._sock = None
+        # The listener and accept loop are the fixtures' scripted peer; this is its script.
+        self.peer = fx.ScriptedUpstream(self._serve, name)
+        self.port = self.peer.port
 
     def start(self):
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", self.port))
-        self._sock.listen(32)
-        self._sock.settimeout(0.2)
-        threading.Thread(target=self._accept_loop, name=self.name, daemon=True).start()
-        fx.register_cleanup(self.stop)
+        self.peer.start()
         return self
 
-    def stop(self):
-        self._stop.set()
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def _accept_loop(self):
-        while not self._stop.is_set():
-            try:
-                client, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            except (OSError, AttributeError):
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client):
+    def _serve(self, client, record, stop_event):
         stat = {"up": 0, "down": 0, "dribbled": 0}
         self.stats.append(stat)
         try:

@@ -235,6 +235,25 @@ def my_one(conn, sql):
         return cur.fetchone()
 
 
+def garbled_handshake(host, port, source=None):
+    """Reads the MySQL greeting, answers it with garbage, waits for the close. Returns the
+    ERR packet a server sent instead of a greeting (a blocked host), else None."""
+    with socket.create_connection((host, port), timeout=5,
+                                  source_address=(source, 0) if source else None) as s:
+        header = fx.recv_exact(s, 4)
+        payload = fx.recv_exact(s, int.from_bytes(header[:3], "little"))
+        if payload[:1] == b"\xff":
+            return payload
+        s.sendall(b"\x05\x00\x00\x01garbage")
+        s.settimeout(5)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+        return None
+
+
 SERVER_SIDE = ("select host(inet_server_addr()), host(inet_client_addr()), "
                "(select ssl from pg_stat_ssl where pid = pg_backend_pid())")
 
@@ -379,27 +398,11 @@ class TestMysqlHostCache(unittest.TestCase):
     max_connect_errors (10) blocks it: every application behind that dbtrust. Clients that
     give up or send garbage during the handshake must not count."""
 
-    @staticmethod
-    def garbled_handshake(source):
-        with socket.create_connection((W.net.v4(2), W.maria.port), timeout=5,
-                                      source_address=(source, 0)) as s:
-            header = fx.recv_exact(s, 4)
-            payload = fx.recv_exact(s, int.from_bytes(header[:3], "little"))
-            if payload[:1] == b"\xff":
-                return payload  # an ERR instead of a greeting
-            s.sendall(b"\x05\x00\x00\x01garbage")
-            s.settimeout(5)
-            try:
-                while s.recv(4096):
-                    pass
-            except OSError:
-                pass
-            return None
-
     def test_the_server_does_block_a_host(self):
         """The fixture can fail the test below: straight to the server from another address,
         12 garbled handshakes get that address blocked (ERR 1129)."""
-        answers = [self.garbled_handshake(W.net.v4(9)) for _ in range(12)]
+        answers = [garbled_handshake(W.net.v4(2), W.maria.port, source=W.net.v4(9))
+                   for _ in range(12)]
         refused = [a for a in answers if a is not None]
         self.assertTrue(refused, "the server never blocked the abusing address")
         self.assertEqual(int.from_bytes(refused[-1][1:3], "little"), 1129, refused[-1])
@@ -432,16 +435,7 @@ class TestMysqlHostCache(unittest.TestCase):
             with socket.create_connection((W.shop.host, W.shop.port), timeout=5) as s:
                 fx.recv_exact(s, 4)  # the greeting's header: then hang up
         for i in range(50):
-            with socket.create_connection((W.shop.host, W.shop.port), timeout=5) as s:
-                header = fx.recv_exact(s, 4)
-                fx.recv_exact(s, int.from_bytes(header[:3], "little"))
-                s.sendall(b"\x05\x00\x00\x01garbage")
-                s.settimeout(5)
-                try:
-                    while s.recv(4096):
-                        pass
-                except OSError:
-                    pass
+            garbled_handshake(W.shop.host, W.shop.port)
         time.sleep(1)
         conn = my_connect(W.shop, app="after-abuse")
         try:

@@ -155,53 +155,7 @@ static void server_free(struct server *s)
     SSL_free(s->ssl);
 }
 
-static void client_to_server(struct tlsw_conn *c, struct server *s)
-{
-    uint8_t buf[4096];
-    size_t n;
-    while ((n = tlsw_conn_take(c, buf, sizeof(buf))) > 0)
-        cr_assert_eq(BIO_write(s->in, buf, (int)n), (int)n);
-    cr_assert_eq(tlsw_conn_pending(c), 0);
-}
-
-static void server_to_client(struct server *s, struct tlsw_conn *c)
-{
-    uint8_t buf[4096];
-    int n;
-    while ((n = BIO_read(s->out, buf, sizeof(buf))) > 0)
-        tlsw_conn_feed(c, buf, (size_t)n);
-}
-
-static void server_step(struct server *s)
-{
-    if (s->done || s->failed)
-        return;
-    ERR_clear_error();
-    int r = SSL_do_handshake(s->ssl);
-    if (r == 1) {
-        s->done = true;
-        return;
-    }
-    int e = SSL_get_error(s->ssl, r);
-    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
-        s->failed = true;
-    ERR_clear_error();
-}
-
-/* Runs both handshakes until the client is done or fails; returns the client's status. */
-static enum tlsw_status pump_handshake(struct tlsw_conn *c, struct server *s)
-{
-    enum tlsw_status st = TLSW_WANT_IO;
-    for (int i = 0; i < 20; i++) {
-        st = tlsw_conn_handshake(c);
-        client_to_server(c, s);
-        server_step(s);
-        server_to_client(s, c);
-        if (st == TLSW_ERROR || (st == TLSW_OK && s->done))
-            break;
-    }
-    return st;
-}
+#include "tls_pump.h"
 
 /* ---- the client side ------------------------------------------------------------------------ */
 
@@ -254,6 +208,17 @@ static void drain_post_handshake(struct tlsw_conn *c, struct server *s)
     cr_assert_eq(tlsw_conn_read(c, buf, sizeof(buf), &n), TLSW_WANT_IO);
     cr_assert_eq(n, 0);
     client_to_server(c, s); /* nothing expected, but a real proxy flushes here */
+}
+
+/* A first, full connection to ctx and the session its ticket gave (asserted present). */
+static struct tlsw_session *first_session(struct tlsw_gen *g, SSL_CTX *ctx, struct server *s,
+                                          struct tlsw_conn **c)
+{
+    *c = dial_ok(g, ctx, s, NO_PREFER, NULL);
+    drain_post_handshake(*c, s);
+    struct tlsw_session *sess = tlsw_conn_new_session(*c);
+    cr_assert_not_null(sess);
+    return sess;
 }
 
 /* Reads until the engine yields data, closes or fails. */
@@ -562,10 +527,8 @@ Test(tls_resume, tls13_session_resumes_once)
     fx_make(&f, false);
     SSL_CTX *ctx = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
     struct server s1, s2, s3;
-    struct tlsw_conn *c1 = dial_ok(f.gen, ctx, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, ctx, &s1, &c1);
     struct tlsw_conn *c2 = dial_ok(f.gen, ctx, &s2, NO_PREFER, sess);
     cr_assert(tlsw_conn_resumed(c2));
     struct tlsw_conn *c3 = dial_ok(f.gen, ctx, &s3, NO_PREFER, sess);
@@ -591,10 +554,8 @@ Test(tls_resume, session_survives_its_connection_after_shutdown)
     fx_make(&f, false);
     SSL_CTX *ctx = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
     struct server s1, s2;
-    struct tlsw_conn *c1 = dial_ok(f.gen, ctx, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, ctx, &s1, &c1);
     tlsw_conn_shutdown(c1);
     client_to_server(c1, &s1);
     tlsw_conn_free(c1);
@@ -620,10 +581,8 @@ Test(tls_resume, session_survives_its_connection_without_shutdown)
     struct server s1, s2, s3, s4;
 
     /* Freed as it is. */
-    struct tlsw_conn *c1 = dial_ok(f.gen, ctx, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, ctx, &s1, &c1);
     tlsw_conn_free(c1);
     struct tlsw_conn *c2 = dial_ok(f.gen, ctx, &s2, NO_PREFER, sess);
     cr_expect(tlsw_conn_resumed(c2), "session not resumed after tlsw_conn_free without shutdown");
@@ -662,10 +621,8 @@ Test(tls_resume, resumed_connection_yields_a_new_session)
     SSL_CTX *ctx = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
 
     struct server s1;
-    struct tlsw_conn *c1 = dial_ok(f.gen, ctx, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *first = tlsw_conn_new_session(c1);
-    cr_assert_not_null(first);
+    struct tlsw_conn *c1;
+    struct tlsw_session *first = first_session(f.gen, ctx, &s1, &c1);
 
     struct server s2;
     struct tlsw_conn *c2 = dial_ok(f.gen, ctx, &s2, NO_PREFER, first);
@@ -699,10 +656,8 @@ Test(tls_resume, later_ticket_is_a_new_session)
     fx_make(&f, false);
     SSL_CTX *ctx = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
     struct server s;
-    struct tlsw_conn *c = dial_ok(f.gen, ctx, &s, NO_PREFER, NULL);
-    drain_post_handshake(c, &s);
-    struct tlsw_session *a = tlsw_conn_new_session(c);
-    cr_assert_not_null(a);
+    struct tlsw_conn *c;
+    struct tlsw_session *a = first_session(f.gen, ctx, &s, &c);
     cr_assert_null(tlsw_conn_new_session(c));
 
     cr_assert_eq(SSL_new_session_ticket(s.ssl), 1);
@@ -739,10 +694,8 @@ Test(tls_resume, ticket_after_returned_session_was_freed)
     fx_make(&f, false);
     SSL_CTX *ctx = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
     struct server s;
-    struct tlsw_conn *c = dial_ok(f.gen, ctx, &s, NO_PREFER, NULL);
-    drain_post_handshake(c, &s);
-    struct tlsw_session *a = tlsw_conn_new_session(c);
-    cr_assert_not_null(a);
+    struct tlsw_conn *c;
+    struct tlsw_session *a = first_session(f.gen, ctx, &s, &c);
     tlsw_session_free(a); /* e.g. the worker's cache replaced it with another connection's */
 
     for (int round = 0; round < 3; round++) {
@@ -815,10 +768,8 @@ Test(tls_resume, session_from_another_server_falls_back_to_full_handshake)
     SSL_CTX *b = sctx_new(&f.leaf2, f.pki.inter.cert, NULL, 0);
 
     struct server s1;
-    struct tlsw_conn *c1 = dial_ok(f.gen, a, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, a, &s1, &c1);
 
     struct server s2;
     struct tlsw_conn *c2 = dial_ok(f.gen, b, &s2, NO_PREFER, sess);
@@ -859,10 +810,8 @@ Test(tls_resume, tls13_session_to_tls12_server_falls_back)
     SSL_CTX *v13 = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, 0);
     SSL_CTX *v12 = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, TLS1_2_VERSION);
     struct server s1;
-    struct tlsw_conn *c1 = dial_ok(f.gen, v13, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, v13, &s1, &c1);
 
     struct server s2;
     struct tlsw_conn *c2 = dial_ok(f.gen, v12, &s2, NO_PREFER, sess);
@@ -1094,10 +1043,8 @@ Test(tls_resume, trim_on_resumed_and_tls12_connections)
     SSL_CTX *v12 = sctx_new(&f.pki.leaf, f.pki.inter.cert, NULL, TLS1_2_VERSION);
 
     struct server s1;
-    struct tlsw_conn *c1 = dial_ok(f.gen, v13, &s1, NO_PREFER, NULL);
-    drain_post_handshake(c1, &s1);
-    struct tlsw_session *sess = tlsw_conn_new_session(c1);
-    cr_assert_not_null(sess);
+    struct tlsw_conn *c1;
+    struct tlsw_session *sess = first_session(f.gen, v13, &s1, &c1);
     struct server s2;
     struct tlsw_conn *c2 = dial_ok(f.gen, v13, &s2, NO_PREFER, sess);
     cr_assert(tlsw_conn_resumed(c2));
