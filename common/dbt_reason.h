@@ -33,7 +33,16 @@
     X(CLIENT_RESET, "client_reset", DBT_CLASS_BROKEN)                                              \
     X(LIMIT_REACHED, "limit_reached", DBT_CLASS_LIMIT)                                             \
     X(SHUTDOWN, "shutdown", DBT_CLASS_SHUTDOWN)                                                    \
-    X(INTERNAL_ERROR, "internal_error", DBT_CLASS_INTERNAL)
+    X(INTERNAL_ERROR, "internal_error", DBT_CLASS_INTERNAL)                                      \
+    X(CLIENT_TLS_REQUIRED, "client_tls_required", DBT_CLASS_CLIENT_REFUSED)                        \
+    X(CLIENT_TLS_HANDSHAKE_FAILED, "client_tls_handshake_failed", DBT_CLASS_CLIENT_REFUSED)        \
+    X(CLIENT_TLS_TIMEOUT, "client_tls_timeout", DBT_CLASS_CLIENT_REFUSED)                          \
+    X(CLIENT_CERT_MISSING, "client_cert_missing", DBT_CLASS_CLIENT_REFUSED)                        \
+    X(CLIENT_CERT_UNTRUSTED, "client_cert_untrusted", DBT_CLASS_CLIENT_REFUSED)                    \
+    X(CLIENT_CERT_EXPIRED, "client_cert_expired", DBT_CLASS_CLIENT_REFUSED)                        \
+    X(CLIENT_CERT_REJECTED, "client_cert_rejected", DBT_CLASS_CLIENT_REFUSED)                      \
+    X(CLIENT_NOT_ALLOWED, "client_not_allowed", DBT_CLASS_CLIENT_REFUSED)                          \
+    X(CLIENT_CHANNEL_BINDING, "client_channel_binding", DBT_CLASS_CLIENT_REFUSED)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */
@@ -44,6 +53,9 @@ enum dbt_reason_class {
     DBT_CLASS_LIMIT,       /* a configured limit refused the connection */
     DBT_CLASS_SHUTDOWN,    /* dbtrust is stopping */
     DBT_CLASS_INTERNAL,    /* out of memory and the like */
+    /* the client leg's policy refused the client (central trust point: client_tls, client
+     * certificates, client_allow); PostgreSQL 28000, MySQL access denied */
+    DBT_CLASS_CLIENT_REFUSED,
 };
 
 enum dbt_reason {

@@ -115,6 +115,12 @@ struct my_errcode my_errcode_for(enum dbt_reason r)
         return (struct my_errcode){1043, "08S01"}; /* ER_HANDSHAKE_ERROR */
     case DBT_CLASS_LIMIT:
         return (struct my_errcode){1040, "08004"}; /* ER_CON_COUNT_ERROR */
+    case DBT_CLASS_CLIENT_REFUSED:
+        /* ER_SECURE_TRANSPORT_REQUIRED for a plaintext client on a TLS-only listener, like a
+         * server with require_secure_transport; ER_ACCESS_DENIED_ERROR for the rest. */
+        if (r == DBT_CLIENT_TLS_REQUIRED)
+            return (struct my_errcode){3159, "HY000"};
+        return (struct my_errcode){1045, "28000"};
     case DBT_CLASS_OK:
     case DBT_CLASS_BROKEN:
     case DBT_CLASS_SHUTDOWN:

@@ -423,6 +423,8 @@ const char *pg_sqlstate_for(enum dbt_reason r)
         return "53300"; /* too_many_connections */
     case DBT_CLASS_SHUTDOWN:
         return "57P01"; /* admin_shutdown */
+    case DBT_CLASS_CLIENT_REFUSED:
+        return "28000"; /* invalid_authorization_specification: what pg_hba.conf refusals say */
     case DBT_CLASS_OK:
     case DBT_CLASS_INTERNAL:
         break;

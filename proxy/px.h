@@ -42,6 +42,9 @@ struct px_listener {
     struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
     int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
     atomic_uint active;           /* live connections across workers, for max_connections */
+    /* client_tls: the serving identity in force (NULL when client_tls = off); swapped by
+     * reloads like gen, under srv->trust_lock; workers hold their own reference */
+    struct tlsw_server *client_id;
     EVP_PKEY *rsa_key;            /* MySQL caching_sha2/sha256 bridge key (mysql listeners) */
     char rsa_pem[MY_PEM_MAX + 1]; /* its public half, served to clients that ask */
 };
@@ -84,6 +87,8 @@ struct px_worker_listener {
     struct px_listener *l;
     struct tlsw_gen *gen;                   /* the generation new connections take */
     _Atomic(struct tlsw_gen *) pending_gen; /* published by a reload, taken on wakeup */
+    struct tlsw_server *client_id;          /* serving identity new TLS clients get (or NULL) */
+    _Atomic(struct tlsw_server *) pending_client_id; /* published by a reload, like pending_gen */
     bool open;
     char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
     int tls_group;             /* key exchange group the upstream chose last (NID) */

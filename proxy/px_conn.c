@@ -259,6 +259,8 @@ static const char *summary_for(enum dbt_reason r)
         return "dbtrust is shutting down";
     case DBT_CLASS_BROKEN:
         return "upstream connection lost";
+    case DBT_CLASS_CLIENT_REFUSED:
+        return "client refused";
     default:
         return "internal error";
     }

@@ -111,6 +111,45 @@ const char *tlsw_conn_cipher(const struct tlsw_conn *c);
 /* The verified peer chain, leaf first; returns the count written (at most cap). */
 size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *out, size_t cap);
 
+/* Server role: the client leg of a central trust point (client_tls). The same engine API as
+ * above (handshake, feed, take, read, write, shutdown, failure) drives both roles. */
+
+struct tlsw_server_opts {
+    const char *cert_path; /* PEM chain dbtrust presents, leaf first */
+    const char *key_path;  /* its private key (PEM) */
+    const char *ca_path;   /* NULL: no client certificate asked for; else clients must present
+                              one that chains to a CA in this PEM file */
+    const char *names;     /* NULL or "": any verified client name; else a comma list of
+                              accepted names: a SAN dNSName/URI, or "CN=x" for the subject CN */
+    int min_tls_version;   /* TLS1_2_VERSION or TLS1_3_VERSION */
+};
+
+/* An immutable, refcounted serving identity: certificate chain, key, optional client CA store
+ * and accepted names, and the SSL_CTX built from them. Safe to share across worker threads. */
+struct tlsw_server;
+
+/* Reads and validates: the files exist and parse, the key matches the leaf, the leaf is inside
+ * its validity period, the CA file (if any) holds at least one certificate. On failure returns
+ * -1 with why in err (naming the file at fault). */
+DBT_MUST_USE int tlsw_server_load(const struct tlsw_server_opts *o, struct tlsw_server **out,
+                                  char *err, size_t errlen);
+void tlsw_server_ref(struct tlsw_server *s);
+void tlsw_server_unref(struct tlsw_server *s);
+/* Hex SHA-256 over the bytes of the cert, key and CA files as read: equal = nothing changed. */
+const char *tlsw_server_sha256(const struct tlsw_server *s);
+/* The leaf dbtrust presents (subject, notAfter, fingerprint). */
+const struct tlsw_cert_info *tlsw_server_leaf(const struct tlsw_server *s);
+
+/* A server-role engine. alpn: the one wire-format protocol name accepted (e.g.
+ * "\x0apostgresql"), or NULL for none; a client offering ALPN without it fails the handshake.
+ * alpn_required: a client that offers no ALPN at all is refused once the handshake completes
+ * (PostgreSQL direct TLS). Takes a reference on s. */
+struct tlsw_conn *tlsw_conn_new_server(struct tlsw_server *s, const uint8_t *alpn,
+                                       size_t alpn_len, bool alpn_required);
+/* Server role, after the handshake: the client certificate's name that was accepted or checked
+ * (the matching SAN, else the first SAN, else the CN), "" without a client certificate. */
+const char *tlsw_conn_peer_name(const struct tlsw_conn *c);
+
 /* True when s is an IPv4 or IPv6 literal. */
 bool tlsw_is_ip_literal(const char *s);
 
