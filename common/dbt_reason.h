@@ -33,7 +33,7 @@
     X(CLIENT_RESET, "client_reset", DBT_CLASS_BROKEN)                                              \
     X(LIMIT_REACHED, "limit_reached", DBT_CLASS_LIMIT)                                             \
     X(SHUTDOWN, "shutdown", DBT_CLASS_SHUTDOWN)                                                    \
-    X(INTERNAL_ERROR, "internal_error", DBT_CLASS_INTERNAL)                                      \
+    X(INTERNAL_ERROR, "internal_error", DBT_CLASS_INTERNAL)                                        \
     X(CLIENT_TLS_REQUIRED, "client_tls_required", DBT_CLASS_CLIENT_REFUSED)                        \
     X(CLIENT_TLS_HANDSHAKE_FAILED, "client_tls_handshake_failed", DBT_CLASS_CLIENT_REFUSED)        \
     X(CLIENT_TLS_TIMEOUT, "client_tls_timeout", DBT_CLASS_CLIENT_REFUSED)                          \

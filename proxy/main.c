@@ -16,6 +16,7 @@
 #include "px.h"
 #include "px_admin.h"
 #include "px_cmd.h"
+#include "px_drivers.h"
 #include "px_expiry.h"
 #include "px_listen.h"
 #include "px_log.h"
@@ -313,6 +314,8 @@ int main(int argc, char **argv)
         goto out;
     for (size_t i = 0; i < cfg.listener_count; i++) {
         srv.listeners[i].cfg = &cfg.listeners[i];
+        srv.listeners[i].drv =
+            cfg.listeners[i].protocol == CFG_PROTO_MYSQL ? &px_my_driver : &px_pg_driver;
         for (unsigned k = 0; k < PX_MAX_WORKERS; k++)
             srv.listeners[i].fds[k] = -1;
     }

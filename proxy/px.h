@@ -16,8 +16,6 @@
 /* Per-worker scratch buffer for socket reads. Read callbacks consume it synchronously, so one
  * buffer serves every connection of the worker and idle connections hold no read buffer. */
 #define PX_READ_CHUNK (64 * 1024)
-/* Backpressure: stop reading a side while the other side has more than this queued. */
-#define PX_HIGH_WATER (256 * 1024)
 
 /* A client-facing stream: TCP or a Unix socket (listen = unix:/path). */
 union px_stream {
@@ -38,10 +36,11 @@ struct px_seen_chain {
 /* One configured listener, shared by every worker. */
 struct px_listener {
     const struct cfg_listener *cfg;
+    const struct px_driver *drv; /* the protocol driver (px_driver.h), chosen at start */
     struct tlsw_gen *gen; /* generation in force (workers hold their own ref); srv->trust_lock */
-    struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
-    int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
-    atomic_uint active;           /* live connections across workers, for max_connections */
+    struct px_seen_chain seen; /* under srv->seen_lock: written when a new leaf appears */
+    int fds[PX_MAX_WORKERS];   /* one SO_REUSEPORT listening socket per worker (-1 = none) */
+    atomic_uint active;        /* live connections across workers, for max_connections */
     /* client_tls: the serving identity in force (NULL when client_tls = off); swapped by
      * reloads like gen, under srv->trust_lock; workers hold their own reference */
     struct tlsw_server *client_id;
@@ -50,6 +49,8 @@ struct px_listener {
 };
 
 struct px_bundle_watch;
+struct px_driver;
+struct px_dial_waiter;
 
 struct px_server {
     struct cfg *cfg;
@@ -93,7 +94,7 @@ struct px_worker_listener {
     char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
     int tls_group;             /* key exchange group the upstream chose last (NID) */
     unsigned dials;            /* connect slots in use (px_dial.c) */
-    struct px_conn *dial_waiters, *dial_waiters_tail;
+    struct px_dial_waiter *dial_waiters, *dial_waiters_tail;
     struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
     unsigned resume_count;
     struct px_listener_stats stats; /* written by this worker only */
@@ -139,8 +140,5 @@ void px_resume_put(struct px_worker_listener *wl, struct tlsw_session *s, struct
 struct tlsw_session *px_resume_take(struct px_worker_listener *wl, const struct tlsw_gen *gen,
                                     size_t upstream);
 void px_resume_forget(struct px_worker_listener *wl);
-
-/* Called by a connection when it is freed, so the worker can finish draining. */
-void px_worker_conn_gone(struct px_worker *w);
 
 #endif

@@ -1,5 +1,5 @@
-/* Connection lifecycle: accept, the client leg, the phase timer, the single close path and the
- * one log line per connection end. */
+/* Connection lifecycle: accept, the events of both legs, the phase timer, the single close path
+ * and the one log line per connection end. The protocol is reached only through c->drv. */
 #include "px_conn.h"
 
 #include <arpa/inet.h>
@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "px_io.h"
 #include "px_listen.h"
 #include "px_log.h"
+#include "px_relay.h"
 
 uint64_t px_now_ms(void)
 {
@@ -17,15 +17,36 @@ uint64_t px_now_ms(void)
 }
 
 static void on_timer(uv_timer_t *t);
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void on_client_closed(struct px_leg *l);
 
-static void format_peer(uv_tcp_t *tcp, char *out, size_t cap)
+static struct px_conn *conn_of(const struct px_leg *l)
 {
-    struct sockaddr_storage ss = {0};
-    int len = sizeof(ss);
-    if (uv_tcp_getpeername(tcp, (struct sockaddr *)&ss, &len) != 0)
-        ss.ss_family = AF_UNSPEC;
-    px_format_sockaddr((struct sockaddr *)&ss, out, cap);
+    return l->owner;
+}
+
+static struct px_leg *other_leg(struct px_conn *c, const struct px_leg *l)
+{
+    return &c->legs[l->side == PX_CLIENT ? PX_UPSTREAM : PX_CLIENT];
+}
+
+static const struct px_leg_events client_events = {
+    .on_bytes = px_conn_leg_bytes,
+    .on_read_end = px_conn_leg_read_end,
+    .on_tls_done = NULL, /* client_tls comes later */
+    .on_tls_error = px_conn_leg_tls_error,
+    .on_write_done = px_conn_leg_write_done,
+    .on_shutdown_done = px_conn_leg_shutdown_done,
+    .on_closed = on_client_closed,
+    .on_session = NULL,
+};
+
+static void peer_address(uv_tcp_t *tcp, struct sockaddr_storage *ss, char *out, size_t cap)
+{
+    memset(ss, 0, sizeof(*ss));
+    int len = sizeof(*ss);
+    if (uv_tcp_getpeername(tcp, (struct sockaddr *)ss, &len) != 0)
+        ss->ss_family = AF_UNSPEC;
+    px_format_sockaddr((struct sockaddr *)ss, out, cap);
 }
 
 /* Out of descriptors, libuv accepts and closes the excess itself (its reserve-descriptor
@@ -38,7 +59,7 @@ static void warn_if_out_of_descriptors(struct px_conn *c)
 {
     struct px_worker *w = c->w;
     uv_os_fd_t fd;
-    if (w->fd_limit == 0 || uv_fileno(&c->client.handle, &fd) != 0 ||
+    if (w->fd_limit == 0 || uv_fileno(&px_conn_client(c)->s.handle, &fd) != 0 ||
         (uint64_t)fd + PX_FD_HEADROOM < w->fd_limit)
         return;
     uint64_t now = px_now_ms();
@@ -52,6 +73,12 @@ static void warn_if_out_of_descriptors(struct px_conn *c)
            c->wl->l->cfg->name, (int)fd, (unsigned long long)w->fd_limit);
 }
 
+static void free_unaccepted(uv_handle_t *h)
+{
+    struct px_leg *l = h->data;
+    free(l->owner);
+}
+
 void px_conn_accept(struct px_worker_listener *wl)
 {
     struct px_worker *w = wl->w;
@@ -62,20 +89,23 @@ void px_conn_accept(struct px_worker_listener *wl)
     }
     c->w = w;
     c->wl = wl;
+    c->drv = wl->l->drv;
     c->start_ms = px_now_ms();
     c->state = PX_CONN_CLIENT_STARTUP;
+    struct px_leg *client = px_conn_client(c);
+    px_leg_setup(client, w, c, PX_CLIENT, &client_events);
+    px_leg_setup(px_conn_upstream(c), w, c, PX_UPSTREAM, NULL); /* the dialer sets its events */
     bool is_unix = wl->l->cfg->listen.is_unix;
     if (is_unix)
-        uv_pipe_init(&w->loop, &c->client.pipe, 0);
+        px_leg_open_pipe(client);
     else
-        uv_tcp_init(&w->loop, &c->client.tcp);
-    c->client.handle.data = c;
-    c->open_refs = 1;
-    if (uv_accept(&wl->handle.stream, &c->client.stream) != 0) {
+        px_leg_open_tcp(client);
+    if (uv_accept(&wl->handle.stream, &client->s.stream) != 0) {
         /* Nothing to log per connection: the peer vanished between poll and accept. */
-        uv_close(&c->client.handle, (uv_close_cb)free);
+        uv_close(&client->s.handle, free_unaccepted);
         return;
     }
+    c->open_refs = 1;
     uv_timer_init(&w->loop, &c->timer);
     c->timer.data = c;
     c->open_refs++;
@@ -91,40 +121,47 @@ void px_conn_accept(struct px_worker_listener *wl)
     tlsw_gen_ref(c->gen);
     unsigned active = atomic_fetch_add(&wl->l->active, 1) + 1;
     c->over_limit = active > wl->l->cfg->max_connections;
+    c->dial.wl = wl;
+    client->stat_in = &wl->stats.bytes_from_client;
+    client->stat_out = &wl->stats.bytes_to_client;
 
     if (is_unix) {
         dbt_strlcpy(c->client_addr, "unix", sizeof(c->client_addr));
     } else {
-        format_peer(&c->client.tcp, c->client_addr, sizeof(c->client_addr));
-        uv_tcp_nodelay(&c->client.tcp, 1);
+        struct sockaddr_storage peer;
+        peer_address(&client->s.tcp, &peer, c->client_addr, sizeof(c->client_addr));
+        uv_tcp_nodelay(&client->s.tcp, 1);
     }
-    if (wl->l->cfg->protocol == CFG_PROTO_MYSQL) {
-        px_my_start(c); /* the server speaks first: dial now */
-        return;
-    }
-    c->pg = calloc(1, sizeof(*c->pg));
-    if (!c->pg) {
-        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-        return;
-    }
-    pg_client_init(&c->pg->client);
-    pg_server_init(&c->pg->server);
-    px_conn_set_timer(c, wl->l->cfg->startup_timeout_ms);
-    c->client_reading = true;
-    uv_read_start(&c->client.stream, px_io_alloc, on_client_read);
+    c->drv->start(c);
 }
 
-void px_conn_set_timer(struct px_conn *c, uint32_t ms)
+void px_conn_set_timer_fn(struct px_conn *c, uint32_t ms, void (*fn)(struct px_conn *c))
 {
+    c->on_timeout = fn;
     if (ms == 0)
         uv_timer_stop(&c->timer);
     else
         uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
+void px_conn_set_timer(struct px_conn *c, uint32_t ms)
+{
+    px_conn_set_timer_fn(c, ms, NULL);
+}
+
+bool px_conn_logged_in(const struct px_conn *c)
+{
+    return c->state == PX_CONN_RELAY &&
+           (c->drv->authenticating == NULL || !c->drv->authenticating(c));
+}
+
 static void on_timer(uv_timer_t *t)
 {
     struct px_conn *c = t->data;
+    if (c->on_timeout) {
+        c->on_timeout(c);
+        return;
+    }
     switch (c->state) {
     case PX_CONN_CLIENT_STARTUP:
         px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not finish its startup packets in time");
@@ -138,10 +175,6 @@ static void on_timer(uv_timer_t *t)
         px_conn_fail(c, DBT_LIMIT_REACHED, detail);
         break;
     }
-    case PX_CONN_RESOLVING:
-    case PX_CONN_CONNECTING:
-        px_upstream_connect_timeout(c);
-        break;
     case PX_CONN_MY_GREETING:
         px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "upstream sent no greeting in time");
         break;
@@ -167,78 +200,187 @@ static void on_timer(uv_timer_t *t)
         px_conn_close(c, c->reason, NULL);
         break;
     case PX_CONN_RELAY:
-        /* MySQL relays through its machine while authentication still runs. */
-        if (c->my && !my_relaying(c->my))
+        /* A framed relay runs while authentication still does. */
+        if (!px_conn_logged_in(c))
             px_conn_fail(c, DBT_UPSTREAM_TIMEOUT, "authentication did not finish in time");
         break;
+    case PX_CONN_RESOLVING:
+    case PX_CONN_CONNECTING: /* the dialer arms its own handler */
     case PX_CONN_CLOSING:
         break;
     }
 }
 
-static void on_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* ---- events of both legs ---- */
+
+static void maybe_finish(struct px_conn *c)
 {
-    struct px_conn *c = s->data;
-    if (nread == 0 || c->closing)
+    if (px_relay_finished(px_conn_client(c), px_conn_upstream(c)))
+        px_conn_close(c, c->reason != DBT_NONE ? c->reason : DBT_CLIENT_CLOSED, NULL);
+}
+
+void px_conn_leg_bytes(struct px_leg *l, const uint8_t *data, size_t len)
+{
+    struct px_conn *c = conn_of(l);
+    if (c->closing)
         return;
-    if (nread < 0) {
-        if (c->state == PX_CONN_RELAY && nread == UV_EOF) {
-            px_relay_client_eof(c);
-        } else if (nread == UV_EOF) {
-            px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
-        } else {
-            px_conn_close(c, DBT_CLIENT_RESET, uv_strerror((int)nread));
-        }
+    struct px_leg *to = other_leg(c, l);
+    if (c->state == PX_CONN_RELAY && !c->drv->relay_framed) {
+        px_relay_forward(l, to, data, len);
         return;
     }
-    const uint8_t *data = (const uint8_t *)buf->base;
-    c->recent_io = true;
-    c->bytes_from_client += (uint64_t)nread;
-    px_counter_add(&c->wl->stats.bytes_from_client, (uint64_t)nread);
+    c->drv->on_bytes(c, l, data, len);
+    if (!c->closing && c->state == PX_CONN_RELAY)
+        px_relay_backpressure(l, to);
+}
+
+/* A peer will send no more while relaying: pass the half-close on, end once both are done. */
+static void relay_eof(struct px_conn *c, struct px_leg *from)
+{
+    if (c->reason == DBT_NONE)
+        c->reason = from->side == PX_CLIENT ? DBT_CLIENT_CLOSED : DBT_UPSTREAM_CLOSED;
+    px_relay_eof(from, other_leg(c, from));
+    if (!c->closing)
+        maybe_finish(c);
+}
+
+static void client_read_end(struct px_conn *c, int status)
+{
+    bool eof = status == UV_EOF || status == 0;
+    if (c->state == PX_CONN_RELAY && eof)
+        relay_eof(c, px_conn_client(c));
+    else if (eof)
+        px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
+    else
+        px_conn_close(c, DBT_CLIENT_RESET, uv_strerror(status));
+}
+
+/* The upstream will send no more: close_notify (clean) or TCP EOF. */
+static void upstream_eof(struct px_conn *c, bool clean)
+{
     switch (c->state) {
-    case PX_CONN_CLIENT_STARTUP:
-        px_pg_on_client_data(c, data, (size_t)nread);
-        break;
-    case PX_CONN_MY_RESPONSE:
-        px_my_on_client_data(c, data, (size_t)nread);
-        break;
     case PX_CONN_RELAY:
-        px_relay_from_client(c, data, (size_t)nread);
+        if (px_conn_logged_in(c))
+            relay_eof(c, px_conn_upstream(c));
+        else
+            px_conn_fail(c, DBT_UPSTREAM_RESET,
+                         "upstream closed the connection during authentication");
+        break;
+    case PX_CONN_CANCEL_DRAIN:
+        px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
+        break;
+    case PX_CONN_MY_GREETING:
+        px_conn_fail(c, DBT_UPSTREAM_RESET, "upstream closed the connection before its greeting");
+        break;
+    case PX_CONN_SSL_ANSWER:
+    case PX_CONN_TLS_HANDSHAKE:
+        px_conn_fail(c, DBT_TLS_HANDSHAKE_FAILED,
+                     "upstream closed the connection during the TLS handshake");
         break;
     default:
-        /* Reads are stopped outside these states; bytes here would be a client that pipelines
-         * while dbtrust dials. Keep them for after the StartupMessage. */
-        if (c->pg)
-            px_pg_keep_early(c, data, (size_t)nread);
+        px_conn_fail(c, DBT_UPSTREAM_RESET,
+                     clean ? "upstream ended the TLS session during startup"
+                           : "upstream closed the connection during startup");
         break;
     }
 }
 
-void px_client_stop_reading(struct px_conn *c)
+static void upstream_read_end(struct px_conn *c, int status)
 {
-    if (c->client_reading) {
-        uv_read_stop(&c->client.stream);
-        c->client_reading = false;
+    if (c->state == PX_CONN_MY_RETIRE) {
+        px_conn_close(c, c->reason, NULL); /* it hung up first: nothing left to end */
+    } else if (status == 0 || status == UV_EOF) {
+        upstream_eof(c, status == 0);
+    } else if (c->state == PX_CONN_RELAY && px_conn_client(c)->eof) {
+        /* The client already said goodbye (COM_QUIT, Terminate): a server that closes hard
+         * after it, before our close_notify lands, is a normal end, not a broken leg. */
+        px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
+    } else if (px_conn_logged_in(c)) {
+        px_conn_close(c, status == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
+                      uv_strerror(status));
+    } else if (c->state == PX_CONN_TLS_HANDSHAKE || c->state == PX_CONN_SSL_ANSWER) {
+        px_conn_fail(c, DBT_TLS_HANDSHAKE_FAILED, uv_strerror(status));
+    } else {
+        px_conn_fail(c, DBT_UPSTREAM_RESET, uv_strerror(status));
     }
 }
 
-void px_client_start_reading(struct px_conn *c)
+void px_conn_leg_read_end(struct px_leg *l, int status)
 {
-    if (!c->client_reading && !c->client_eof && !c->closing) {
-        c->client_reading = true;
-        uv_read_start(&c->client.stream, px_io_alloc, on_client_read);
-    }
+    struct px_conn *c = conn_of(l);
+    if (c->closing)
+        return;
+    if (l->side == PX_CLIENT)
+        client_read_end(c, status);
+    else
+        upstream_read_end(c, status);
 }
 
-int px_client_send(struct px_conn *c, const uint8_t *data, size_t len)
+void px_conn_leg_tls_error(struct px_leg *l, enum dbt_reason r, const char *detail)
 {
-    /* Every byte the client gets passes here: server data, greetings and dbtrust's errors. */
-    if (c->client_leg_closed)
-        return 0;
-    c->bytes_to_client += len;
-    px_counter_add(&c->wl->stats.bytes_to_client, len);
-    return px_io_send(c, &c->client.stream, &c->queued_to_client, data, len);
+    struct px_conn *c = conn_of(l);
+    if (c->closing)
+        return;
+    if (l->side == PX_CLIENT) {
+        /* No error message can reach a client whose TLS session failed: log it and close. */
+        if (r == DBT_NONE)
+            r = l->tls_up ? DBT_CLIENT_RESET : DBT_CLIENT_TLS_HANDSHAKE_FAILED;
+        px_conn_close(c, r, detail);
+        return;
+    }
+    if (!l->tls_up)
+        px_conn_fail(c, r == DBT_NONE ? DBT_TLS_HANDSHAKE_FAILED : r, detail);
+    else if (px_conn_logged_in(c))
+        px_conn_close(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
+    else
+        px_conn_fail(c, r == DBT_NONE ? DBT_TLS_ERROR : r, detail);
 }
+
+/* One completion path for both legs: report a broken leg, finish a failing connection once its
+ * error is written, or let the relay resume a paused side. */
+void px_conn_leg_write_done(struct px_leg *l, int status)
+{
+    struct px_conn *c = conn_of(l);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        px_conn_close(c, l->side == PX_CLIENT ? DBT_CLIENT_RESET : DBT_UPSTREAM_RESET,
+                      uv_strerror(status));
+        return;
+    }
+    if (c->state == PX_CONN_FAILING) {
+        if (px_conn_client(c)->queued == 0)
+            px_conn_close(c, c->reason, NULL);
+        return;
+    }
+    if (c->state != PX_CONN_RELAY)
+        return;
+    px_relay_resume(px_conn_client(c), px_conn_upstream(c));
+    maybe_finish(c);
+}
+
+void px_conn_leg_shutdown_done(struct px_leg *l)
+{
+    struct px_conn *c = conn_of(l);
+    if (!c->closing)
+        maybe_finish(c);
+}
+
+void px_conn_start_relay(struct px_conn *c, const uint8_t *to_client, size_t len)
+{
+    c->state = PX_CONN_RELAY;
+    px_conn_set_timer(c, 0);
+    /* Idle connections keep only their handles, not the ciphertext buffers the certificate
+     * flight grew. */
+    px_leg_trim(px_conn_upstream(c));
+    px_leg_trim(px_conn_client(c));
+    if (len > 0 && px_leg_send(px_conn_client(c), to_client, len) != 0)
+        return;
+    if (!c->closing)
+        px_leg_start_reading(px_conn_client(c));
+}
+
+/* ---- failing and closing ---- */
 
 static const char *summary_for(enum dbt_reason r)
 {
@@ -282,8 +424,7 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
     char msg[900];
     uint8_t pkt[1400];
     px_error_message(c, reason, detail, msg, sizeof(msg));
-    size_t n = c->my ? px_my_build_error(c, reason, msg, pkt, sizeof(pkt))
-                     : px_pg_build_error(reason, msg, pkt, sizeof(pkt));
+    size_t n = c->drv->build_error(c, reason, msg, pkt, sizeof(pkt));
     px_conn_fail_with(c, reason, detail, pkt, n);
 }
 
@@ -301,22 +442,23 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
-    px_dial_release(c);
+    px_dial_release(&c->dial);
     c->reason = reason;
     set_detail(c, detail);
-    /* A cancel's client expects silence and a close (PROTOCOLS.md A4). */
-    if (c->is_cancel || len == 0) {
+    struct px_leg *client = px_conn_client(c);
+    /* A cancel's client expects silence and a close (PROTOCOLS.md A4); a client whose TLS
+     * handshake is not done cannot read an error. */
+    if (c->is_cancel || len == 0 || (client->tls && !client->tls_up)) {
         px_conn_close(c, reason, detail);
         return;
     }
-    px_client_stop_reading(c);
-    if (c->upstream_leg == PX_LEG_OPEN)
-        px_upstream_stop_reading(c);
+    px_leg_halt(client);
+    px_leg_halt(px_conn_upstream(c));
     c->state = PX_CONN_FAILING;
-    px_client_send(c, pkt, len);
+    px_leg_send(client, pkt, len);
     if (c->closing)
         return;
-    if (c->queued_to_client == 0) {
+    if (client->queued == 0) {
         px_conn_close(c, reason, NULL);
         return;
     }
@@ -327,18 +469,20 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
 static void log_conn_end(struct px_conn *c)
 {
     char in[24], out[24], dur[24];
-    snprintf(in, sizeof(in), "%llu", (unsigned long long)c->bytes_from_client);
-    snprintf(out, sizeof(out), "%llu", (unsigned long long)c->bytes_to_client);
+    struct px_leg *client = px_conn_client(c), *up = px_conn_upstream(c);
+    snprintf(in, sizeof(in), "%llu", (unsigned long long)client->bytes_in);
+    snprintf(out, sizeof(out), "%llu", (unsigned long long)client->bytes_out);
     snprintf(dur, sizeof(dur), "%llu", (unsigned long long)(px_now_ms() - c->start_ms));
     enum dbt_reason_class cls = dbt_reason_class(c->reason);
     enum cfg_log_level lvl = cls == DBT_CLASS_OK ? CFG_LOG_INFO : CFG_LOG_WARN;
+    bool up_tls = up->tls_up;
     px_log_event(lvl, "conn_end", "listener", c->wl->l->cfg->name, "client", c->client_addr, "app",
                  c->application_name, "user", c->user, "database", c->database, "upstream",
-                 c->upstream_label, "tls", c->tls_up ? tlsw_conn_version(c->tls) : "", "cipher",
-                 c->tls_up ? tlsw_conn_cipher(c->tls) : "", "resumed",
-                 !c->tls_up                  ? ""
-                 : tlsw_conn_resumed(c->tls) ? "yes"
-                                             : "no",
+                 c->upstream_label, "tls", up_tls ? tlsw_conn_version(up->tls) : "", "cipher",
+                 up_tls ? tlsw_conn_cipher(up->tls) : "", "resumed",
+                 !up_tls                      ? ""
+                 : tlsw_conn_resumed(up->tls) ? "yes"
+                                              : "no",
                  "reason", dbt_reason_name(c->reason), "bytes_in", in, "bytes_out", out,
                  "duration_ms", dur, "detail", c->detail != NULL ? c->detail : "", NULL);
 }
@@ -358,17 +502,19 @@ static void conn_free(struct px_conn *c)
         c->next->prev = c->prev;
     w->conn_count--;
     atomic_fetch_sub(&c->wl->l->active, 1);
-    px_dial_release(c);
-    if (c->tls)
-        tlsw_conn_free(c->tls);
+    px_dial_release(&c->dial);
+    for (size_t i = 0; i < DBT_ARRAY_LEN(c->legs); i++)
+        if (c->legs[i].tls)
+            tlsw_conn_free(c->legs[i].tls);
     if (c->addrs)
         uv_freeaddrinfo(c->addrs);
-    px_pg_startup_free(c);
-    px_my_free(c);
+    c->drv->free(c);
     tlsw_gen_unref(c->gen);
     free(c->detail);
     free(c);
-    px_worker_conn_gone(w);
+    w->closed_since_sweep++;
+    if (w->draining && w->conn_count == 0)
+        uv_timer_stop(&w->drain_timer); /* nothing left to wait for: the loop can end */
 }
 
 void px_conn_release(struct px_conn *c)
@@ -377,18 +523,14 @@ void px_conn_release(struct px_conn *c)
         conn_free(c); /* the only place a connection is freed */
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h)
 {
     px_conn_release(h->data);
 }
 
-void px_conn_close_client_leg(struct px_conn *c)
+static void on_client_closed(struct px_leg *l)
 {
-    if (c->client_leg_closed)
-        return;
-    c->client_leg_closed = true;
-    c->client_reading = false;
-    uv_close(&c->client.handle, on_handle_closed);
+    px_conn_release(conn_of(l));
 }
 
 void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail)
@@ -399,24 +541,14 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
         c->reason = reason;
         set_detail(c, detail);
     }
-    if (px_my_retire(c))
-        return; /* the rest closes once the server refused the decoy login */
+    if (c->drv->on_close && c->drv->on_close(c))
+        return; /* the driver ends the upstream's side first, then closes */
     c->closing = true;
-    px_dial_release(c);
+    px_dial_release(&c->dial);
     c->state = PX_CONN_CLOSING;
     if (c->gai_pending)
         uv_cancel((uv_req_t *)&c->gai); /* its callback still runs and releases its ref */
-    px_conn_close_client_leg(c);
-    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    if (c->upstream_leg == PX_LEG_OPEN) {
-        /* Be polite to the server: a pending TLS alert tells it why (best effort, no wait). */
-        if (c->tls && tlsw_conn_pending(c->tls) > 0) {
-            uint8_t alert[512];
-            size_t n = tlsw_conn_take(c->tls, alert, sizeof(alert));
-            uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n);
-            (void)uv_try_write((uv_stream_t *)&c->upstream, &b, 1);
-        }
-        c->upstream_leg = PX_LEG_CLOSING;
-        uv_close((uv_handle_t *)&c->upstream, on_handle_closed);
-    }
+    px_leg_close(px_conn_client(c));
+    uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    px_leg_close(px_conn_upstream(c));
 }

@@ -4,15 +4,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "px_conn.h"
+#include "px.h"
 
-void px_io_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    struct px_conn *c = h->data;
-    (void)suggested;
-    buf->base = (char *)c->w->read_buf;
-    buf->len = sizeof(c->w->read_buf);
-}
+struct px_wreq {
+    uv_write_t req;
+    struct px_io_target t;
+    struct px_wreq *next_free; /* in the worker's cache */
+    size_t cap;
+    size_t len;
+    uint8_t data[];
+};
 
 static struct px_wreq *wreq_new(struct px_worker *w, size_t len)
 {
@@ -29,7 +30,6 @@ static struct px_wreq *wreq_new(struct px_worker *w, size_t len)
         wr->cap = cap;
     }
     wr->len = len;
-    wr->queued = NULL;
     return wr;
 }
 
@@ -54,57 +54,33 @@ void px_io_worker_free(struct px_worker *w)
     w->free_wreq_count = 0;
 }
 
-/* One completion path for both legs: release the bytes, report a broken leg, finish a failing
- * connection once its error is written, or let the relay resume a paused side. */
 static void on_write_done(uv_write_t *req, int status)
 {
     struct px_wreq *wr = (struct px_wreq *)req;
-    struct px_conn *c = wr->c;
-    bool to_client = wr->queued == &c->queued_to_client;
-    *wr->queued -= wr->len;
-    wreq_free(c->w, wr);
-    if (c->closing)
-        return;
-    if (status < 0) {
-        px_conn_close(c, to_client ? DBT_CLIENT_RESET : DBT_UPSTREAM_RESET, uv_strerror(status));
-        return;
-    }
-    if (c->state == PX_CONN_FAILING) {
-        if (c->queued_to_client == 0)
-            px_conn_close(c, c->reason, NULL);
-        return;
-    }
-    px_relay_after_write(c);
+    struct px_io_target t = wr->t;
+    size_t len = wr->len;
+    *t.queued -= len;
+    wreq_free(t.w, wr);
+    t.done(t.arg, len, status);
 }
 
-static int write_failed(struct px_conn *c, uv_stream_t *s, int rc)
-{
-    px_conn_close(c, s == &c->client.stream ? DBT_CLIENT_RESET : DBT_UPSTREAM_RESET,
-                  uv_strerror(rc));
-    return -1;
-}
-
-/* Copies data into blocks and queues them behind whatever is already queued on s. */
-static int queue_copy(struct px_conn *c, uv_stream_t *s, size_t *queued, const uint8_t *data,
-                      size_t len)
+/* Copies data into blocks and queues them behind whatever is already queued on the stream. */
+static int queue_copy(const struct px_io_target *t, const uint8_t *data, size_t len)
 {
     while (len > 0) {
         size_t n = len < PX_WBLOCK ? len : PX_WBLOCK;
-        struct px_wreq *wr = wreq_new(c->w, n);
-        if (!wr) {
-            px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-            return -1;
-        }
+        struct px_wreq *wr = wreq_new(t->w, n);
+        if (!wr)
+            return UV_ENOMEM;
         memcpy(wr->data, data, n);
-        wr->c = c;
-        wr->queued = queued;
-        *queued += n;
+        wr->t = *t;
+        *t->queued += n;
         uv_buf_t b = uv_buf_init((char *)wr->data, (unsigned)n);
-        int rc = uv_write(&wr->req, s, &b, 1, on_write_done);
+        int rc = uv_write(&wr->req, t->stream, &b, 1, on_write_done);
         if (rc != 0) {
-            *queued -= n;
-            wreq_free(c->w, wr);
-            return write_failed(c, s, rc);
+            *t->queued -= n;
+            wreq_free(t->w, wr);
+            return rc;
         }
         data += n;
         len -= n;
@@ -112,23 +88,23 @@ static int queue_copy(struct px_conn *c, uv_stream_t *s, size_t *queued, const u
     return 0;
 }
 
-int px_io_send(struct px_conn *c, uv_stream_t *s, size_t *queued, const uint8_t *data, size_t len)
+int px_io_send(const struct px_io_target *t, const uint8_t *data, size_t len)
 {
     if (len == 0)
         return 0;
     /* Most writes fit in the socket buffer: no copy, no allocation, no callback. libuv refuses
      * (UV_EAGAIN) while earlier writes are still queued, so order is kept. */
-    if (*queued == 0) {
+    if (*t->queued == 0) {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
-        int rc = uv_try_write(s, &b, 1);
+        int rc = uv_try_write(t->stream, &b, 1);
         if (rc >= 0) {
             data += rc;
             len -= (size_t)rc;
         } else if (rc != UV_EAGAIN && rc != UV_ENOSYS) {
-            return write_failed(c, s, rc);
+            return rc;
         }
         if (len == 0)
             return 0;
     }
-    return queue_copy(c, s, queued, data, len);
+    return queue_copy(t, data, len);
 }

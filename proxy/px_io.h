@@ -1,5 +1,6 @@
-/* Small I/O helpers shared by both legs: the worker's scratch buffers and writes that try the
- * socket first and copy only what it did not take. */
+/* Queued writes on a stream: try the socket first, copy only what it did not take, into blocks
+ * a worker keeps for reuse. Knows nothing of connections or legs: completion is reported to the
+ * callback the writer passed. */
 #ifndef PX_IO_H
 #define PX_IO_H
 
@@ -7,7 +8,8 @@
 #include <stdint.h>
 #include <uv.h>
 
-struct px_conn;
+#include "dbt_util.h"
+
 struct px_worker;
 
 /* Queued bytes live in blocks of this size (one block per queued write, up to this much). A
@@ -16,23 +18,22 @@ struct px_worker;
 #define PX_WBLOCK       (80 * 1024)
 #define PX_WBLOCK_CACHE 32
 
-struct px_wreq {
-    uv_write_t req;
-    struct px_conn *c;
-    struct px_wreq *next_free; /* in the worker's cache */
-    size_t cap;
-    size_t len;
-    size_t *queued; /* the counter this write adds to until its callback */
-    uint8_t data[];
+/* A queued write finished (status < 0: the stream broke); len bytes left the queue. */
+typedef void (*px_io_done_cb)(void *arg, size_t len, int status);
+
+/* Where a write goes and whom its completion is reported to. */
+struct px_io_target {
+    struct px_worker *w; /* owner of the block cache */
+    uv_stream_t *stream;
+    size_t *queued; /* bytes handed over and not yet written; added to until completion */
+    px_io_done_cb done;
+    void *arg;
 };
 
-/* Read allocation: the worker's scratch buffer (consumed synchronously by read callbacks). */
-void px_io_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
-
-/* Writes data to s: straight to the socket when nothing is queued on it, the rest copied and
- * queued (added to *queued until written). Returns 0, or -1 after closing the connection on a
- * write error. */
-int px_io_send(struct px_conn *c, uv_stream_t *s, size_t *queued, const uint8_t *data, size_t len);
+/* Writes data: straight to the socket when nothing is queued on it, the rest copied and queued.
+ * Returns 0, or a negative uv error when the write failed at once (nothing is reported to the
+ * callback then). */
+DBT_MUST_USE int px_io_send(const struct px_io_target *t, const uint8_t *data, size_t len);
 
 /* Frees the worker's cached blocks (at worker exit). */
 void px_io_worker_free(struct px_worker *w);

@@ -1,111 +1,124 @@
-/* MySQL/MariaDB: drives protocol/mysql.c with the connection's sockets (PROTOCOLS.md part B).
- * The server speaks first, so dbtrust dials at accept, greets the client with the server's
- * (patched) greeting, upgrades the upstream leg after the client's response, and keeps both legs
- * flowing through the machine so sequence ids, the RSA bridge and COM_CHANGE_USER stay right. */
+/* The MySQL/MariaDB driver: drives protocol/mysql.c with the connection's legs (PROTOCOLS.md
+ * part B). The server speaks first, so dbtrust dials at accept, greets the client with the
+ * server's (patched) greeting, upgrades the upstream leg after the client's response, and keeps
+ * both legs flowing through the machine so sequence ids, the RSA bridge and COM_CHANGE_USER
+ * stay right. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "px_conn.h"
+#include "px_drivers.h"
 #include "px_log.h"
+#include "px_upstream.h"
 
-int px_my_start(struct px_conn *c)
+#define PX_MY_CONTEXT_MAX 400
+
+struct px_my {
+    struct my_session s;
+    bool greeted;
+    bool retiring, decoy_sent;       /* retire() */
+    char context[PX_MY_CONTEXT_MAX]; /* " [listener X, upstream H:P]" for the machine's errors */
+};
+
+static struct px_my *my_of(const struct px_conn *c)
+{
+    return c->proto;
+}
+
+static void my_free(struct px_conn *c)
+{
+    struct px_my *m = my_of(c);
+    if (!m)
+        return;
+    my_session_wipe(&m->s);
+    free(m);
+    c->proto = NULL;
+}
+
+static void start(struct px_conn *c)
 {
     struct px_listener *l = c->wl->l;
-    c->my = malloc(sizeof(*c->my));
-    c->my_context = calloc(1, PX_MY_CONTEXT_MAX);
+    struct px_my *m = calloc(1, sizeof(*m));
+    c->proto = m;
     struct my_config cfg = {
         .unix_socket = l->cfg->listen.is_unix,
         .rsa_key = l->rsa_key,
         .rsa_pem = l->rsa_pem,
-        .context = c->my_context,
+        .context = m ? m->context : NULL,
     };
-    if (!c->my || !c->my_context || !my_session_init(c->my, &cfg)) {
+    if (!m || !my_session_init(&m->s, &cfg)) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
-        return -1;
+        return;
     }
     if (c->over_limit) {
         char detail[96];
         snprintf(detail, sizeof(detail), "max_connections (%u) reached", l->cfg->max_connections);
         px_conn_fail(c, DBT_LIMIT_REACHED, detail);
-        return -1;
-    }
-    px_upstream_dial(c);
-    return 0;
-}
-
-void px_my_free(struct px_conn *c)
-{
-    free(c->my_context);
-    c->my_context = NULL;
-    if (!c->my)
         return;
-    my_session_wipe(c->my);
-    free(c->my);
-    c->my = NULL;
+    }
+    px_upstream_dial(c); /* the server speaks first: dial now */
 }
 
 static void send_decoy(struct px_conn *c)
 {
     uint8_t pkt[128];
     size_t n = my_build_decoy_login(pkt, sizeof(pkt), false);
-    c->my_decoy_sent = true;
-    if (n == 0 || px_upstream_write_raw(c, pkt, n) != 0)
+    my_of(c)->decoy_sent = true;
+    if (n == 0 || px_leg_send(px_conn_upstream(c), pkt, n) != 0)
         px_conn_close(c, c->reason, NULL);
 }
 
 /* Executes steps until the machine needs more input. from_server tells which feed to call. */
 static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t len)
 {
+    struct px_my *m = my_of(c);
+    struct px_leg *client = px_conn_client(c), *up = px_conn_upstream(c);
     while (!c->closing && c->state != PX_CONN_FAILING) {
         struct my_step st;
-        size_t used = from_server ? my_feed_server(c->my, data, len, &st)
-                                  : my_feed_client(c->my, data, len, &st);
+        size_t used = from_server ? my_feed_server(&m->s, data, len, &st)
+                                  : my_feed_client(&m->s, data, len, &st);
         data += used;
         len -= used;
         switch (st.action) {
         case MY_NEED_MORE:
             return;
         case MY_SEND_CLIENT:
-            if (c->my_retiring) { /* the greeting, and nobody to give it to */
+            if (m->retiring) { /* the greeting, and nobody to give it to */
                 send_decoy(c);
                 return;
             }
-            if (!c->my_greeted && c->state == PX_CONN_MY_GREETING) {
+            if (!m->greeted && c->state == PX_CONN_MY_GREETING) {
                 /* The patched greeting: now the client may answer. */
-                c->my_greeted = true;
+                m->greeted = true;
                 c->state = PX_CONN_MY_RESPONSE;
-                px_dial_release(c); /* the TLS handshake waits for the client, not for us */
+                px_dial_release(&c->dial); /* the TLS handshake waits for the client, not us */
                 px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
-                px_client_start_reading(c);
+                px_leg_start_reading(client);
             }
-            if (px_client_send(c, st.data, st.len) != 0)
+            if (px_leg_send(client, st.data, st.len) != 0)
                 return;
             if (st.phase_end && c->state == PX_CONN_RELAY)
                 px_conn_set_timer(c, 0); /* logged in: no phase timer while relaying */
             break;
         case MY_SEND_SERVER_PLAIN:
-            dbt_strlcpy(c->user, c->my->user, sizeof(c->user));
-            dbt_strlcpy(c->database, c->my->database, sizeof(c->database));
-            dbt_strlcpy(c->application_name, c->my->program_name, sizeof(c->application_name));
-            if (px_upstream_write_raw(c, st.data, st.len) != 0)
+            dbt_strlcpy(c->user, m->s.user, sizeof(c->user));
+            dbt_strlcpy(c->database, m->s.database, sizeof(c->database));
+            dbt_strlcpy(c->application_name, m->s.program_name, sizeof(c->application_name));
+            if (px_leg_send(up, st.data, st.len) != 0)
                 return;
             break;
         case MY_START_TLS:
-            px_client_stop_reading(c);
+            px_leg_stop_reading(client);
             px_upstream_start_tls(c);
             return;
         case MY_SEND_SERVER:
-            if (px_upstream_send(c, st.data, st.len) != 0)
+            if (px_leg_send(up, st.data, st.len) != 0)
                 return;
             break;
         case MY_RELAY:
-            if (from_server) {
-                if (px_client_send(c, st.data, st.len) != 0)
-                    return;
-            } else if (px_upstream_send(c, st.data, st.len) != 0) {
+            if (px_leg_send(from_server ? client : up, st.data, st.len) != 0)
                 return;
-            }
             break;
         case MY_FAIL:
             px_conn_fail_with(c, st.reason, st.detail, st.data, st.len);
@@ -120,28 +133,20 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
     }
 }
 
-void px_my_on_connected(struct px_conn *c)
+static void on_connected(struct px_conn *c)
 {
-    snprintf(c->my_context, PX_MY_CONTEXT_MAX, " [listener %s, upstream %s]", c->wl->l->cfg->name,
-             c->upstream_label);
+    snprintf(my_of(c)->context, PX_MY_CONTEXT_MAX, " [listener %s, upstream %s]",
+             c->wl->l->cfg->name, c->upstream_label);
     c->state = PX_CONN_MY_GREETING;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
 }
 
-void px_my_on_server_plain(struct px_conn *c, const uint8_t *data, size_t len)
+static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
 {
-    run(c, true, data, len);
-}
-
-void px_my_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
-{
-    run(c, false, data, len);
-}
-
-void px_my_on_tls_ready(struct px_conn *c)
-{
+    if (leg->side != PX_UPSTREAM)
+        return;
     struct my_step st;
-    my_tls_ready(c->my, &st);
+    my_tls_ready(&my_of(c)->s, &st);
     if (st.action != MY_SEND_SERVER) {
         px_conn_fail(c, DBT_INTERNAL_ERROR, "TLS became ready in an unexpected state");
         return;
@@ -149,27 +154,46 @@ void px_my_on_tls_ready(struct px_conn *c)
     /* From here both legs run through the machine until the end: the auth exchange is
      * re-sequenced, then relayed while COM_CHANGE_USER is watched for. */
     c->state = PX_CONN_RELAY;
-    px_pg_startup_free(c);
-    if (px_upstream_send(c, st.data, st.len) != 0)
+    if (px_leg_send(leg, st.data, st.len) != 0)
         return;
-    px_client_start_reading(c);
+    px_leg_start_reading(px_conn_client(c));
 }
 
-void px_my_from_client(struct px_conn *c, const uint8_t *data, size_t len)
+/* The client's answer ("Access denied") to the decoy: the login ended as an authentication
+ * failure. Before it, the greeting. */
+static void on_retire_data(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    run(c, false, data, len);
+    if (!my_of(c)->decoy_sent) {
+        run(c, true, data, len);
+        return;
+    }
+    px_conn_close(c, c->reason, NULL);
 }
 
-void px_my_to_client(struct px_conn *c, const uint8_t *data, size_t len)
+static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data, size_t len)
 {
-    run(c, true, data, len);
+    bool from_server = from->side == PX_UPSTREAM;
+    switch (c->state) {
+    case PX_CONN_MY_RETIRE:
+        if (from_server)
+            on_retire_data(c, data, len);
+        break;
+    case PX_CONN_MY_GREETING:
+    case PX_CONN_MY_RESPONSE:
+    case PX_CONN_RELAY:
+        if (from_server || c->state != PX_CONN_MY_GREETING)
+            run(c, from_server, data, len);
+        break;
+    default:
+        break; /* reads are stopped in the other states */
+    }
 }
 
-size_t px_my_build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
-                         uint8_t *buf, size_t cap)
+static size_t build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
+                          uint8_t *buf, size_t cap)
 {
     struct my_step st;
-    my_fail(c->my, reason, message, &st);
+    my_fail(&my_of(c)->s, reason, message, &st);
     size_t n = st.len <= cap ? st.len : 0;
     if (n > 0)
         memcpy(buf, st.data, n);
@@ -182,29 +206,46 @@ static bool client_caused(enum dbt_reason r)
            r == DBT_CLIENT_PROTOCOL_ERROR;
 }
 
-bool px_my_retire(struct px_conn *c)
+/* The client left during the handshake (reason in c->reason): rather than hang up on the
+ * server after its greeting, which the server counts against max_connect_errors for dbtrust's
+ * address (blocking every application behind it), finish the login as an authentication
+ * failure. True: the client leg is closed and the connection ends when the server answered. */
+static bool retire(struct px_conn *c)
 {
+    struct px_my *m = my_of(c);
+    struct px_leg *up = px_conn_upstream(c);
     /* Only before TLS: after it, the login is dbtrust's own and ends as the server says. */
-    if (c->my == NULL || c->my_retiring || c->tls != NULL || c->upstream_leg != PX_LEG_OPEN ||
+    if (m == NULL || m->retiring || up->tls != NULL || up->state != PX_LEG_OPEN ||
         c->connected_ns == 0 || !client_caused(c->reason))
         return false;
-    c->my_retiring = true;
-    px_dial_release(c);
-    px_conn_close_client_leg(c);
+    m->retiring = true;
+    px_dial_release(&c->dial);
+    px_leg_close(px_conn_client(c));
     c->state = PX_CONN_MY_RETIRE;
-    px_upstream_start_reading(c); /* a failing connection had stopped reading it */
+    up->halted = false; /* a failing connection had stopped delivering from it */
+    px_leg_start_reading(up);
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
-    if (c->my_greeted)
+    if (m->greeted)
         send_decoy(c); /* else the greeting is on its way: run() answers it */
     return true;
 }
 
-void px_my_on_retire_data(struct px_conn *c, const uint8_t *data, size_t len)
+static bool authenticating(const struct px_conn *c)
 {
-    if (!c->my_decoy_sent) {
-        run(c, true, data, len); /* the greeting */
-        return;
-    }
-    /* Its answer ("Access denied"): the login ended as an authentication failure. */
-    px_conn_close(c, c->reason, NULL);
+    return my_of(c) != NULL && !my_relaying(&my_of(c)->s);
 }
+
+const struct px_driver px_my_driver = {
+    .name = "mysql",
+    .alpn = NULL, /* MySQL has no ALPN name */
+    .alpn_len = 0,
+    .start = start,
+    .on_bytes = on_bytes,
+    .on_connected = on_connected,
+    .on_tls_ready = on_tls_ready,
+    .build_error = build_error,
+    .on_close = retire,
+    .authenticating = authenticating,
+    .free = my_free,
+    .relay_framed = true,
+};

@@ -1,47 +1,79 @@
-/* PostgreSQL startup phase: drives the pure machines of protocol/pg.c with the connection's
- * sockets (PROTOCOLS.md A7). */
+/* The PostgreSQL driver: drives the pure machines of protocol/pg.c with the connection's legs
+ * (PROTOCOLS.md A7). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "px_conn.h"
+#include "px_drivers.h"
 #include "px_log.h"
+#include "px_upstream.h"
 
-void px_pg_startup_free(struct px_conn *c)
+/* Startup-phase state, freed when the relay starts so idle connections stay small. */
+struct px_pg_startup {
+    struct pg_client client;
+    struct pg_server server;
+    uint8_t *early; /* client bytes read after the StartupMessage (forwarded after it) */
+    size_t early_len;
+};
+
+static struct px_pg_startup *startup_of(struct px_conn *c)
 {
-    if (!c->pg)
-        return;
-    free(c->pg->early);
-    /* The StartupMessage buffer held no password, but the client's early bytes might (a
-     * pipelining client's PasswordMessage): wipe before freeing. */
-    dbt_wipe(c->pg, sizeof(*c->pg));
-    free(c->pg);
-    c->pg = NULL;
+    return c->proto;
 }
 
-void px_pg_keep_early(struct px_conn *c, const uint8_t *data, size_t len)
+static void startup_free(struct px_conn *c)
 {
-    if (!c->pg || len == 0)
+    struct px_pg_startup *pg = startup_of(c);
+    if (!pg)
+        return;
+    free(pg->early);
+    /* The StartupMessage buffer held no password, but the client's early bytes might (a
+     * pipelining client's PasswordMessage): wipe before freeing. */
+    dbt_wipe(pg, sizeof(*pg));
+    free(pg);
+    c->proto = NULL;
+}
+
+static void keep_early(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct px_pg_startup *pg = startup_of(c);
+    if (!pg || len == 0)
         return;
     /* Bounded: a client may not send more than one read's worth before the server speaks. */
-    if (c->pg->early_len + len > PX_READ_CHUNK) {
+    if (pg->early_len + len > PX_READ_CHUNK) {
         px_conn_fail(c, DBT_CLIENT_PROTOCOL_ERROR,
                      "client sent too much data before the server answered its startup message");
         return;
     }
-    uint8_t *p = realloc(c->pg->early, c->pg->early_len + len);
+    uint8_t *p = realloc(pg->early, pg->early_len + len);
     if (!p) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
         return;
     }
-    memcpy(p + c->pg->early_len, data, len);
-    c->pg->early = p;
-    c->pg->early_len += len;
+    memcpy(p + pg->early_len, data, len);
+    pg->early = p;
+    pg->early_len += len;
 }
 
-void px_pg_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
+static void start(struct px_conn *c)
 {
-    struct pg_client *pc = &c->pg->client;
+    struct px_pg_startup *pg = calloc(1, sizeof(*pg));
+    if (!pg) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return;
+    }
+    c->proto = pg;
+    pg_client_init(&pg->client);
+    pg_server_init(&pg->server);
+    px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
+    px_leg_start_reading(px_conn_client(c));
+}
+
+static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct pg_client *pc = &startup_of(c)->client;
+    struct px_leg *client = px_conn_client(c);
     while (!c->closing) {
         struct pg_step st;
         size_t used = pg_client_feed(pc, data, len, &st);
@@ -51,15 +83,15 @@ void px_pg_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
         case PG_NEED_MORE:
             return;
         case PG_SEND_CLIENT:
-            if (px_client_send(c, st.data, st.len) != 0)
+            if (px_leg_send(client, st.data, st.len) != 0)
                 return;
             continue;
         case PG_DIAL_UPSTREAM:
             dbt_strlcpy(c->user, pc->user, sizeof(c->user));
             dbt_strlcpy(c->database, pc->database, sizeof(c->database));
             dbt_strlcpy(c->application_name, pc->application_name, sizeof(c->application_name));
-            px_client_stop_reading(c);
-            px_pg_keep_early(c, data, len);
+            px_leg_stop_reading(client);
+            keep_early(c, data, len);
             if (c->closing)
                 return;
             if (c->over_limit) {
@@ -73,7 +105,7 @@ void px_pg_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
             return;
         case PG_CANCEL:
             c->is_cancel = true;
-            px_client_stop_reading(c);
+            px_leg_stop_reading(client);
             px_upstream_dial(c);
             return;
         case PG_FAIL:
@@ -90,15 +122,15 @@ void px_pg_on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
-void px_pg_on_connected(struct px_conn *c)
+static void on_connected(struct px_conn *c)
 {
     /* The SSLRequest goes alone; nothing may be pipelined behind it (PROTOCOLS.md A1). */
     c->state = PX_CONN_SSL_ANSWER;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
-    px_upstream_write_raw(c, pg_ssl_request, sizeof(pg_ssl_request));
+    px_leg_send(px_conn_upstream(c), pg_ssl_request, sizeof(pg_ssl_request));
 }
 
-void px_pg_on_ssl_answer(struct px_conn *c, const uint8_t *data, size_t len)
+static void on_ssl_answer(struct px_conn *c, const uint8_t *data, size_t len)
 {
     const char *detail = NULL;
     enum dbt_reason r = pg_check_ssl_answer(data, len, &detail);
@@ -109,31 +141,32 @@ void px_pg_on_ssl_answer(struct px_conn *c, const uint8_t *data, size_t len)
     px_upstream_start_tls(c);
 }
 
-void px_pg_on_tls_ready(struct px_conn *c)
+static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
 {
-    struct pg_client *pc = &c->pg->client;
+    struct px_pg_startup *pg = startup_of(c);
+    struct pg_client *pc = &pg->client;
+    if (leg->side != PX_UPSTREAM)
+        return;
     if (c->is_cancel) {
         /* Forward the CancelRequest verbatim, end the TLS session and wait for the server to
          * close: the client's cancel returns only once the server has it. */
-        if (px_upstream_send(c, pc->buf, pc->need) != 0)
+        if (px_leg_send(leg, pc->buf, pc->need) != 0)
             return;
-        tlsw_conn_shutdown(c->tls);
-        if (px_upstream_flush(c) != 0)
-            return;
+        px_leg_shutdown(leg);
         c->state = PX_CONN_CANCEL_DRAIN;
         px_conn_set_timer(c, 5000);
         return;
     }
     c->state = PX_CONN_SERVER_STARTUP;
-    if (px_upstream_send(c, pc->buf, pc->need) != 0)
+    if (px_leg_send(leg, pc->buf, pc->need) != 0)
         return;
-    if (c->pg->early_len && px_upstream_send(c, c->pg->early, c->pg->early_len) != 0)
-        return;
+    if (pg->early_len)
+        px_leg_send(leg, pg->early, pg->early_len);
 }
 
-void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
+static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
 {
-    struct pg_server *ps = &c->pg->server;
+    struct pg_server *ps = &startup_of(c)->server;
     while (!c->closing && c->state == PX_CONN_SERVER_STARTUP) {
         struct pg_step st;
         size_t used = pg_server_feed(ps, data, len, &st);
@@ -143,11 +176,12 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
         case PG_NEED_MORE:
             return;
         case PG_SEND_CLIENT:
-            if (px_client_send(c, st.data, st.len) != 0)
+            if (px_leg_send(px_conn_client(c), st.data, st.len) != 0)
                 return;
             continue;
         case PG_RELAY:
-            px_relay_start(c, data, len);
+            startup_free(c); /* data points into the read buffer, not into the startup state */
+            px_conn_start_relay(c, data, len);
             return;
         case PG_FAIL:
             px_conn_fail(c, st.reason, st.detail);
@@ -159,11 +193,44 @@ void px_pg_on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
-size_t px_pg_build_error(enum dbt_reason reason, const char *message, uint8_t *buf, size_t cap)
+static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data, size_t len)
 {
+    if (from->side == PX_CLIENT) {
+        if (c->state == PX_CONN_CLIENT_STARTUP)
+            on_client_data(c, data, len);
+        else /* a client that pipelines while dbtrust dials: kept for after the startup */
+            keep_early(c, data, len);
+        return;
+    }
+    if (c->state == PX_CONN_SSL_ANSWER)
+        on_ssl_answer(c, data, len);
+    else if (c->state == PX_CONN_SERVER_STARTUP)
+        on_server_data(c, data, len);
+    /* else: a cancel's server sends nothing; anything else ends with the connection */
+}
+
+static size_t build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
+                          uint8_t *buf, size_t cap)
+{
+    (void)c;
     const char *hint = NULL;
     if (dbt_reason_class(reason) == DBT_CLASS_TLS)
         hint = "dbtrust verifies the upstream against its CA bundle; check the bundle and the "
                "upstream host name (see dbtrust's log)";
     return pg_build_error(buf, cap, pg_sqlstate_for(reason), message, NULL, hint);
 }
+
+const struct px_driver px_pg_driver = {
+    .name = "postgres",
+    .alpn = pg_alpn,
+    .alpn_len = sizeof(pg_alpn),
+    .start = start,
+    .on_bytes = on_bytes,
+    .on_connected = on_connected,
+    .on_tls_ready = on_tls_ready,
+    .build_error = build_error,
+    .on_close = NULL,
+    .authenticating = NULL,
+    .free = startup_free,
+    .relay_framed = false,
+};

@@ -52,9 +52,12 @@ static void on_idle_sweep(uv_timer_t *t)
 {
     struct px_worker *w = t->data;
     for (struct px_conn *c = w->conns; c != NULL; c = c->next) {
-        if (c->state == PX_CONN_RELAY && !c->recent_io)
-            tlsw_conn_trim(c->tls);
-        c->recent_io = false;
+        for (size_t i = 0; i < DBT_ARRAY_LEN(c->legs); i++) {
+            struct px_leg *l = &c->legs[i];
+            if (c->state == PX_CONN_RELAY && !l->recent_io)
+                px_leg_trim(l);
+            l->recent_io = false;
+        }
     }
 #ifdef __GLIBC__
     if (w->closed_since_sweep >= PX_TRIM_AFTER_CLOSES)
@@ -101,13 +104,6 @@ static void on_wakeup(uv_async_t *a)
         px_log(CFG_LOG_INFO, "worker %u draining %u connection(s)", w->id, w->conn_count);
         uv_timer_start(&w->drain_timer, on_drain_timeout, w->srv->cfg->drain_timeout_ms, 0);
     }
-}
-
-void px_worker_conn_gone(struct px_worker *w)
-{
-    w->closed_since_sweep++;
-    if (w->draining && w->conn_count == 0)
-        uv_timer_stop(&w->drain_timer); /* nothing left to wait for: the loop can end */
 }
 
 static void on_close_any(uv_handle_t *h, void *arg)

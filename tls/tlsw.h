@@ -144,8 +144,8 @@ const struct tlsw_cert_info *tlsw_server_leaf(const struct tlsw_server *s);
  * "\x0apostgresql"), or NULL for none; a client offering ALPN without it fails the handshake.
  * alpn_required: a client that offers no ALPN at all is refused once the handshake completes
  * (PostgreSQL direct TLS). Takes a reference on s. */
-struct tlsw_conn *tlsw_conn_new_server(struct tlsw_server *s, const uint8_t *alpn,
-                                       size_t alpn_len, bool alpn_required);
+struct tlsw_conn *tlsw_conn_new_server(struct tlsw_server *s, const uint8_t *alpn, size_t alpn_len,
+                                       bool alpn_required);
 /* Server role, after the handshake: the client certificate's name that was accepted or checked
  * (the matching SAN, else the first SAN, else the CN), "" without a client certificate. */
 const char *tlsw_conn_peer_name(const struct tlsw_conn *c);

@@ -1,0 +1,302 @@
+/* The leg: reads (decrypting when TLS is on), writes (encrypting), the TLS handshake pump,
+ * half-close and close, the same for the client and the upstream side. */
+#include "px_leg.h"
+
+#include <stdio.h>
+
+#include "pg.h"
+#include "px_io.h"
+
+void px_leg_setup(struct px_leg *l, struct px_worker *w, void *owner, enum px_side side,
+                  const struct px_leg_events *ev)
+{
+    l->w = w;
+    l->owner = owner;
+    l->side = side;
+    l->ev = ev;
+}
+
+static void open_common(struct px_leg *l)
+{
+    l->s.handle.data = l;
+    l->state = PX_LEG_OPEN;
+    l->reading = l->halted = l->eof = l->shut_sent = false;
+}
+
+void px_leg_open_tcp(struct px_leg *l)
+{
+    uv_tcp_init(&l->w->loop, &l->s.tcp);
+    open_common(l);
+}
+
+void px_leg_open_pipe(struct px_leg *l)
+{
+    uv_pipe_init(&l->w->loop, &l->s.pipe, 0);
+    open_common(l);
+}
+
+/* Reads land in the worker's scratch buffer: read callbacks consume it synchronously, so one
+ * buffer serves every connection and idle connections hold no read buffer. */
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct px_leg *l = h->data;
+    (void)suggested;
+    buf->base = (char *)l->w->read_buf;
+    buf->len = sizeof(l->w->read_buf);
+}
+
+static bool delivering(const struct px_leg *l)
+{
+    return l->state == PX_LEG_OPEN && !l->halted;
+}
+
+static void deliver(struct px_leg *l, const uint8_t *data, size_t len)
+{
+    l->bytes_in += len;
+    if (l->stat_in)
+        px_counter_add(l->stat_in, len);
+    l->ev->on_bytes(l, data, len);
+}
+
+static void on_written(void *arg, size_t len, int status)
+{
+    struct px_leg *l = arg;
+    (void)len;
+    l->ev->on_write_done(l, status);
+}
+
+static int write_raw(struct px_leg *l, const uint8_t *data, size_t len)
+{
+    struct px_io_target t = {l->w, &l->s.stream, &l->queued, on_written, l};
+    int rc = px_io_send(&t, data, len);
+    if (rc == 0)
+        return 0;
+    l->ev->on_write_done(l, rc);
+    return -1;
+}
+
+int px_leg_flush(struct px_leg *l)
+{
+    while (l->tls && l->state == PX_LEG_OPEN && tlsw_conn_pending(l->tls) > 0) {
+        size_t n = tlsw_conn_take(l->tls, l->w->tls_out, sizeof(l->w->tls_out));
+        if (write_raw(l, l->w->tls_out, n) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void report_tls_error(struct px_leg *l)
+{
+    char detail[512];
+    enum dbt_reason r = tlsw_conn_failure(l->tls, detail, sizeof(detail));
+    px_leg_flush(l); /* an alert tells the peer why */
+    if (l->state == PX_LEG_OPEN)
+        l->ev->on_tls_error(l, r, detail);
+}
+
+int px_leg_send(struct px_leg *l, const uint8_t *data, size_t len)
+{
+    if (l->state != PX_LEG_OPEN)
+        return 0;
+    l->bytes_out += len;
+    if (l->stat_out)
+        px_counter_add(l->stat_out, len);
+    if (l->tls == NULL)
+        return write_raw(l, data, len);
+    if (tlsw_conn_write(l->tls, data, len) != TLSW_OK) {
+        report_tls_error(l);
+        return -1;
+    }
+    return px_leg_flush(l);
+}
+
+/* Decrypts what the engine holds, into the read buffer (free again: its ciphertext was copied
+ * into the engine), handed on in one piece when full: one write to the other side per read,
+ * not one per TLS record. */
+static void drain(struct px_leg *l)
+{
+    uint8_t *buf = l->w->read_buf;
+    size_t cap = sizeof(l->w->read_buf), have = 0;
+    for (;;) {
+        size_t n = 0;
+        enum tlsw_status st = tlsw_conn_read(l->tls, buf + have, cap - have, &n);
+        if (st == TLSW_OK && n > 0) {
+            have += n;
+            if (have < cap)
+                continue;
+        }
+        if (have > 0) {
+            deliver(l, buf, have);
+            have = 0;
+            if (!delivering(l))
+                return;
+            if (st == TLSW_OK)
+                continue;
+        }
+        if (st == TLSW_CLOSED) {
+            l->ev->on_read_end(l, 0);
+            return;
+        }
+        if (st == TLSW_ERROR) {
+            report_tls_error(l);
+            return;
+        }
+        break;
+    }
+    /* A ticket arrived (TLS 1.3 sends them after the handshake). */
+    struct tlsw_session *s = tlsw_conn_new_session(l->tls);
+    if (s != NULL) {
+        if (l->ev->on_session)
+            l->ev->on_session(l, s);
+        else
+            tlsw_session_free(s);
+    }
+    px_leg_flush(l); /* post-handshake messages may have queued an answer (KeyUpdate) */
+}
+
+static void handshake_step(struct px_leg *l)
+{
+    enum tlsw_status st = tlsw_conn_handshake(l->tls);
+    if (st == TLSW_ERROR) {
+        report_tls_error(l);
+        return;
+    }
+    if (px_leg_flush(l) != 0 || st != TLSW_OK)
+        return;
+    l->tls_up = true;
+    l->ev->on_tls_done(l);
+    if (delivering(l))
+        drain(l); /* the peer's first records may have arrived with the handshake */
+}
+
+/* The first byte after agreeing to TLS must start a record. Plaintext here was sent before the
+ * peer saw our answer: injected by someone on the path (CVE-2021-23222 toward upstreams) or
+ * pipelined by a client into a connection it asked to encrypt (CVE-2021-23214). */
+static bool check_first_record(struct px_leg *l, uint8_t first)
+{
+    l->expect_record = false;
+    if (pg_is_tls_record_start(first))
+        return true;
+    char detail[160];
+    bool client = l->side == PX_CLIENT;
+    snprintf(detail, sizeof(detail), "%s sent unencrypted data (first byte 0x%02x) after %s TLS",
+             client ? "client" : "upstream", first, client ? "asking for" : "agreeing to");
+    l->ev->on_tls_error(
+        l, client ? DBT_CLIENT_PROTOCOL_ERROR : DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE, detail);
+    return false;
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct px_leg *l = s->data;
+    if (nread == 0 || !delivering(l))
+        return;
+    if (nread < 0) {
+        l->ev->on_read_end(l, (int)nread);
+        return;
+    }
+    const uint8_t *data = (const uint8_t *)buf->base;
+    l->recent_io = true;
+    if (l->tls == NULL) {
+        deliver(l, data, (size_t)nread);
+        return;
+    }
+    if (l->expect_record && !check_first_record(l, data[0]))
+        return;
+    tlsw_conn_feed(l->tls, data, (size_t)nread);
+    if (!l->tls_up)
+        handshake_step(l);
+    else
+        drain(l);
+}
+
+void px_leg_start_reading(struct px_leg *l)
+{
+    if (!l->reading && !l->eof && !l->halted && l->state == PX_LEG_OPEN) {
+        l->reading = true;
+        uv_read_start(&l->s.stream, on_alloc, on_read);
+    }
+}
+
+void px_leg_stop_reading(struct px_leg *l)
+{
+    if (l->reading) {
+        uv_read_stop(&l->s.stream);
+        l->reading = false;
+    }
+}
+
+void px_leg_halt(struct px_leg *l)
+{
+    px_leg_stop_reading(l);
+    l->halted = true;
+}
+
+void px_leg_start_tls_with(struct px_leg *l, struct tlsw_conn *tls, const uint8_t *data, size_t len)
+{
+    l->tls = tls;
+    l->tls_up = false;
+    l->expect_record = true;
+    if (len > 0) {
+        if (!check_first_record(l, data[0]))
+            return;
+        tlsw_conn_feed(tls, data, len);
+    }
+    handshake_step(l); /* the client role speaks first; a server answers what it has */
+}
+
+void px_leg_start_tls(struct px_leg *l, struct tlsw_conn *tls)
+{
+    px_leg_start_tls_with(l, tls, NULL, 0);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    struct px_leg *l = req->data;
+    (void)status;
+    if (l->state == PX_LEG_OPEN)
+        l->ev->on_shutdown_done(l);
+}
+
+void px_leg_shutdown(struct px_leg *l)
+{
+    if (l->shut_sent || l->state != PX_LEG_OPEN)
+        return;
+    l->shut_sent = true;
+    if (l->tls) {
+        tlsw_conn_shutdown(l->tls);
+        if (px_leg_flush(l) != 0)
+            return;
+    }
+    l->shutdown_req.data = l;
+    uv_shutdown(&l->shutdown_req, &l->s.stream, on_shutdown);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct px_leg *l = h->data;
+    l->state = PX_LEG_NONE;
+    l->ev->on_closed(l);
+}
+
+void px_leg_close(struct px_leg *l)
+{
+    if (l->state != PX_LEG_OPEN)
+        return;
+    /* Be polite: a pending TLS alert tells the peer why (best effort, no wait). */
+    if (l->tls && l->queued == 0 && tlsw_conn_pending(l->tls) > 0) {
+        uint8_t alert[512];
+        size_t n = tlsw_conn_take(l->tls, alert, sizeof(alert));
+        uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n);
+        (void)uv_try_write(&l->s.stream, &b, 1);
+    }
+    l->state = PX_LEG_CLOSING;
+    l->reading = false;
+    uv_close(&l->s.handle, on_handle_closed);
+}
+
+void px_leg_trim(struct px_leg *l)
+{
+    if (l->tls)
+        tlsw_conn_trim(l->tls);
+}
