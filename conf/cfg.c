@@ -83,6 +83,74 @@ static bool addr_clash(const struct cfg_addr *a, const struct cfg_addr *b)
            (strcasecmp(a->host, b->host) == 0 || is_wildcard(a->host) || is_wildcard(b->host));
 }
 
+/* A Unix socket is local: its file permissions say who may connect, and TLS on it would protect
+ * nothing. Refused rather than ignored, like every client_* key that cannot take effect. */
+static int check_client_unix(const struct cfg_listener *l, const char **key, char *why, size_t n)
+{
+    if (!l->listen.is_unix)
+        return 0;
+    if (l->client_tls != CFG_CLIENT_TLS_OFF)
+        *key = "client_tls";
+    else if (l->client_allow_count > 0)
+        *key = "client_allow";
+    else
+        return 0;
+    return fail(why, n,
+                "not available on a unix: listener (a Unix socket is local; its file permissions "
+                "guard it)");
+}
+
+/* Without client_tls these keys would be silently ignored, while the operator believes the
+ * client leg is authenticated: an error instead. */
+static int check_client_tls_off(const struct cfg_listener *l, const char **key, char *why, size_t n)
+{
+    const struct {
+        const char *key, *value;
+    } needs_tls[] = {{"client_cert", l->client_cert},
+                     {"client_key", l->client_key},
+                     {"client_ca", l->client_ca},
+                     {"client_names", l->client_names}};
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(needs_tls); i++) {
+        if (needs_tls[i].value[0]) {
+            *key = needs_tls[i].key;
+            return fail(why, n, "has no effect without client_tls = allow or require");
+        }
+    }
+    return 0;
+}
+
+static int check_client_tls_on(const struct cfg_listener *l, const char **key, char *why, size_t n)
+{
+    *key = "client_tls";
+    if (!l->client_cert[0] && !l->client_key[0])
+        return fail(why, n,
+                    "needs client_cert and client_key (the certificate chain dbtrust presents to "
+                    "clients, and its private key)");
+    if (!l->client_cert[0])
+        return fail(why, n,
+                    "needs client_cert (the certificate chain dbtrust presents to clients)");
+    if (!l->client_key[0])
+        return fail(why, n, "needs client_key (the private key of client_cert)");
+    /* Names are read from a certificate only once it verified against client_ca; without it
+     * anyone could present a self-made certificate with an accepted name. */
+    if (l->client_names[0] && !l->client_ca[0]) {
+        *key = "client_names";
+        return fail(why, n,
+                    "needs client_ca (names are only checked on verified client certificates)");
+    }
+    return 0;
+}
+
+static int check_client_leg(const struct cfg_listener *l, const char **key, char *why, size_t n)
+{
+    if (check_client_unix(l, key, why, n) != 0)
+        return -1;
+    if (l->client_tls == CFG_CLIENT_TLS_OFF)
+        return check_client_tls_off(l, key, why, n);
+    return check_client_tls_on(l, key, why, n);
+}
+
 int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why, size_t n)
 {
     struct cfg_listener *l = &c->listeners[idx];
@@ -96,6 +164,8 @@ int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why
         *key = "mysql_rsa_key";
         return fail(why, n, "only valid with protocol = mysql");
     }
+    if (check_client_leg(l, key, why, n) != 0)
+        return -1;
     for (size_t i = 0; i < idx; i++) {
         if (addr_clash(&l->listen, &c->listeners[i].listen)) {
             char addr[300];

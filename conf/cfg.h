@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h> /* AF_INET, AF_INET6 of struct cfg_cidr */
 
 #include "dbt_util.h"
 
@@ -14,7 +15,20 @@ enum cfg_verify { CFG_VERIFY_FULL, CFG_VERIFY_CA };
 enum cfg_log_format { CFG_LOG_TEXT, CFG_LOG_JSON };
 enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
 
-#define CFG_MAX_UPSTREAMS 8
+/* TLS toward clients (central trust point): off = plaintext only; allow = TLS if the client asks
+ * for it, plaintext otherwise; require = plaintext clients are refused. */
+enum cfg_client_tls { CFG_CLIENT_TLS_OFF, CFG_CLIENT_TLS_ALLOW, CFG_CLIENT_TLS_REQUIRE };
+
+#define CFG_MAX_UPSTREAMS    8
+#define CFG_MAX_CLIENT_ALLOW 64
+
+/* One client_allow range. Canonical: no bits set past prefix, and never an IPv4-mapped IPv6
+ * range (the config refuses those; write the IPv4 form). */
+struct cfg_cidr {
+    int family;       /* AF_INET or AF_INET6 */
+    uint8_t addr[16]; /* network order; IPv4 in the first 4 bytes, the rest 0 */
+    unsigned prefix;  /* 0-32 or 0-128 */
+};
 
 /* host:port, [v6]:port, or unix:/path (listen only). */
 struct cfg_addr {
@@ -38,6 +52,15 @@ struct cfg_listener {
     uint32_t max_connections;
     uint32_t upstream_connect_limit; /* upstream legs being set up at once (px_dial.c) */
     char mysql_rsa_key[4096];
+    /* The client leg (client_tls). The paths are only checked for length here: the proxy loads
+     * them with OpenSSL and reports a failure at the key's line. */
+    enum cfg_client_tls client_tls;
+    char client_cert[4096], client_key[4096], client_ca[4096]; /* "" = unset */
+    char client_names[2048];                                   /* raw comma list, "" = any */
+    struct cfg_cidr client_allow[CFG_MAX_CLIENT_ALLOW];
+    size_t client_allow_count; /* 0 = every address */
+    /* Where client_tls, client_cert, client_key and client_ca were set; 0 = not from a file. */
+    int client_tls_line, client_cert_line, client_key_line, client_ca_line;
     int line; /* where the section started, for messages */
 };
 
@@ -94,6 +117,11 @@ static inline const char *cfg_listener_bundle(const struct cfg *c, const struct 
 {
     return l->bundle[0] ? l->bundle : c->bundle;
 }
+
+/* True when the listener has no client_allow, or addr (family AF_INET/AF_INET6, 4 or 16 bytes,
+ * network order) is inside one of its ranges. An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
+ * is matched as IPv4. Any other family is refused when there is a list. */
+bool cfg_client_allowed(const struct cfg_listener *l, int family, const uint8_t *addr);
 
 /* "host:port", "[v6]:port" or "unix:/path", for messages and log lines. */
 void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n);

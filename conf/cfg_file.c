@@ -255,6 +255,8 @@ static int on_key(void *user, const char *section, const char *name, const char 
         return 0;
     }
     ld->key_line[cfg_key_index(k)] = ld->lineno;
+    if (ld->sec == CFG_SEC_LISTENER)
+        cfg_key_set_line(k, current_listener(ld), ld->lineno);
     return 1;
 }
 

@@ -38,6 +38,16 @@ DBT_MUST_USE int cfg_value_name(const char *s, char *why, size_t n);
 DBT_MUST_USE int cfg_value_user(const char *s, char *why, size_t n);
 /* A string that must fit into cap bytes (paths); checks non-empty and length only. */
 DBT_MUST_USE int cfg_value_string(const char *s, size_t cap, char *why, size_t n);
+/* client_allow: "CIDR, ADDRESS, ..." (a bare address is /32 or /128) into at most
+ * CFG_MAX_CLIENT_ALLOW canonical ranges (cfg_client.c). */
+DBT_MUST_USE int cfg_value_client_allow(const char *s, struct cfg_cidr *out, size_t *count,
+                                        char *why, size_t n);
+/* client_names: "CN=NAME, DNS.NAME, scheme:URI, ..." (cfg_client.c). */
+DBT_MUST_USE int cfg_value_client_names(const char *s, char *why, size_t n);
+
+/* Calls each(item, arg) for every comma-separated item of s, trimmed (an item may be empty).
+ * Returns the first non-zero result of each, -2 when s is too long to split, else 0. */
+DBT_MUST_USE int cfg_each_item(const char *s, int (*each)(const char *item, void *arg), void *arg);
 
 enum cfg_section { CFG_SEC_NONE, CFG_SEC_DBTRUST, CFG_SEC_TRUST, CFG_SEC_LISTENER };
 
@@ -53,12 +63,15 @@ const char *cfg_key_name(const struct cfg_key *k);
 /* Parses v into c (sections [dbtrust], [trust]) or l ([listener.NAME]). */
 DBT_MUST_USE int cfg_key_set(const struct cfg_key *k, struct cfg *c, struct cfg_listener *l,
                              const char *v, char *why, size_t n);
+/* Records where a listener key was set, for the keys whose line the listener keeps
+ * (client_tls_line, ...); a no-op for the others. */
+void cfg_key_set_line(const struct cfg_key *k, struct cfg_listener *l, int line);
 
 /* Appends a listener with defaults; NULL when out of memory. May move c->listeners. */
 struct cfg_listener *cfg_listener_add(struct cfg *c);
 /* The checks that need the whole listener (listeners[idx]): upstream ports defaulted by protocol,
- * listen address clashes with earlier listeners, protocol-specific keys. On error *key names
- * the key at fault. */
+ * listen address clashes with earlier listeners, protocol-specific keys, the client_* keys that
+ * only make sense together. On error *key names the key at fault (always one that was set). */
 DBT_MUST_USE int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why,
                                        size_t n);
 

@@ -16,6 +16,8 @@ enum kind {
     K_HOST,
     K_USER,
     K_PINS,
+    K_CLIENT_ALLOW, /* list of CIDRs into client_allow/client_allow_count */
+    K_CLIENT_NAMES, /* CN=x, DNS name, URI list */
 };
 
 struct cfg_key {
@@ -31,6 +33,7 @@ struct cfg_key {
 /* K_CHOICE and K_UINT store through an int-sized field; enums must have that size. */
 _Static_assert(sizeof(enum cfg_protocol) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_client_tls) == sizeof(int), "enum size");
 _Static_assert(sizeof(unsigned) == sizeof(uint32_t), "workers is stored as uint32_t");
 
 static const struct cfg_choice log_formats[] = {
@@ -45,6 +48,10 @@ static const struct cfg_choice protocols[] = {{"postgres", CFG_PROTO_POSTGRES},
                                               {"postgresql", CFG_PROTO_POSTGRES},
                                               {"mysql", CFG_PROTO_MYSQL},
                                               {NULL, 0}};
+static const struct cfg_choice client_tls_modes[] = {{"off", CFG_CLIENT_TLS_OFF},
+                                                     {"allow", CFG_CLIENT_TLS_ALLOW},
+                                                     {"require", CFG_CLIENT_TLS_REQUIRE},
+                                                     {NULL, 0}};
 
 #define C(f) offsetof(struct cfg, f), sizeof(((struct cfg *)0)->f)
 #define L(f) offsetof(struct cfg_listener, f), sizeof(((struct cfg_listener *)0)->f)
@@ -78,6 +85,25 @@ static const struct cfg_key keys[] = {
     {"upstream_connect_limit", CFG_SEC_LISTENER, K_UINT, L(upstream_connect_limit), 1, 100000,
      NULL},
     {"mysql_rsa_key", CFG_SEC_LISTENER, K_PATH, L(mysql_rsa_key), 0, 0, NULL},
+    {"client_tls", CFG_SEC_LISTENER, K_CHOICE, L(client_tls), 0, 0, client_tls_modes},
+    {"client_cert", CFG_SEC_LISTENER, K_PATH, L(client_cert), 0, 0, NULL},
+    {"client_key", CFG_SEC_LISTENER, K_PATH, L(client_key), 0, 0, NULL},
+    {"client_ca", CFG_SEC_LISTENER, K_PATH, L(client_ca), 0, 0, NULL},
+    {"client_names", CFG_SEC_LISTENER, K_CLIENT_NAMES, L(client_names), 0, 0, NULL},
+    {"client_allow", CFG_SEC_LISTENER, K_CLIENT_ALLOW, L(client_allow), 0, 0, NULL},
+};
+
+/* The listener keys whose line the listener keeps: their files are loaded later, by the proxy
+ * with OpenSSL, which then reports a missing file or a key that does not match the certificate
+ * as "FILE:LINE: key 'client_cert': why". */
+static const struct {
+    const char *name;
+    size_t off; /* of the int field in struct cfg_listener */
+} kept_lines[] = {
+    {"client_tls", offsetof(struct cfg_listener, client_tls_line)},
+    {"client_cert", offsetof(struct cfg_listener, client_cert_line)},
+    {"client_key", offsetof(struct cfg_listener, client_key_line)},
+    {"client_ca", offsetof(struct cfg_listener, client_ca_line)},
 };
 _Static_assert(DBT_ARRAY_LEN(keys) <= CFG_KEY_MAX, "raise CFG_KEY_MAX");
 
@@ -157,6 +183,19 @@ int cfg_key_set(const struct cfg_key *k, struct cfg *c, struct cfg_listener *l, 
         if (cfg_value_pins(v, why, n) != 0)
             return -1;
         break;
+    case K_CLIENT_NAMES:
+        if (cfg_value_client_names(v, why, n) != 0)
+            return -1;
+        break;
+    case K_CLIENT_ALLOW: {
+        struct cfg_cidr list[CFG_MAX_CLIENT_ALLOW];
+        size_t count;
+        if (cfg_value_client_allow(v, list, &count, why, n) != 0)
+            return -1;
+        memcpy(l->client_allow, list, count * sizeof list[0]);
+        l->client_allow_count = count;
+        return 0;
+    }
     case K_PATH:
         break;
     }
@@ -165,4 +204,14 @@ int cfg_key_set(const struct cfg_key *k, struct cfg *c, struct cfg_listener *l, 
         return -1;
     dbt_strlcpy(field, v, k->size);
     return 0;
+}
+
+void cfg_key_set_line(const struct cfg_key *k, struct cfg_listener *l, int line)
+{
+    if (k->section != CFG_SEC_LISTENER)
+        return;
+    for (size_t i = 0; i < DBT_ARRAY_LEN(kept_lines); i++) {
+        if (strcmp(kept_lines[i].name, k->name) == 0)
+            memcpy((char *)l + kept_lines[i].off, &line, sizeof line);
+    }
 }

@@ -234,8 +234,8 @@ void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n)
         snprintf(buf, n, "%s:%u", a->host, (unsigned)a->port);
 }
 
-/* Calls each(item, arg) for every comma-separated item, trimmed, in a scratch copy of s. */
-static int each_item(const char *s, int (*each)(const char *item, void *arg), void *arg)
+/* Works in a scratch copy of s, so that items can be terminated in place. */
+int cfg_each_item(const char *s, int (*each)(const char *item, void *arg), void *arg)
 {
     char tmp[4096];
     char *p = tmp;
@@ -283,7 +283,7 @@ static int add_upstream(const char *item, void *arg)
 int cfg_value_upstreams(const char *s, struct cfg_addr *out, size_t *count, char *why, size_t n)
 {
     struct upstream_list u = {out, 0, why, n};
-    int rc = each_item(s, add_upstream, &u);
+    int rc = cfg_each_item(s, add_upstream, &u);
     if (rc == -2)
         return fail(why, n, "upstream list too long");
     if (rc != 0)
@@ -320,7 +320,7 @@ static int check_pin(const char *item, void *arg)
 int cfg_value_pins(const char *s, char *why, size_t n)
 {
     struct pin_check pc = {why, n};
-    int rc = each_item(s, check_pin, &pc);
+    int rc = cfg_each_item(s, check_pin, &pc);
     if (rc == -2)
         return fail(why, n, "pin list too long");
     return rc == 0 ? 0 : -1;

@@ -40,7 +40,15 @@ static const char usage_text[] =
     "Applications connect in plaintext to a listener; dbtrust upgrades the upstream leg to TLS\n"
     "and verifies it (chain + host name) against the CA bundle before relaying bytes.\n"
     "PostgreSQL clients: use sslmode=disable or prefer. Exit status: 0 after a clean stop,\n"
-    "1 on a configuration or startup error, 2 on a usage error.\n";
+    "1 on a configuration or startup error, 2 on a usage error.\n"
+    "\n"
+    "TLS toward clients, per [listener.NAME] in the configuration file:\n"
+    "  client_tls = off|allow|require   serve TLS to clients (default off)\n"
+    "  client_cert = FILE               certificate chain dbtrust presents to clients\n"
+    "  client_key = FILE                its private key\n"
+    "  client_ca = FILE                 optional: clients must present a certificate from it\n"
+    "  client_names = NAME, CN=NAME     optional: accepted client certificate names\n"
+    "  client_allow = CIDR, ...         optional: client source addresses allowed\n";
 
 struct cli {
     const char *config;

@@ -2,8 +2,10 @@
  * memfd, or a temp file under /tmp where memfd_create is missing, and is read through its path),
  * cfg_finish, the command-line form and the address and duration parsers on the input's first
  * lines. Checked: a failed load names the file and leaves the configuration it was loading into
- * exactly as it was (a reload keeps the old one); addresses print and parse back the same. */
+ * exactly as it was (a reload keeps the old one); addresses print and parse back the same; the
+ * client_* keys that need each other came together, and client_allow ranges are canonical. */
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "cfg.h"
@@ -95,12 +97,46 @@ static bool same_listener(const struct cfg_listener *a, const struct cfg_listene
         a->upstream_dead_timeout_ms != b->upstream_dead_timeout_ms ||
         a->startup_timeout_ms != b->startup_timeout_ms ||
         a->max_connections != b->max_connections ||
-        strcmp(a->mysql_rsa_key, b->mysql_rsa_key) != 0 || a->line != b->line)
+        strcmp(a->mysql_rsa_key, b->mysql_rsa_key) != 0 || a->line != b->line ||
+        a->client_tls != b->client_tls || strcmp(a->client_cert, b->client_cert) != 0 ||
+        strcmp(a->client_key, b->client_key) != 0 || strcmp(a->client_ca, b->client_ca) != 0 ||
+        strcmp(a->client_names, b->client_names) != 0 ||
+        a->client_allow_count != b->client_allow_count ||
+        memcmp(a->client_allow, b->client_allow, a->client_allow_count * sizeof a->client_allow[0]))
         return false;
     for (size_t i = 0; i < a->upstream_count; i++)
         if (!same_addr(&a->upstream[i], &b->upstream[i]))
             return false;
     return true;
+}
+
+/* The client leg of a loaded listener: the keys that need each other came together, every
+ * client_allow range is canonical and lets its own network address in. */
+static void check_client_leg(const struct cfg_listener *l)
+{
+    FUZZ_CHECK_CSTR(l->client_cert);
+    FUZZ_CHECK_CSTR(l->client_key);
+    FUZZ_CHECK_CSTR(l->client_ca);
+    FUZZ_CHECK_CSTR(l->client_names);
+    if (l->client_tls == CFG_CLIENT_TLS_OFF)
+        FUZZ_CHECK(!l->client_cert[0] && !l->client_key[0] && !l->client_ca[0] &&
+                       !l->client_names[0],
+                   "client_* file or names without client_tls");
+    else
+        FUZZ_CHECK(l->client_cert[0] && l->client_key[0] && !l->listen.is_unix,
+                   "client_tls without its files, or on a unix: listener");
+    FUZZ_CHECK(!l->client_names[0] || l->client_ca[0], "client_names without client_ca");
+    FUZZ_CHECK(l->client_allow_count <= CFG_MAX_CLIENT_ALLOW, "%zu ranges", l->client_allow_count);
+    FUZZ_CHECK(l->client_allow_count == 0 || !l->listen.is_unix, "client_allow on unix:");
+    for (size_t i = 0; i < l->client_allow_count; i++) {
+        const struct cfg_cidr *r = &l->client_allow[i];
+        unsigned max = r->family == AF_INET ? 32 : 128;
+        FUZZ_CHECK(r->family == AF_INET || r->family == AF_INET6, "range family %d", r->family);
+        FUZZ_CHECK(r->prefix <= max, "prefix %u", r->prefix);
+        for (unsigned bit = r->prefix; bit < 128; bit++)
+            FUZZ_CHECK(!(r->addr[bit / 8] & (0x80 >> (bit % 8))), "host bit %u set", bit);
+        FUZZ_CHECK(cfg_client_allowed(l, r->family, r->addr), "range %zu refuses itself", i);
+    }
 }
 
 static void check_loaded(const struct cfg *c)
@@ -125,6 +161,7 @@ static void check_loaded(const struct cfg *c)
         FUZZ_CHECK_CSTR(l->server_name);
         FUZZ_CHECK_CSTR(l->bundle);
         FUZZ_CHECK_CSTR(l->mysql_rsa_key);
+        check_client_leg(l);
         for (size_t j = 0; j < i; j++)
             FUZZ_CHECK(strcmp(l->name, c->listeners[j].name) != 0, "duplicate listener name");
     }

@@ -488,6 +488,18 @@ def conf_seeds():
         b"[listener.x]\nupstream = unix:/run/db.sock\nlisten = [::1:5432\n",
         b"[listener.pg]\nprotocol = postgres\nlisten = 127.0.0.1:5432\nupstream = a\n"
         b"mysql_rsa_key = /k.pem\n",
+        b"[listener.central]\nprotocol = postgres\nlisten = 0.0.0.0:5432\nupstream = db\n"
+        b"client_tls = require\nclient_cert = /etc/dbtrust/tls/tls.crt\n"
+        b"client_key = /etc/dbtrust/tls/tls.key\nclient_ca = /etc/dbtrust/clients-ca.pem\n"
+        b"client_names = app1.internal, CN=legacy-batch, spiffe://cluster.local/ns/a/sa/b\n"
+        b"client_allow = 10.0.0.0/8, 192.0.2.7, fd00::/8, ::1, 0.0.0.0/0, ::/0\n",
+        b"[listener.x]\nprotocol = mysql\nlisten = [::]:3306\nupstream = db\n"
+        b"client_tls = allow\nclient_cert = /tls.pem\nclient_key = /tls.pem\n"
+        b"client_allow = 10.0.0.1/8, ::ffff:10.0.0.0/104, 10.0.0.0/33\n",
+        b"[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = db\n"
+        b"client_names = CN=x\nclient_tls = require\n",
+        b"[listener.u]\nprotocol = mysql\nlisten = unix:/run/u.sock\nupstream = db\n"
+        b"client_tls = require\nclient_allow = 192.0.2.0/24\n",
         # the command-line form: listen, upstream, protocol, bundle, server name (one per line)
         b"127.0.0.1:6432\ndb.example.com:5432\npostgres\n/etc/dbtrust/ca.pem\ndb.internal\n",
         b"unix:/run/dbtrust/my.sock\n[2001:db8::1]\nmysql\n/ca.pem\n",
@@ -524,6 +536,9 @@ def dicts():
                      "max_connections = ", "mysql_rsa_key = ", "admin = ", "workers = ",
                      "log_format = ", "log_level = ", "drain_timeout = ", "user = ",
                      "verify = ", "min_tls = ", "reload_interval = ", "guard = ", "pin = ",
+                     "client_tls = ", "client_cert = ", "client_key = ", "client_ca = ",
+                     "client_names = ", "client_allow = ", "allow", "require", "off", "CN=",
+                     "spiffe://", "/8", "/128", "::ffff:", "0.0.0.0/0", "::/0",
                      "sha256/", "unix:/", "[::1]:", "127.0.0.1:", "postgres", "mysql", "ms",
                      " ; ", " # ", "\\x0d\\x0a", "\\xef\\xbb\\xbf", ", "],
     }

@@ -1,5 +1,6 @@
 /* conf/: value parsers, the INI loader (errors with file:line), the command-line form, and the
  * final checks. Config fixtures are written into a fresh mkdtemp directory per test. */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,6 +250,8 @@ Test(conf, defaults)
     cr_assert_eq(l.startup_timeout_ms, 10000);
     cr_assert_eq(l.max_connections, 1000);
     cr_assert_eq(l.upstream_connect_limit, 64);
+    cr_assert_eq(l.client_tls, CFG_CLIENT_TLS_OFF);
+    cr_assert_eq(l.client_allow_count, 0);
     cfg_free(&c);
 }
 
@@ -467,6 +470,434 @@ Test(conf, failed_load_leaves_config_unchanged)
                           "[listener.default]"),
               "%s", err);
     cfg_free(&c);
+}
+
+/* ---- the client leg (client_tls, client_cert, client_key, client_ca, client_names,
+ * client_allow) ---- */
+
+#define PG_LISTENER   "[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:5432\nupstream = db\n"
+#define UNIX_LISTENER "[listener.u]\nprotocol = mysql\nlisten = unix:/run/u.sock\nupstream = db\n"
+
+Test(conf, client_leg_every_key)
+{
+    struct cfg c;
+
+    expect_load(&c, "[trust]\nbundle = /ca.pem\n"
+                    "[listener.central]\n"
+                    "protocol = postgres\n"
+                    "listen = 0.0.0.0:5432\n"
+                    "upstream = db\n"
+                    "client_allow = 10.0.0.0/8, fd00::/8\n"
+                    "client_names = app1.internal, CN=legacy-batch\n"
+                    "client_tls = require\n"
+                    "client_cert = /etc/dbtrust/tls/tls.crt\n"
+                    "client_key = /etc/dbtrust/tls/tls.key\n"
+                    "client_ca = /etc/dbtrust/clients-ca.pem\n"
+                    "[listener.plain]\n"
+                    "protocol = mysql\n"
+                    "listen = 127.0.0.1:3306\n"
+                    "upstream = db\n");
+    const struct cfg_listener *l = &c.listeners[0], *p = &c.listeners[1];
+    cr_assert_eq(l->client_tls, CFG_CLIENT_TLS_REQUIRE);
+    cr_assert_str_eq(l->client_cert, "/etc/dbtrust/tls/tls.crt");
+    cr_assert_str_eq(l->client_key, "/etc/dbtrust/tls/tls.key");
+    cr_assert_str_eq(l->client_ca, "/etc/dbtrust/clients-ca.pem");
+    cr_assert_str_eq(l->client_names, "app1.internal, CN=legacy-batch", "kept raw");
+    cr_assert_eq(l->client_allow_count, 2);
+    cr_assert_eq(l->client_allow[0].family, AF_INET);
+    cr_assert_eq(l->client_allow[0].prefix, 8);
+    cr_assert_eq(memcmp(l->client_allow[0].addr, "\x0a\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 16), 0);
+    cr_assert_eq(l->client_allow[1].family, AF_INET6);
+    cr_assert_eq(l->client_allow[1].prefix, 8);
+    cr_assert_eq(memcmp(l->client_allow[1].addr, "\xfd\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0", 16), 0);
+    cr_assert_eq(l->client_tls_line, 9);
+    cr_assert_eq(l->client_cert_line, 10);
+    cr_assert_eq(l->client_key_line, 11);
+    cr_assert_eq(l->client_ca_line, 12);
+
+    /* The defaults: off, nothing set, every address, no lines. */
+    cr_assert_eq(p->client_tls, CFG_CLIENT_TLS_OFF);
+    cr_assert_str_eq(p->client_cert, "");
+    cr_assert_str_eq(p->client_key, "");
+    cr_assert_str_eq(p->client_ca, "");
+    cr_assert_str_eq(p->client_names, "");
+    cr_assert_eq(p->client_allow_count, 0);
+    cr_assert_eq(p->client_tls_line + p->client_cert_line + p->client_key_line + p->client_ca_line,
+                 0);
+    cfg_free(&c);
+}
+
+Test(conf, client_leg_valid_combinations)
+{
+    struct cfg c;
+
+    /* allow, one file for both certificate and key (OpenSSL reads both from it), no client CA */
+    expect_load(&c,
+                PG_LISTENER "client_tls = Allow\nclient_cert = /tls.pem\nclient_key = /tls.pem\n");
+    cr_assert_eq(c.listeners[0].client_tls, CFG_CLIENT_TLS_ALLOW);
+    cr_assert_eq(c.listeners[0].client_ca_line, 0);
+    cfg_free(&c);
+    /* a client CA without names: any certificate it verified is accepted */
+    expect_load(&c, PG_LISTENER "client_tls = require\nclient_cert = /c\nclient_key = /k\n"
+                                "client_ca = /ca\n");
+    cr_assert_str_eq(c.listeners[0].client_names, "");
+    cr_assert_eq(c.listeners[0].client_ca_line, 8);
+    cfg_free(&c);
+    /* client_allow needs no TLS; client_tls = off said out loud is the default */
+    expect_load(&c, PG_LISTENER "client_tls = off\nclient_allow = 192.0.2.7\n");
+    cr_assert_eq(c.listeners[0].client_tls, CFG_CLIENT_TLS_OFF);
+    cr_assert_eq(c.listeners[0].client_tls_line, 5);
+    cr_assert_eq(c.listeners[0].client_allow_count, 1);
+    cr_assert_eq(c.listeners[0].client_allow[0].prefix, 32, "a bare address is one host");
+    cfg_free(&c);
+    /* a Unix socket listener may say client_tls = off */
+    expect_load(&c, UNIX_LISTENER "client_tls = off\n");
+    cfg_free(&c);
+}
+
+Test(conf, client_leg_cli_listener_has_no_lines)
+{
+    struct cfg c;
+    char err[512];
+
+    cfg_init(&c);
+    cr_assert_eq(cfg_add_cli_listener(&c, "127.0.0.1:5432", "db", "postgres", "/ca.pem", NULL, err,
+                                      sizeof err),
+                 0, "%s", err);
+    const struct cfg_listener *l = &c.listeners[0];
+    cr_assert_eq(l->client_tls, CFG_CLIENT_TLS_OFF);
+    cr_assert_eq(l->client_allow_count, 0);
+    cr_assert_eq(l->client_tls_line + l->client_cert_line + l->client_key_line + l->client_ca_line,
+                 0);
+    cfg_free(&c);
+}
+
+Test(conf, client_leg_keys_that_need_each_other)
+{
+    expect_error(PG_LISTENER "client_tls = require\n",
+                 ":5: key 'client_tls': needs client_cert and client_key (the certificate chain "
+                 "dbtrust presents to clients, and its private key)");
+    expect_error(PG_LISTENER "client_tls = allow\nclient_cert = /c\n",
+                 ":5: key 'client_tls': needs client_key (the private key of client_cert)");
+    expect_error(PG_LISTENER "client_key = /k\n\nclient_tls = require\n",
+                 ":7: key 'client_tls': needs client_cert (the certificate chain dbtrust presents "
+                 "to clients)");
+    expect_error(PG_LISTENER "client_cert = /c\n",
+                 ":5: key 'client_cert': has no effect without client_tls = allow or require");
+    expect_error(PG_LISTENER "client_tls = off\nclient_key = /k\n",
+                 ":6: key 'client_key': has no effect without client_tls = allow or require");
+    expect_error(PG_LISTENER "client_ca = /ca\n",
+                 ":5: key 'client_ca': has no effect without client_tls = allow or require");
+    expect_error(PG_LISTENER "client_names = app1.internal\n",
+                 ":5: key 'client_names': has no effect without client_tls = allow or require");
+    expect_error(PG_LISTENER "client_tls = require\nclient_cert = /c\nclient_key = /k\n"
+                             "client_names = app1.internal\n",
+                 ":8: key 'client_names': needs client_ca (names are only checked on verified "
+                 "client certificates)");
+    expect_error(UNIX_LISTENER "client_tls = require\nclient_cert = /c\nclient_key = /k\n",
+                 ":5: key 'client_tls': not available on a unix: listener (a Unix socket is local; "
+                 "its file permissions guard it)");
+    expect_error(UNIX_LISTENER "\nclient_allow = 10.0.0.0/8\n",
+                 ":6: key 'client_allow': not available on a unix: listener (a Unix socket is "
+                 "local; its file permissions guard it)");
+    /* The check runs when the section ends: a later listen = unix: is seen too. */
+    expect_error("[listener.u]\nprotocol = mysql\nupstream = db\nclient_allow = 10.0.0.0/8\n"
+                 "listen = unix:/run/u.sock\n[trust]\n",
+                 ":4: key 'client_allow': not available on a unix: listener (a Unix socket is "
+                 "local; its file permissions guard it)");
+}
+
+Test(conf, client_leg_bad_values)
+{
+    expect_error(PG_LISTENER "client_tls = on\n",
+                 ":5: key 'client_tls': invalid client_tls 'on' (use off or allow or require)");
+    expect_error(PG_LISTENER "client_tls = allow\nclient_tls = require\n",
+                 ":6: key 'client_tls': already set at line 5");
+    expect_error(PG_LISTENER "client_allow = 10.0.0.1/8\n",
+                 ":5: key 'client_allow': 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?");
+    expect_error(PG_LISTENER "client_allow = 10.0.0.0/33\n",
+                 ":5: key 'client_allow': invalid prefix length in '10.0.0.0/33' (0-32 for IPv4)");
+    expect_error(PG_LISTENER "client_allow = 10.0.0.0/8, 10.0.0.256\n",
+                 ":5: key 'client_allow': invalid address '10.0.0.256' (use e.g. 10.0.0.0/8, "
+                 "192.0.2.7 or fd00::/8)");
+    expect_error(PG_LISTENER "client_allow = 10.0.0.0/8,,fd00::/8\n",
+                 ":5: key 'client_allow': empty entry in client_allow list");
+    expect_error(PG_LISTENER "client_names = app1.internal, app 2\n",
+                 ":5: key 'client_names': invalid client name 'app 2' (use CN=NAME, a DNS name or "
+                 "a URI, without blanks)");
+}
+
+Test(conf, client_allow_too_many_entries)
+{
+    char list[2048], text[2400];
+    int used = 0;
+    struct cfg c;
+
+    for (int i = 0; i < CFG_MAX_CLIENT_ALLOW; i++)
+        used +=
+            snprintf(list + used, sizeof list - (size_t)used, "%s10.0.%d.0/24", i ? ", " : "", i);
+    snprintf(text, sizeof text, PG_LISTENER "client_allow = %s\nmax_connections = 7\n", list);
+    expect_load(&c, text);
+    cr_assert_eq(c.listeners[0].client_allow_count, CFG_MAX_CLIENT_ALLOW);
+    cr_assert_eq(c.listeners[0].client_allow[63].addr[2], 63);
+    cr_assert_eq(c.listeners[0].max_connections, 7, "a long line keeps the line count");
+    cfg_free(&c);
+
+    snprintf(text, sizeof text, PG_LISTENER "client_allow = %s, 192.0.2.1\n", list);
+    expect_error(text, ":5: key 'client_allow': too many client_allow entries (max 64)");
+}
+
+static void expect_cidr(const char *s, int family, const char *addr, unsigned prefix)
+{
+    struct cfg_cidr list[CFG_MAX_CLIENT_ALLOW];
+    uint8_t want[16] = {0};
+    size_t n = 99;
+    char why[256] = "";
+
+    cr_assert_eq(cfg_value_client_allow(s, list, &n, why, sizeof why), 0, "%s: %s", s, why);
+    cr_assert_eq(n, 1, "%s", s);
+    cr_assert_eq(inet_pton(family, addr, want), 1);
+    cr_assert_eq(list[0].family, family, "%s", s);
+    cr_assert_eq(list[0].prefix, prefix, "%s: prefix %u", s, list[0].prefix);
+    cr_assert_eq(memcmp(list[0].addr, want, sizeof want), 0, "%s", s);
+}
+
+static void expect_bad_cidr(const char *s, const char *want)
+{
+    struct cfg_cidr list[CFG_MAX_CLIENT_ALLOW];
+    size_t n = 99;
+    char why[256] = "";
+
+    cr_assert_eq(cfg_value_client_allow(s, list, &n, why, sizeof why), -1, "accepted '%s'", s);
+    cr_assert_str_eq(why, want);
+    cr_assert_eq(n, 99, "count untouched on error");
+}
+
+#define BAD_ADDR(s) "invalid address '" s "' (use e.g. 10.0.0.0/8, 192.0.2.7 or fd00::/8)"
+
+Test(conf, client_allow_values)
+{
+    struct cfg_cidr list[CFG_MAX_CLIENT_ALLOW];
+    size_t n;
+    char why[256];
+
+    expect_cidr("10.0.0.0/8", AF_INET, "10.0.0.0", 8);
+    expect_cidr("192.0.2.7", AF_INET, "192.0.2.7", 32);
+    expect_cidr("192.0.2.7/32", AF_INET, "192.0.2.7", 32);
+    expect_cidr("192.0.2.128/25", AF_INET, "192.0.2.128", 25);
+    expect_cidr("0.0.0.0/0", AF_INET, "0.0.0.0", 0);
+    expect_cidr("fd00::/8", AF_INET6, "fd00::", 8);
+    expect_cidr("2001:db8::/32", AF_INET6, "2001:db8::", 32);
+    expect_cidr("2001:DB8:0:0:8000::/65", AF_INET6, "2001:db8:0:0:8000::", 65);
+    expect_cidr("::1", AF_INET6, "::1", 128);
+    expect_cidr("::/0", AF_INET6, "::", 0);
+    expect_cidr("::/96", AF_INET6, "::", 96);
+    expect_cidr("  10.1.0.0/16\t", AF_INET, "10.1.0.0", 16);
+
+    cr_assert_eq(cfg_value_client_allow(" 10.0.0.0/8 ,fd00::/8,192.0.2.1, ::1/128 ", list, &n, why,
+                                        sizeof why),
+                 0, "%s", why);
+    cr_assert_eq(n, 4);
+    cr_assert_eq(list[3].family, AF_INET6);
+    cr_assert_eq(list[3].prefix, 128);
+
+    expect_bad_cidr("10.0.0.1/8", "10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?");
+    expect_bad_cidr("192.0.2.129/25",
+                    "192.0.2.129/25 has host bits set; did you mean 192.0.2.128/25?");
+    expect_bad_cidr("10.0.0.1/0", "10.0.0.1/0 has host bits set; did you mean 0.0.0.0/0?");
+    expect_bad_cidr("fd00::1/8", "fd00::1/8 has host bits set; did you mean fd00::/8?");
+    expect_bad_cidr("2001:db8:0:0:8000::/64",
+                    "2001:db8:0:0:8000::/64 has host bits set; did you mean 2001:db8::/64?");
+    expect_bad_cidr("10.0.0.0/33", "invalid prefix length in '10.0.0.0/33' (0-32 for IPv4)");
+    expect_bad_cidr("fd00::/129", "invalid prefix length in 'fd00::/129' (0-128 for IPv6)");
+    expect_bad_cidr("10.0.0.0/", "invalid prefix length in '10.0.0.0/' (0-32 for IPv4)");
+    expect_bad_cidr("10.0.0.0/-1", "invalid prefix length in '10.0.0.0/-1' (0-32 for IPv4)");
+    expect_bad_cidr("10.0.0.0/ 8", "invalid prefix length in '10.0.0.0/ 8' (0-32 for IPv4)");
+    expect_bad_cidr("10.0.0.0/0x8", "invalid prefix length in '10.0.0.0/0x8' (0-32 for IPv4)");
+    expect_bad_cidr("10.0.0.0/8/8", "invalid prefix length in '10.0.0.0/8/8' (0-32 for IPv4)");
+    expect_bad_cidr("10.0.0.256", BAD_ADDR("10.0.0.256"));
+    expect_bad_cidr("10.1/16", BAD_ADDR("10.1/16"));
+    expect_bad_cidr("010.0.0.0/8", BAD_ADDR("010.0.0.0/8"));
+    expect_bad_cidr("10.0.0.0 /8", BAD_ADDR("10.0.0.0 /8"));
+    expect_bad_cidr("db.internal", BAD_ADDR("db.internal"));
+    expect_bad_cidr("[fd00::]/8", BAD_ADDR("[fd00::]/8"));
+    expect_bad_cidr("fe80::1%eth0", BAD_ADDR("fe80::1%eth0"));
+    expect_bad_cidr("/8", BAD_ADDR("/8"));
+    expect_bad_cidr("1111:2222:3333:4444:5555:6666:7777:8888:9999/128",
+                    BAD_ADDR("1111:2222:3333:4444:5555:6666:7777:8888:9999/128"));
+    expect_bad_cidr("::ffff:10.0.0.0/104", "::ffff:10.0.0.0/104 is an IPv4-mapped range; write it "
+                                           "as 10.0.0.0/8 (clients are matched as IPv4)");
+    expect_bad_cidr("::ffff:192.0.2.7", "::ffff:192.0.2.7 is an IPv4-mapped range; write it as "
+                                        "192.0.2.7/32 (clients are matched as IPv4)");
+    expect_bad_cidr("::ffff:0:0/80", "::ffff:0:0/80 has host bits set; did you mean ::/80?");
+    expect_bad_cidr("", "empty entry in client_allow list");
+    expect_bad_cidr("10.0.0.0/8,", "empty entry in client_allow list");
+    char big[5000];
+    memset(big, ' ', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    expect_bad_cidr(big, "client_allow list too long");
+}
+
+/* Whether the listener with client_allow = list lets ip in. */
+static bool allowed(const char *list, const char *ip)
+{
+    static struct cfg_listener l;
+    uint8_t addr[16];
+    char why[256];
+    int family = strchr(ip, ':') ? AF_INET6 : AF_INET;
+
+    cfg_listener_init(&l);
+    if (list)
+        cr_assert_eq(
+            cfg_value_client_allow(list, l.client_allow, &l.client_allow_count, why, sizeof why), 0,
+            "%s: %s", list, why);
+    cr_assert_eq(inet_pton(family, ip, addr), 1, "%s", ip);
+    return cfg_client_allowed(&l, family, addr);
+}
+
+Test(conf, client_allowed)
+{
+    /* no list: everyone */
+    cr_assert(allowed(NULL, "192.0.2.1"));
+    cr_assert(allowed(NULL, "2001:db8::1"));
+    cr_assert(allowed(NULL, "::ffff:192.0.2.1"));
+
+    /* IPv4, the edges of the range */
+    cr_assert(allowed("10.0.0.0/8", "10.0.0.0"));
+    cr_assert(allowed("10.0.0.0/8", "10.255.255.255"));
+    cr_assert_not(allowed("10.0.0.0/8", "9.255.255.255"));
+    cr_assert_not(allowed("10.0.0.0/8", "11.0.0.0"));
+    cr_assert(allowed("10.0.0.0/9", "10.127.255.255"), "a prefix inside a byte");
+    cr_assert_not(allowed("10.0.0.0/9", "10.128.0.0"));
+    cr_assert_not(allowed("192.0.2.128/25", "192.0.2.127"));
+    cr_assert(allowed("192.0.2.128/25", "192.0.2.128"));
+    cr_assert(allowed("192.0.2.128/25", "192.0.2.255"));
+    cr_assert_not(allowed("192.0.2.128/25", "192.0.3.0"));
+    cr_assert(allowed("192.0.2.7", "192.0.2.7"));
+    cr_assert_not(allowed("192.0.2.7", "192.0.2.6"));
+    cr_assert_not(allowed("192.0.2.7", "192.0.2.8"));
+    cr_assert(allowed("192.0.2.6/31", "192.0.2.7"));
+    cr_assert_not(allowed("192.0.2.6/31", "192.0.2.8"));
+
+    /* IPv6 */
+    cr_assert(allowed("fd00::/8", "fd00::1"));
+    cr_assert(allowed("fd00::/8", "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+    cr_assert_not(allowed("fd00::/8", "fc00::1"));
+    cr_assert_not(allowed("fd00::/8", "fe00::"));
+    cr_assert(allowed("2001:db8::/33", "2001:db8:7fff:ffff:ffff:ffff:ffff:ffff"));
+    cr_assert_not(allowed("2001:db8::/33", "2001:db8:8000::"));
+    cr_assert(allowed("2001:db8::/127", "2001:db8::1"));
+    cr_assert_not(allowed("2001:db8::/127", "2001:db8::2"));
+    cr_assert(allowed("::1", "::1"));
+    cr_assert_not(allowed("::1", "::"));
+    cr_assert_not(allowed("::1", "::2"));
+
+    /* IPv4-mapped clients (a dual-stack [::] listener) are matched as IPv4 */
+    cr_assert(allowed("10.0.0.0/8", "::ffff:10.1.2.3"));
+    cr_assert_not(allowed("10.0.0.0/8", "::ffff:11.1.2.3"));
+    cr_assert(allowed("192.0.2.7", "::ffff:192.0.2.7"));
+    cr_assert_not(allowed("10.0.0.0/8", "::10.1.2.3"), "IPv4-compatible is not IPv4-mapped");
+    cr_assert_not(allowed("::/0", "::ffff:10.1.2.3"), "IPv4 clients need an IPv4 range");
+    cr_assert_not(allowed("10.0.0.0/8", "fd00::a00:1"));
+    cr_assert_not(allowed("fd00::/8", "10.0.0.1"), "families do not mix");
+
+    /* /0 */
+    cr_assert(allowed("0.0.0.0/0", "0.0.0.0"));
+    cr_assert(allowed("0.0.0.0/0", "255.255.255.255"));
+    cr_assert(allowed("0.0.0.0/0", "::ffff:203.0.113.9"));
+    cr_assert_not(allowed("0.0.0.0/0", "2001:db8::1"));
+    cr_assert(allowed("::/0", "2001:db8::1"));
+    cr_assert(allowed("::/0", "::"));
+    cr_assert_not(allowed("::/0", "203.0.113.9"));
+
+    /* several ranges: any one */
+    cr_assert(allowed("10.0.0.0/8, fd00::/8, 192.0.2.7", "192.0.2.7"));
+    cr_assert(allowed("10.0.0.0/8, fd00::/8, 192.0.2.7", "fd12::7"));
+    cr_assert_not(allowed("10.0.0.0/8, fd00::/8, 192.0.2.7", "192.0.2.8"));
+
+    /* with a list, an address of another family (AF_UNIX...) is refused */
+    static struct cfg_listener l;
+    char why[256];
+    cfg_listener_init(&l);
+    cr_assert(cfg_client_allowed(&l, AF_UNIX, (const uint8_t *)"x"));
+    cr_assert_eq(cfg_value_client_allow("0.0.0.0/0, ::/0", l.client_allow, &l.client_allow_count,
+                                        why, sizeof why),
+                 0);
+    cr_assert_not(cfg_client_allowed(&l, AF_UNIX, (const uint8_t *)"x"));
+}
+
+Test(conf, client_names_values)
+{
+    static const char *const good[] = {
+        "app1.internal",
+        "CN=legacy-batch",
+        "app1.internal, CN=legacy-batch",
+        "CN=Legacy Batch Job (nightly)",
+        "CN=db\xc3\xa9",
+        "spiffe://cluster.local/ns/shop/sa/orders",
+        "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        "urn:isbn:0451450523",
+        "my_host-1.svc.cluster.local",
+        "localhost",
+        "  a.internal ,\tb.internal  ",
+    };
+    static const struct {
+        const char *s, *why;
+    } bad[] = {
+        {"app 2", "invalid client name 'app 2' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"*.internal",
+         "invalid client name '*.internal' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"a..b", "invalid client name 'a..b' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {".a", "invalid client name '.a' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"a.", "invalid client name 'a.' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"spiffe://x/a b",
+         "invalid client name 'spiffe://x/a b' (use CN=NAME, a DNS name or a URI, without "
+         "blanks)"},
+        {"1http://x", "invalid client name '1http://x' (use CN=NAME, a DNS name or a URI, without "
+                      "blanks)"},
+        {"spiffe:", "invalid client name 'spiffe:' (use CN=NAME, a DNS name or a URI, without "
+                    "blanks)"},
+        {":x", "invalid client name ':x' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"CN=", "invalid client name 'CN=' (use CN=NAME: the name right after '=', no control "
+                "characters)"},
+        {"CN= batch", "invalid client name 'CN= batch' (use CN=NAME: the name right after '=', no "
+                      "control characters)"},
+        {"CN=a\x7f", "invalid client name 'CN=a\x7f' (use CN=NAME: the name right after '=', no "
+                     "control characters)"},
+        {"cn=batch", "invalid client name 'cn=batch' (write CN= in capitals)"},
+        {"CN =batch",
+         "invalid client name 'CN =batch' (use CN=NAME, a DNS name or a URI, without blanks)"},
+        {"O=Example", "invalid client name 'O=Example' (use CN=NAME, a DNS name or a URI, without "
+                      "blanks)"},
+        {"db.internal:5432",
+         "invalid client name 'db.internal:5432' (a certificate name has no port; use the name)"},
+        {"a,,b", "empty entry in client_names list"},
+        {"a,", "empty entry in client_names list"},
+    };
+    char why[256], name[300];
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(good); i++)
+        cr_assert_eq(cfg_value_client_names(good[i], why, sizeof why), 0, "%s: %s", good[i], why);
+    for (size_t i = 0; i < DBT_ARRAY_LEN(bad); i++) {
+        cr_assert_eq(cfg_value_client_names(bad[i].s, why, sizeof why), -1, "accepted '%s'",
+                     bad[i].s);
+        cr_assert_str_eq(why, bad[i].why);
+    }
+
+    /* A DNS label is at most 63 characters, a name at most 253, an entry at most 255. */
+    memset(name, 'a', 63);
+    name[63] = '\0';
+    cr_assert_eq(cfg_value_client_names(name, why, sizeof why), 0);
+    strcat(name, "a");
+    cr_assert_eq(cfg_value_client_names(name, why, sizeof why), -1);
+    memcpy(name, "CN=", 3);
+    memset(name + 3, 'c', 252);
+    name[255] = '\0';
+    cr_assert_eq(cfg_value_client_names(name, why, sizeof why), 0, "%s", why);
+    strcat(name, "c");
+    cr_assert_eq(cfg_value_client_names(name, why, sizeof why), -1);
+    cr_assert_str_eq(why, "client name 'CN=ccccccccccccccccccccccccccccc...' too long (max 255 "
+                          "characters)");
 }
 
 /* ---- command line ---- */
