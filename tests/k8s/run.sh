@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # ctest entry for manifests.kubernetes: installs the pinned validator packages on first use
-# (npm ci: exactly package-lock.json), then validates docker/kubernetes/*.yaml.
+# (npm ci: exactly package-lock.json), then validates docker/kubernetes/*.yaml (the sidecar
+# example) and each subdirectory (central/: the central trust point), each as a set of its own.
 set -euo pipefail
 cd "$(dirname "$0")"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
