@@ -160,14 +160,17 @@ class BenchDbTrust:
 
     def __init__(self, binary, bundle, listeners, workdir, workers=0, name="dbtrust",
                  unix_listeners=()):
-        """unix_listeners: (name, protocol, upstream) served on a Unix socket in workdir, the
+        """listeners: (name, protocol, upstream) or (name, protocol, upstream, {extra keys}),
+        e.g. {"client_tls": "require", ...} for a TLS client leg.
+        unix_listeners: (name, protocol, upstream) served on a Unix socket in workdir, the
         cheaper client leg for an application on the same host."""
         self.admin_port = fx.free_port()
         self.config = fx.DbTrustConfig(bundle, workers=workers,
                                        admin=f"127.0.0.1:{self.admin_port}", drain_timeout="1s")
-        self.specs = {lname: self.config.add_listener(lname, protocol, upstream,
-                                                      max_connections=4000)
-                      for lname, protocol, upstream in listeners}
+        self.specs = {}
+        for lname, protocol, upstream, *extra in listeners:
+            options = dict(max_connections=4000, **(extra[0] if extra else {}))
+            self.specs[lname] = self.config.add_listener(lname, protocol, upstream, **options)
         for lname, protocol, upstream in unix_listeners:
             path = os.path.join(workdir, f"{name}-{lname}.sock")
             self.specs[lname] = fx.add_unix_listener(self.config, lname, protocol, upstream,

@@ -1,5 +1,6 @@
 """The peers dbtrust is compared with, each verifying the server as dbtrust does (chain to the
-test bundle + host name): stunnel in client mode and pgbouncer with session pooling.
+test bundle + host name): stunnel in client mode and pgbouncer with session pooling (with a
+plaintext client leg, or serving TLS to clients for the TLS->TLS comparison).
 
 Both log to files in their own temp dir, listen on a fresh loopback port, and register their
 stop with the fixtures' cleanup.
@@ -107,11 +108,22 @@ class Pgbouncer(PeerProcess):
     name = "pgbouncer"
 
     def __init__(self, bundle, upstream_port, database, user, password, pool_size=64,
-                 host_name="localhost", run_as="postgres"):
+                 host_name="localhost", run_as="postgres", client_cert=None):
+        """client_cert: a fixtures Cert to serve TLS to clients with (`client_tls_sslmode =
+        require`, its chain and key); None keeps the client leg plaintext."""
         super().__init__()
         self.run_as = pwd.getpwnam(run_as)
         ca_file = os.path.join(self.dir, "bundle.pem")
         shutil.copy(bundle, ca_file)
+        client_tls = []
+        if client_cert is not None:
+            cert_file = os.path.join(self.dir, "client-leg.crt")
+            key_file = os.path.join(self.dir, "client-leg.key")
+            shutil.copy(client_cert.chain, cert_file)
+            shutil.copy(client_cert.key, key_file)
+            os.chmod(key_file, 0o600)
+            client_tls = ["client_tls_sslmode = require", f"client_tls_cert_file = {cert_file}",
+                          f"client_tls_key_file = {key_file}"]
         userlist = os.path.join(self.dir, "userlist.txt")
         with open(userlist, "w") as f:
             f.write(f'"{user}" "{password}"\n')
@@ -131,6 +143,7 @@ class Pgbouncer(PeerProcess):
                 f"default_pool_size = {pool_size}",
                 "server_tls_sslmode = verify-full",
                 f"server_tls_ca_file = {ca_file}",
+                *client_tls,
                 f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}",
                 "ignore_startup_parameters = extra_float_digits",
                 "",

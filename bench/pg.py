@@ -49,10 +49,18 @@ class PgRoute:
     direct: bool = False
     bundle: str = None
     pid: int = None  # the proxy process, for /proc readings
+    client_tls: bool = False  # TLS on the client leg too (the TLS->TLS comparison)
 
     def libpq_params(self, user=USER, password=PASSWORD):
         params = {"host": "127.0.0.1", "port": self.port, "user": user, "password": password,
                   "dbname": DATABASE, "sslmode": "disable", "connect_timeout": 30}
+        if self.client_tls:
+            # Encrypt to the proxy without verifying it (what the comparison times); the
+            # section checks the served certificate once with verify-full. channel_binding:
+            # dbtrust offers no SCRAM-PLUS, and libpq's 'prefer' would announce gs2 'y' on a
+            # SCRAM login, which dbtrust refuses. The md5 user makes it moot; spelled out so a
+            # switch to a SCRAM user keeps working through both proxies.
+            params.update(sslmode="require", channel_binding="disable")
         if self.direct:
             # host names the certificate; hostaddr skips a resolver call per connection.
             params.update(host="localhost", hostaddr="127.0.0.1", sslmode="verify-full",
@@ -62,7 +70,8 @@ class PgRoute:
     def env(self, user=USER, password=PASSWORD):
         names = {"host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "user": "PGUSER",
                  "password": "PGPASSWORD", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE",
-                 "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT"}
+                 "sslrootcert": "PGSSLROOTCERT", "connect_timeout": "PGCONNECT_TIMEOUT",
+                 "channel_binding": "PGCHANNELBINDING"}
         return fx.clean_env(**{names[k]: v for k, v in self.libpq_params(user, password).items()})
 
     def dsn(self):
@@ -123,7 +132,8 @@ def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_lo
     failed = re.search(r"number of failed transactions: (\d+)", proc.stdout)
     connect = re.search(r"^(?:initial|average) connection time = ([\d.]+) ms", proc.stdout, re.M)
     result = {"tps": float(tps.group(1)), "failed": int(failed.group(1)) if failed else 0,
-              "connect_ms": float(connect.group(1)) if connect else None}
+              "connect_ms": float(connect.group(1)) if connect else None,
+              "transactions": int(processed.group(1))}
     if latency_log:
         result.update(read_latency_logs(prefix))
     return result

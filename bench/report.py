@@ -247,6 +247,65 @@ FOOTNOTES = [
 ]
 
 
+TLS2TLS_ROUTES = ("dbtrust", "pgbouncer")
+
+
+def tls2tls_rows(section, settings):
+    """(label, unit, format, load, key, note) per row; values looked up per route."""
+    c, cc = section["clients"], section["connect_clients"]
+    megabytes = next((loads["copy"]["megabytes"] for loads in section["routes"].values()
+                      if "copy" in loads), settings.copy_rows * 1001 / 1e6)
+    return [
+        (f"pgbench -S, {c} client{'s' if c > 1 else ''}", "tps", "{:.0f}", "select", "tps", ""),
+        (f"pgbench -S -C, {cc} client{'s' if cc > 1 else ''}", "tps", "{:.0f}", "connect", "tps",
+         "pgbouncer keeps server sessions: dbtrust does a client and a server handshake per "
+         "connection"),
+        (f"COPY TO STDOUT {megabytes:.0f} MB", "MB/s", "{:.1f}", "copy", "mb_per_s",
+         f"median of {settings.copy_repeats}"),
+        ("proxy CPU per GB relayed (COPY)", "s/GB", "{:.3f}", "copy", "cpu_s_per_gb",
+         "lower is better"),
+        (f"proxy CPU per transaction, -S {c} clients", "µs", "{:.1f}", "select",
+         "proxy_cpu_us_per_tx", "lower is better"),
+        (f"proxy CPU per transaction, -S -C {cc} clients", "µs", "{:.1f}", "connect",
+         "proxy_cpu_us_per_tx", "lower is better; each transaction is a new connection"),
+    ]
+
+
+def tls2tls_table(section, settings):
+    """dbtrust and pgbouncer both serving TLS to the client; a failed route's cells say so."""
+    routes, errors = section["routes"], section.get("errors", {})
+    header = ["workload", "unit", *TLS2TLS_ROUTES, "dbtrust/pgbouncer", "notes"]
+    lines = []
+    for label, unit, fmt, load, key, note in tls2tls_rows(section, settings):
+        values, cells = {}, []
+        for name in TLS2TLS_ROUTES:
+            value = routes.get(name, {}).get(load, {}).get(key)
+            values[name] = value
+            cells.append(fmt.format(value) if value is not None
+                         else "FAILED" if errors.get(name) else "-")
+        mine, theirs = values["dbtrust"], values["pgbouncer"]
+        compare = f"{mine / theirs:.2f}x" if mine is not None and theirs else ""
+        lines.append([label, unit, *cells, compare, note])
+    legs = section.get("client_leg", {})
+    lines.append(["client leg (verify-full check)", "", *[
+        (f"{legs[n]['protocol']} {legs[n]['cipher']}" if n in legs
+         else "FAILED" if errors.get(n) else "-")
+        for n in TLS2TLS_ROUTES], "", ""])
+    return format_table(header, lines, notes_last=True)
+
+
+def tls2tls_lines(section, settings):
+    out = ["-- TLS->TLS (central trust point): pgbench/psql --TLS, sslmode=require--> proxy "
+           "--TLS, verify-full--> PostgreSQL; md5 user on both; dbtrust: listener client_tls = "
+           "require; pgbouncer: client_tls_sslmode = require, session pooling; same serving "
+           "certificate (bench front CA) --",
+           tls2tls_table(section, settings)]
+    for name, loads in section.get("errors", {}).items():
+        for load, error in loads.items():
+            out.append(f"ROUTE FAILED: TLS->TLS {name} ({load}): {error}")
+    return out + [""]
+
+
 def render(results, settings, targets, problems):
     out = ["== dbtrust bench: one run ==", *machine_lines(results["machine"], settings), ""]
     rows = build_rows(results, settings)
@@ -256,6 +315,8 @@ def render(results, settings, targets, problems):
         out += [f"-- scaling: pgbench -S, {settings.seconds} s per point; RSS = dbtrust peak "
                 "during the run; close s = time dbtrust still held connections after pgbench "
                 "exited --", scaling_table(results["scaling"]), ""]
+    if "tls2tls" in results:
+        out += tls2tls_lines(results["tls2tls"], settings)
     if targets:
         passed = sum(t.passed for t in targets)
         out.append(f"targets: {passed} of {len(targets)} met")
