@@ -33,69 +33,13 @@ static int sha256_hex(const unsigned char *data, size_t len, char out[65])
     return 0;
 }
 
-/* Reads every certificate block of the bundle (OpenSSL's PEM reader, never a hand-rolled one:
- * it skips text between blocks, as bundles carry "# Subject:" comments). Keys and CRLs are not
- * trust anchors and are skipped, as `bundle inspect` says; a certificate block that does not
- * decode, an encrypted one, or broken PEM refuses the whole bundle. Returns the certificates
- * (NULL and err set on failure). */
-static STACK_OF(X509) *
-    read_certs(const unsigned char *data, size_t len, const char *path, char *err, size_t errlen)
-{
-    char ebuf[256];
-    STACK_OF(X509) *certs = sk_X509_new_null();
-    BIO *bio = BIO_new_mem_buf(data, (int)len);
-    if (certs == NULL || bio == NULL) {
-        tlsw_set_err(err, errlen, "out of memory loading %s", path);
-        goto fail;
-    }
-    for (size_t block = 1;; block++) {
-        char *name = NULL, *header = NULL;
-        unsigned char *der = NULL;
-        long derlen = 0;
-        ERR_clear_error();
-        if (PEM_read_bio(bio, &name, &header, &der, &derlen) != 1) {
-            unsigned long e = ERR_peek_last_error();
-            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
-                ERR_clear_error(); /* no more blocks */
-                break;
-            }
-            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
-                         tlsw_openssl_reason(ebuf, sizeof(ebuf), "malformed block"));
-            goto fail;
-        }
-        X509 *x = NULL;
-        enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
-        OPENSSL_free(name);
-        OPENSSL_free(header);
-        OPENSSL_free(der);
-        if (kind == TLSW_PEM_ENCRYPTED || kind == TLSW_PEM_BAD_CERT) {
-            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
-                         kind == TLSW_PEM_ENCRYPTED
-                             ? "an encrypted certificate (trust anchors are public)"
-                             : tlsw_openssl_reason(ebuf, sizeof(ebuf), "not a valid certificate"));
-            goto fail;
-        }
-        if (x != NULL && sk_X509_push(certs, x) <= 0) {
-            X509_free(x);
-            tlsw_set_err(err, errlen, "out of memory loading %s", path);
-            goto fail;
-        }
-    }
-    BIO_free(bio);
-    return certs;
-fail:
-    BIO_free(bio);
-    sk_X509_pop_free(certs, X509_free);
-    return NULL;
-}
-
 /* The bundle's certificates into store and g->certs. */
 static int load_certs(struct tlsw_gen *g, X509_STORE *store, const unsigned char *data, size_t len,
                       const char *path, char *err, size_t errlen)
 {
     int ret = -1;
     char ebuf[256];
-    STACK_OF(X509) *certs = read_certs(data, len, path, err, errlen);
+    STACK_OF(X509) *certs = tlsw_read_certs(data, len, path, err, errlen);
     if (certs == NULL)
         return -1;
     size_t n = (size_t)sk_X509_num(certs);
