@@ -162,7 +162,24 @@ bool tlsw_is_ip_literal(const char *s);
 /* tls/-private part: declarations shared between the files of tls/ only. Rather than a private
  * header of its own, tls/ has this guarded section of the public one (only the bundle files add
  * theirs, tlsw_bundle_internal.h); the proxy never defines TLSW_INTERNAL and so never sees
- * OpenSSL types through this header. */
+ * OpenSSL types through this header.
+ *
+ * Layering: dependencies point one way, down this list. A file calls (or hands OpenSSL as a
+ * callback) only functions of files listed below it, and no file calls into one above it:
+ *
+ *   tlsw_conn.c          the engine, top of tls/: calls gen, server, verify, certinfo, util
+ *   tlsw_gen.c           trust generations: verify (tlsw_verify_cb), certinfo, util
+ *   tlsw_server.c        serving identities: verify (tlsw_verify_cb), certinfo, util
+ *   tlsw_verify.c        verify callback, failure wording: certinfo, util
+ *   tlsw_bundle_merge.c  `dbtrust bundle` writing: bundle, util
+ *   tlsw_bundle.c        `dbtrust bundle` reading: bundle_text, certinfo, util
+ *   tlsw_bundle_text.c   nothing of tls/
+ *   tlsw_certinfo.c      util
+ *   tlsw_util.c          nothing of tls/
+ *
+ * OpenSSL's callbacks run on behalf of a connection but are installed on the shared contexts
+ * by gen and server, below the engine. They reach the connection's state through the SSL's app
+ * data, a struct tlsw_app_data that tlsw_conn.c fills, and never call back into tlsw_conn.c. */
 #ifdef TLSW_INTERNAL
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -194,18 +211,32 @@ struct tlsw_server_hs {
     char peer_name[256];    /* the client certificate's accepted name, else its first one */
 };
 
+/* An SSL's app data, whatever the role: the part of its connection that OpenSSL's callbacks
+ * write into (tlsw_verify_cb, the chain and ALPN callbacks of tlsw_server.c, the new-session
+ * callback of tlsw_gen.c). Embedded in struct tlsw_conn and kept by tlsw_conn.c; a callback
+ * needs nothing else of the connection. */
+struct tlsw_app_data {
+    /* Both while the handshake runs, NULL after it succeeded: a callback that finds NULL
+     * changes nothing. */
+    struct tlsw_verify_rec *vrec;
+    struct tlsw_server_hs *srv; /* server role only */
+    SSL_SESSION *ticket;        /* client role: referenced, the newest resumable session not
+                                   yet handed out by tlsw_conn_new_session */
+};
+
+/* Trust generations (tlsw_gen.c). */
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
 const char *tlsw_gen_pins(const struct tlsw_gen *g); /* "" when none are configured */
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
 
-/* Installed on every generation's SSL_CTX and on serving identities' with a client CA; each
- * SSL's app data is its struct tlsw_conn, whatever the role. */
+/* Serving identities (tlsw_server.c). */
+SSL_CTX *tlsw_server_ctx(const struct tlsw_server *s);
+
+/* Verification (tlsw_verify.c). */
+
+/* Installed on every generation's SSL_CTX and on serving identities' with a client CA; fills
+ * the vrec of the SSL's struct tlsw_app_data. */
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx);
-/* The connection's verification record while its handshake runs, NULL after. */
-struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c);
-/* SSL_CTX_sess_set_new_cb: a resumable session arrived (a TLS 1.3 ticket, or a TLS 1.2
- * session at the end of its handshake); kept for tlsw_conn_new_session. */
-int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess);
 /* Maps a non-OK SSL_get_verify_result() to a reason, and writes the human detail. anchors
  * names where a missing issuer should have been ("the bundle", "client_ca"). */
 enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verify_rec *r,
@@ -216,11 +247,6 @@ enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verif
  * client_tls_handshake_failed. */
 enum dbt_reason tlsw_verify_describe_client(long verify_result, const struct tlsw_verify_rec *r,
                                             char *detail, size_t cap);
-
-/* Server role (tlsw_server.c, tlsw_conn.c). */
-SSL_CTX *tlsw_server_ctx(const struct tlsw_server *s);
-/* A server-role connection's handshake record while its handshake runs, else NULL. */
-struct tlsw_server_hs *tlsw_conn_server_hs(struct tlsw_conn *c);
 
 /* Certificate metadata (tlsw_certinfo.c). */
 DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);

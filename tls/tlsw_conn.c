@@ -35,11 +35,11 @@ struct tlsw_conn {
     BIO *net_in;                     /* ciphertext from the peer; the SSL's rbio */
     BIO *net_out;                    /* ciphertext for the peer; the SSL's wbio */
     struct tlsw_handshake_state *hs; /* NULL after a successful handshake */
+    struct tlsw_app_data app;        /* the SSL's app data: what the callbacks write into */
     bool handshake_done;
     bool failed;
     const char *out_of_memory; /* NULL, or what could not get memory (the failure detail) */
     bool pin_mismatch;
-    SSL_SESSION *ticket; /* referenced: the newest resumable session, not yet handed out */
     char *error;     /* OpenSSL's reason, captured when the failure happened (NULL until then) */
     char *peer_name; /* server role: the client certificate's name (NULL without one) */
 };
@@ -103,14 +103,15 @@ static int set_peer_identity(struct tlsw_conn *c, enum tlsw_verify verify)
     return SSL_set_tlsext_host_name(c->ssl, host) == 1 ? 0 : -1;
 }
 
-/* What both roles share: the handshake record, and the SSL over two memory BIOs with the
- * connection as its app data (the callbacks of both roles find it there). */
+/* What both roles share: the handshake record, and the SSL over two memory BIOs with c->app as
+ * its app data (the callbacks of both roles find their part of the connection there). */
 DBT_MUST_USE static int attach_ssl(struct tlsw_conn *c, SSL_CTX *ctx)
 {
     c->hs = calloc(1, sizeof(*c->hs));
     if (c->hs == NULL)
         return -1;
     c->hs->vrec.err = X509_V_OK;
+    c->app.vrec = &c->hs->vrec;
     ERR_clear_error();
     c->ssl = SSL_new(ctx);
     if (c->ssl == NULL)
@@ -126,7 +127,7 @@ DBT_MUST_USE static int attach_ssl(struct tlsw_conn *c, SSL_CTX *ctx)
     /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
     BIO_set_mem_eof_return(c->net_in, -1);
     SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
-    SSL_set_app_data(c->ssl, c); /* for tlsw_verify_cb, tlsw_conn_on_new_session, tlsw_server.c */
+    SSL_set_app_data(c->ssl, &c->app);
     return 0;
 }
 
@@ -183,6 +184,7 @@ struct tlsw_conn *tlsw_conn_new_server(struct tlsw_server *s, const uint8_t *alp
     c->server = s;
     if (attach_ssl(c, tlsw_server_ctx(s)) != 0)
         goto fail;
+    c->app.srv = &c->hs->srv;
     if (have_alpn)
         memcpy(c->hs->srv.alpn, alpn, alpn_len);
     c->hs->srv.alpn_required = alpn_required;
@@ -200,7 +202,7 @@ void tlsw_conn_free(struct tlsw_conn *c)
     if (c == NULL)
         return;
     SSL_free(c->ssl); /* frees both BIOs */
-    SSL_SESSION_free(c->ticket);
+    SSL_SESSION_free(c->app.ticket);
     tlsw_gen_unref(c->gen);
     tlsw_server_unref(c->server);
     free(c->hs);
@@ -213,6 +215,8 @@ void tlsw_conn_free(struct tlsw_conn *c)
  * off, so the verify callback cannot run again; it would see no record and change nothing. */
 static void handshake_succeeded(struct tlsw_conn *c)
 {
+    c->app.vrec = NULL;
+    c->app.srv = NULL;
     free(c->hs);
     c->hs = NULL;
 }
@@ -558,42 +562,22 @@ int tlsw_conn_group(const struct tlsw_conn *c)
     return nid > 0 ? nid : 0;
 }
 
-struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c)
-{
-    return c->hs != NULL ? &c->hs->vrec : NULL;
-}
-
-struct tlsw_server_hs *tlsw_conn_server_hs(struct tlsw_conn *c)
-{
-    return c->server != NULL && c->hs != NULL ? &c->hs->srv : NULL;
-}
-
 const char *tlsw_conn_peer_name(const struct tlsw_conn *c)
 {
     return c->peer_name != NULL ? c->peer_name : "";
 }
 
-int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess)
-{
-    struct tlsw_conn *c = SSL_get_app_data(ssl);
-    if (c == NULL)
-        return 0;                /* not ours: OpenSSL drops its reference */
-    SSL_SESSION_free(c->ticket); /* a newer ticket replaces it (MariaDB sends two) */
-    c->ticket = sess;
-    return 1; /* the reference is ours now */
-}
-
 struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c)
 {
-    /* A pointer test on the relay path: OpenSSL told us when a ticket arrived. */
-    if (c->ticket == NULL || c->failed || !c->handshake_done)
+    /* A pointer test on the relay path: OpenSSL told us when a ticket arrived (tlsw_gen.c). */
+    if (c->app.ticket == NULL || c->failed || !c->handshake_done)
         return NULL;
     /* A copy: SSL_free marks the connection's own session unresumable when the connection
      * ends without close_notify (the upstream hung up first, a timeout), which would spoil
      * the cached one if it were the same object. */
-    SSL_SESSION *copy = SSL_SESSION_dup(c->ticket);
-    SSL_SESSION_free(c->ticket);
-    c->ticket = NULL;
+    SSL_SESSION *copy = SSL_SESSION_dup(c->app.ticket);
+    SSL_SESSION_free(c->app.ticket);
+    c->app.ticket = NULL;
     return (struct tlsw_session *)(void *)copy; /* the opaque name of an SSL_SESSION */
 }
 

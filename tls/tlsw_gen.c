@@ -91,6 +91,18 @@ out:
     return ret;
 }
 
+/* SSL_CTX_sess_set_new_cb: a resumable session arrived (a TLS 1.3 ticket, or a TLS 1.2 session
+ * at the end of its handshake); kept in the connection's app data for tlsw_conn_new_session. */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tlsw_app_data *app = SSL_get_app_data(ssl);
+    if (app == NULL)
+        return 0;                  /* not ours: OpenSSL drops its reference */
+    SSL_SESSION_free(app->ticket); /* a newer ticket replaces it (MariaDB sends two) */
+    app->ticket = sess;
+    return 1; /* the reference is ours now */
+}
+
 static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, char *err,
                      size_t errlen)
 {
@@ -124,7 +136,7 @@ static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, cha
      * internal store, where every connection's session would pile up unused. */
     SSL_CTX_set_session_cache_mode(g->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-    SSL_CTX_sess_set_new_cb(g->ctx, tlsw_conn_on_new_session);
+    SSL_CTX_sess_set_new_cb(g->ctx, on_new_session);
     return 0;
 }
 

@@ -150,9 +150,9 @@ static int on_verify_chain(X509_STORE_CTX *sctx, void *arg)
     if (ok <= 0)
         return ok;
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct tlsw_conn *c = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
-    struct tlsw_server_hs *h = c != NULL ? tlsw_conn_server_hs(c) : NULL;
-    struct tlsw_verify_rec *r = c != NULL ? tlsw_conn_verify_rec(c) : NULL;
+    struct tlsw_app_data *app = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    struct tlsw_server_hs *h = app != NULL ? app->srv : NULL;
+    struct tlsw_verify_rec *r = app != NULL ? app->vrec : NULL;
     X509 *leaf = X509_STORE_CTX_get0_cert(sctx);
     struct name_check nc;
     check_names(s->names, leaf, &nc);
@@ -180,8 +180,8 @@ static int on_verify_chain(X509_STORE_CTX *sctx, void *arg)
 static int on_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                           const unsigned char *in, unsigned int inlen, void *arg)
 {
-    struct tlsw_conn *c = SSL_get_app_data(ssl);
-    struct tlsw_server_hs *h = c != NULL ? tlsw_conn_server_hs(c) : NULL;
+    struct tlsw_app_data *app = SSL_get_app_data(ssl);
+    struct tlsw_server_hs *h = app != NULL ? app->srv : NULL;
     if (h == NULL || h->alpn[0] == 0)
         return SSL_TLSEXT_ERR_NOACK;
     h->alpn_offered[0] = '\0';

@@ -57,10 +57,10 @@ static void leaf_names(X509 *x, char *list, size_t cap)
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct tlsw_conn *conn = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
-    struct tlsw_verify_rec *r = conn != NULL ? tlsw_conn_verify_rec(conn) : NULL;
+    struct tlsw_app_data *app = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    struct tlsw_verify_rec *r = app != NULL ? app->vrec : NULL;
     if (r == NULL)
-        return ok; /* not one of our connections: change nothing */
+        return ok; /* not one of our connections, or past its handshake: change nothing */
 
     int depth = X509_STORE_CTX_get_error_depth(sctx);
     X509 *cert = X509_STORE_CTX_get_current_cert(sctx);
