@@ -57,7 +57,7 @@ static void set_step(struct my_step *out, enum my_action action, const uint8_t *
 }
 
 /* Password material handed out on the previous call is gone once the proxy calls again. */
-static void enter(struct my_session *s, struct my_step *out)
+static void wipe_handed_out(struct my_session *s)
 {
     if (s->wipe_pkt) {
         dbt_wipe(s->pkt, s->wipe_pkt);
@@ -67,6 +67,11 @@ static void enter(struct my_session *s, struct my_step *out)
         dbt_wipe(s->out, s->wipe_out);
         s->wipe_out = 0;
     }
+}
+
+static void enter(struct my_session *s, struct my_step *out)
+{
+    wipe_handed_out(s);
     set_step(out, MY_NEED_MORE, NULL, 0);
 }
 
@@ -157,13 +162,15 @@ size_t my_build_err(uint8_t *buf, size_t cap, uint8_t seq, uint16_t code, const 
 }
 
 /* The client reads '#' + SQLSTATE only when CLIENT_PROTOCOL_41 is agreed, and before the greeting
- * it knows no capabilities at all: servers send pre-greeting errors without it (B5). */
+ * it knows no capabilities at all: servers send pre-greeting errors without it (B5). While the
+ * client's TLS handshake runs no packet is written: the client reads TLS records then, and
+ * plaintext in their place would only be a garbled handshake to it. */
 static void fail_err(struct my_session *s, struct my_step *out, enum dbt_reason reason,
                      const char *detail, uint16_t code, const char *sqlstate, const char *msg)
 {
     size_t n = 0;
 
-    if (s->state != MY_S_RELAY && s->state != MY_S_ENDED) {
+    if (s->state != MY_S_RELAY && s->state != MY_S_ENDED && s->state != MY_S_CLIENT_TLS) {
         bool greeted = s->state != MY_S_GREETING;
         bool p41 = (s->server_caps & MY_CLIENT_PROTOCOL_41) &&
                    (s->client_caps == 0 || (s->client_caps & MY_CLIENT_PROTOCOL_41));
@@ -412,8 +419,13 @@ static void greeting(struct my_session *s, struct my_step *out)
 
     /* Patched in place, never rebuilt: version, connection id (KILL QUERY through a second
      * connection), scramble, status, plugin and MariaDB's extended capabilities in the filler
-     * survive byte for byte. Compression is withheld: it would hide COM_CHANGE_USER (B6). */
-    put_le16(p + v + 13, (uint16_t)(caps & ~(MY_CLIENT_SSL | MY_CLIENT_COMPRESS)));
+     * survive byte for byte. Compression is withheld: it would hide COM_CHANGE_USER (B6).
+     * CLIENT_SSL is offered only when dbtrust itself serves TLS on the client leg (C2): else a
+     * client in ssl-mode=PREFERRED would send an SSLRequest that only gets refused. */
+    uint32_t offered = caps & ~(MY_CLIENT_SSL | MY_CLIENT_COMPRESS);
+    if (s->cfg.client_tls != MY_TLS_OFF)
+        offered |= MY_CLIENT_SSL;
+    put_le16(p + v + 13, (uint16_t)offered);
     put_le16(p + v + 18, (uint16_t)((caps & ~MY_CLIENT_ZSTD) >> 16));
     s->c_seq = 0;
     s->state = MY_S_RESPONSE;
@@ -446,6 +458,42 @@ static bool parse_response(struct my_session *s, const uint8_t *p, size_t n)
     return true;
 }
 
+/* The client's SSLRequest (seq 1) on a listener that serves TLS (C2). Its header is not kept:
+ * the upstream SSLRequest is built from the full response that follows inside TLS, so the server
+ * and dbtrust read that response with one and the same set of flags (real clients write both
+ * packets from one buffer). What the client sends after the SSLRequest is its ClientHello and
+ * stays unconsumed, for the TLS engine: bytes injected there cannot pass for plaintext sent
+ * inside TLS, the trap PostgreSQL fixed as CVE-2021-23214 (C1). */
+static void client_ssl_request(struct my_session *s, uint32_t flags, struct my_step *out)
+{
+    if (!(flags & MY_CLIENT_PROTOCOL_41)) {
+        fail(s, out, DBT_CLIENT_PROTOCOL_ERROR, "client lacks CLIENT_PROTOCOL_41");
+        return;
+    }
+    s->state = MY_S_CLIENT_TLS;
+    set_step(out, MY_START_CLIENT_TLS, NULL, 0);
+}
+
+/* client_tls = require and the response came over the plaintext leg. The client has already put
+ * its credentials on the wire in clear; the least dbtrust can do is keep them from travelling
+ * further: nothing is forwarded, not even an SSLRequest, and the packet is wiped at once. */
+static void refuse_plaintext(struct my_session *s, const uint8_t *p, size_t n, struct my_step *out)
+{
+    char msg[MY_ERR_MSG_MAX + 1];
+    struct my_errcode e = my_errcode_for(DBT_CLIENT_TLS_REQUIRED);
+
+    s->client_caps = le32(p);      /* decides whether the client reads a SQLSTATE (B5) */
+    (void)parse_response(s, p, n); /* for the log only; a malformed one is refused all the same */
+    dbt_wipe(s->pkt, s->need);
+    snprintf(msg, sizeof msg,
+             "dbtrust: client refused (%s): TLS is required on this listener (client_tls = "
+             "require); connect with --ssl / ssl-mode=REQUIRED or stronger%s",
+             dbt_reason_name(DBT_CLIENT_TLS_REQUIRED), s->cfg.context ? s->cfg.context : "");
+    fail_err(s, out, DBT_CLIENT_TLS_REQUIRED,
+             "client sent its handshake response in plaintext to a client_tls = require listener",
+             e.code, e.sqlstate, msg);
+}
+
 static void response(struct my_session *s, struct my_step *out)
 {
     uint8_t *p = s->pkt + MY_HEADER;
@@ -458,9 +506,20 @@ static void response(struct my_session *s, struct my_step *out)
     }
     uint32_t flags = le32(p);
     if (n == SSL_REQUEST_LEN && (flags & MY_CLIENT_SSL)) {
-        fail_err(s, out, DBT_CLIENT_DIRECT_TLS, "client sent an SSLRequest", 1043, "08S01",
-                 "dbtrust listener is plaintext; connect without TLS (--skip-ssl / "
-                 "ssl-mode=DISABLED)");
+        if (s->client_tls_up)
+            fail(s, out, DBT_CLIENT_PROTOCOL_ERROR, "client sent a second SSLRequest inside TLS");
+        else if (s->cfg.client_tls != MY_TLS_OFF)
+            client_ssl_request(s, flags, out);
+        else
+            fail_err(s, out, DBT_CLIENT_DIRECT_TLS, "client sent an SSLRequest", 1043, "08S01",
+                     "dbtrust listener is plaintext; connect without TLS (--skip-ssl / "
+                     "ssl-mode=DISABLED)");
+        return;
+    }
+    /* The leg decides, not the flag: a full response at seq 1 claiming CLIENT_SSL is just as
+     * much plaintext. */
+    if (!s->client_tls_up && s->cfg.client_tls == MY_TLS_REQUIRE) {
+        refuse_plaintext(s, p, n, out);
         return;
     }
     if (!(flags & MY_CLIENT_PROTOCOL_41)) {
@@ -503,6 +562,20 @@ void my_tls_ready(struct my_session *s, struct my_step *out)
     s->state = MY_S_AUTH;
     s->wipe_pkt = s->need; /* the auth response may be a cleartext password */
     set_step(out, MY_SEND_SERVER, s->pkt, s->need);
+}
+
+void my_client_tls_ready(struct my_session *s)
+{
+    wipe_handed_out(s);
+    if (s->state != MY_S_CLIENT_TLS) {
+        /* No step to report it with: the next feed says "session fed after it ended". */
+        s->state = MY_S_ENDED;
+        return;
+    }
+    /* The client's counter stays at the SSLRequest's 1: its response inside TLS is seq 2 and
+     * dbtrust's packets to it go on from there (B2, C2). */
+    s->client_tls_up = true;
+    s->state = MY_S_RESPONSE;
 }
 
 /* ---- connection phase after TLS (B2, B3, B4) ---- */
@@ -601,6 +674,18 @@ static void bridge_packet(struct my_session *s, struct my_step *out)
     EVP_PKEY *key = s->cfg.rsa_key;
 
     s->wipe_pkt = s->need;
+    /* A client on a TLS leg is on a secure transport (client_authentication.cc
+     * is_secure_transport): it sends "password\0" and never asks for a key. Whatever else it
+     * sends is not run through the RSA bridge - a 255-byte password would otherwise be taken for
+     * a blob - and not forwarded either (B3: failed-login counters). */
+    if (s->client_tls_up) {
+        if (n >= 1 && p[n - 1] == 0x00)
+            forward_client(s, out);
+        else
+            fail_auth(s, out, "client on a TLS connection sent no cleartext password",
+                      "over TLS the client must send its password in clear (secure transport)");
+        return;
+    }
     if (n == 1 && p[0] == key_request) {
         if (!key) {
             fail_auth(s, out, "client asked for an RSA public key and none is configured",
@@ -745,6 +830,7 @@ size_t my_feed_server(struct my_session *s, const uint8_t *in, size_t len, struc
     case MY_S_AUTH:
         break;
     case MY_S_RESPONSE:
+    case MY_S_CLIENT_TLS:
         /* Plaintext from the upstream before TLS would reach the client unauthenticated. */
         if (len > 0)
             fail(s, out, DBT_UPSTREAM_PROTOCOL_ERROR, "upstream sent data before the SSLRequest");
@@ -803,6 +889,16 @@ size_t my_feed_client(struct my_session *s, const uint8_t *in, size_t len, struc
         /* pkt still holds the response until my_tls_ready */
         if (len > 0)
             fail(s, out, DBT_CLIENT_PROTOCOL_ERROR, "client sent data before the server answered");
+        return 0;
+    case MY_S_CLIENT_TLS:
+        /* These bytes are the client's side of the TLS handshake: the proxy's to decrypt. Read
+         * here as plaintext, they would be what C1 warns against. */
+        if (len > 0) {
+            s->state = MY_S_ENDED;
+            set_step(out, MY_FAIL, NULL, 0);
+            out->reason = DBT_INTERNAL_ERROR;
+            out->detail = "client bytes fed before my_client_tls_ready";
+        }
         return 0;
     case MY_S_RELAY:
         return relay_client(s, in, len, out);

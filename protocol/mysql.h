@@ -6,10 +6,15 @@
  * response and its RSA blob are read, the client's header decides the SSLRequest, and one
  * sequence counter per leg is advanced by packets from both sides (B2, B3).
  *
- * Order of calls (C = plaintext client, S = upstream):
+ * Order of calls (C = client, S = upstream):
  *   my_session_init -> dial S (on failure: my_fail) ->
  *   my_feed_server(greeting)  -> MY_SEND_CLIENT patched greeting
  *                              | MY_FAIL (no CLIENT_SSL, ...) | MY_CLOSE (S sent an ERR greeting)
+ *   [client_tls != MY_TLS_OFF (PROTOCOLS.md C2), C sends an SSLRequest:
+ *    my_feed_client(SSLRequest) -> MY_START_CLIENT_TLS: stop feeding C's bytes to the machine,
+ *                                run the TLS server handshake on C's leg with the input not
+ *                                consumed, then my_client_tls_ready; from here on feed C's
+ *                                decrypted bytes (the response comes with seq 2)]
  *   my_feed_client(response)  -> MY_SEND_SERVER_PLAIN (SSLRequest), then on the next call
  *                                MY_START_TLS: stop feeding, run the TLS handshake (verify-full)
  *   my_tls_ready              -> MY_SEND_SERVER (C's response with CLIENT_SSL, seq 2)
@@ -20,7 +25,7 @@
  *       from C silently re-enters the connection phase until its OK/ERR (B6).
  * Call each feed function again after every step until it returns MY_NEED_MORE (a step may
  * leave input unconsumed, and MY_START_TLS follows MY_SEND_SERVER_PLAIN with no input at all).
- * MY_START_TLS, MY_FAIL and MY_CLOSE end the loop.
+ * MY_START_CLIENT_TLS, MY_START_TLS, MY_FAIL and MY_CLOSE end the loop.
  *
  * Buffer lifetimes: step.data of MY_SEND_* / MY_FAIL / MY_CLOSE points into the session and is
  * valid until the next my_* call on the session (write or copy it first; packets carrying a
@@ -70,8 +75,12 @@ enum my_action {
     MY_SEND_CLIENT,       /* write data/len to the client */
     MY_SEND_SERVER_PLAIN, /* write data/len to the upstream in plaintext (the SSLRequest) */
     MY_START_TLS,         /* run the upstream TLS handshake, then call my_tls_ready */
-    MY_SEND_SERVER,       /* write data/len to the upstream over TLS */
-    MY_RELAY,             /* forward data/len (a consumed prefix of the input) to the other leg */
+    /* the client sent an SSLRequest: run a TLS server handshake on the client leg, then call
+     * my_client_tls_ready and go on feeding the client's (decrypted) bytes. Input not consumed is
+     * ciphertext for that handshake. */
+    MY_START_CLIENT_TLS,
+    MY_SEND_SERVER, /* write data/len to the upstream over TLS */
+    MY_RELAY,       /* forward data/len (a consumed prefix of the input) to the other leg */
     MY_FAIL,  /* write data/len (an ERR packet, may be empty) to the client, then close both */
     MY_CLOSE, /* write data/len (the upstream's ERR greeting) to the client, then close both */
 };
@@ -87,6 +96,13 @@ struct my_step {
     bool phase_end;
 };
 
+/* TLS on the client leg, dbtrust as the server (central trust point, PROTOCOLS.md C2). */
+enum my_client_tls {
+    MY_TLS_OFF,     /* plaintext listener: CLIENT_SSL withheld, an SSLRequest is refused */
+    MY_TLS_ALLOW,   /* CLIENT_SSL offered; a plaintext response goes on as with MY_TLS_OFF */
+    MY_TLS_REQUIRE, /* CLIENT_SSL offered; a plaintext response is refused (3159) */
+};
+
 struct my_config {
     bool unix_socket;    /* the client leg counts as secure: cleartext passwords are forwarded */
     EVP_PKEY *rsa_key;   /* borrowed; RSA >= 2048 bits; NULL: no RSA bridge (B3) */
@@ -94,16 +110,18 @@ struct my_config {
     /* borrowed, may be NULL or change until used: appended to the errors the machine writes
      * itself, e.g. " [listener shop, upstream db:3306]", so every error names where it came from */
     const char *context;
+    enum my_client_tls client_tls; /* default MY_TLS_OFF: today's behaviour */
 };
 
 enum my_state {
-    MY_S_GREETING, /* waiting for the upstream greeting */
-    MY_S_RESPONSE, /* greeting sent, waiting for the client's HandshakeResponse */
-    MY_S_SSL_SENT, /* SSLRequest handed out; MY_START_TLS is next */
-    MY_S_TLS,      /* waiting for my_tls_ready; the response waits in pkt */
-    MY_S_AUTH,     /* connection phase: both legs framed and re-sequenced */
-    MY_S_RELAY,    /* command phase: raw relay, client->server framed to spot COM_CHANGE_USER */
-    MY_S_ENDED,    /* after MY_FAIL / MY_CLOSE */
+    MY_S_GREETING,   /* waiting for the upstream greeting */
+    MY_S_RESPONSE,   /* greeting sent, waiting for the client's HandshakeResponse */
+    MY_S_CLIENT_TLS, /* the client's SSLRequest read; waiting for my_client_tls_ready */
+    MY_S_SSL_SENT,   /* SSLRequest handed out; MY_START_TLS is next */
+    MY_S_TLS,        /* waiting for my_tls_ready; the response waits in pkt */
+    MY_S_AUTH,       /* connection phase: both legs framed and re-sequenced */
+    MY_S_RELAY,      /* command phase: raw relay, client->server framed to spot COM_CHANGE_USER */
+    MY_S_ENDED,      /* after MY_FAIL / MY_CLOSE */
 };
 
 enum my_bridge {
@@ -122,6 +140,7 @@ struct my_session {
     uint32_t server_caps; /* greeting capabilities as the upstream sent them */
     uint32_t client_caps; /* 0 until the HandshakeResponse is read */
     bool compressed;      /* compression agreed: relay stays blind (no change-user watch) */
+    bool client_tls_up;   /* my_client_tls_ready: the client leg is TLS, a secure transport */
     enum my_bridge bridge;
     bool key_sent; /* the PEM was served once in this exchange */
     uint8_t nonce[MY_NONCE_LEN];
@@ -160,6 +179,12 @@ void my_session_wipe(struct my_session *s);
  *    (MY_MAX_PACKET); sequence ids must follow on each leg, else MY_FAIL;
  *  - bytes from the upstream before the SSLRequest, or from the client before the greeting or
  *    while TLS is being set up, are a protocol error (nothing is sent in plaintext ahead of TLS);
+ *    client bytes fed between MY_START_CLIENT_TLS and my_client_tls_ready belong to the TLS
+ *    handshake: MY_FAIL with DBT_INTERNAL_ERROR;
+ *  - client_tls == MY_TLS_REQUIRE and the client's response arrives on the plaintext leg: MY_FAIL
+ *    with ERR 3159 (DBT_CLIENT_TLS_REQUIRED) at seq 2; the response is wiped, nothing of it
+ *    reaches the upstream and no SSLRequest is sent (user, database and program_name are kept
+ *    for the log);
  *  - after MY_FAIL / MY_CLOSE every call returns MY_FAIL (DBT_INTERNAL_ERROR, no data). */
 DBT_MUST_USE size_t my_feed_server(struct my_session *s, const uint8_t *in, size_t len,
                                    struct my_step *out);
@@ -168,6 +193,14 @@ DBT_MUST_USE size_t my_feed_client(struct my_session *s, const uint8_t *in, size
 /* The upstream TLS session is verified: returns MY_SEND_SERVER with the client's response
  * (CLIENT_SSL set, seq 2). Called in any other state: MY_FAIL with DBT_INTERNAL_ERROR. */
 void my_tls_ready(struct my_session *s, struct my_step *out);
+/* The TLS server handshake on the client leg (after MY_START_CLIENT_TLS) is done: the machine
+ * waits for the client's HandshakeResponse41 at seq 2, fed decrypted through my_feed_client, and
+ * counts the client leg as a secure transport from now on (a cleartext password after
+ * caching_sha2's 01 04 or for sha256_password is forwarded, never judged as an RSA blob). Called
+ * in any other state, it ends the session: the next feed returns MY_FAIL (DBT_INTERNAL_ERROR).
+ * Between MY_START_CLIENT_TLS and this call, MY_FAIL carries no packet (my_fail included): the
+ * client is in the middle of a TLS handshake and can read no MySQL packet. */
+void my_client_tls_ready(struct my_session *s);
 
 /* A HandshakeResponse41 for user "dbtrust" with an empty password: what dbtrust sends a server
  * whose client gave up during the handshake, and what the guard's probe sends once TLS is up.
@@ -179,7 +212,8 @@ void my_tls_ready(struct my_session *s, struct my_step *out);
 size_t my_build_decoy_login(uint8_t *buf, size_t cap, bool tls);
 /* dbtrust gives up (upstream unreachable, TLS failed, timeout...): MY_FAIL with an ERR packet
  * for the client built from reason (my_errcode_for) and message, at the sequence id the client
- * expects (0 and no SQLSTATE before the greeting, B5). No packet once relaying or ended. */
+ * expects (0 and no SQLSTATE before the greeting, B5). No packet once relaying or ended, nor
+ * while the client's TLS handshake runs. */
 void my_fail(struct my_session *s, enum dbt_reason reason, const char *message,
              struct my_step *out);
 /* True once the session is in the command phase (raw relay). */

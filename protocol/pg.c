@@ -13,11 +13,14 @@
 #define TLS_ALERT       0x15
 #define TLS_HANDSHAKE   0x16
 #define AUTH_SASL       10
+#define SASL_MECH_MAX   64    /* a mechanism name and its NUL; PostgreSQL's longest is 19 */
+#define AUTH_TOKEN_MAX  65535 /* PG_MAX_AUTH_TOKEN_LENGTH: the server's bound on a SASL body */
 
 const uint8_t pg_ssl_request[8] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
 const uint8_t pg_alpn[11] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l'};
 
 static const uint8_t answer_no[1] = {'N'};
+static const uint8_t answer_yes[1] = {'S'};
 
 static void set_step(struct pg_step *out, enum pg_action action, const uint8_t *data, size_t len)
 {
@@ -26,6 +29,7 @@ static void set_step(struct pg_step *out, enum pg_action action, const uint8_t *
     out->len = len;
     out->reason = DBT_NONE;
     out->detail = NULL;
+    out->direct = false;
 }
 
 static void set_fail(struct pg_step *out, enum dbt_reason reason, const char *detail)
@@ -51,9 +55,10 @@ static bool client_fail(struct pg_client *c, struct pg_step *out, const char *de
     return true;
 }
 
-/* Answers 'N' to an encryption request: the client leg is plaintext by design. Never an
- * ErrorResponse here: libpq discards it unread (CVE-2024-10977), so the user would see no reason.
- */
+/* Answers an encryption request: 'S' to an SSLRequest when dbtrust serves TLS on this leg (C1),
+ * 'N' otherwise. Never an ErrorResponse here: libpq discards it unread (CVE-2024-10977), so the
+ * user would see no reason. GSSENCRequest always gets 'N': dbtrust does no GSSAPI encryption.
+ * Inside TLS both get 'N', as on a PostgreSQL 17 direct-SSL connection (A3). */
 static bool encryption_request(struct pg_client *c, struct pg_step *out, uint32_t code,
                                uint32_t total)
 {
@@ -71,6 +76,12 @@ static bool encryption_request(struct pg_client *c, struct pg_step *out, uint32_
     *seen = true;
     c->have = 0;
     c->need = 4;
+    if (ssl && c->tls != PG_TLS_OFF && !c->tls_active) {
+        /* pg_client_feed refuses the answer if more bytes came with the request (CVE-2021-23214) */
+        c->state = PG_C_TLS;
+        set_step(out, PG_START_TLS, answer_yes, sizeof answer_yes);
+        return true;
+    }
     set_step(out, PG_SEND_CLIENT, answer_no, sizeof answer_no);
     return true;
 }
@@ -118,6 +129,15 @@ static bool client_complete(struct pg_client *c, struct pg_step *out)
     const char *bad = parse_startup(c);
     if (bad)
         return client_fail(c, out, bad);
+    /* Refused only now, with the packet parsed: the log then names who tried to log in in
+     * plaintext. Nothing of it is forwarded, so no credential leaves dbtrust unencrypted. */
+    if (c->tls == PG_TLS_REQUIRE && !c->tls_active) {
+        c->state = PG_C_FAILED;
+        set_fail(out, DBT_CLIENT_TLS_REQUIRED,
+                 "TLS is required on this listener (client_tls = require): connect with "
+                 "sslmode=require or stronger");
+        return true;
+    }
     /* Verbatim, whatever the minor version and _pq_.* options: the server negotiates with 'v'
      * and greasing clients (3.9990-3.9999) test that middleware does not interfere (A2). */
     c->state = PG_C_DONE;
@@ -184,18 +204,36 @@ size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct
     case PG_C_FAILED:
         set_fail(out, DBT_INTERNAL_ERROR, "client fed after the startup phase failed");
         return 0;
+    case PG_C_TLS:
+        /* A caller bug, and a dangerous one: whatever this is, it was not decrypted by the
+         * handshake PG_START_TLS asked for. Nothing more is read on this connection. */
+        c->state = PG_C_FAILED;
+        set_fail(out, DBT_INTERNAL_ERROR, "client fed before pg_client_tls_started");
+        return 0;
     case PG_C_HEADER:
     case PG_C_BODY:
         break;
     }
     while (used < len) {
-        /* A TLS ClientHello where a packet starts: direct SSL (A3), which a plaintext listener
-         * cannot serve. Left unconsumed; the proxy closes without a word. */
+        /* A TLS ClientHello where a packet starts: direct SSL (A3). Left unconsumed either way:
+         * it is the first record of the handshake, or the proxy closes without a word. */
         if (c->have == 0 && in[used] == TLS_HANDSHAKE) {
+            if (c->tls != PG_TLS_OFF && !c->tls_active && !c->seen_ssl_request &&
+                !c->seen_gssenc_request) {
+                /* Like the server (backend_startup.c), only the very first byte of a
+                 * connection can start direct TLS; later a 0x16 is just a bad length word. */
+                c->state = PG_C_TLS;
+                set_step(out, PG_START_TLS, NULL, 0);
+                out->direct = true;
+                return used;
+            }
             c->state = PG_C_FAILED;
             set_step(out, PG_CLOSE, NULL, 0);
             out->reason = DBT_CLIENT_DIRECT_TLS;
-            out->detail = "client opened with a TLS ClientHello (sslnegotiation=direct)";
+            out->detail = c->tls == PG_TLS_OFF
+                              ? "client opened with a TLS ClientHello (sslnegotiation=direct)"
+                              : "TLS ClientHello not at the start of the connection (direct TLS "
+                                "must be the first byte)";
             return used;
         }
         size_t take = c->need - c->have;
@@ -204,10 +242,29 @@ size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct
         memcpy(c->buf + c->have, in + used, take);
         c->have += take;
         used += take;
-        if (c->have == c->need && client_advance(c, out))
+        if (c->have == c->need && client_advance(c, out)) {
+            /* CVE-2021-23214: bytes that came with the SSLRequest were sent before any TLS; a
+             * man in the middle can inject a StartupMessage or a query there that would then be
+             * read as if it came over the encrypted channel. The server refuses with these
+             * words (backend_startup.c); its check looks at what it buffered, as this does. */
+            if (out->action == PG_START_TLS && used < len)
+                client_fail(c, out, "received unencrypted data after SSL request");
             return used;
+        }
     }
     return used;
+}
+
+void pg_client_tls_started(struct pg_client *c)
+{
+    if (c->state != PG_C_TLS) {
+        c->state = PG_C_FAILED; /* a caller bug: never let it pass as an encrypted leg */
+        return;
+    }
+    c->tls_active = true;
+    c->state = PG_C_HEADER;
+    c->have = 0;
+    c->need = 4;
 }
 
 /* ---- the upstream's answer to pg_ssl_request (A1, buffer-stuffing rule) ---- */
@@ -278,6 +335,7 @@ bool pg_is_tls_record_start(uint8_t first_byte)
 void pg_server_init(struct pg_server *s)
 {
     s->state = PG_S_HEADER;
+    s->sasl_offered = false;
     s->have = 0;
     s->need = TAGGED_HEADER;
 }
@@ -327,6 +385,7 @@ static bool strip_channel_binding(struct pg_server *s, size_t total, struct pg_s
         return server_fail(s, out, "server offers only channel-binding SASL mechanisms");
     wire_out_u8(&w, '\0');
     wire_put_be32(s->out + 1, (uint32_t)(w.len - 1));
+    s->sasl_offered = true;
     set_step(out, PG_SEND_CLIENT, s->out, w.len);
     return true;
 }
@@ -404,6 +463,61 @@ size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct
             return used;
     }
     return used;
+}
+
+/* ---- the client's SASLInitialResponse (A5, C1) ---- */
+
+/* Checks run in wire order, each only once the bytes it reads are there, so an answer other
+ * than PG_SASL_NEED_MORE never changes as more of the message arrives. */
+enum pg_sasl_flag pg_sasl_initial_flag(const uint8_t *in, size_t len)
+{
+    if (len < 1)
+        return PG_SASL_NEED_MORE;
+    if (in[0] != 'p')
+        return PG_SASL_OTHER;
+    if (len < TAGGED_HEADER)
+        return PG_SASL_NEED_MORE;
+    uint32_t mlen = wire_be32(in + 1);
+    if (mlen < 4 || mlen - 4 > AUTH_TOKEN_MAX)
+        return PG_SASL_OTHER;
+    size_t end = 1 + (size_t)mlen; /* the whole message */
+
+    /* The mechanism name: its NUL within SASL_MECH_MAX bytes and inside the message. */
+    size_t limit = TAGGED_HEADER + SASL_MECH_MAX < end ? TAGGED_HEADER + SASL_MECH_MAX : end;
+    size_t avail = len < limit ? len : limit;
+    const uint8_t *nul = memchr(in + TAGGED_HEADER, '\0', avail - TAGGED_HEADER);
+    if (!nul)
+        return avail == limit ? PG_SASL_OTHER : PG_SASL_NEED_MORE;
+    /* The downgrade check that rejects 'y' is SCRAM's (auth-scram.c); OAUTHBEARER also starts
+     * with a gs2 header, but has no -PLUS variant and the server accepts its 'y'. */
+    size_t mech = (size_t)(nul - (in + TAGGED_HEADER));
+    if (mech < 6 || memcmp(in + TAGGED_HEADER, "SCRAM-", 6) != 0)
+        return PG_SASL_OTHER;
+
+    size_t at = (size_t)(nul - in) + 1;
+    if (end < at + 4 + 2) /* no room for resp_len and a gs2 header */
+        return PG_SASL_OTHER;
+    if (len < at + 4)
+        return PG_SASL_NEED_MORE;
+    /* The server reads exactly resp_len bytes, then wants the message's end (pq_getmsgend);
+     * -1 (no initial response) is not SCRAM either. */
+    if (wire_be32(in + at) != end - (at + 4))
+        return PG_SASL_OTHER;
+    at += 4;
+
+    /* gs2-cbind-flag "n" / "y" then ",", or "p=" cb-name (RFC 5802 section 7). */
+    if (len < at + 1)
+        return PG_SASL_NEED_MORE;
+    uint8_t flag = in[at];
+    if (flag != 'n' && flag != 'y' && flag != 'p')
+        return PG_SASL_OTHER;
+    if (len < at + 2)
+        return PG_SASL_NEED_MORE;
+    if (in[at + 1] != (flag == 'p' ? '=' : ','))
+        return PG_SASL_OTHER;
+    return flag == 'n'   ? PG_SASL_NO_BINDING
+           : flag == 'y' ? PG_SASL_BINDING_WANTED
+                         : PG_SASL_BINDING;
 }
 
 /* ---- errors dbtrust reports itself (A6) ---- */

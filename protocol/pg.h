@@ -1,6 +1,7 @@
 /* PostgreSQL startup phase as pure state machines (PROTOCOLS.md part A). No sockets: the proxy
  * feeds bytes and executes the returned step. Two machines, one per leg:
- *   pg_client - what the application sends before its session exists (A1, A2, A4);
+ *   pg_client - what the application sends before its session exists (A1, A2, A4), with dbtrust
+ *               optionally the TLS server of that leg (C1);
  *   pg_server - what the upstream sends after TLS until authentication starts (A5, A7).
  */
 #ifndef PG_H
@@ -35,6 +36,11 @@ enum pg_action {
     PG_RELAY,         /* startup phase over: relay raw bytes; input not consumed is relay data */
     PG_FAIL,          /* step.reason + step.detail; the proxy answers with an ErrorResponse */
     PG_CLOSE,         /* close silently (client opened with a TLS ClientHello: direct SSL) */
+    /* Write step.data/len (the answer "S", or nothing for direct TLS) in plaintext, then run a
+     * TLS server handshake on the client leg; step.direct tells which. Input not consumed is
+     * ciphertext for that handshake (direct TLS: the whole ClientHello, since nothing is
+     * consumed). Feed again only after pg_client_tls_started(), with decrypted bytes. */
+    PG_START_TLS,
 };
 
 struct pg_step {
@@ -43,13 +49,26 @@ struct pg_step {
     size_t len;
     enum dbt_reason reason; /* PG_FAIL */
     const char *detail;     /* PG_FAIL: static human text, e.g. "invalid startup packet length" */
+    bool direct; /* PG_START_TLS: PostgreSQL 17+ direct TLS (first byte 0x16): ALPN required */
 };
 
-enum pg_client_state { PG_C_HEADER, PG_C_BODY, PG_C_DONE, PG_C_FAILED };
+/* What dbtrust does with the client leg's SSLRequest (listener option client_tls, C1). */
+enum pg_client_tls {
+    PG_TLS_OFF,     /* answer 'N', close on a direct-TLS ClientHello: plaintext only (A1) */
+    PG_TLS_ALLOW,   /* answer 'S' / accept direct TLS; a plaintext StartupMessage still works */
+    PG_TLS_REQUIRE, /* as ALLOW, but a plaintext StartupMessage is refused (client_tls_required) */
+};
+
+/* PG_C_TLS: PG_START_TLS was returned, the machine waits for pg_client_tls_started(). */
+enum pg_client_state { PG_C_HEADER, PG_C_BODY, PG_C_DONE, PG_C_FAILED, PG_C_TLS };
 
 struct pg_client {
     enum pg_client_state state;
-    bool seen_ssl_request; /* at most one of each before the StartupMessage (A1) */
+    enum pg_client_tls tls; /* set after pg_client_init (default PG_TLS_OFF = today's behaviour) */
+    bool tls_active;        /* the client leg is encrypted now (pg_client_tls_started) */
+    /* At most one of each per connection, before the StartupMessage (A1); the SSLRequest
+     * answered 'S' counts, so a second one inside that TLS session is a duplicate. */
+    bool seen_ssl_request;
     bool seen_gssenc_request;
     uint32_t version;        /* protocol version of the StartupMessage, e.g. 0x00030000 */
     size_t have;             /* bytes of the current packet in buf */
@@ -60,14 +79,30 @@ struct pg_client {
     uint8_t buf[4 + PG_MAX_STARTUP_PACKET];
 };
 
+/* Zeroes the machine: tls = PG_TLS_OFF, tls_active = false. Set c->tls after it. */
 void pg_client_init(struct pg_client *c);
 /* Consumes up to len bytes; returns how many. Call again with the rest after acting on the step
  * (PG_SEND_CLIENT may be returned with input left over). After PG_DIAL_UPSTREAM / PG_CANCEL /
  * PG_FAIL / PG_CLOSE the machine is finished; bytes after the StartupMessage are not consumed
  * (a client must wait for the server before sending more, so the proxy may treat them as relay
- * data).
+ * data). After PG_START_TLS it waits for pg_client_tls_started().
  * Settled details:
- *  - PG_CLOSE (reason DBT_CLIENT_DIRECT_TLS) consumes nothing: a packet starting with 0x16.
+ *  - PG_CLOSE (reason DBT_CLIENT_DIRECT_TLS) consumes nothing: a packet starting with 0x16 where
+ *    direct TLS cannot be served (tls == PG_TLS_OFF, or not the first byte of the connection).
+ *  - client TLS on (tls != PG_TLS_OFF), leg still plaintext:
+ *      SSLRequest -> PG_START_TLS "S", direct = false; but if the same call holds any byte
+ *      after it -> PG_FAIL DBT_CLIENT_PROTOCOL_ERROR "received unencrypted data after SSL
+ *      request" (CVE-2021-23214: those bytes were not encrypted, yet would be read as if they
+ *      came over TLS). First byte of the connection 0x16 -> PG_START_TLS, direct = true, no
+ *      data, consuming nothing. GSSENCRequest -> 'N' in every mode.
+ *      tls == PG_TLS_REQUIRE: a StartupMessage is parsed whole (user, database and
+ *      application_name filled for the log), then PG_FAIL DBT_CLIENT_TLS_REQUIRED; a
+ *      CancelRequest is still PG_CANCEL (PostgreSQL accepts plaintext cancels, libpq before 17
+ *      can send no other, and the key opens nothing but that one cancel).
+ *  - inside TLS (tls_active): SSLRequest and GSSENCRequest -> 'N' (each still at most once per
+ *    connection), StartupMessage -> PG_DIAL_UPSTREAM, CancelRequest -> PG_CANCEL.
+ *  - Fed while waiting for pg_client_tls_started: PG_FAIL DBT_INTERNAL_ERROR, consuming 0, and
+ *    the machine is failed (bytes read before the handshake must never pass as decrypted).
  *  - PG_FAIL (DBT_CLIENT_PROTOCOL_ERROR) is returned as soon as the length word is known to be
  *    bad (4 bytes in), before any body is buffered; the bytes read so far count as consumed.
  *  - Finished machine, further calls consume 0: after PG_DIAL_UPSTREAM (state PG_C_DONE) they
@@ -82,6 +117,10 @@ void pg_client_init(struct pg_client *c);
  *    code", "unsupported frontend protocol", "invalid startup packet layout: expected terminator
  *    as last byte", "no PostgreSQL user name specified in startup packet". */
 size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct pg_step *out);
+/* The TLS server handshake asked for by PG_START_TLS is complete: from now on the machine is fed
+ * decrypted bytes and reads a fresh packet. Called in any other state it fails the machine (the
+ * next feed returns PG_FAIL DBT_INTERNAL_ERROR). */
+void pg_client_tls_started(struct pg_client *c);
 
 /* Judges what the upstream sent in answer to pg_ssl_request: `in` is everything read so far
  * (len >= 1). Returns DBT_NONE only for exactly the single byte 'S'. 'N' or 'E' ->
@@ -99,6 +138,9 @@ enum pg_server_state { PG_S_HEADER, PG_S_BODY, PG_S_RELAY, PG_S_FAILED };
 
 struct pg_server {
     enum pg_server_state state;
+    /* The first 'R' forwarded was AuthenticationSASL (code 10): the client's next message is a
+     * SASLInitialResponse, which pg_sasl_initial_flag judges. */
+    bool sasl_offered;
     size_t have;
     size_t need;
     uint8_t buf[PG_MAX_SERVER_STARTUP_MSG];
@@ -122,8 +164,33 @@ void pg_server_init(struct pg_server *s);
  * SASL mechanisms". */
 size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct pg_step *out);
 
+/* The gs2 channel-binding flag (RFC 5802 section 7) of a SCRAM SASLInitialResponse. */
+enum pg_sasl_flag {
+    PG_SASL_NEED_MORE,
+    PG_SASL_NO_BINDING,     /* gs2 'n' */
+    PG_SASL_BINDING_WANTED, /* gs2 'y' */
+    PG_SASL_BINDING,        /* gs2 'p' */
+    PG_SASL_OTHER,          /* not a SASLInitialResponse, or malformed: let the server judge */
+};
+
+/* The client's first message after AuthenticationSASL, as read so far (may be partial):
+ * 'p' Int32 len, mechanism\0, Int32 resp_len, then the client-first-message whose gs2 header
+ * starts with "n,", "y," or "p=". Never needs more than 5 + 64 + 4 + 2 bytes to decide; a longer
+ * mechanism name or a bad length is PG_SASL_OTHER. Why: over a TLS client leg libpq with
+ * channel_binding=prefer, offered only SCRAM-SHA-256 (dbtrust strips -PLUS), sends 'y', which a
+ * TLS-connected server rejects as a downgrade; the flag cannot be rewritten because the gs2
+ * header is signed inside the SCRAM proof (C1).
+ * Also PG_SASL_OTHER: a mechanism not named SCRAM-* (OAUTHBEARER has a gs2 header too, but no
+ * -PLUS variant, and PostgreSQL accepts its 'y'), a resp_len that is not exactly the rest of the
+ * message, a message body over 65535 bytes (the server's PG_MAX_AUTH_TOKEN_LENGTH). A partial
+ * input is judged only once the bytes that decide have arrived, so a longer prefix never changes
+ * an answer other than PG_SASL_NEED_MORE. */
+enum pg_sasl_flag pg_sasl_initial_flag(const uint8_t *in, size_t len);
+
 /* SQLSTATE for an error dbtrust itself reports (A6): 08001 TLS/cert, 57P03 unreachable, 08006
- * broken, 08P01 protocol, 53300 limit, 57P01 shutdown, XX000 internal. */
+ * broken, 08P01 protocol, 53300 limit, 57P01 shutdown, 28000 client refused by the listener's
+ * own policy (client_tls = require, client certificates, channel binding: the code the server
+ * uses for pg_hba.conf refusals and for the SCRAM channel-binding downgrade), XX000 internal. */
 const char *pg_sqlstate_for(enum dbt_reason r);
 
 /* Builds an ErrorResponse (protocol 3, severity FATAL in 'S' and 'V', code, 'M' message,

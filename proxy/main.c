@@ -15,6 +15,7 @@
 
 #include "px.h"
 #include "px_admin.h"
+#include "px_client_id.h"
 #include "px_cmd.h"
 #include "px_drivers.h"
 #include "px_expiry.h"
@@ -259,6 +260,7 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     struct px_server *srv = sig->srv;
     atomic_store(&srv->ready, false); /* /readyz: take this pod out of rotation while draining */
     px_reload_stop(srv);
+    px_client_id_stop(srv);
     px_workers_stop(srv); /* returns when every connection ended or drain_timeout passed */
     px_admin_stop(srv);   /* metrics stay scrapable during the drain */
     px_expiry_stop(srv);
@@ -269,8 +271,10 @@ static void on_stop_signal(uv_signal_t *s, int signum)
 static void on_main_wakeup(uv_async_t *a)
 {
     struct px_server *srv = a->data;
-    if (atomic_exchange(&srv->reload_requested, false))
+    if (atomic_exchange(&srv->reload_requested, false)) {
         px_reload_all(srv, "admin");
+        px_client_id_reload_all(srv, "admin");
+    }
     if (atomic_exchange(&srv->chain_seen, false))
         px_expiry_check(srv);
 }
@@ -280,6 +284,7 @@ static void on_hup(uv_signal_t *s, int signum)
     struct signals *sig = s->data;
     (void)signum;
     px_reload_all(sig->srv, "sighup");
+    px_client_id_reload_all(sig->srv, "sighup");
 }
 
 static void log_started(const struct px_server *srv)
@@ -327,7 +332,8 @@ int main(int argc, char **argv)
         for (unsigned k = 0; k < PX_MAX_WORKERS; k++)
             srv.listeners[i].fds[k] = -1;
     }
-    if (load_trust(&srv) != 0 || load_mysql_keys(&srv, &generated_key) != 0)
+    if (load_trust(&srv) != 0 || px_client_id_load_all(&srv) != 0 ||
+        load_mysql_keys(&srv, &generated_key) != 0)
         goto out;
     for (size_t i = 0; i < srv.listener_count; i++) {
         char err[512];
@@ -361,6 +367,11 @@ int main(int argc, char **argv)
         px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
         goto out;
     }
+    rc = px_client_id_start(&srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start client certificate reload: %s", uv_strerror(rc));
+        goto out;
+    }
     if (px_expiry_start(&srv, loop) != 0)
         goto out;
     char err[512];
@@ -381,6 +392,7 @@ out:
         px_listen_close(&srv.listeners[i]);
         if (srv.listeners[i].gen)
             tlsw_gen_unref(srv.listeners[i].gen);
+        tlsw_server_unref(srv.listeners[i].client_id);
         if (srv.listeners[i].rsa_key && srv.listeners[i].rsa_key != generated_key)
             my_rsa_free(srv.listeners[i].rsa_key);
     }

@@ -12,7 +12,8 @@
 #include "px_metrics.h"
 #include "tlsw.h"
 
-#define PX_MAX_WORKERS 256
+#define PX_MAX_WORKERS   256
+#define PX_REFUSAL_NOTES 256 /* addresses remembered per worker for rate-limited refusal logs */
 /* Per-worker scratch buffer for socket reads. Read callbacks consume it synchronously, so one
  * buffer serves every connection of the worker and idle connections hold no read buffer. */
 #define PX_READ_CHUNK (64 * 1024)
@@ -49,6 +50,7 @@ struct px_listener {
 };
 
 struct px_bundle_watch;
+struct px_id_watch;
 struct px_driver;
 struct px_dial_waiter;
 
@@ -56,6 +58,9 @@ struct px_server {
     struct cfg *cfg;
     struct px_bundle_watch **watches; /* reload triggers, one per distinct bundle (main loop) */
     size_t watch_count;
+    struct px_id_watch **id_watches; /* serving identity triggers, per client_tls listener */
+    size_t id_watch_count;
+    atomic_uint client_id_reloads_ok, client_id_reloads_failed;
     bool stopping;
     atomic_uint reloads_ok, reloads_failed;
     atomic_bool ready;      /* workers running, not draining: /readyz */
@@ -122,6 +127,11 @@ struct px_worker {
     /* TLS records on their way to an upstream: taken from the engine, then written. */
     uint8_t tls_out[PX_READ_CHUNK];
     struct px_wreq *free_wreqs; /* write blocks kept for reuse (px_io.c) */
+    /* client_allow refusals logged lately, by address hash: a scan must not flood the log */
+    struct px_refusal_note {
+        uint8_t addr[16];
+        uint64_t at_ms;
+    } refusals_logged[PX_REFUSAL_NOTES];
     unsigned free_wreq_count;
 };
 

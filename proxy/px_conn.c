@@ -18,6 +18,7 @@ uint64_t px_now_ms(void)
 
 static void on_timer(uv_timer_t *t);
 static void on_client_closed(struct px_leg *l);
+static void on_client_tls_done(struct px_leg *l);
 
 static struct px_conn *conn_of(const struct px_leg *l)
 {
@@ -32,7 +33,7 @@ static struct px_leg *other_leg(struct px_conn *c, const struct px_leg *l)
 static const struct px_leg_events client_events = {
     .on_bytes = px_conn_leg_bytes,
     .on_read_end = px_conn_leg_read_end,
-    .on_tls_done = NULL, /* client_tls comes later */
+    .on_tls_done = on_client_tls_done,
     .on_tls_error = px_conn_leg_tls_error,
     .on_write_done = px_conn_leg_write_done,
     .on_shutdown_done = px_conn_leg_shutdown_done,
@@ -47,6 +48,59 @@ static void peer_address(uv_tcp_t *tcp, struct sockaddr_storage *ss, char *out, 
     if (uv_tcp_getpeername(tcp, (struct sockaddr *)ss, &len) != 0)
         ss->ss_family = AF_UNSPEC;
     px_format_sockaddr((struct sockaddr *)ss, out, cap);
+}
+
+/* The address bytes of a peer (4 or 16), or NULL for another family. */
+static const uint8_t *addr_bytes(const struct sockaddr_storage *ss, size_t *len)
+{
+    if (ss->ss_family == AF_INET) {
+        *len = 4;
+        return (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
+    }
+    if (ss->ss_family == AF_INET6) {
+        *len = 16;
+        return (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
+    }
+    *len = 0;
+    return NULL;
+}
+
+/* One line per address per minute: a scan from many ports, or a client retrying in a loop,
+ * must not flood the log (the metric still counts every refusal). A small table per worker,
+ * indexed by a hash of the address; a collision only means an early repeat of the line. */
+static bool refusal_worth_logging(struct px_worker *w, const uint8_t *addr, size_t len)
+{
+    uint8_t key[16] = {0};
+    memcpy(key, addr, len);
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < sizeof(key); i++)
+        h = (h ^ key[i]) * 16777619u;
+    struct px_refusal_note *n = &w->refusals_logged[h % PX_REFUSAL_NOTES];
+    uint64_t now = px_now_ms();
+    if (n->at_ms != 0 && memcmp(n->addr, key, sizeof(key)) == 0 && now - n->at_ms < 60000)
+        return false;
+    memcpy(n->addr, key, sizeof(key));
+    n->at_ms = now;
+    return true;
+}
+
+/* client_allow: a source outside the list is dropped before any byte is read or written. */
+static bool client_allowed(struct px_conn *c, const struct sockaddr_storage *peer)
+{
+    const struct cfg_listener *lc = c->wl->l->cfg;
+    if (lc->client_allow_count == 0)
+        return true;
+    size_t len;
+    const uint8_t *addr = addr_bytes(peer, &len);
+    if (addr != NULL && cfg_client_allowed(lc, peer->ss_family, addr))
+        return true;
+    c->quiet = true;
+    if (addr == NULL || refusal_worth_logging(c->w, addr, len))
+        px_log_event(CFG_LOG_WARN, "client_refused", "listener", lc->name, "client", c->client_addr,
+                     "reason", dbt_reason_name(DBT_CLIENT_NOT_ALLOWED), "detail",
+                     "source address not in client_allow (logged once a minute per address)", NULL);
+    px_conn_close(c, DBT_CLIENT_NOT_ALLOWED, NULL);
+    return false;
 }
 
 /* Out of descriptors, libuv accepts and closes the excess itself (its reserve-descriptor
@@ -90,6 +144,7 @@ void px_conn_accept(struct px_worker_listener *wl)
     c->w = w;
     c->wl = wl;
     c->drv = wl->l->drv;
+    c->framed = c->drv->relay_framed;
     c->start_ms = px_now_ms();
     c->state = PX_CONN_CLIENT_STARTUP;
     struct px_leg *client = px_conn_client(c);
@@ -130,6 +185,8 @@ void px_conn_accept(struct px_worker_listener *wl)
     } else {
         struct sockaddr_storage peer;
         peer_address(&client->s.tcp, &peer, c->client_addr, sizeof(c->client_addr));
+        if (!client_allowed(c, &peer))
+            return;
         uv_tcp_nodelay(&client->s.tcp, 1);
     }
     c->drv->start(c);
@@ -165,6 +222,10 @@ static void on_timer(uv_timer_t *t)
     switch (c->state) {
     case PX_CONN_CLIENT_STARTUP:
         px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not finish its startup packets in time");
+        break;
+    case PX_CONN_CLIENT_TLS:
+        px_conn_close(c, DBT_CLIENT_TLS_TIMEOUT,
+                      "client did not complete its TLS handshake within handshake_timeout");
         break;
     case PX_CONN_DIAL_WAIT: {
         char detail[160];
@@ -225,7 +286,7 @@ void px_conn_leg_bytes(struct px_leg *l, const uint8_t *data, size_t len)
     if (c->closing)
         return;
     struct px_leg *to = other_leg(c, l);
-    if (c->state == PX_CONN_RELAY && !c->drv->relay_framed) {
+    if (c->state == PX_CONN_RELAY && !c->framed) {
         px_relay_forward(l, to, data, len);
         return;
     }
@@ -366,6 +427,31 @@ void px_conn_leg_shutdown_done(struct px_leg *l)
         maybe_finish(c);
 }
 
+void px_conn_start_client_tls(struct px_conn *c, const uint8_t *alpn, size_t alpn_len,
+                              bool alpn_required, const uint8_t *ciphertext, size_t len)
+{
+    struct tlsw_conn *tls = tlsw_conn_new_server(c->wl->client_id, alpn, alpn_len, alpn_required);
+    if (!tls) {
+        px_conn_close(c, DBT_INTERNAL_ERROR, "could not create a TLS session for the client");
+        return;
+    }
+    c->resume_state = c->state;
+    c->state = PX_CONN_CLIENT_TLS;
+    px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
+    struct px_leg *client = px_conn_client(c);
+    px_leg_start_tls_with(client, tls, ciphertext, len);
+    if (!c->closing)
+        px_leg_start_reading(client);
+}
+
+static void on_client_tls_done(struct px_leg *l)
+{
+    struct px_conn *c = conn_of(l);
+    c->state = c->resume_state;
+    px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
+    c->drv->on_tls_ready(c, l);
+}
+
 void px_conn_start_relay(struct px_conn *c, const uint8_t *to_client, size_t len)
 {
     c->state = PX_CONN_RELAY;
@@ -484,13 +570,17 @@ static void log_conn_end(struct px_conn *c)
                  : tlsw_conn_resumed(up->tls) ? "yes"
                                               : "no",
                  "reason", dbt_reason_name(c->reason), "bytes_in", in, "bytes_out", out,
-                 "duration_ms", dur, "detail", c->detail != NULL ? c->detail : "", NULL);
+                 "duration_ms", dur, "client_tls",
+                 client->tls_up ? tlsw_conn_version(client->tls) : "", "client_cert",
+                 client->tls_up ? tlsw_conn_peer_name(client->tls) : "", "detail",
+                 c->detail != NULL ? c->detail : "", NULL);
 }
 
 static void conn_free(struct px_conn *c)
 {
     struct px_worker *w = c->w;
-    log_conn_end(c);
+    if (!c->quiet)
+        log_conn_end(c);
     px_counter_add(&c->wl->stats.conns_by_reason[c->reason], 1);
     if (!c->is_cancel) /* a cancel is the same application's second socket, not a session */
         px_stats_app(&c->wl->stats, c->application_name);

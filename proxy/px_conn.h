@@ -15,6 +15,7 @@
 
 enum px_conn_state {
     PX_CONN_CLIENT_STARTUP, /* reading the client's startup packets */
+    PX_CONN_CLIENT_TLS,     /* client_tls: the client's TLS handshake with dbtrust */
     PX_CONN_MY_GREETING,    /* MySQL: connected, waiting for the server's greeting */
     PX_CONN_MY_RESPONSE,    /* MySQL: greeting sent, waiting for the client's response */
     PX_CONN_MY_RETIRE,      /* MySQL: client gone mid-handshake; ending the upstream's login */
@@ -46,11 +47,14 @@ struct px_conn {
     bool gai_pending;
 
     enum px_conn_state state;
+    enum px_conn_state resume_state; /* what the client's TLS handshake interrupted */
     enum dbt_reason reason;
     char *detail; /* for the conn_end line; set once a reason comes with one (NULL: none) */
     bool closing;
     bool over_limit;
     bool is_cancel;
+    bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
+    bool quiet;  /* refused before any byte was read: counted, logged at a limited rate */
     uint64_t connected_ns; /* upstream TCP connected (uv_hrtime): handshake latency */
     void *proto;           /* the driver's startup state */
 
@@ -91,6 +95,13 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
 /* The same with a ready error packet (len 0: close without one). */
 void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
                        const uint8_t *pkt, size_t len);
+
+/* client_tls: starts a TLS server handshake on the client leg with the listener's serving
+ * identity; ciphertext already read goes to the engine first. alpn: the accepted protocol
+ * (wire format) or NULL; alpn_required: PostgreSQL direct TLS. The driver's on_tls_ready
+ * follows; a failure or timeout closes the connection with a client_* reason. */
+void px_conn_start_client_tls(struct px_conn *c, const uint8_t *alpn, size_t alpn_len,
+                              bool alpn_required, const uint8_t *ciphertext, size_t len);
 
 /* The startup is over: relay raw bytes from now; to_client goes to the client first. */
 void px_conn_start_relay(struct px_conn *c, const uint8_t *to_client, size_t len);

@@ -89,6 +89,11 @@ void px_expiry_check(struct px_server *srv)
         const struct tlsw_gen *g = srv->listeners[i].gen;
         for (size_t c = 0; c < tlsw_gen_cert_count(g); c++)
             check_cert(e, tlsw_gen_cert(g, c), now, "bundle", "bundle", path, "");
+        /* The certificate clients of a client_tls listener verify: an expiry there locks
+         * every TLS client out, so it is warned about like the rest. */
+        if (srv->listeners[i].client_id)
+            check_cert(e, tlsw_server_leaf(srv->listeners[i].client_id), now, "client_cert",
+                       "listener", srv->listeners[i].cfg->name, "0");
     }
     uv_mutex_unlock(&srv->trust_lock);
     uv_mutex_lock(&srv->seen_lock);

@@ -98,10 +98,14 @@ static void connections(struct px_server *srv, FILE *out)
         fprintf(out, "} %u\n", atomic_load(&srv->listeners[i].active));
     }
     family(out, "dbtrust_tls_failures_total", "counter",
-           "Upstream TLS set-ups that failed (refused, unverified, timed out), by reason.");
+           "TLS set-ups that failed, by reason: upstream (refused, unverified, timed out) and, "
+           "on client_tls/client_allow listeners, the client leg's refusals (client_*).");
     for (size_t i = 0; i < srv->listener_count; i++) {
+        const struct cfg_listener *lc = srv->listeners[i].cfg;
+        bool client_policy = lc->client_tls != CFG_CLIENT_TLS_OFF || lc->client_allow_count > 0;
         for (int r = 0; r < DBT_REASON_COUNT; r++) {
-            if (dbt_reason_class(r) != DBT_CLASS_TLS)
+            enum dbt_reason_class cls = dbt_reason_class(r);
+            if (cls != DBT_CLASS_TLS && !(cls == DBT_CLASS_CLIENT_REFUSED && client_policy))
                 continue;
             fputs("dbtrust_tls_failures_total{listener=", out);
             label(out, srv->listeners[i].cfg->name);
@@ -224,6 +228,36 @@ static size_t bundles_in_force(struct px_server *srv, struct tlsw_gen **gens, co
     return n;
 }
 
+/* The serving certificates of client_tls listeners: what clients see, and when it expires. */
+static void client_identities(struct px_server *srv, FILE *out)
+{
+    family(out, "dbtrust_client_cert_reloads_total", "counter",
+           "Serving certificate reloads of client_tls listeners: applied (ok) and refused.");
+    fprintf(out, "dbtrust_client_cert_reloads_total{result=\"ok\"} %u\n",
+            atomic_load(&srv->client_id_reloads_ok));
+    fprintf(out, "dbtrust_client_cert_reloads_total{result=\"refused\"} %u\n",
+            atomic_load(&srv->client_id_reloads_failed));
+    family(out, "dbtrust_client_cert_expiry_timestamp_seconds", "gauge",
+           "notAfter of the certificate a client_tls listener presents (Unix time).");
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_listener *l = &srv->listeners[i];
+        uv_mutex_lock(&srv->trust_lock);
+        struct tlsw_server *id = l->client_id;
+        if (id)
+            tlsw_server_ref(id);
+        uv_mutex_unlock(&srv->trust_lock);
+        if (!id)
+            continue;
+        const struct tlsw_cert_info *leaf = tlsw_server_leaf(id);
+        fputs("dbtrust_client_cert_expiry_timestamp_seconds{listener=", out);
+        label(out, l->cfg->name);
+        fputs(",subject=", out);
+        label(out, leaf->subject);
+        fprintf(out, ",sha256=\"%s\"} %lld\n", leaf->sha256, (long long)leaf->not_after);
+        tlsw_server_unref(id);
+    }
+}
+
 static void trust(struct px_server *srv, FILE *out)
 {
     family(out, "dbtrust_bundle_reloads_total", "counter",
@@ -256,6 +290,7 @@ static void trust(struct px_server *srv, FILE *out)
     }
     free(gens);
     free(paths);
+    client_identities(srv, out);
 
     family(out, "dbtrust_upstream_cert_expiry_timestamp_seconds", "gauge",
            "notAfter of each certificate of the chain seen in the last verified handshake with "

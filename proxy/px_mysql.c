@@ -36,6 +36,19 @@ static void my_free(struct px_conn *c)
     c->proto = NULL;
 }
 
+static enum my_client_tls client_tls_mode(const struct cfg_listener *l)
+{
+    switch (l->client_tls) {
+    case CFG_CLIENT_TLS_ALLOW:
+        return MY_TLS_ALLOW;
+    case CFG_CLIENT_TLS_REQUIRE:
+        return MY_TLS_REQUIRE;
+    case CFG_CLIENT_TLS_OFF:
+        break;
+    }
+    return MY_TLS_OFF;
+}
+
 static void start(struct px_conn *c)
 {
     struct px_listener *l = c->wl->l;
@@ -46,6 +59,7 @@ static void start(struct px_conn *c)
         .rsa_key = l->rsa_key,
         .rsa_pem = l->rsa_pem,
         .context = m ? m->context : NULL,
+        .client_tls = client_tls_mode(l->cfg),
     };
     if (!m || !my_session_init(&m->s, &cfg)) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
@@ -112,6 +126,10 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
             px_leg_stop_reading(client);
             px_upstream_start_tls(c);
             return;
+        case MY_START_CLIENT_TLS:
+            /* The client's SSLRequest: what follows it is its ClientHello. */
+            px_conn_start_client_tls(c, NULL, 0, false, data, len);
+            return;
         case MY_SEND_SERVER:
             if (px_leg_send(up, st.data, st.len) != 0)
                 return;
@@ -143,8 +161,11 @@ static void on_connected(struct px_conn *c)
 
 static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
 {
-    if (leg->side != PX_UPSTREAM)
+    if (leg->side == PX_CLIENT) {
+        /* The HandshakeResponse follows inside TLS; cleartext passwords may cross now. */
+        my_client_tls_ready(&my_of(c)->s);
         return;
+    }
     struct my_step st;
     my_tls_ready(&my_of(c)->s, &st);
     if (st.action != MY_SEND_SERVER) {
@@ -203,7 +224,7 @@ static size_t build_error(struct px_conn *c, enum dbt_reason reason, const char 
 static bool client_caused(enum dbt_reason r)
 {
     return r == DBT_CLIENT_CLOSED || r == DBT_CLIENT_RESET || r == DBT_CLIENT_TIMEOUT ||
-           r == DBT_CLIENT_PROTOCOL_ERROR;
+           r == DBT_CLIENT_PROTOCOL_ERROR || dbt_reason_class(r) == DBT_CLASS_CLIENT_REFUSED;
 }
 
 /* The client left during the handshake (reason in c->reason): rather than hang up on the

@@ -17,20 +17,48 @@ struct px_pg_startup {
     size_t early_len;
 };
 
-static struct px_pg_startup *startup_of(struct px_conn *c)
+/* What pg_sasl_initial_flag needs at most: 'p', length, a mechanism name, length, gs2 flag. */
+#define PX_PG_SASL_JUDGE 80
+
+struct px_pg {
+    struct px_pg_startup *su; /* NULL once relaying */
+    /* A TLS client was offered SASL: its first message is judged before the relay goes raw
+     * (libpq's channel_binding=prefer over TLS asks for binding the server would refuse). */
+    bool judging_sasl;
+    size_t sasl_len;
+    uint8_t sasl[PX_PG_SASL_JUDGE];
+};
+
+static struct px_pg *pg_of(struct px_conn *c)
 {
     return c->proto;
 }
 
+static struct px_pg_startup *startup_of(struct px_conn *c)
+{
+    return pg_of(c) ? pg_of(c)->su : NULL;
+}
+
 static void startup_free(struct px_conn *c)
 {
-    struct px_pg_startup *pg = startup_of(c);
-    if (!pg)
+    struct px_pg_startup *su = startup_of(c);
+    if (!su)
         return;
-    free(pg->early);
+    free(su->early);
     /* The StartupMessage buffer held no password, but the client's early bytes might (a
      * pipelining client's PasswordMessage): wipe before freeing. */
-    dbt_wipe(pg, sizeof(*pg));
+    dbt_wipe(su, sizeof(*su));
+    free(su);
+    pg_of(c)->su = NULL;
+}
+
+static void pg_free(struct px_conn *c)
+{
+    struct px_pg *pg = pg_of(c);
+    if (!pg)
+        return;
+    startup_free(c);
+    dbt_wipe(pg, sizeof(*pg)); /* the judged bytes hold a SCRAM client nonce */
     free(pg);
     c->proto = NULL;
 }
@@ -56,16 +84,33 @@ static void keep_early(struct px_conn *c, const uint8_t *data, size_t len)
     pg->early_len += len;
 }
 
+static enum pg_client_tls client_tls_mode(const struct cfg_listener *l)
+{
+    switch (l->client_tls) {
+    case CFG_CLIENT_TLS_ALLOW:
+        return PG_TLS_ALLOW;
+    case CFG_CLIENT_TLS_REQUIRE:
+        return PG_TLS_REQUIRE;
+    case CFG_CLIENT_TLS_OFF:
+        break;
+    }
+    return PG_TLS_OFF;
+}
+
 static void start(struct px_conn *c)
 {
-    struct px_pg_startup *pg = calloc(1, sizeof(*pg));
-    if (!pg) {
+    struct px_pg *pg = calloc(1, sizeof(*pg));
+    struct px_pg_startup *su = pg ? calloc(1, sizeof(*su)) : NULL;
+    if (!su) {
+        free(pg);
         px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
         return;
     }
+    pg->su = su;
     c->proto = pg;
-    pg_client_init(&pg->client);
-    pg_server_init(&pg->server);
+    pg_client_init(&su->client);
+    su->client.tls = client_tls_mode(c->wl->l->cfg);
+    pg_server_init(&su->server);
     px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
     px_leg_start_reading(px_conn_client(c));
 }
@@ -116,6 +161,13 @@ static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
         case PG_CLOSE:
             px_conn_close(c, st.reason, st.detail);
             return;
+        case PG_START_TLS:
+            /* 'S' alone, then the handshake; what follows it in this read is the ClientHello
+             * (direct TLS: everything, nothing was consumed). */
+            if (st.len > 0 && px_leg_send(client, st.data, st.len) != 0)
+                return;
+            px_conn_start_client_tls(c, pg_alpn, sizeof(pg_alpn), st.direct, data, len);
+            return;
         case PG_RELAY:
             return;
         }
@@ -145,8 +197,10 @@ static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
 {
     struct px_pg_startup *pg = startup_of(c);
     struct pg_client *pc = &pg->client;
-    if (leg->side != PX_UPSTREAM)
+    if (leg->side == PX_CLIENT) {
+        pg_client_tls_started(pc); /* the startup packets follow, encrypted */
         return;
+    }
     if (c->is_cancel) {
         /* Forward the CancelRequest verbatim, end the TLS session and wait for the server to
          * close: the client's cancel returns only once the server has it. */
@@ -180,6 +234,11 @@ static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
                 return;
             continue;
         case PG_RELAY:
+            /* Over a TLS client leg the first SASL message is judged first (judge_sasl). */
+            if (ps->sasl_offered && px_conn_client(c)->tls_up) {
+                pg_of(c)->judging_sasl = true;
+                c->framed = true;
+            }
             startup_free(c); /* data points into the read buffer, not into the startup state */
             px_conn_start_relay(c, data, len);
             return;
@@ -193,8 +252,50 @@ static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
+/* SCRAM across a TLS client leg: dbtrust strips -PLUS (the client would bind to dbtrust's
+ * certificate, not the server's), so libpq with channel_binding=prefer, seeing TLS but no
+ * -PLUS, sends gs2 flag 'y'; a TLS-connected server refuses that as a downgrade with a
+ * confusing "channel binding negotiation error". 'y' cannot be rewritten to 'n': the gs2
+ * header is signed by the client's proof. So say what to change instead. */
+static void judge_sasl(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct px_pg *pg = pg_of(c);
+    size_t take = sizeof(pg->sasl) - pg->sasl_len;
+    if (take > len)
+        take = len;
+    memcpy(pg->sasl + pg->sasl_len, data, take);
+    pg->sasl_len += take;
+    enum pg_sasl_flag f = pg_sasl_initial_flag(pg->sasl, pg->sasl_len);
+    if (f == PG_SASL_NEED_MORE && pg->sasl_len < sizeof(pg->sasl))
+        return;
+    if (f == PG_SASL_BINDING_WANTED) {
+        px_conn_fail(c, DBT_CLIENT_CHANNEL_BINDING,
+                     "the client asked for SCRAM channel binding, which cannot pass through "
+                     "dbtrust (it would bind to dbtrust's certificate; the server refuses it "
+                     "as a downgrade): set channel_binding=disable in the connection string");
+        return;
+    }
+    pg->judging_sasl = false;
+    c->framed = false;
+    struct px_leg *up = px_conn_upstream(c);
+    if (px_leg_send(up, pg->sasl, pg->sasl_len) != 0)
+        return;
+    dbt_wipe(pg->sasl, sizeof(pg->sasl));
+    pg->sasl_len = 0;
+    if (len > take)
+        px_leg_send(up, data + take, len - take);
+}
+
 static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data, size_t len)
 {
+    if (c->state == PX_CONN_RELAY) { /* framed only while judging the SASL message */
+        if (from->side == PX_CLIENT && pg_of(c)->judging_sasl)
+            judge_sasl(c, data, len);
+        else
+            px_leg_send(from->side == PX_CLIENT ? px_conn_upstream(c) : px_conn_client(c), data,
+                        len);
+        return;
+    }
     if (from->side == PX_CLIENT) {
         if (c->state == PX_CONN_CLIENT_STARTUP)
             on_client_data(c, data, len);
@@ -231,6 +332,6 @@ const struct px_driver px_pg_driver = {
     .build_error = build_error,
     .on_close = NULL,
     .authenticating = NULL,
-    .free = startup_free,
+    .free = pg_free,
     .relay_framed = false,
 };

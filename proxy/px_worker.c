@@ -88,6 +88,11 @@ static void take_trust(struct px_worker *w)
             wl->gen = g;
             px_resume_forget(wl);
         }
+        struct tlsw_server *id = atomic_exchange(&wl->pending_client_id, NULL);
+        if (id) {
+            tlsw_server_unref(wl->client_id); /* TLS sessions up hold their own reference */
+            wl->client_id = id;
+        }
     }
 }
 
@@ -153,6 +158,9 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
         wl->l = l;
         wl->gen = l->gen;
         tlsw_gen_ref(wl->gen);
+        wl->client_id = l->client_id;
+        if (wl->client_id)
+            tlsw_server_ref(wl->client_id);
         if (l->fds[id] < 0)
             continue;
         if (l->cfg->listen.is_unix) {
@@ -206,6 +214,8 @@ void px_workers_stop(struct px_server *srv)
             struct tlsw_gen *pending = atomic_exchange(&w->wls[j].pending_gen, NULL);
             if (pending)
                 tlsw_gen_unref(pending);
+            tlsw_server_unref(w->wls[j].client_id);
+            tlsw_server_unref(atomic_exchange(&w->wls[j].pending_client_id, NULL));
         }
     }
 }

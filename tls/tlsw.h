@@ -1,6 +1,7 @@
-/* OpenSSL behind a small API (DESIGN.md "tls/"): trust generations built from a CA bundle, and a
- * client TLS engine over memory BIOs that never sees a socket. Ciphertext and plaintext never
- * share a buffer (h2o's model). */
+/* OpenSSL behind a small API (DESIGN.md "tls/"): trust generations built from a CA bundle,
+ * serving identities, and a TLS engine over memory BIOs that never sees a socket, client role
+ * upstream and server role toward clients. Ciphertext and plaintext never share a buffer (h2o's
+ * model). */
 #ifndef TLSW_H
 #define TLSW_H
 
@@ -48,7 +49,8 @@ size_t tlsw_gen_cert_count(const struct tlsw_gen *g);
 const struct tlsw_cert_info *tlsw_gen_cert(const struct tlsw_gen *g, size_t i);
 const char *tlsw_gen_sha256(const struct tlsw_gen *g); /* hex hash of the bundle content */
 
-/* Client TLS engine for one upstream connection. */
+/* TLS engine for one leg of a connection: client role toward the upstream (tlsw_conn_new), or
+ * server role toward the client (tlsw_conn_new_server, below). */
 struct tlsw_conn;
 
 enum tlsw_status {
@@ -112,7 +114,11 @@ const char *tlsw_conn_cipher(const struct tlsw_conn *c);
 size_t tlsw_conn_peer_chain(const struct tlsw_conn *c, struct tlsw_cert_info *out, size_t cap);
 
 /* Server role: the client leg of a central trust point (client_tls). The same engine API as
- * above (handshake, feed, take, read, write, shutdown, failure) drives both roles. */
+ * above (handshake, feed, take, read, write, shutdown, failure) drives both roles. A server-role
+ * engine's tlsw_conn_failure gives client-leg reasons only (client_cert_missing,
+ * client_cert_untrusted, client_cert_expired, client_cert_rejected, else
+ * client_tls_handshake_failed; internal_error when out of memory), never tls_*: a refused client
+ * says nothing about the upstream. */
 
 struct tlsw_server_opts {
     const char *cert_path; /* PEM chain dbtrust presents, leaf first */
@@ -156,7 +162,24 @@ bool tlsw_is_ip_literal(const char *s);
 /* tls/-private part: declarations shared between the files of tls/ only. Rather than a private
  * header of its own, tls/ has this guarded section of the public one (only the bundle files add
  * theirs, tlsw_bundle_internal.h); the proxy never defines TLSW_INTERNAL and so never sees
- * OpenSSL types through this header. */
+ * OpenSSL types through this header.
+ *
+ * Layering: dependencies point one way, down this list. A file calls (or hands OpenSSL as a
+ * callback) only functions of files listed below it, and no file calls into one above it:
+ *
+ *   tlsw_conn.c          the engine, top of tls/: calls gen, server, verify, certinfo, util
+ *   tlsw_gen.c           trust generations: verify (tlsw_verify_cb), certinfo, util
+ *   tlsw_server.c        serving identities: verify (tlsw_verify_cb), certinfo, util
+ *   tlsw_verify.c        verify callback, failure wording: certinfo, util
+ *   tlsw_bundle_merge.c  `dbtrust bundle` writing: bundle, util
+ *   tlsw_bundle.c        `dbtrust bundle` reading: bundle_text, certinfo, util
+ *   tlsw_bundle_text.c   nothing of tls/
+ *   tlsw_certinfo.c      util
+ *   tlsw_util.c          nothing of tls/
+ *
+ * OpenSSL's callbacks run on behalf of a connection but are installed on the shared contexts
+ * by gen and server, below the engine. They reach the connection's state through the SSL's app
+ * data, a struct tlsw_app_data that tlsw_conn.c fills, and never call back into tlsw_conn.c. */
 #ifdef TLSW_INTERNAL
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -170,24 +193,60 @@ struct tlsw_verify_rec {
     char issuer[256];
     time_t not_before;
     time_t not_after;
-    bool have_leaf;       /* leaf_names has been filled */
-    char leaf_names[512]; /* "a.example, 10.0.0.5": DNS/IP SANs in order, or the CN if none */
+    bool have_leaf; /* leaf_names has been filled */
+    /* Client role: "a.example, 10.0.0.5", the DNS/IP SANs in order, or the CN if none. Server
+     * role, for a refused name: the client certificate's DNS/URI SANs, or "CN=x" if none. */
+    char leaf_names[512];
 };
 
+/* Server role: what the handshake callbacks of tlsw_server.c learn about one client and
+ * tlsw_conn.c reports, kept with tlsw_verify_rec until the handshake succeeded. */
+struct tlsw_server_hs {
+    uint8_t alpn[256]; /* the one protocol accepted, wire format; alpn[0] == 0: none */
+    bool alpn_required;
+    bool alpn_refused;      /* the client offered ALPN without it */
+    bool alpn_missing;      /* alpn_required, and the client offered no ALPN at all */
+    bool cert_missing;      /* a client certificate was required and none came */
+    char alpn_offered[128]; /* "h2, http/1.1": the refused offer, for the failure detail */
+    char peer_name[256];    /* the client certificate's accepted name, else its first one */
+};
+
+/* An SSL's app data, whatever the role: the part of its connection that OpenSSL's callbacks
+ * write into (tlsw_verify_cb, the chain and ALPN callbacks of tlsw_server.c, the new-session
+ * callback of tlsw_gen.c). Embedded in struct tlsw_conn and kept by tlsw_conn.c; a callback
+ * needs nothing else of the connection. */
+struct tlsw_app_data {
+    /* Both while the handshake runs, NULL after it succeeded: a callback that finds NULL
+     * changes nothing. */
+    struct tlsw_verify_rec *vrec;
+    struct tlsw_server_hs *srv; /* server role only */
+    SSL_SESSION *ticket;        /* client role: referenced, the newest resumable session not
+                                   yet handed out by tlsw_conn_new_session */
+};
+
+/* Trust generations (tlsw_gen.c). */
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
 const char *tlsw_gen_pins(const struct tlsw_gen *g); /* "" when none are configured */
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
 
-/* Installed on every generation's SSL_CTX; each SSL's app data is its struct tlsw_conn. */
+/* Serving identities (tlsw_server.c). */
+SSL_CTX *tlsw_server_ctx(const struct tlsw_server *s);
+
+/* Verification (tlsw_verify.c). */
+
+/* Installed on every generation's SSL_CTX and on serving identities' with a client CA; fills
+ * the vrec of the SSL's struct tlsw_app_data. */
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx);
-/* The connection's verification record while its handshake runs, NULL after. */
-struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c);
-/* SSL_CTX_sess_set_new_cb: a resumable session arrived (a TLS 1.3 ticket, or a TLS 1.2
- * session at the end of its handshake); kept for tlsw_conn_new_session. */
-int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess);
-/* Maps a non-OK SSL_get_verify_result() to a reason, and writes the human detail. */
+/* Maps a non-OK SSL_get_verify_result() to a reason, and writes the human detail. anchors
+ * names where a missing issuer should have been ("the bundle", "client_ca"). */
 enum dbt_reason tlsw_verify_describe(long verify_result, const struct tlsw_verify_rec *r,
-                                     const char *host, char *detail, size_t cap);
+                                     const char *host, const char *anchors, char *detail,
+                                     size_t cap);
+/* The server role's mapping of a client certificate that failed: client_cert_expired,
+ * client_cert_untrusted, client_cert_rejected (client_names), else
+ * client_tls_handshake_failed. */
+enum dbt_reason tlsw_verify_describe_client(long verify_result, const struct tlsw_verify_rec *r,
+                                            char *detail, size_t cap);
 
 /* Certificate metadata (tlsw_certinfo.c). */
 DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);
@@ -214,6 +273,17 @@ const char *tlsw_openssl_reason(char *buf, size_t cap, const char *fallback);
  * their own words ("No such file or directory", "larger than ... bytes, not a CA bundle"). */
 DBT_MUST_USE int tlsw_read_file(const char *path, unsigned char **out, size_t *outlen, char *err,
                                 size_t errlen);
+/* Every certificate block of a PEM file (OpenSSL's reader: text between blocks is skipped, as
+ * bundles carry "# Subject:" comments; keys and CRLs are skipped). An encrypted or undecodable
+ * certificate block, or broken PEM, refuses the whole file: NULL with why in err (naming path).
+ * Zero certificates is not an error here; callers word that themselves. */
+DBT_MUST_USE STACK_OF(X509) * tlsw_read_certs(const unsigned char *data, size_t len,
+                                              const char *path, char *err, size_t errlen);
+/* Peer-supplied bytes (SANs, ALPN names) for a log line: anything outside printable ASCII
+ * becomes '?', cut to cap - 1 bytes. */
+void tlsw_printable(char *dst, size_t cap, const unsigned char *src, size_t len);
+/* Appends name to the list "a, b, c"; ends it with "..." once the next name does not fit. */
+void tlsw_append_name(char *list, size_t cap, const char *name);
 /* Hex digits of in (lowercase) into out, which holds 2 * len + 1 bytes. */
 void tlsw_hex_encode(const unsigned char *in, size_t len, char *out);
 /* t in UTC as "2024-01-31" (day) or "2024-01-31T12:00:00Z" (iso), or "?" when t is (time_t)-1

@@ -1,6 +1,8 @@
-/* Client TLS engine over two memory BIOs (h2o's model): the proxy feeds ciphertext read from the
- * upstream socket and takes ciphertext to write to it; plaintext only crosses SSL_read/SSL_write.
- * No socket, no event loop here, so every path is testable in memory. */
+/* TLS engine over two memory BIOs (h2o's model), one type for both roles: the client role on the
+ * upstream leg, the server role on the client leg (client_tls). The proxy feeds ciphertext read
+ * from the socket and takes ciphertext to write to it; plaintext only crosses SSL_read/SSL_write.
+ * No socket, no event loop here, so every path is testable in memory. Only the constructors, the
+ * checks at the end of the handshake and the failure mapping differ between the roles. */
 #define TLSW_INTERNAL
 #include "tlsw.h"
 
@@ -16,24 +18,30 @@
 /* What only the handshake (or explaining its failure) needs: freed once it succeeded, so an
  * idle connection does not carry 1.4 KiB of names. */
 struct tlsw_handshake_state {
-    char host[256];
     struct tlsw_verify_rec vrec;
+    union {
+        char host[256];            /* client role: the name verified and sent as SNI */
+        struct tlsw_server_hs srv; /* server role */
+    };
 };
 
 #define TLSW_ERROR_MAX 256
 
 struct tlsw_conn {
-    struct tlsw_gen *gen; /* our reference: keeps the trust store alive for this connection */
+    /* Our reference, one of the two: it keeps the SSL_CTX alive for this connection. */
+    struct tlsw_gen *gen;       /* client role: the trust generation */
+    struct tlsw_server *server; /* server role: the serving identity */
     SSL *ssl;
     BIO *net_in;                     /* ciphertext from the peer; the SSL's rbio */
     BIO *net_out;                    /* ciphertext for the peer; the SSL's wbio */
     struct tlsw_handshake_state *hs; /* NULL after a successful handshake */
+    struct tlsw_app_data app;        /* the SSL's app data: what the callbacks write into */
     bool handshake_done;
     bool failed;
-    bool out_of_memory;
+    const char *out_of_memory; /* NULL, or what could not get memory (the failure detail) */
     bool pin_mismatch;
-    SSL_SESSION *ticket; /* referenced: the newest resumable session, not yet handed out */
-    char *error; /* OpenSSL's reason, captured when the failure happened (NULL until then) */
+    char *error;     /* OpenSSL's reason, captured when the failure happened (NULL until then) */
+    char *peer_name; /* server role: the client certificate's name (NULL without one) */
 };
 
 /* The failure text buffer, allocated on first use; NULL when even that fails. */
@@ -56,6 +64,13 @@ static void fail(struct tlsw_conn *c, int ssl_error)
 {
     char fallback[64];
     c->failed = true;
+    /* A required client certificate that never came is no verification result: OpenSSL only
+     * says so with this error (and a certificate_required alert to the client). */
+    if (c->server != NULL && c->hs != NULL) {
+        unsigned long e = ERR_peek_error();
+        c->hs->srv.cert_missing = ERR_GET_LIB(e) == ERR_LIB_SSL &&
+                                  ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE;
+    }
     if (ssl_error == SSL_ERROR_ZERO_RETURN)
         dbt_strlcpy(fallback, "peer sent close_notify during the handshake", sizeof(fallback));
     else
@@ -88,6 +103,34 @@ static int set_peer_identity(struct tlsw_conn *c, enum tlsw_verify verify)
     return SSL_set_tlsext_host_name(c->ssl, host) == 1 ? 0 : -1;
 }
 
+/* What both roles share: the handshake record, and the SSL over two memory BIOs with c->app as
+ * its app data (the callbacks of both roles find their part of the connection there). */
+DBT_MUST_USE static int attach_ssl(struct tlsw_conn *c, SSL_CTX *ctx)
+{
+    c->hs = calloc(1, sizeof(*c->hs));
+    if (c->hs == NULL)
+        return -1;
+    c->hs->vrec.err = X509_V_OK;
+    c->app.vrec = &c->hs->vrec;
+    ERR_clear_error();
+    c->ssl = SSL_new(ctx);
+    if (c->ssl == NULL)
+        return -1;
+    c->net_in = BIO_new(BIO_s_mem());
+    c->net_out = BIO_new(BIO_s_mem());
+    if (c->net_in == NULL || c->net_out == NULL) {
+        BIO_free(c->net_in);
+        BIO_free(c->net_out);
+        c->net_in = c->net_out = NULL;
+        return -1;
+    }
+    /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
+    BIO_set_mem_eof_return(c->net_in, -1);
+    SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
+    SSL_set_app_data(c->ssl, &c->app);
+    return 0;
+}
+
 struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint8_t *alpn,
                                 size_t alpn_len)
 {
@@ -96,10 +139,8 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
         return NULL;
     tlsw_gen_ref(g);
     c->gen = g;
-    c->hs = calloc(1, sizeof(*c->hs));
-    if (c->hs == NULL)
+    if (attach_ssl(c, tlsw_gen_ctx(g)) != 0)
         goto fail;
-    c->hs->vrec.err = X509_V_OK;
     if (host != NULL) {
         char *h = c->hs->host;
         size_t n = strlen(host);
@@ -110,23 +151,6 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
         if (n > 1 && h[n - 1] == '.')
             h[n - 1] = '\0';
     }
-
-    ERR_clear_error();
-    c->ssl = SSL_new(tlsw_gen_ctx(g));
-    if (c->ssl == NULL)
-        goto fail;
-    c->net_in = BIO_new(BIO_s_mem());
-    c->net_out = BIO_new(BIO_s_mem());
-    if (c->net_in == NULL || c->net_out == NULL) {
-        BIO_free(c->net_in);
-        BIO_free(c->net_out);
-        c->net_in = c->net_out = NULL;
-        goto fail;
-    }
-    /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
-    BIO_set_mem_eof_return(c->net_in, -1);
-    SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
-    SSL_set_app_data(c->ssl, c); /* for tlsw_verify_cb and tlsw_conn_on_new_session */
     SSL_set_connect_state(c->ssl);
     if (set_peer_identity(c, tlsw_gen_verify_mode(g)) != 0)
         goto fail;
@@ -141,15 +165,49 @@ fail:
     return NULL;
 }
 
+/* One protocol name in wire format (a length byte, then as many bytes), or none at all. */
+static bool alpn_one_name(const uint8_t *alpn, size_t alpn_len)
+{
+    return alpn_len >= 2 && alpn[0] == alpn_len - 1;
+}
+
+struct tlsw_conn *tlsw_conn_new_server(struct tlsw_server *s, const uint8_t *alpn, size_t alpn_len,
+                                       bool alpn_required)
+{
+    bool have_alpn = alpn != NULL && alpn_len > 0;
+    if ((have_alpn && !alpn_one_name(alpn, alpn_len)) || (alpn_required && !have_alpn))
+        return NULL;
+    struct tlsw_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return NULL;
+    tlsw_server_ref(s);
+    c->server = s;
+    if (attach_ssl(c, tlsw_server_ctx(s)) != 0)
+        goto fail;
+    c->app.srv = &c->hs->srv;
+    if (have_alpn)
+        memcpy(c->hs->srv.alpn, alpn, alpn_len);
+    c->hs->srv.alpn_required = alpn_required;
+    SSL_set_accept_state(c->ssl);
+    ERR_clear_error();
+    return c;
+fail:
+    ERR_clear_error();
+    tlsw_conn_free(c);
+    return NULL;
+}
+
 void tlsw_conn_free(struct tlsw_conn *c)
 {
     if (c == NULL)
         return;
     SSL_free(c->ssl); /* frees both BIOs */
-    SSL_SESSION_free(c->ticket);
+    SSL_SESSION_free(c->app.ticket);
     tlsw_gen_unref(c->gen);
+    tlsw_server_unref(c->server);
     free(c->hs);
     free(c->error);
+    free(c->peer_name);
     free(c);
 }
 
@@ -157,6 +215,8 @@ void tlsw_conn_free(struct tlsw_conn *c)
  * off, so the verify callback cannot run again; it would see no record and change nothing. */
 static void handshake_succeeded(struct tlsw_conn *c)
 {
+    c->app.vrec = NULL;
+    c->app.srv = NULL;
     free(c->hs);
     c->hs = NULL;
 }
@@ -231,14 +291,48 @@ static bool chain_pinned(struct tlsw_conn *c)
     return false;
 }
 
-/* The handshake verified the chain; the pins are checked on top. False: failed (pin). A
- * resumed session was verified and pin-checked when it was made, under the same generation
- * (same pins); a resumption carries no certificates to check again. */
+/* Client role: the handshake verified the chain; the pins are checked on top. A resumed
+ * session was verified and pin-checked when it was made, under the same generation (same
+ * pins); a resumption carries no certificates to check again. */
+static bool client_finish(struct tlsw_conn *c)
+{
+    if (SSL_session_reused(c->ssl) || chain_pinned(c))
+        return true;
+    c->pin_mismatch = true;
+    return false;
+}
+
+/* Server role: the client certificate (if asked for) was verified and its name checked during
+ * the handshake. What remains is the client that offered no ALPN where one is required, which
+ * no callback sees (the ALPN callback only runs for an offer); then the name for the log. */
+static bool server_finish(struct tlsw_conn *c)
+{
+    struct tlsw_server_hs *h = &c->hs->srv;
+    const unsigned char *proto = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(c->ssl, &proto, &len);
+    if (h->alpn_required && len == 0) {
+        h->alpn_missing = true;
+        return false;
+    }
+    /* No session is ever resumed on this side (tlsw_server.c), so a certificate was
+     * presented and checked in this very handshake whenever there is a name. */
+    if (h->peer_name[0] != '\0') {
+        c->peer_name = strdup(h->peer_name);
+        if (c->peer_name == NULL) {
+            c->out_of_memory = "out of memory keeping the client certificate's name";
+            return false;
+        }
+    }
+    return true;
+}
+
+/* False: failed after all (a pin, a required ALPN, memory); see tlsw_conn_failure. */
 static bool finish_handshake(struct tlsw_conn *c)
 {
     c->handshake_done = true;
-    if (!SSL_session_reused(c->ssl) && !chain_pinned(c)) {
-        c->failed = c->pin_mismatch = true;
+    if (!(c->server != NULL ? server_finish(c) : client_finish(c))) {
+        c->failed = true;
         return false;
     }
     handshake_succeeded(c);
@@ -269,7 +363,7 @@ void tlsw_conn_feed(struct tlsw_conn *c, const uint8_t *data, size_t len)
         int n = BIO_write(c->net_in, data, chunk);
         if (n <= 0) {
             /* A memory BIO refuses only when it cannot grow. */
-            c->out_of_memory = true;
+            c->out_of_memory = "out of memory buffering ciphertext";
             fail(c, SSL_ERROR_SSL);
             return;
         }
@@ -356,6 +450,35 @@ void tlsw_conn_shutdown(struct tlsw_conn *c)
     ERR_clear_error();
 }
 
+/* The client leg's reasons only: a client that failed its handshake says nothing about the
+ * upstream, and must not count as tls_* in the metrics of the upstream's health. */
+static enum dbt_reason server_failure(const struct tlsw_conn *c, const char *error, char *detail,
+                                      size_t cap)
+{
+    const struct tlsw_handshake_state *hs = c->hs; /* stays until a handshake succeeded */
+    if (hs == NULL) {
+        dbt_strlcpy(detail, error, cap);
+        return DBT_CLIENT_TLS_HANDSHAKE_FAILED;
+    }
+    const struct tlsw_server_hs *h = &hs->srv;
+    if (h->cert_missing) {
+        dbt_strlcpy(detail, "client sent no certificate (client_ca requires one)", cap);
+        return DBT_CLIENT_CERT_MISSING;
+    }
+    long v = SSL_get_verify_result(c->ssl);
+    if (v != X509_V_OK)
+        return tlsw_verify_describe_client(v, &hs->vrec, detail, cap);
+    char want[256];
+    tlsw_printable(want, sizeof(want), h->alpn + 1, h->alpn[0]);
+    if (h->alpn_refused)
+        snprintf(detail, cap, "client offered ALPN %s, not '%s'", h->alpn_offered, want);
+    else if (h->alpn_missing)
+        snprintf(detail, cap, "direct TLS without ALPN '%s'", want);
+    else
+        dbt_strlcpy(detail, error, cap);
+    return DBT_CLIENT_TLS_HANDSHAKE_FAILED;
+}
+
 enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_t cap)
 {
     char scratch[1];
@@ -366,18 +489,20 @@ enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_
     detail[0] = '\0';
     if (!c->failed)
         return DBT_NONE;
-    if (c->out_of_memory) {
-        dbt_strlcpy(detail, "out of memory buffering ciphertext", cap);
+    if (c->out_of_memory != NULL) {
+        dbt_strlcpy(detail, c->out_of_memory, cap);
         return DBT_INTERNAL_ERROR;
     }
     const char *error = c->error != NULL ? c->error : "no details (out of memory)";
+    if (c->server != NULL)
+        return server_failure(c, error, detail, cap);
     if (c->pin_mismatch) {
         dbt_strlcpy(detail, error, cap);
         return DBT_TLS_PIN_MISMATCH;
     }
     long v = SSL_get_verify_result(c->ssl);
     if (v != X509_V_OK && c->hs != NULL) /* hs stays until a handshake succeeded */
-        return tlsw_verify_describe(v, &c->hs->vrec, c->hs->host, detail, cap);
+        return tlsw_verify_describe(v, &c->hs->vrec, c->hs->host, "the bundle", detail, cap);
     dbt_strlcpy(detail, error, cap);
     return c->handshake_done ? DBT_TLS_ERROR : DBT_TLS_HANDSHAKE_FAILED;
 }
@@ -437,32 +562,22 @@ int tlsw_conn_group(const struct tlsw_conn *c)
     return nid > 0 ? nid : 0;
 }
 
-struct tlsw_verify_rec *tlsw_conn_verify_rec(struct tlsw_conn *c)
+const char *tlsw_conn_peer_name(const struct tlsw_conn *c)
 {
-    return c->hs != NULL ? &c->hs->vrec : NULL;
-}
-
-int tlsw_conn_on_new_session(SSL *ssl, SSL_SESSION *sess)
-{
-    struct tlsw_conn *c = SSL_get_app_data(ssl);
-    if (c == NULL)
-        return 0;                /* not ours: OpenSSL drops its reference */
-    SSL_SESSION_free(c->ticket); /* a newer ticket replaces it (MariaDB sends two) */
-    c->ticket = sess;
-    return 1; /* the reference is ours now */
+    return c->peer_name != NULL ? c->peer_name : "";
 }
 
 struct tlsw_session *tlsw_conn_new_session(struct tlsw_conn *c)
 {
-    /* A pointer test on the relay path: OpenSSL told us when a ticket arrived. */
-    if (c->ticket == NULL || c->failed || !c->handshake_done)
+    /* A pointer test on the relay path: OpenSSL told us when a ticket arrived (tlsw_gen.c). */
+    if (c->app.ticket == NULL || c->failed || !c->handshake_done)
         return NULL;
     /* A copy: SSL_free marks the connection's own session unresumable when the connection
      * ends without close_notify (the upstream hung up first, a timeout), which would spoil
      * the cached one if it were the same object. */
-    SSL_SESSION *copy = SSL_SESSION_dup(c->ticket);
-    SSL_SESSION_free(c->ticket);
-    c->ticket = NULL;
+    SSL_SESSION *copy = SSL_SESSION_dup(c->app.ticket);
+    SSL_SESSION_free(c->app.ticket);
+    c->app.ticket = NULL;
     return (struct tlsw_session *)(void *)copy; /* the opaque name of an SSL_SESSION */
 }
 

@@ -33,69 +33,13 @@ static int sha256_hex(const unsigned char *data, size_t len, char out[65])
     return 0;
 }
 
-/* Reads every certificate block of the bundle (OpenSSL's PEM reader, never a hand-rolled one:
- * it skips text between blocks, as bundles carry "# Subject:" comments). Keys and CRLs are not
- * trust anchors and are skipped, as `bundle inspect` says; a certificate block that does not
- * decode, an encrypted one, or broken PEM refuses the whole bundle. Returns the certificates
- * (NULL and err set on failure). */
-static STACK_OF(X509) *
-    read_certs(const unsigned char *data, size_t len, const char *path, char *err, size_t errlen)
-{
-    char ebuf[256];
-    STACK_OF(X509) *certs = sk_X509_new_null();
-    BIO *bio = BIO_new_mem_buf(data, (int)len);
-    if (certs == NULL || bio == NULL) {
-        tlsw_set_err(err, errlen, "out of memory loading %s", path);
-        goto fail;
-    }
-    for (size_t block = 1;; block++) {
-        char *name = NULL, *header = NULL;
-        unsigned char *der = NULL;
-        long derlen = 0;
-        ERR_clear_error();
-        if (PEM_read_bio(bio, &name, &header, &der, &derlen) != 1) {
-            unsigned long e = ERR_peek_last_error();
-            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
-                ERR_clear_error(); /* no more blocks */
-                break;
-            }
-            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
-                         tlsw_openssl_reason(ebuf, sizeof(ebuf), "malformed block"));
-            goto fail;
-        }
-        X509 *x = NULL;
-        enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
-        OPENSSL_free(name);
-        OPENSSL_free(header);
-        OPENSSL_free(der);
-        if (kind == TLSW_PEM_ENCRYPTED || kind == TLSW_PEM_BAD_CERT) {
-            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
-                         kind == TLSW_PEM_ENCRYPTED
-                             ? "an encrypted certificate (trust anchors are public)"
-                             : tlsw_openssl_reason(ebuf, sizeof(ebuf), "not a valid certificate"));
-            goto fail;
-        }
-        if (x != NULL && sk_X509_push(certs, x) <= 0) {
-            X509_free(x);
-            tlsw_set_err(err, errlen, "out of memory loading %s", path);
-            goto fail;
-        }
-    }
-    BIO_free(bio);
-    return certs;
-fail:
-    BIO_free(bio);
-    sk_X509_pop_free(certs, X509_free);
-    return NULL;
-}
-
 /* The bundle's certificates into store and g->certs. */
 static int load_certs(struct tlsw_gen *g, X509_STORE *store, const unsigned char *data, size_t len,
                       const char *path, char *err, size_t errlen)
 {
     int ret = -1;
     char ebuf[256];
-    STACK_OF(X509) *certs = read_certs(data, len, path, err, errlen);
+    STACK_OF(X509) *certs = tlsw_read_certs(data, len, path, err, errlen);
     if (certs == NULL)
         return -1;
     size_t n = (size_t)sk_X509_num(certs);
@@ -147,6 +91,18 @@ out:
     return ret;
 }
 
+/* SSL_CTX_sess_set_new_cb: a resumable session arrived (a TLS 1.3 ticket, or a TLS 1.2 session
+ * at the end of its handshake); kept in the connection's app data for tlsw_conn_new_session. */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    struct tlsw_app_data *app = SSL_get_app_data(ssl);
+    if (app == NULL)
+        return 0;                  /* not ours: OpenSSL drops its reference */
+    SSL_SESSION_free(app->ticket); /* a newer ticket replaces it (MariaDB sends two) */
+    app->ticket = sess;
+    return 1; /* the reference is ours now */
+}
+
 static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, char *err,
                      size_t errlen)
 {
@@ -180,7 +136,7 @@ static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, cha
      * internal store, where every connection's session would pile up unused. */
     SSL_CTX_set_session_cache_mode(g->ctx,
                                    SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
-    SSL_CTX_sess_set_new_cb(g->ctx, tlsw_conn_on_new_session);
+    SSL_CTX_sess_set_new_cb(g->ctx, on_new_session);
     return 0;
 }
 

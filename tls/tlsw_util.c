@@ -1,6 +1,6 @@
 /* Small helpers shared by the files of tls/: error text (ours and OpenSSL's), reading a bundle
- * file whole, hex and date formatting. One copy each, so the daemon's loader and `dbtrust bundle`
- * word the same failure the same way. */
+ * file whole and its certificates, hex and date formatting, peer names for log lines. One copy
+ * each, so the daemon's loaders and `dbtrust bundle` word the same failure the same way. */
 #define TLSW_INTERNAL
 #include "tlsw.h"
 
@@ -140,4 +140,79 @@ enum tlsw_pem_block tlsw_pem_cert(const char *name, const char *header, const un
     const unsigned char *p = der;
     *out = trusted ? d2i_X509_AUX(NULL, &p, derlen) : d2i_X509(NULL, &p, derlen);
     return *out != NULL ? TLSW_PEM_CERT : TLSW_PEM_BAD_CERT;
+}
+
+/* OpenSSL's PEM reader, never a hand-rolled one. Keys and CRLs are not trust anchors and are
+ * skipped, as `bundle inspect` says. */
+STACK_OF(X509) * tlsw_read_certs(const unsigned char *data, size_t len, const char *path, char *err,
+                                 size_t errlen)
+{
+    char ebuf[256];
+    STACK_OF(X509) *certs = sk_X509_new_null();
+    BIO *bio = BIO_new_mem_buf(data, (int)len);
+    if (certs == NULL || bio == NULL) {
+        tlsw_set_err(err, errlen, "out of memory loading %s", path);
+        goto fail;
+    }
+    for (size_t block = 1;; block++) {
+        char *name = NULL, *header = NULL;
+        unsigned char *der = NULL;
+        long derlen = 0;
+        ERR_clear_error();
+        if (PEM_read_bio(bio, &name, &header, &der, &derlen) != 1) {
+            unsigned long e = ERR_peek_last_error();
+            if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+                ERR_clear_error(); /* no more blocks */
+                break;
+            }
+            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
+                         tlsw_openssl_reason(ebuf, sizeof(ebuf), "malformed block"));
+            goto fail;
+        }
+        X509 *x = NULL;
+        enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
+        OPENSSL_free(name);
+        OPENSSL_free(header);
+        OPENSSL_free(der);
+        if (kind == TLSW_PEM_ENCRYPTED || kind == TLSW_PEM_BAD_CERT) {
+            tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
+                         kind == TLSW_PEM_ENCRYPTED
+                             ? "an encrypted certificate (trust anchors are public)"
+                             : tlsw_openssl_reason(ebuf, sizeof(ebuf), "not a valid certificate"));
+            goto fail;
+        }
+        if (x != NULL && sk_X509_push(certs, x) <= 0) {
+            X509_free(x);
+            tlsw_set_err(err, errlen, "out of memory loading %s", path);
+            goto fail;
+        }
+    }
+    BIO_free(bio);
+    return certs;
+fail:
+    BIO_free(bio);
+    sk_X509_pop_free(certs, X509_free);
+    return NULL;
+}
+
+void tlsw_append_name(char *list, size_t cap, const char *name)
+{
+    size_t used = strlen(list);
+    if (used >= 3 && strcmp(list + used - 3, "...") == 0)
+        return; /* already cut */
+    const char *sep = used > 0 ? ", " : "";
+    /* Each name keeps room for a later ", ..." and the NUL. */
+    if (used + strlen(sep) + strlen(name) + 5 < cap)
+        snprintf(list + used, cap - used, "%s%s", sep, name);
+    else if (used + strlen(sep) + 3 < cap)
+        snprintf(list + used, cap - used, "%s...", sep);
+}
+
+/* SAN bytes come from the peer: a hostile certificate must not forge log lines. */
+void tlsw_printable(char *dst, size_t cap, const unsigned char *src, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] >= 0x20 && src[i] < 0x7F ? (char)src[i] : '?';
+    dst[n] = '\0';
 }

@@ -10,30 +10,6 @@
 
 #include <openssl/x509v3.h>
 
-/* Appends one name to "a, b, c"; ends the list with "..." once the next name does not fit. */
-static void append_name(char *list, size_t cap, const char *name)
-{
-    size_t used = strlen(list);
-    if (used >= 3 && strcmp(list + used - 3, "...") == 0)
-        return; /* already cut */
-    const char *sep = used > 0 ? ", " : "";
-    /* Each name keeps room for a later ", ..." and the NUL. */
-    if (used + strlen(sep) + strlen(name) + 5 < cap)
-        snprintf(list + used, cap - used, "%s%s", sep, name);
-    else if (used + strlen(sep) + 3 < cap)
-        snprintf(list + used, cap - used, "%s...", sep);
-}
-
-/* SAN bytes come from the peer: anything outside printable ASCII becomes '?' so a hostile
- * certificate cannot forge log lines. */
-static void printable(char *dst, size_t cap, const unsigned char *src, size_t len)
-{
-    size_t n = len < cap - 1 ? len : cap - 1;
-    for (size_t i = 0; i < n; i++)
-        dst[i] = src[i] >= 0x20 && src[i] < 0x7F ? (char)src[i] : '?';
-    dst[n] = '\0';
-}
-
 /* The names OpenSSL's host check looked at: DNS and IP SANs, or the subject CN when the
  * certificate has no DNS SAN (the check falls back to the CN only then). */
 static void leaf_names(X509 *x, char *list, size_t cap)
@@ -47,8 +23,9 @@ static void leaf_names(X509 *x, char *list, size_t cap)
         const GENERAL_NAME *gn = sk_GENERAL_NAME_value(gens, i);
         if (gn->type == GEN_DNS) {
             const ASN1_STRING *s = gn->d.dNSName;
-            printable(name, sizeof(name), ASN1_STRING_get0_data(s), (size_t)ASN1_STRING_length(s));
-            append_name(list, cap, name);
+            tlsw_printable(name, sizeof(name), ASN1_STRING_get0_data(s),
+                           (size_t)ASN1_STRING_length(s));
+            tlsw_append_name(list, cap, name);
             have_dns = true;
         } else if (gn->type == GEN_IPADD) {
             const ASN1_OCTET_STRING *s = gn->d.iPAddress;
@@ -56,7 +33,7 @@ static void leaf_names(X509 *x, char *list, size_t cap)
             int af = len == 4 ? AF_INET : len == 16 ? AF_INET6 : -1;
             if (af == -1 || inet_ntop(af, ASN1_STRING_get0_data(s), name, sizeof(name)) == NULL)
                 dbt_strlcpy(name, "<bad IP SAN>", sizeof(name));
-            append_name(list, cap, name);
+            tlsw_append_name(list, cap, name);
         }
     }
     GENERAL_NAMES_free(gens);
@@ -70,8 +47,8 @@ static void leaf_names(X509 *x, char *list, size_t cap)
         int len =
             ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, idx)));
         if (len >= 0) {
-            printable(name, sizeof(name), utf8, (size_t)len);
-            append_name(list, cap, name);
+            tlsw_printable(name, sizeof(name), utf8, (size_t)len);
+            tlsw_append_name(list, cap, name);
         }
         OPENSSL_free(utf8);
     }
@@ -80,10 +57,10 @@ static void leaf_names(X509 *x, char *list, size_t cap)
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
-    struct tlsw_conn *conn = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
-    struct tlsw_verify_rec *r = conn != NULL ? tlsw_conn_verify_rec(conn) : NULL;
+    struct tlsw_app_data *app = ssl != NULL ? SSL_get_app_data(ssl) : NULL;
+    struct tlsw_verify_rec *r = app != NULL ? app->vrec : NULL;
     if (r == NULL)
-        return ok; /* not one of our connections: change nothing */
+        return ok; /* not one of our connections, or past its handshake: change nothing */
 
     int depth = X509_STORE_CTX_get_error_depth(sctx);
     X509 *cert = X509_STORE_CTX_get_current_cert(sctx);
@@ -126,7 +103,7 @@ static bool is_missing_issuer(long v)
 }
 
 enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, const char *host,
-                                     char *detail, size_t cap)
+                                     const char *anchors, char *detail, size_t cap)
 {
     char day[32];
     const char *what = X509_verify_cert_error_string(v);
@@ -169,9 +146,35 @@ enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, co
     if (!have)
         snprintf(detail, cap, "%s", what);
     else if (is_missing_issuer(v))
-        snprintf(detail, cap, "%s (depth %d, %s; issuer %s is not in the bundle)", what, depth,
-                 subject, r->issuer[0] != '\0' ? r->issuer : "?");
+        snprintf(detail, cap, "%s (depth %d, %s; issuer %s is not in %s)", what, depth, subject,
+                 r->issuer[0] != '\0' ? r->issuer : "?", anchors);
     else
         snprintf(detail, cap, "%s (depth %d, %s)", what, depth, subject);
     return DBT_TLS_UNTRUSTED_CHAIN;
+}
+
+enum dbt_reason tlsw_verify_describe_client(long v, const struct tlsw_verify_rec *r, char *detail,
+                                            size_t cap)
+{
+    /* Only tlsw_server.c's chain check reports this, after the chain itself verified. */
+    if (v == X509_V_ERR_APPLICATION_VERIFICATION && r != NULL && r->err == v) {
+        if (r->leaf_names[0] != '\0')
+            snprintf(detail, cap, "client certificate names %s, not in client_names",
+                     r->leaf_names);
+        else
+            snprintf(detail, cap, "client certificate has no DNS or URI name and no CN (%s)",
+                     r->subject[0] != '\0' ? r->subject : "empty subject");
+        return DBT_CLIENT_CERT_REJECTED;
+    }
+    /* The same sentences as for an upstream's chain; the reasons are the client leg's own, so
+     * that a refused client never counts as a failure of the upstream. */
+    switch (tlsw_verify_describe(v, r, NULL, "client_ca", detail, cap)) {
+    case DBT_TLS_CERT_EXPIRED:
+    case DBT_TLS_CERT_NOT_YET_VALID:
+        return DBT_CLIENT_CERT_EXPIRED;
+    case DBT_TLS_UNTRUSTED_CHAIN:
+        return DBT_CLIENT_CERT_UNTRUSTED;
+    default:
+        return DBT_CLIENT_TLS_HANDSHAKE_FAILED;
+    }
 }

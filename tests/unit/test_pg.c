@@ -18,6 +18,7 @@ struct rec {
     size_t len;
     enum dbt_reason reason;
     const char *detail;
+    bool direct;
 };
 
 struct trace {
@@ -26,15 +27,63 @@ struct trace {
     size_t consumed;
 };
 
+/* Where a client machine starts (C1): its client_tls mode, and whether the leg is already
+ * encrypted (after SSLRequest/'S' or a direct ClientHello, then pg_client_tls_started). */
+enum client_start { PLAINTEXT, AFTER_SSL_REQUEST, AFTER_DIRECT_TLS };
+
+struct client_setup {
+    enum pg_client_tls tls;
+    enum client_start start;
+};
+
+static const uint8_t ssl_req[] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
+
+/* What the proxy does on PG_START_TLS: answer, handshake (not here), then tls_started. */
+static void enter_tls(struct pg_client *c, bool direct)
+{
+    static const uint8_t hello[] = {0x16, 0x03, 0x01, 0x02, 0x00};
+    struct pg_step st;
+
+    if (direct) {
+        cr_assert_eq(pg_client_feed(c, hello, sizeof hello, &st), 0);
+        cr_assert_eq(st.action, PG_START_TLS);
+        cr_assert(st.direct);
+        cr_assert_eq(st.len, 0);
+        cr_assert_null(st.data);
+    } else {
+        cr_assert_eq(pg_client_feed(c, ssl_req, sizeof ssl_req, &st), sizeof ssl_req);
+        cr_assert_eq(st.action, PG_START_TLS);
+        cr_assert(!st.direct);
+        cr_assert_eq(st.len, 1);
+        cr_assert_eq(st.data[0], 'S');
+    }
+    cr_assert_eq(c->state, PG_C_TLS);
+    cr_assert(!c->tls_active);
+    pg_client_tls_started(c);
+    cr_assert(c->tls_active);
+    cr_assert_eq(c->state, PG_C_HEADER);
+}
+
+static struct pg_client *new_client(const struct client_setup *setup)
+{
+    struct pg_client *c = malloc(sizeof *c);
+    cr_assert_not_null(c);
+    memset(c, 0xA5, sizeof *c); /* init must not rely on zeroed memory */
+    pg_client_init(c);
+    cr_assert_eq(c->tls, PG_TLS_OFF, "init defaults to today's plaintext behaviour");
+    cr_assert(!c->tls_active);
+    if (setup) {
+        c->tls = setup->tls;
+        if (setup->start != PLAINTEXT)
+            enter_tls(c, setup->start == AFTER_DIRECT_TLS);
+    }
+    return c;
+}
+
 static void *new_machine(enum leg leg)
 {
-    if (leg == CLIENT) {
-        struct pg_client *c = malloc(sizeof *c);
-        cr_assert_not_null(c);
-        memset(c, 0xA5, sizeof *c); /* init must not rely on zeroed memory */
-        pg_client_init(c);
-        return c;
-    }
+    if (leg == CLIENT)
+        return new_client(NULL);
     struct pg_server *s = malloc(sizeof *s);
     cr_assert_not_null(s);
     memset(s, 0xA5, sizeof *s);
@@ -55,6 +104,7 @@ static void record(struct trace *t, const struct pg_step *st)
     r->len = st->len;
     r->reason = st->reason;
     r->detail = st->detail;
+    r->direct = st->direct;
     r->data = NULL;
     if (st->len > 0) {
         cr_assert_not_null(st->data);
@@ -107,7 +157,8 @@ static void run(enum leg leg, void *m, const uint8_t *in, size_t len, size_t fir
 
 static bool same_step(const struct rec *a, const struct rec *b)
 {
-    if (a->action != b->action || a->len != b->len || a->reason != b->reason)
+    if (a->action != b->action || a->len != b->len || a->reason != b->reason ||
+        a->direct != b->direct)
         return false;
     if (a->len && memcmp(a->data, b->data, a->len) != 0)
         return false;
@@ -125,11 +176,18 @@ static void assert_same(const struct trace *a, const struct trace *b, const char
         cr_assert(same_step(&a->step[i], &b->step[i]), "%s %zu: step %zu differs", how, k, i);
 }
 
-/* Runs the vector whole, split at every offset and byte by byte; all must agree. Returns the
- * whole-feed trace and, if keep is set, the machine that produced it. */
-static void run_all(enum leg leg, const uint8_t *in, size_t len, struct trace *whole, void **keep)
+static void *new_from(enum leg leg, const struct client_setup *setup)
 {
-    void *m = new_machine(leg);
+    return leg == CLIENT ? new_client(setup) : new_machine(leg);
+}
+
+/* Runs the vector whole, split at every offset and byte by byte; all must agree. Returns the
+ * whole-feed trace and, if keep is set, the machine that produced it. A client machine starts
+ * as setup says (NULL: client_tls off, plaintext). */
+static void run_all_from(enum leg leg, const struct client_setup *setup, const uint8_t *in,
+                         size_t len, struct trace *whole, void **keep)
+{
+    void *m = new_from(leg, setup);
     run(leg, m, in, len, len, len, whole);
     if (keep)
         *keep = m;
@@ -138,18 +196,23 @@ static void run_all(enum leg leg, const uint8_t *in, size_t len, struct trace *w
 
     for (size_t k = 1; k < len; k++) {
         struct trace t;
-        m = new_machine(leg);
+        m = new_from(leg, setup);
         run(leg, m, in, len, k, SIZE_MAX, &t);
         free(m);
         assert_same(whole, &t, "split at", k);
         trace_free(&t);
     }
     struct trace t;
-    m = new_machine(leg);
+    m = new_from(leg, setup);
     run(leg, m, in, len, 1, 1, &t);
     free(m);
     assert_same(whole, &t, "byte by byte", 1);
     trace_free(&t);
+}
+
+static void run_all(enum leg leg, const uint8_t *in, size_t len, struct trace *whole, void **keep)
+{
+    run_all_from(leg, NULL, in, len, whole, keep);
 }
 
 static void expect_data(const struct trace *t, size_t i, enum pg_action action, const void *data,
@@ -201,7 +264,6 @@ static size_t startup(uint8_t *b, uint32_t version, const char *const *kv)
     return at;
 }
 
-static const uint8_t ssl_req[] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x2F};
 static const uint8_t gss_req[] = {0x00, 0x00, 0x00, 0x08, 0x04, 0xD2, 0x16, 0x30};
 /* StartupMessage 3.0, user=bob, written out by hand. */
 static const uint8_t startup_bob[] = {0x00, 0x00, 0x00, 0x12, 0x00, 0x03, 0x00, 0x00, 'u',
@@ -559,6 +621,483 @@ Test(pg_client, finished_machine_consumes_nothing)
     free(c);
 }
 
+/* ---- client leg with dbtrust as the TLS server (C1) ---- */
+
+static const uint8_t client_hello[] = {0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xFC, 0x03};
+static const enum pg_client_tls tls_on[] = {PG_TLS_ALLOW, PG_TLS_REQUIRE};
+static const char not_first[] =
+    "TLS ClientHello not at the start of the connection (direct TLS must be the first byte)";
+static const char tls_required[] = "TLS is required on this listener (client_tls = require): "
+                                   "connect with sslmode=require or stronger";
+
+static void expect_start_tls(const struct trace *t, size_t i, bool direct)
+{
+    cr_assert_lt(i, t->n, "missing step %zu", i);
+    const struct rec *r = &t->step[i];
+    cr_assert_eq(r->action, PG_START_TLS, "step %zu: action %d", i, r->action);
+    cr_assert_eq(r->direct, direct);
+    cr_assert_eq(r->reason, DBT_NONE);
+    cr_assert_null(r->detail);
+    if (direct) {
+        cr_assert_eq(r->len, 0, "direct TLS: nothing to write before the handshake");
+    } else {
+        cr_assert_eq(r->len, 1);
+        cr_assert_eq(r->data[0], 'S');
+    }
+}
+
+Test(pg_client_tls, ssl_request_answered_s)
+{
+    for (size_t i = 0; i < 2; i++) {
+        const struct client_setup setup = {tls_on[i], PLAINTEXT};
+        struct trace t;
+        struct pg_client *c;
+
+        run_all_from(CLIENT, &setup, ssl_req, sizeof ssl_req, &t, (void **)&c);
+        cr_assert_eq(t.n, 1);
+        expect_start_tls(&t, 0, false);
+        cr_assert_eq(t.consumed, sizeof ssl_req);
+        cr_assert_eq(c->state, PG_C_TLS);
+        cr_assert(c->seen_ssl_request);
+        cr_assert(!c->tls_active, "encrypted only once the proxy says so");
+        trace_free(&t);
+        free(c);
+
+        /* libpq with gssencmode=prefer asks for GSSAPI first: still 'N' */
+        uint8_t in[16];
+        size_t n = put(in, 0, gss_req, 8);
+        n = put(in, n, ssl_req, 8);
+        run_all_from(CLIENT, &setup, in, n, &t, NULL);
+        cr_assert_eq(t.n, 2);
+        expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+        expect_start_tls(&t, 1, false);
+        cr_assert_eq(t.consumed, n);
+        trace_free(&t);
+    }
+}
+
+/* Bytes that came in one read with the SSLRequest were sent before any TLS (CVE-2021-23214):
+ * whatever they are, they are refused. Only a cut exactly after the SSLRequest (ssl_end) gives
+ * PG_START_TLS: what follows in a later read belongs to the handshake. */
+static void expect_unencrypted_refused(enum pg_client_tls mode, const uint8_t *in, size_t n,
+                                       size_t sends, size_t ssl_end)
+{
+    const struct client_setup setup = {mode, PLAINTEXT};
+    static const char detail[] = "received unencrypted data after SSL request";
+
+    cr_assert_lt(ssl_end, n);
+    for (size_t k = 0; k <= n; k++) {
+        /* k == 0: byte by byte; k == n: whole; else a cut at k and the rest at once */
+        struct pg_client *c = new_client(&setup);
+        struct trace t;
+        run(CLIENT, c, in, n, k ? k : 1, k ? SIZE_MAX : 1, &t);
+        bool cut_there = k == 0 || k == ssl_end;
+        cr_assert_eq(t.n, sends + 1, "cut %zu", k);
+        for (size_t i = 0; i < sends; i++)
+            expect_data(&t, i, PG_SEND_CLIENT, "N", 1);
+        if (cut_there) {
+            expect_start_tls(&t, sends, false);
+            cr_assert_eq(c->state, PG_C_TLS);
+        } else {
+            expect_fail(&t, sends, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, detail);
+            cr_assert_eq(c->state, PG_C_FAILED, "cut %zu", k);
+            cr_assert(!c->tls_active);
+        }
+        cr_assert_eq(t.consumed, ssl_end, "cut %zu: the bytes after stay unread", k);
+        trace_free(&t);
+        free(c);
+    }
+}
+
+Test(pg_client_tls, unencrypted_bytes_after_ssl_request_refused)
+{
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t in[64];
+        /* a pipelined (or injected) StartupMessage */
+        size_t n = put(in, 0, ssl_req, 8);
+        n = put(in, n, startup_bob, sizeof startup_bob);
+        expect_unencrypted_refused(tls_on[i], in, n, 0, 8);
+        /* even a ClientHello: a client must wait for the 'S' */
+        n = put(in, 8, client_hello, sizeof client_hello);
+        expect_unencrypted_refused(tls_on[i], in, n, 0, 8);
+        /* a single byte is enough */
+        n = put(in, 8, "Q", 1);
+        expect_unencrypted_refused(tls_on[i], in, n, 0, 8);
+        /* after a GSSENCRequest answered 'N' */
+        n = put(in, 0, gss_req, 8);
+        n = put(in, n, ssl_req, 8);
+        n = put(in, n, startup_bob, sizeof startup_bob);
+        expect_unencrypted_refused(tls_on[i], in, n, 1, 16);
+    }
+}
+
+Test(pg_client_tls, failed_machine_stays_failed)
+{
+    const struct client_setup setup = {PG_TLS_ALLOW, PLAINTEXT};
+    struct pg_client *c = new_client(&setup);
+    uint8_t in[64];
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, startup_bob, sizeof startup_bob);
+    struct pg_step st;
+
+    cr_assert_eq(pg_client_feed(c, in, n, &st), 8);
+    cr_assert_eq(st.action, PG_FAIL);
+    pg_client_tls_started(c); /* a confused proxy: still nothing is read */
+    cr_assert(!c->tls_active);
+    cr_assert_eq(c->state, PG_C_FAILED);
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    free(c);
+}
+
+Test(pg_client_tls, direct_tls_first_byte)
+{
+    static const uint8_t just_0x16[] = {0x16};
+    for (size_t i = 0; i < 2; i++) {
+        const struct client_setup setup = {tls_on[i], PLAINTEXT};
+        struct trace t;
+        struct pg_client *c;
+
+        run_all_from(CLIENT, &setup, client_hello, sizeof client_hello, &t, (void **)&c);
+        cr_assert_eq(t.n, 1);
+        expect_start_tls(&t, 0, true);
+        cr_assert_eq(t.consumed, 0, "the whole ClientHello is the handshake's");
+        cr_assert_eq(c->state, PG_C_TLS);
+        cr_assert(!c->seen_ssl_request);
+        trace_free(&t);
+        free(c);
+
+        run_all_from(CLIENT, &setup, just_0x16, 1, &t, NULL);
+        cr_assert_eq(t.n, 1);
+        expect_start_tls(&t, 0, true);
+        cr_assert_eq(t.consumed, 0);
+        trace_free(&t);
+    }
+}
+
+Test(pg_client_tls, client_hello_after_negotiation_closes)
+{
+    static const char old[] = "client opened with a TLS ClientHello (sslnegotiation=direct)";
+    uint8_t in[32];
+    struct trace t;
+
+    /* client TLS off: the old behaviour, after an SSL 'N' round and after a GSSENC one */
+    const uint8_t *first[] = {ssl_req, gss_req};
+    for (size_t i = 0; i < 2; i++) {
+        const struct client_setup off = {PG_TLS_OFF, PLAINTEXT};
+        size_t n = put(in, 0, first[i], 8);
+        n = put(in, n, client_hello, sizeof client_hello);
+        run_all_from(CLIENT, &off, in, n, &t, NULL);
+        cr_assert_eq(t.n, 2);
+        expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+        expect_fail(&t, 1, PG_CLOSE, DBT_CLIENT_DIRECT_TLS, old);
+        cr_assert_eq(t.consumed, 8);
+        trace_free(&t);
+    }
+
+    for (size_t i = 0; i < 2; i++) {
+        /* client TLS on: direct TLS only as the very first byte, like the server */
+        const struct client_setup plain = {tls_on[i], PLAINTEXT};
+        size_t n = put(in, 0, gss_req, 8);
+        n = put(in, n, client_hello, sizeof client_hello);
+        run_all_from(CLIENT, &plain, in, n, &t, NULL);
+        cr_assert_eq(t.n, 2);
+        expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+        expect_fail(&t, 1, PG_CLOSE, DBT_CLIENT_DIRECT_TLS, not_first);
+        cr_assert_eq(t.consumed, 8);
+        trace_free(&t);
+
+        /* and never inside TLS */
+        for (enum client_start s = AFTER_SSL_REQUEST; s <= AFTER_DIRECT_TLS; s++) {
+            const struct client_setup inside = {tls_on[i], s};
+            run_all_from(CLIENT, &inside, client_hello, sizeof client_hello, &t, NULL);
+            cr_assert_eq(t.n, 1);
+            expect_fail(&t, 0, PG_CLOSE, DBT_CLIENT_DIRECT_TLS, not_first);
+            cr_assert_eq(t.consumed, 0);
+            trace_free(&t);
+        }
+    }
+}
+
+Test(pg_client_tls, requests_inside_tls_answered_n)
+{
+    static const char *const kv[] = {"user", "alice", "database", "shop", NULL};
+    uint8_t msg[128], in[256];
+    size_t mlen = startup(msg, 0x00030000u, kv);
+
+    for (size_t i = 0; i < 2; i++) {
+        /* direct TLS: neither request was seen before TLS; each gets one 'N', either order */
+        const struct client_setup direct = {tls_on[i], AFTER_DIRECT_TLS};
+        const uint8_t *first[] = {ssl_req, gss_req}, *second[] = {gss_req, ssl_req};
+        for (size_t j = 0; j < 2; j++) {
+            size_t n = put(in, 0, first[j], 8);
+            n = put(in, n, second[j], 8);
+            n = put(in, n, msg, mlen);
+            struct trace t;
+            struct pg_client *c;
+            run_all_from(CLIENT, &direct, in, n, &t, (void **)&c);
+            cr_assert_eq(t.n, 3);
+            expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+            expect_data(&t, 1, PG_SEND_CLIENT, "N", 1);
+            expect_data(&t, 2, PG_DIAL_UPSTREAM, msg, mlen);
+            cr_assert_eq(t.consumed, n);
+            cr_assert(c->tls_active);
+            cr_assert_str_eq(c->user, "alice");
+            trace_free(&t);
+            free(c);
+        }
+
+        /* after SSLRequest/'S': a GSSENCRequest still gets its 'N' */
+        const struct client_setup via_s = {tls_on[i], AFTER_SSL_REQUEST};
+        size_t n = put(in, 0, gss_req, 8);
+        n = put(in, n, msg, mlen);
+        struct trace t;
+        run_all_from(CLIENT, &via_s, in, n, &t, NULL);
+        cr_assert_eq(t.n, 2);
+        expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+        expect_data(&t, 1, PG_DIAL_UPSTREAM, msg, mlen);
+        trace_free(&t);
+    }
+}
+
+static void expect_fail_from(const struct client_setup *setup, const uint8_t *in, size_t n,
+                             size_t sends, const char *detail)
+{
+    struct trace t;
+    run_all_from(CLIENT, setup, in, n, &t, NULL);
+    cr_assert_eq(t.n, sends + 1);
+    for (size_t i = 0; i < sends; i++)
+        expect_data(&t, i, PG_SEND_CLIENT, "N", 1);
+    expect_fail(&t, sends, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, detail);
+    trace_free(&t);
+}
+
+Test(pg_client_tls, duplicate_requests_inside_tls_fail)
+{
+    uint8_t in[32];
+    for (size_t i = 0; i < 2; i++) {
+        /* the SSLRequest answered 'S' counts: the server, too, allows no second one */
+        const struct client_setup via_s = {tls_on[i], AFTER_SSL_REQUEST};
+        expect_fail_from(&via_s, ssl_req, 8, 0, "duplicate SSLRequest");
+        size_t n = put(in, 0, gss_req, 8);
+        n = put(in, n, gss_req, 8);
+        expect_fail_from(&via_s, in, n, 1, "duplicate GSSENCRequest");
+
+        const struct client_setup direct = {tls_on[i], AFTER_DIRECT_TLS};
+        n = put(in, 0, ssl_req, 8);
+        n = put(in, n, ssl_req, 8);
+        expect_fail_from(&direct, in, n, 1, "duplicate SSLRequest");
+        n = put(in, 0, gss_req, 8);
+        n = put(in, n, ssl_req, 8);
+        n = put(in, n, gss_req, 8);
+        expect_fail_from(&direct, in, n, 2, "duplicate GSSENCRequest");
+
+        /* a GSSENCRequest answered 'N' in plaintext counts inside TLS too */
+        struct pg_client *c = new_client(&(struct client_setup){tls_on[i], PLAINTEXT});
+        struct pg_step st;
+        cr_assert_eq(pg_client_feed(c, gss_req, 8, &st), 8);
+        cr_assert_eq(st.action, PG_SEND_CLIENT);
+        enter_tls(c, false);
+        cr_assert_eq(pg_client_feed(c, gss_req, 8, &st), 8);
+        cr_assert_eq(st.action, PG_FAIL);
+        cr_assert_str_eq(st.detail, "duplicate GSSENCRequest");
+        free(c);
+    }
+}
+
+Test(pg_client_tls, startup_inside_tls_dials)
+{
+    static const char *const kv[] = {"user", "alice",   "database", "shop", "application_name",
+                                     "psql", "options", "-c x=1",   NULL};
+    uint8_t msg[200], in[256];
+    size_t mlen = startup(msg, 0x00030002u, kv);
+    size_t n = put(in, 0, msg, mlen);
+    n = put(in, n, "Q\0\0\0\x0dSELECT 1", 14);
+
+    for (size_t i = 0; i < 2; i++) {
+        for (enum client_start s = AFTER_SSL_REQUEST; s <= AFTER_DIRECT_TLS; s++) {
+            const struct client_setup setup = {tls_on[i], s};
+            struct trace t;
+            struct pg_client *c;
+            run_all_from(CLIENT, &setup, in, n, &t, (void **)&c);
+            cr_assert_eq(t.n, 1);
+            expect_data(&t, 0, PG_DIAL_UPSTREAM, msg, mlen);
+            cr_assert_eq(t.consumed, mlen, "bytes after the StartupMessage are relay data");
+            cr_assert_str_eq(c->user, "alice");
+            cr_assert_str_eq(c->database, "shop");
+            cr_assert_str_eq(c->application_name, "psql");
+            cr_assert_eq(c->version, 0x00030002u);
+            struct pg_step st;
+            cr_assert_eq(pg_client_feed(c, in + mlen, n - mlen, &st), 0);
+            cr_assert_eq(st.action, PG_RELAY);
+            trace_free(&t);
+            free(c);
+        }
+    }
+}
+
+/* CancelRequest 3.0 (4-byte key) and 3.2 (32-byte key, what PG 18 servers hand out). */
+static size_t cancel_packet(uint8_t *b, size_t key_len)
+{
+    be32(b, (uint32_t)(12 + key_len));
+    be32(b + 4, PG_CANCEL_REQUEST_CODE);
+    be32(b + 8, 4242);
+    for (size_t i = 0; i < key_len; i++)
+        b[12 + i] = (uint8_t)(0xC0 + i);
+    return 12 + key_len;
+}
+
+Test(pg_client_tls, cancel_inside_tls)
+{
+    static const size_t keys[] = {4, 32};
+    uint8_t in[64];
+
+    for (size_t i = 0; i < 2; i++) {
+        for (enum client_start s = AFTER_SSL_REQUEST; s <= AFTER_DIRECT_TLS; s++) {
+            for (size_t k = 0; k < 2; k++) {
+                const struct client_setup setup = {tls_on[i], s};
+                size_t n = cancel_packet(in, keys[k]);
+                struct trace t;
+                run_all_from(CLIENT, &setup, in, n, &t, NULL);
+                cr_assert_eq(t.n, 1);
+                expect_data(&t, 0, PG_CANCEL, in, n);
+                trace_free(&t);
+            }
+        }
+    }
+}
+
+Test(pg_client_tls, require_refuses_plaintext_startup)
+{
+    static const char *const kv[] = {"user", "alice", "database", "shop", "application_name",
+                                     "psql", NULL};
+    const struct client_setup setup = {PG_TLS_REQUIRE, PLAINTEXT};
+    uint8_t msg[128], in[256];
+    size_t mlen = startup(msg, 0x00030000u, kv);
+
+    for (size_t sends = 0; sends < 2; sends++) {
+        size_t n = sends ? put(in, 0, gss_req, 8) : 0;
+        n = put(in, n, msg, mlen);
+        struct trace t;
+        struct pg_client *c;
+        run_all_from(CLIENT, &setup, in, n, &t, (void **)&c);
+        cr_assert_eq(t.n, sends + 1);
+        if (sends)
+            expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+        expect_fail(&t, sends, PG_FAIL, DBT_CLIENT_TLS_REQUIRED, tls_required);
+        cr_assert_eq(t.consumed, n, "read whole, for the log");
+        cr_assert_str_eq(c->user, "alice");
+        cr_assert_str_eq(c->database, "shop");
+        cr_assert_str_eq(c->application_name, "psql");
+        cr_assert_eq(c->state, PG_C_FAILED);
+        struct pg_step st;
+        cr_assert_eq(pg_client_feed(c, msg, mlen, &st), 0);
+        cr_assert_eq(st.action, PG_FAIL);
+        cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+        trace_free(&t);
+        free(c);
+    }
+
+    /* a malformed packet is a protocol error first, as before */
+    memcpy(in + 8, "user\0bob\0", 9);
+    be32(in, 17);
+    be32(in + 4, 0x00030000u);
+    expect_fail_from(&setup, in, 17, 0,
+                     "invalid startup packet layout: expected terminator as last byte");
+}
+
+Test(pg_client_tls, require_accepts_plaintext_cancel)
+{
+    const struct client_setup setup = {PG_TLS_REQUIRE, PLAINTEXT};
+    uint8_t in[64];
+    struct trace t;
+
+    size_t n = cancel_packet(in, 4);
+    run_all_from(CLIENT, &setup, in, n, &t, NULL);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_CANCEL, in, n);
+    trace_free(&t);
+
+    n = put(in, 0, gss_req, 8);
+    size_t cn = cancel_packet(in + n, 32);
+    run_all_from(CLIENT, &setup, in, n + cn, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_CANCEL, in + n, cn);
+    trace_free(&t);
+}
+
+Test(pg_client_tls, allow_accepts_plaintext_startup)
+{
+    const struct client_setup setup = {PG_TLS_ALLOW, PLAINTEXT};
+    uint8_t in[64];
+    struct trace t;
+    struct pg_client *c;
+
+    run_all_from(CLIENT, &setup, startup_bob, sizeof startup_bob, &t, (void **)&c);
+    cr_assert_eq(t.n, 1);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, startup_bob, sizeof startup_bob);
+    cr_assert(!c->tls_active);
+    cr_assert_str_eq(c->user, "bob");
+    trace_free(&t);
+    free(c);
+
+    size_t n = put(in, 0, gss_req, 8);
+    n = put(in, n, startup_bob, sizeof startup_bob);
+    run_all_from(CLIENT, &setup, in, n, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_DIAL_UPSTREAM, startup_bob, sizeof startup_bob);
+    trace_free(&t);
+}
+
+Test(pg_client_tls, caller_bugs_fail_closed)
+{
+    const struct client_setup setup = {PG_TLS_ALLOW, PLAINTEXT};
+    struct pg_step st;
+
+    /* fed before the handshake completed: those bytes were never decrypted */
+    struct pg_client *c = new_client(&setup);
+    cr_assert_eq(pg_client_feed(c, ssl_req, 8, &st), 8);
+    cr_assert_eq(st.action, PG_START_TLS);
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+    cr_assert_str_eq(st.detail, "client fed before pg_client_tls_started");
+    cr_assert_eq(c->state, PG_C_FAILED);
+    pg_client_tls_started(c);
+    cr_assert(!c->tls_active);
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+
+    /* the ClientHello fed again after a direct PG_START_TLS */
+    pg_client_init(c);
+    c->tls = PG_TLS_REQUIRE;
+    cr_assert_eq(pg_client_feed(c, client_hello, sizeof client_hello, &st), 0);
+    cr_assert_eq(st.action, PG_START_TLS);
+    cr_assert_eq(pg_client_feed(c, client_hello, sizeof client_hello, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+
+    /* tls_started without a PG_START_TLS */
+    pg_client_init(c);
+    c->tls = PG_TLS_ALLOW;
+    pg_client_tls_started(c);
+    cr_assert(!c->tls_active);
+    cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+
+    /* client TLS off: never a PG_START_TLS, and init resets the mode */
+    pg_client_init(c);
+    cr_assert_eq(c->tls, PG_TLS_OFF);
+    cr_assert_eq(pg_client_feed(c, ssl_req, 8, &st), 8);
+    cr_assert_eq(st.action, PG_SEND_CLIENT);
+    cr_assert(!st.direct);
+    free(c);
+}
+
 /* ---- upstream's answer to the SSLRequest ---- */
 
 static enum dbt_reason ssl_answer(const char *in, size_t len, const char **detail)
@@ -802,6 +1341,215 @@ Test(pg_server, finished_machine_consumes_nothing)
     free(s);
 }
 
+Test(pg_server, sasl_offered_only_for_sasl)
+{
+    static const uint8_t cleartext_req[] = {'R', 0, 0, 0, 8, 0, 0, 0, 3};
+    static const uint8_t ok[] = {'R', 0, 0, 0, 8, 0, 0, 0, 0};
+    static const uint8_t err[] = "E\x00\x00\x00\x17SFATAL\0C28000\0Mno\0";
+    static const uint8_t only_plus[] = "R\x00\x00\x00\x1C\x00\x00\x00\x0A"
+                                       "SCRAM-SHA-256-PLUS\0";
+    uint8_t in[128];
+    size_t n = put(in, 0, neg_version, sizeof neg_version);
+    n = put(in, n, sasl_both, sizeof sasl_both);
+    struct {
+        const uint8_t *in;
+        size_t len;
+        bool sasl;
+    } cases[] = {
+        {sasl_both, sizeof sasl_both, true},
+        {in, n, true}, /* after NegotiateProtocolVersion */
+        {md5_req, sizeof md5_req, false},
+        {cleartext_req, sizeof cleartext_req, false},
+        {ok, sizeof ok, false}, /* trust */
+        {err, sizeof err, false},
+        {only_plus, sizeof only_plus, false}, /* refused, nothing forwarded */
+    };
+
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct pg_server *s = new_machine(SERVER);
+        cr_assert(!s->sasl_offered, "init clears it");
+        struct trace t;
+        run(SERVER, s, cases[i].in, cases[i].len, cases[i].len, cases[i].len, &t);
+        cr_assert_eq(s->sasl_offered, cases[i].sasl, "case %zu", i);
+        trace_free(&t);
+        free(s);
+    }
+}
+
+/* ---- the client's SASLInitialResponse (C1) ---- */
+
+/* 'p' Int32 len, mechanism\0, Int32 resp_len, resp (resp_len bytes). */
+static size_t sasl_initial(uint8_t *b, const char *mech, const char *resp, size_t resp_len)
+{
+    b[0] = 'p';
+    size_t at = put(b, 5, mech, strlen(mech) + 1);
+    be32(b + at, (uint32_t)resp_len);
+    at = put(b, at + 4, resp, resp_len);
+    be32(b + 1, (uint32_t)(at - 1));
+    return at;
+}
+
+/* Every prefix shorter than decide is NEED_MORE; from decide on, always want. */
+static void expect_flag(const uint8_t *in, size_t n, enum pg_sasl_flag want, size_t decide)
+{
+    cr_assert_leq(decide, n);
+    for (size_t k = 0; k <= n; k++) {
+        enum pg_sasl_flag got = pg_sasl_initial_flag(in, k);
+        cr_assert_eq(got, k < decide ? PG_SASL_NEED_MORE : want, "prefix %zu of %zu: %d", k, n,
+                     got);
+    }
+}
+
+/* What libpq sends (fe-auth-scram.c): an empty user name, the server has it already. */
+#define CFM_REST ",,n=,r=rOprNGfwEbeRWgbNEkqO"
+
+Test(pg_sasl, gs2_flags)
+{
+    uint8_t b[256];
+    size_t n;
+
+    cr_assert_eq(pg_sasl_initial_flag(NULL, 0), PG_SASL_NEED_MORE);
+    /* decided at 5 + "SCRAM-SHA-256\0" + 4 + 2 = 25 */
+    n = sasl_initial(b, "SCRAM-SHA-256", "n" CFM_REST, strlen("n" CFM_REST));
+    expect_flag(b, n, PG_SASL_NO_BINDING, 25);
+    n = sasl_initial(b, "SCRAM-SHA-256", "y" CFM_REST, strlen("y" CFM_REST));
+    expect_flag(b, n, PG_SASL_BINDING_WANTED, 25);
+    static const char p[] = "p=tls-server-end-point" CFM_REST;
+    n = sasl_initial(b, "SCRAM-SHA-256-PLUS", p, strlen(p));
+    expect_flag(b, n, PG_SASL_BINDING, 30);
+    /* the flag is what the client sent, whatever the mechanism: the server judges that */
+    n = sasl_initial(b, "SCRAM-SHA-256", p, strlen(p));
+    expect_flag(b, n, PG_SASL_BINDING, 25);
+    /* the shortest decidable header */
+    n = sasl_initial(b, "SCRAM-SHA-256", "y,", 2);
+    expect_flag(b, n, PG_SASL_BINDING_WANTED, 25);
+    /* bytes after the message are not its business */
+    n = sasl_initial(b, "SCRAM-SHA-256", "n" CFM_REST, strlen("n" CFM_REST));
+    n = put(b, n, "p\0\0\0\x08junk", 9);
+    expect_flag(b, n, PG_SASL_NO_BINDING, 25);
+}
+
+Test(pg_sasl, not_a_sasl_initial_response)
+{
+    uint8_t b[64];
+    /* a Query, a Terminate, a byte that starts nothing */
+    expect_flag((const uint8_t *)"Q\0\0\0\x0dSELECT 1", 14, PG_SASL_OTHER, 1);
+    expect_flag((const uint8_t *)"X\0\0\0\x04", 5, PG_SASL_OTHER, 1);
+    expect_flag((const uint8_t *)"P", 1, PG_SASL_OTHER, 1);
+    /* a PasswordMessage is a 'p' too: its "mechanism" is no SCRAM */
+    size_t n = put(b, 0, "p\0\0\0\x28md5", 8);
+    n = put(b, n, "0123456789abcdef0123456789abcdef", 32);
+    b[n++] = 0;
+    cr_assert_eq(n, 41);
+    expect_flag(b, n, PG_SASL_OTHER, n);
+    n = put(b, 0, "p\0\0\0\x0bsecret", 11);
+    b[n++] = 0;
+    expect_flag(b, n, PG_SASL_OTHER, n);
+}
+
+Test(pg_sasl, other_mechanisms_left_to_the_server)
+{
+    uint8_t b[256];
+    /* OAUTHBEARER's gs2 'y' is fine with PostgreSQL: not dbtrust's to refuse */
+    static const char oauth[] = "y,,\x01"
+                                "auth=Bearer abc\x01\x01";
+    size_t n = sasl_initial(b, "OAUTHBEARER", oauth, strlen(oauth));
+    expect_flag(b, n, PG_SASL_OTHER, 5 + 12);
+    n = sasl_initial(b, "", "n" CFM_REST, strlen("n" CFM_REST));
+    expect_flag(b, n, PG_SASL_OTHER, 6);
+    n = sasl_initial(b, "SCRAM", "y" CFM_REST, strlen("y" CFM_REST));
+    expect_flag(b, n, PG_SASL_OTHER, 5 + 6);
+}
+
+Test(pg_sasl, absurd_lengths)
+{
+    uint8_t b[256];
+    const size_t cfm = strlen("y" CFM_REST);
+    size_t n = sasl_initial(b, "SCRAM-SHA-256", "y" CFM_REST, cfm);
+
+    /* message length word */
+    static const uint32_t bad_len[] = {0, 3, 4 + 65536, 0x7FFFFFFFu, 0x80000000u, 0xFFFFFFFFu};
+    for (size_t i = 0; i < sizeof bad_len / sizeof bad_len[0]; i++) {
+        be32(b + 1, bad_len[i]);
+        expect_flag(b, n, PG_SASL_OTHER, 5);
+    }
+    /* too short to hold the mechanism's NUL: decided at the message's end */
+    be32(b + 1, 10);
+    expect_flag(b, n, PG_SASL_OTHER, 11);
+    /* the mechanism fits, resp_len and a gs2 header do not */
+    be32(b + 1, 4 + 14 + 4 + 1);
+    expect_flag(b, n, PG_SASL_OTHER, 19);
+    /* longer than the bytes at hand is fine as long as it agrees with resp_len */
+    be32(b + 1, (uint32_t)(n - 1 + 1000));
+    be32(b + 19, (uint32_t)(cfm + 1000));
+    expect_flag(b, n, PG_SASL_BINDING_WANTED, 25);
+
+    /* resp_len: one off either way, -1 (no initial response), 0 */
+    static const int64_t delta[] = {-1, 1};
+    for (size_t i = 0; i < 2; i++) {
+        n = sasl_initial(b, "SCRAM-SHA-256", "y" CFM_REST, cfm);
+        be32(b + 19, (uint32_t)((int64_t)cfm + delta[i]));
+        expect_flag(b, n, PG_SASL_OTHER, 23);
+    }
+    be32(b + 19, 0xFFFFFFFFu);
+    expect_flag(b, n, PG_SASL_OTHER, 23);
+    be32(b + 19, 0);
+    expect_flag(b, n, PG_SASL_OTHER, 23);
+    n = sasl_initial(b, "SCRAM-SHA-256", "y", 1); /* not even a whole gs2 flag */
+    expect_flag(b, n, PG_SASL_OTHER, 19);
+}
+
+Test(pg_sasl, largest_message)
+{
+    /* the server's bound: a body of 65535 bytes (PG_MAX_AUTH_TOKEN_LENGTH) */
+    static uint8_t b[1 + 4 + 65535 + 1];
+    static char resp[65535];
+    size_t rlen = 65535 - 14 - 4;
+    memset(resp, 'x', rlen);
+    memcpy(resp, "n,,", 3);
+    size_t n = sasl_initial(b, "SCRAM-SHA-256", resp, rlen);
+    cr_assert_eq(n, 1 + 4 + 65535);
+    cr_assert_eq(pg_sasl_initial_flag(b, n), PG_SASL_NO_BINDING);
+    cr_assert_eq(pg_sasl_initial_flag(b, 25), PG_SASL_NO_BINDING);
+    n = sasl_initial(b, "SCRAM-SHA-256", resp, rlen + 1);
+    cr_assert_eq(pg_sasl_initial_flag(b, n), PG_SASL_OTHER);
+    cr_assert_eq(pg_sasl_initial_flag(b, 5), PG_SASL_OTHER);
+}
+
+Test(pg_sasl, long_mechanism)
+{
+    uint8_t b[512];
+    char mech[201];
+    memset(mech, 'X', sizeof mech - 1);
+    memcpy(mech, "SCRAM-", 6);
+
+    /* 63 characters + NUL: the longest judged, decided at 5 + 64 + 4 + 2 */
+    mech[63] = 0;
+    size_t n = sasl_initial(b, mech, "y" CFM_REST, strlen("y" CFM_REST));
+    expect_flag(b, n, PG_SASL_BINDING_WANTED, 75);
+    /* 64 characters: no NUL within the 64 bytes after the header */
+    mech[63] = 'X';
+    mech[64] = 0;
+    n = sasl_initial(b, mech, "y" CFM_REST, strlen("y" CFM_REST));
+    expect_flag(b, n, PG_SASL_OTHER, 69);
+    mech[64] = 'X';
+    mech[200] = 0;
+    n = sasl_initial(b, mech, "y" CFM_REST, strlen("y" CFM_REST));
+    expect_flag(b, n, PG_SASL_OTHER, 69);
+}
+
+Test(pg_sasl, malformed_gs2_header)
+{
+    static const char *const bad[] = {"x,,n=,r=abc", "n=,n=,r=abc", "y=,n=,r=abc", "p,,n=,r=abc",
+                                      ",,n=,r=abc"};
+    static const size_t decide[] = {24, 25, 25, 25, 24};
+    uint8_t b[64];
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        size_t n = sasl_initial(b, "SCRAM-SHA-256", bad[i], strlen(bad[i]));
+        expect_flag(b, n, PG_SASL_OTHER, decide[i]);
+    }
+}
+
 /* ---- errors dbtrust reports (A6) ---- */
 
 Test(pg_error, sqlstate_per_class)
@@ -858,6 +1606,13 @@ static void parse_error(const uint8_t *b, size_t n, struct fields *f)
         cr_assert_lt(at, n, "no final terminator");
     }
     cr_assert_eq(at, n - 1, "bytes after the final terminator");
+}
+
+Test(pg_error, client_refused_is_28000)
+{
+    /* the server's code for pg_hba.conf refusals and for the SCRAM channel-binding downgrade */
+    cr_assert_str_eq(pg_sqlstate_for(DBT_CLIENT_TLS_REQUIRED), "28000");
+    cr_assert_str_eq(pg_sqlstate_for(DBT_CLIENT_CHANNEL_BINDING), "28000");
 }
 
 Test(pg_error, full_message_round_trip)

@@ -27,6 +27,9 @@ struct cg_spec {
     bool ca;
     long not_before_days; /* relative to now, may be negative */
     long not_after_days;
+    /* extendedKeyUsage of a leaf, NULL = "serverAuth"; client certificates need "clientAuth"
+     * (OpenSSL checks the purpose of a TLS client's certificate). */
+    const char *eku;
 };
 
 static inline int cg_add_ext(X509 *x, X509 *issuer, int nid, const char *value)
@@ -79,7 +82,7 @@ static inline int cg_issue(struct cg_cert *out, const struct cg_spec *spec,
     } else {
         if (cg_add_ext(x, ix, NID_basic_constraints, "critical,CA:FALSE") != 0 ||
             cg_add_ext(x, ix, NID_key_usage, "critical,digitalSignature") != 0 ||
-            cg_add_ext(x, ix, NID_ext_key_usage, "serverAuth") != 0)
+            cg_add_ext(x, ix, NID_ext_key_usage, spec->eku != NULL ? spec->eku : "serverAuth") != 0)
             return -1;
     }
     if (spec->san != NULL && cg_add_ext(x, ix, NID_subject_alt_name, spec->san) != 0)

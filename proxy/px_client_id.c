@@ -1,0 +1,239 @@
+#include "px_client_id.h"
+
+#include <libgen.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "px_expiry.h"
+#include "px_log.h"
+
+#define SETTLE_MS 100 /* a Secret update is several renames: reload once after the burst */
+#define ID_FILES  3   /* cert, key, CA */
+
+/* The triggers of one listener's identity. */
+struct px_id_watch {
+    struct px_server *srv;
+    size_t listener;
+    uv_fs_event_t dir_events[ID_FILES];
+    size_t dir_count;
+    uv_timer_t settle_timer;
+    uv_timer_t poll_timer;
+    int open_handles;
+    char last_refusal[512]; /* the poll reports a refusal once, not every interval */
+};
+
+static const char *key_at_fault(const struct cfg_listener *l, const char *err, int *line)
+{
+    if (l->client_key[0] && strstr(err, l->client_key) != NULL) {
+        *line = l->client_key_line;
+        return "client_key";
+    }
+    if (l->client_ca[0] && strstr(err, l->client_ca) != NULL) {
+        *line = l->client_ca_line;
+        return "client_ca";
+    }
+    *line = l->client_cert_line;
+    return "client_cert";
+}
+
+int px_client_id_load(const struct cfg *cfg, const struct cfg_listener *l, struct tlsw_server **out,
+                      char *err, size_t errlen)
+{
+    struct tlsw_server_opts o = {
+        .cert_path = l->client_cert,
+        .key_path = l->client_key,
+        .ca_path = l->client_ca[0] ? l->client_ca : NULL,
+        .names = l->client_names[0] ? l->client_names : NULL,
+        .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
+    };
+    char why[400];
+    if (tlsw_server_load(&o, out, why, sizeof(why)) == 0)
+        return 0;
+    int line = 0;
+    const char *key = key_at_fault(l, why, &line);
+    if (line > 0)
+        snprintf(err, errlen, "%s:%d: key '%s': %s", cfg->source, line, key, why);
+    else
+        snprintf(err, errlen, "listener %s: %s: %s", l->name, key, why);
+    return -1;
+}
+
+static void log_identity(const char *event, const struct px_listener *l, const char *trigger)
+{
+    const struct tlsw_cert_info *leaf = tlsw_server_leaf(l->client_id);
+    char not_after[32];
+    struct tm tm;
+    gmtime_r(&leaf->not_after, &tm);
+    strftime(not_after, sizeof(not_after), "%Y-%m-%d", &tm);
+    px_log_event(CFG_LOG_INFO, event, "listener", l->cfg->name, "trigger", trigger, "cert",
+                 l->cfg->client_cert, "subject", leaf->subject, "not_after", not_after,
+                 "cert_sha256", leaf->sha256, "sha256", tlsw_server_sha256(l->client_id), NULL);
+}
+
+int px_client_id_load_all(struct px_server *srv)
+{
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        struct px_listener *l = &srv->listeners[i];
+        if (l->cfg->client_tls == CFG_CLIENT_TLS_OFF)
+            continue;
+        char err[600];
+        if (px_client_id_load(srv->cfg, l->cfg, &l->client_id, err, sizeof(err)) != 0) {
+            px_log(CFG_LOG_ERROR, "refusing to start: %s", err);
+            return -1;
+        }
+        log_identity("client_cert_loaded", l, "start");
+    }
+    return 0;
+}
+
+/* Hands s to every worker; each takes it from its own loop, so nothing on the data path
+ * waits for a lock. */
+static void publish(struct px_server *srv, size_t idx, struct tlsw_server *s)
+{
+    struct px_listener *l = &srv->listeners[idx];
+    uv_mutex_lock(&srv->trust_lock); /* the admin thread reads l->client_id */
+    struct tlsw_server *old = l->client_id;
+    l->client_id = s;
+    uv_mutex_unlock(&srv->trust_lock);
+    tlsw_server_unref(old);
+    for (unsigned k = 0; k < srv->worker_count; k++) {
+        tlsw_server_ref(s);
+        struct tlsw_server *prev = atomic_exchange(&srv->workers[k].wls[idx].pending_client_id, s);
+        if (prev)
+            tlsw_server_unref(prev); /* superseded before the worker picked it up */
+        uv_async_send(&srv->workers[k].wakeup);
+    }
+}
+
+static void reload_one(struct px_id_watch *iw, const char *trigger)
+{
+    struct px_server *srv = iw->srv;
+    struct px_listener *l = &srv->listeners[iw->listener];
+    if (srv->stopping)
+        return;
+    char err[600];
+    struct tlsw_server *s = NULL;
+    if (px_client_id_load(srv->cfg, l->cfg, &s, err, sizeof(err)) != 0) {
+        /* A change, a signal or a request always reports; the poll only news. */
+        if (strcmp(trigger, "poll") != 0 || strcmp(err, iw->last_refusal) != 0) {
+            char total[16];
+            snprintf(total, sizeof(total), "%u",
+                     atomic_fetch_add(&srv->client_id_reloads_failed, 1) + 1);
+            px_log_event(CFG_LOG_ERROR, "client_cert_reload", "result", "refused", "listener",
+                         l->cfg->name, "trigger", trigger, "reason", err, "kept_sha256",
+                         tlsw_server_leaf(l->client_id)->sha256, "refused_total", total, NULL);
+        }
+        dbt_strlcpy(iw->last_refusal, err, sizeof(iw->last_refusal));
+        return;
+    }
+    iw->last_refusal[0] = '\0';
+    if (strcmp(tlsw_server_sha256(s), tlsw_server_sha256(l->client_id)) == 0) {
+        tlsw_server_unref(s); /* same content: nothing to do */
+        return;
+    }
+    publish(srv, iw->listener, s);
+    atomic_fetch_add(&srv->client_id_reloads_ok, 1);
+    log_identity("client_cert_reload", l, trigger);
+    px_expiry_check(srv);
+}
+
+static void on_settled(uv_timer_t *t)
+{
+    reload_one(t->data, "watch");
+}
+
+static void on_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
+{
+    struct px_id_watch *iw = h->data;
+    (void)filename;
+    (void)events;
+    if (status < 0)
+        return; /* the poll still runs */
+    uv_timer_start(&iw->settle_timer, on_settled, SETTLE_MS, 0);
+}
+
+static void on_poll(uv_timer_t *t)
+{
+    reload_one(t->data, "poll");
+}
+
+/* The directory, not the file: a Secret volume update swaps the "..data" symlink, and an
+ * editor renames over the file; a watch on the old inode would never fire again. */
+static void watch_dir(struct px_id_watch *iw, uv_loop_t *loop, const char *path, char dirs[][4096])
+{
+    if (path[0] == '\0')
+        return;
+    char tmp[4096];
+    dbt_strlcpy(tmp, path, sizeof(tmp));
+    const char *dir = dirname(tmp);
+    for (size_t i = 0; i < iw->dir_count; i++)
+        if (strcmp(dirs[i], dir) == 0)
+            return;
+    dbt_strlcpy(dirs[iw->dir_count], dir, 4096);
+    uv_fs_event_t *ev = &iw->dir_events[iw->dir_count++];
+    uv_fs_event_init(loop, ev);
+    ev->data = iw;
+    int rc = uv_fs_event_start(ev, on_dir_event, dir, 0);
+    if (rc != 0)
+        px_log(CFG_LOG_WARN, "cannot watch %s: %s (reload by poll and SIGHUP only)", dir,
+               uv_strerror(rc));
+}
+
+int px_client_id_start(struct px_server *srv, uv_loop_t *loop)
+{
+    srv->id_watches = calloc(srv->listener_count, sizeof(*srv->id_watches));
+    if (!srv->id_watches)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < srv->listener_count; i++) {
+        const struct cfg_listener *lc = srv->listeners[i].cfg;
+        if (lc->client_tls == CFG_CLIENT_TLS_OFF)
+            continue;
+        struct px_id_watch *iw = calloc(1, sizeof(*iw));
+        if (!iw)
+            return UV_ENOMEM;
+        srv->id_watches[srv->id_watch_count++] = iw;
+        iw->srv = srv;
+        iw->listener = i;
+        char dirs[ID_FILES][4096];
+        watch_dir(iw, loop, lc->client_cert, dirs);
+        watch_dir(iw, loop, lc->client_key, dirs);
+        watch_dir(iw, loop, lc->client_ca, dirs);
+        uv_timer_init(loop, &iw->settle_timer);
+        uv_timer_init(loop, &iw->poll_timer);
+        iw->settle_timer.data = iw->poll_timer.data = iw;
+        uint32_t every = srv->cfg->reload_interval_ms;
+        uv_timer_start(&iw->poll_timer, on_poll, every, every);
+    }
+    return 0;
+}
+
+void px_client_id_reload_all(struct px_server *srv, const char *trigger)
+{
+    for (size_t i = 0; i < srv->id_watch_count; i++)
+        reload_one(srv->id_watches[i], trigger);
+}
+
+static void on_watch_closed(uv_handle_t *h)
+{
+    struct px_id_watch *iw = h->data;
+    if (--iw->open_handles == 0) /* libuv runs close callbacks in no promised order */
+        free(iw);
+}
+
+void px_client_id_stop(struct px_server *srv)
+{
+    for (size_t i = 0; i < srv->id_watch_count; i++) {
+        struct px_id_watch *iw = srv->id_watches[i];
+        iw->open_handles = (int)iw->dir_count + 2;
+        for (size_t k = 0; k < iw->dir_count; k++)
+            uv_close((uv_handle_t *)&iw->dir_events[k], on_watch_closed);
+        uv_close((uv_handle_t *)&iw->settle_timer, on_watch_closed);
+        uv_close((uv_handle_t *)&iw->poll_timer, on_watch_closed);
+    }
+    free(srv->id_watches);
+    srv->id_watches = NULL;
+    srv->id_watch_count = 0;
+}
