@@ -42,7 +42,9 @@
     X(CLIENT_CERT_EXPIRED, "client_cert_expired", DBT_CLASS_CLIENT_REFUSED)                        \
     X(CLIENT_CERT_REJECTED, "client_cert_rejected", DBT_CLASS_CLIENT_REFUSED)                      \
     X(CLIENT_NOT_ALLOWED, "client_not_allowed", DBT_CLASS_CLIENT_REFUSED)                          \
-    X(CLIENT_CHANNEL_BINDING, "client_channel_binding", DBT_CLASS_CLIENT_REFUSED)
+    X(CLIENT_CHANNEL_BINDING, "client_channel_binding", DBT_CLASS_CLIENT_REFUSED)                  \
+    X(OVERLOADED, "overloaded", DBT_CLASS_LIMIT)                                                   \
+    X(CLIENT_STARTUP_LIMIT, "client_startup_limit", DBT_CLASS_LIMIT)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */

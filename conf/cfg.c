@@ -31,6 +31,7 @@ void cfg_init(struct cfg *c)
     c->min_tls = 12;
     c->reload_interval_ms = 10000;
     c->guard = true;
+    c->memory_limit = CFG_MEMORY_AUTO;
 }
 
 void cfg_listener_init(struct cfg_listener *l)
@@ -249,6 +250,13 @@ int cfg_finish(struct cfg *c, char *err, size_t errlen)
     if (c->workers == 0) {
         unsigned cpus = cfg_usable_cpus();
         c->workers = cpus < 1 ? 1 : cpus > MAX_WORKERS ? MAX_WORKERS : cpus;
+    }
+    if (c->memory_limit == CFG_MEMORY_AUTO) {
+        /* A container's limit is what the OOM killer enforces: keep a tenth of it as headroom
+         * for what is already in flight when dbtrust starts shedding. */
+        uint64_t cg = cfg_cgroup_memory_limit();
+        c->memory_limit = cg > 0 ? (int64_t)(cg / 10 * 9) : 0;
+        c->memory_limit_auto = cg > 0;
     }
     return 0;
 }

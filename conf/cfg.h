@@ -51,6 +51,7 @@ struct cfg_listener {
     uint32_t startup_timeout_ms;
     uint32_t max_connections;
     uint32_t upstream_connect_limit; /* upstream legs being set up at once (px_dial.c) */
+    uint32_t max_startup_per_client; /* pre-login connections per source address, 0 = off */
     char mysql_rsa_key[4096];
     /* The client leg (client_tls). The paths are only checked for length here: the proxy loads
      * them with OpenSSL and reports a failure at the key's line. */
@@ -74,6 +75,10 @@ struct cfg {
     enum cfg_log_level log_level;
     uint32_t drain_timeout_ms;
     char user[64];
+    /* Overload budget in bytes: > 0 a limit, 0 off; CFG_MEMORY_AUTO (the default) becomes 90 %
+     * of the cgroup memory limit in cfg_finish, or 0 without one. */
+    int64_t memory_limit;
+    bool memory_limit_auto; /* the value came from the cgroup, for the start-up log */
     /* [trust] */
     char bundle[4096];
     enum cfg_verify verify;
@@ -85,6 +90,8 @@ struct cfg {
     struct cfg_listener *listeners;
     size_t listener_count;
 };
+
+#define CFG_MEMORY_AUTO (-1)
 
 /* Defaults of DESIGN.md. */
 void cfg_init(struct cfg *c);
@@ -122,6 +129,10 @@ static inline const char *cfg_listener_bundle(const struct cfg *c, const struct 
  * network order) is inside one of its ranges. An IPv4-mapped IPv6 address (::ffff:a.b.c.d)
  * is matched as IPv4. Any other family is refused when there is a list. */
 bool cfg_client_allowed(const struct cfg_listener *l, int family, const uint8_t *addr);
+
+/* The memory limit of this process's cgroup (v2 memory.max, or v1 memory.limit_in_bytes, the
+ * lowest along the path up to the root), or 0 when there is none. */
+uint64_t cfg_cgroup_memory_limit(void);
 
 /* "host:port", "[v6]:port" or "unix:/path", for messages and log lines. */
 void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n);

@@ -18,6 +18,8 @@ struct cfg_choice {
 
 DBT_MUST_USE int cfg_value_duration(const char *s, uint32_t *out_ms, char *why, size_t n);
 DBT_MUST_USE int cfg_value_bool(const char *s, bool *out, char *why, size_t n);
+/* "64MiB", "1GiB", "512KiB", "64M", "1G" or bytes; "off" or "0" = 0 (disabled). */
+DBT_MUST_USE int cfg_value_size(const char *s, int64_t *out, char *why, size_t n);
 DBT_MUST_USE int cfg_value_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out, char *why,
                                 size_t n);
 /* choices ends with a { NULL, 0 } entry; what names the set in the message ("protocol"). */
@@ -54,7 +56,7 @@ enum cfg_section { CFG_SEC_NONE, CFG_SEC_DBTRUST, CFG_SEC_TRUST, CFG_SEC_LISTENE
 /* One key of one section: how its value is parsed and where it is stored. */
 struct cfg_key;
 
-#define CFG_KEY_MAX 32 /* bound of cfg_key_index(), for per-section "seen at line" arrays */
+#define CFG_KEY_MAX 48 /* bound of cfg_key_index(), for per-section "seen at line" arrays */
 
 /* NULL when the section has no such key. */
 const struct cfg_key *cfg_key_find(enum cfg_section sec, const char *name);

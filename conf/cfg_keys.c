@@ -18,6 +18,7 @@ enum kind {
     K_PINS,
     K_CLIENT_ALLOW, /* list of CIDRs into client_allow/client_allow_count */
     K_CLIENT_NAMES, /* CN=x, DNS name, URI list */
+    K_SIZE,         /* bytes with a KiB/MiB/GiB suffix, or off */
 };
 
 struct cfg_key {
@@ -63,6 +64,7 @@ static const struct cfg_key keys[] = {
     {"log_level", CFG_SEC_DBTRUST, K_CHOICE, C(log_level), 0, 0, log_levels},
     {"drain_timeout", CFG_SEC_DBTRUST, K_DURATION, C(drain_timeout_ms), 0, 0, NULL},
     {"user", CFG_SEC_DBTRUST, K_USER, C(user), 0, 0, NULL},
+    {"memory_limit", CFG_SEC_DBTRUST, K_SIZE, C(memory_limit), 0, 0, NULL},
 
     {"bundle", CFG_SEC_TRUST, K_PATH, C(bundle), 0, 0, NULL},
     {"verify", CFG_SEC_TRUST, K_CHOICE, C(verify), 0, 0, verifies},
@@ -85,6 +87,8 @@ static const struct cfg_key keys[] = {
     {"upstream_connect_limit", CFG_SEC_LISTENER, K_UINT, L(upstream_connect_limit), 1, 100000,
      NULL},
     {"mysql_rsa_key", CFG_SEC_LISTENER, K_PATH, L(mysql_rsa_key), 0, 0, NULL},
+    {"max_startup_per_client", CFG_SEC_LISTENER, K_UINT, L(max_startup_per_client), 0, 100000,
+     NULL},
     {"client_tls", CFG_SEC_LISTENER, K_CHOICE, L(client_tls), 0, 0, client_tls_modes},
     {"client_cert", CFG_SEC_LISTENER, K_PATH, L(client_cert), 0, 0, NULL},
     {"client_key", CFG_SEC_LISTENER, K_PATH, L(client_key), 0, 0, NULL},
@@ -161,6 +165,13 @@ int cfg_key_set(const struct cfg_key *k, struct cfg *c, struct cfg_listener *l, 
         return 0;
     case K_BOOL:
         return cfg_value_bool(v, (bool *)field, why, n);
+    case K_SIZE: {
+        int64_t size;
+        if (cfg_value_size(v, &size, why, n) != 0)
+            return -1;
+        memcpy(field, &size, sizeof size);
+        return 0;
+    }
     case K_UINT:
         if (cfg_value_uint(v, k->min, k->max, &u, why, n) != 0)
             return -1;

@@ -75,6 +75,37 @@ int cfg_value_bool(const char *s, bool *out, char *why, size_t n)
     return fail(why, n, "invalid boolean '%s' (use on/off, true/false, yes/no, 1/0)", s);
 }
 
+int cfg_value_size(const char *s, int64_t *out, char *why, size_t n)
+{
+    static const struct {
+        const char *suffix;
+        unsigned shift;
+    } units[] = {{"KiB", 10}, {"MiB", 20}, {"GiB", 30}, {"K", 10}, {"M", 20}, {"G", 30}};
+    if (strcmp(s, "off") == 0) {
+        *out = 0;
+        return 0;
+    }
+    size_t len = strlen(s), digits = strspn(s, "0123456789");
+    unsigned shift = 0;
+    if (digits < len) {
+        size_t i = 0;
+        while (i < DBT_ARRAY_LEN(units) && strcmp(s + digits, units[i].suffix) != 0)
+            i++;
+        if (i == DBT_ARRAY_LEN(units))
+            return fail(why, n, "invalid size '%s' (use e.g. 256MiB, 1GiB, or off)", s);
+        shift = units[i].shift;
+    }
+    uint64_t v;
+    if (digits == 0 || parse_digits(s, digits, &v) != 0 || v > (UINT64_C(1) << 40) >> shift)
+        return fail(why, n, "invalid size '%s' (use e.g. 256MiB, 1GiB, or off)", s);
+    v <<= shift;
+    /* Below this the process itself (worker buffers, OpenSSL) would already be over it. */
+    if (v != 0 && v < (UINT64_C(16) << 20))
+        return fail(why, n, "%s is too small (at least 16MiB, or off)", s);
+    *out = (int64_t)v;
+    return 0;
+}
+
 int cfg_value_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out, char *why, size_t n)
 {
     uint64_t v;

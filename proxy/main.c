@@ -21,6 +21,8 @@
 #include "px_expiry.h"
 #include "px_listen.h"
 #include "px_log.h"
+#include "px_overload.h"
+#include "px_startups.h"
 #include "px_reload.h"
 
 #ifndef DBTRUST_VERSION
@@ -49,7 +51,11 @@ static const char usage_text[] =
     "  client_key = FILE                its private key\n"
     "  client_ca = FILE                 optional: clients must present a certificate from it\n"
     "  client_names = NAME, CN=NAME     optional: accepted client certificate names\n"
-    "  client_allow = CIDR, ...         optional: client source addresses allowed\n";
+    "  client_allow = CIDR, ...         optional: client source addresses allowed\n"
+    "\n"
+    "Memory and limits: max_connections counts from accept; max_startup_per_client = N\n"
+    "(per listener) bounds pre-login connections per source address; memory_limit = SIZE\n"
+    "in [dbtrust] (default 90% of the cgroup limit) pauses accepting above it.\n";
 
 struct cli {
     const char *config;
@@ -261,6 +267,7 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     atomic_store(&srv->ready, false); /* /readyz: take this pod out of rotation while draining */
     px_reload_stop(srv);
     px_client_id_stop(srv);
+    px_overload_stop(srv);
     px_workers_stop(srv); /* returns when every connection ended or drain_timeout passed */
     px_admin_stop(srv);   /* metrics stay scrapable during the drain */
     px_expiry_stop(srv);
@@ -329,6 +336,7 @@ int main(int argc, char **argv)
         srv.listeners[i].cfg = &cfg.listeners[i];
         srv.listeners[i].drv =
             cfg.listeners[i].protocol == CFG_PROTO_MYSQL ? &px_my_driver : &px_pg_driver;
+        srv.listeners[i].startups = px_startups_new(cfg.listeners[i].max_startup_per_client);
         for (unsigned k = 0; k < PX_MAX_WORKERS; k++)
             srv.listeners[i].fds[k] = -1;
     }
@@ -367,6 +375,11 @@ int main(int argc, char **argv)
         px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
         goto out;
     }
+    rc = px_overload_start(&srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start the overload budget: %s", uv_strerror(rc));
+        goto out;
+    }
     rc = px_client_id_start(&srv, loop);
     if (rc != 0) {
         px_log(CFG_LOG_ERROR, "cannot start client certificate reload: %s", uv_strerror(rc));
@@ -393,6 +406,7 @@ out:
         if (srv.listeners[i].gen)
             tlsw_gen_unref(srv.listeners[i].gen);
         tlsw_server_unref(srv.listeners[i].client_id);
+        px_startups_free(srv.listeners[i].startups);
         if (srv.listeners[i].rsa_key && srv.listeners[i].rsa_key != generated_key)
             my_rsa_free(srv.listeners[i].rsa_key);
     }

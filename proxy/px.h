@@ -39,9 +39,10 @@ struct px_listener {
     const struct cfg_listener *cfg;
     const struct px_driver *drv; /* the protocol driver (px_driver.h), chosen at start */
     struct tlsw_gen *gen; /* generation in force (workers hold their own ref); srv->trust_lock */
-    struct px_seen_chain seen; /* under srv->seen_lock: written when a new leaf appears */
-    int fds[PX_MAX_WORKERS];   /* one SO_REUSEPORT listening socket per worker (-1 = none) */
-    atomic_uint active;        /* live connections across workers, for max_connections */
+    struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
+    int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
+    atomic_uint active;           /* live connections across workers, for max_connections */
+    struct px_startups *startups; /* max_startup_per_client: pre-login connections per source */
     /* client_tls: the serving identity in force (NULL when client_tls = off); swapped by
      * reloads like gen, under srv->trust_lock; workers hold their own reference */
     struct tlsw_server *client_id;
@@ -51,6 +52,8 @@ struct px_listener {
 
 struct px_bundle_watch;
 struct px_id_watch;
+struct px_overload;
+struct px_startups;
 struct px_driver;
 struct px_dial_waiter;
 
@@ -63,7 +66,11 @@ struct px_server {
     atomic_uint client_id_reloads_ok, client_id_reloads_failed;
     bool stopping;
     atomic_uint reloads_ok, reloads_failed;
-    atomic_bool ready;      /* workers running, not draining: /readyz */
+    atomic_bool ready; /* workers running, not draining: /readyz */
+    /* memory_limit: resident memory above the high-water mark; workers stop accepting and
+     * refuse new startups until it falls below the low-water mark (px_overload.c) */
+    atomic_bool overloaded;
+    struct px_overload *overload;
     uv_mutex_t trust_lock;  /* listeners[].gen: swapped by reloads, read by the admin thread */
     uv_mutex_t seen_lock;   /* listeners[].seen: written by workers, read by admin and expiry */
     uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
@@ -96,9 +103,11 @@ struct px_worker_listener {
     struct tlsw_server *client_id;          /* serving identity new TLS clients get (or NULL) */
     _Atomic(struct tlsw_server *) pending_client_id; /* published by a reload, like pending_gen */
     bool open;
-    char last_leaf_sha256[65]; /* to log each newly seen upstream chain once */
-    int tls_group;             /* key exchange group the upstream chose last (NID) */
-    unsigned dials;            /* connect slots in use (px_dial.c) */
+    bool paused; /* overloaded: a connection waits in libuv unaccepted, the listener unpolled */
+    uint64_t ceiling_warned_ms; /* last "hard ceiling reached" warning */
+    char last_leaf_sha256[65];  /* to log each newly seen upstream chain once */
+    int tls_group;              /* key exchange group the upstream chose last (NID) */
+    unsigned dials;             /* connect slots in use (px_dial.c) */
     struct px_dial_waiter *dial_waiters, *dial_waiters_tail;
     struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
     unsigned resume_count;

@@ -6,10 +6,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "px_listen.h"
 #include "px_log.h"
 #include "px_relay.h"
+#include "px_admit.h"
 
 uint64_t px_now_ms(void)
 {
@@ -48,59 +50,6 @@ static void peer_address(uv_tcp_t *tcp, struct sockaddr_storage *ss, char *out, 
     if (uv_tcp_getpeername(tcp, (struct sockaddr *)ss, &len) != 0)
         ss->ss_family = AF_UNSPEC;
     px_format_sockaddr((struct sockaddr *)ss, out, cap);
-}
-
-/* The address bytes of a peer (4 or 16), or NULL for another family. */
-static const uint8_t *addr_bytes(const struct sockaddr_storage *ss, size_t *len)
-{
-    if (ss->ss_family == AF_INET) {
-        *len = 4;
-        return (const uint8_t *)&((const struct sockaddr_in *)ss)->sin_addr;
-    }
-    if (ss->ss_family == AF_INET6) {
-        *len = 16;
-        return (const uint8_t *)&((const struct sockaddr_in6 *)ss)->sin6_addr;
-    }
-    *len = 0;
-    return NULL;
-}
-
-/* One line per address per minute: a scan from many ports, or a client retrying in a loop,
- * must not flood the log (the metric still counts every refusal). A small table per worker,
- * indexed by a hash of the address; a collision only means an early repeat of the line. */
-static bool refusal_worth_logging(struct px_worker *w, const uint8_t *addr, size_t len)
-{
-    uint8_t key[16] = {0};
-    memcpy(key, addr, len);
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < sizeof(key); i++)
-        h = (h ^ key[i]) * 16777619u;
-    struct px_refusal_note *n = &w->refusals_logged[h % PX_REFUSAL_NOTES];
-    uint64_t now = px_now_ms();
-    if (n->at_ms != 0 && memcmp(n->addr, key, sizeof(key)) == 0 && now - n->at_ms < 60000)
-        return false;
-    memcpy(n->addr, key, sizeof(key));
-    n->at_ms = now;
-    return true;
-}
-
-/* client_allow: a source outside the list is dropped before any byte is read or written. */
-static bool client_allowed(struct px_conn *c, const struct sockaddr_storage *peer)
-{
-    const struct cfg_listener *lc = c->wl->l->cfg;
-    if (lc->client_allow_count == 0)
-        return true;
-    size_t len;
-    const uint8_t *addr = addr_bytes(peer, &len);
-    if (addr != NULL && cfg_client_allowed(lc, peer->ss_family, addr))
-        return true;
-    c->quiet = true;
-    if (addr == NULL || refusal_worth_logging(c->w, addr, len))
-        px_log_event(CFG_LOG_WARN, "client_refused", "listener", lc->name, "client", c->client_addr,
-                     "reason", dbt_reason_name(DBT_CLIENT_NOT_ALLOWED), "detail",
-                     "source address not in client_allow (logged once a minute per address)", NULL);
-    px_conn_close(c, DBT_CLIENT_NOT_ALLOWED, NULL);
-    return false;
 }
 
 /* Out of descriptors, libuv accepts and closes the excess itself (its reserve-descriptor
@@ -151,6 +100,7 @@ void px_conn_accept(struct px_worker_listener *wl)
     px_leg_setup(client, w, c, PX_CLIENT, &client_events);
     px_leg_setup(px_conn_upstream(c), w, c, PX_UPSTREAM, NULL); /* the dialer sets its events */
     bool is_unix = wl->l->cfg->listen.is_unix;
+    struct sockaddr_storage peer;
     if (is_unix)
         px_leg_open_pipe(client);
     else
@@ -175,7 +125,6 @@ void px_conn_accept(struct px_worker_listener *wl)
     c->gen = wl->gen;
     tlsw_gen_ref(c->gen);
     unsigned active = atomic_fetch_add(&wl->l->active, 1) + 1;
-    c->over_limit = active > wl->l->cfg->max_connections;
     c->dial.wl = wl;
     client->stat_in = &wl->stats.bytes_from_client;
     client->stat_out = &wl->stats.bytes_to_client;
@@ -183,13 +132,30 @@ void px_conn_accept(struct px_worker_listener *wl)
     if (is_unix) {
         dbt_strlcpy(c->client_addr, "unix", sizeof(c->client_addr));
     } else {
-        struct sockaddr_storage peer;
         peer_address(&client->s.tcp, &peer, c->client_addr, sizeof(c->client_addr));
-        if (!client_allowed(c, &peer))
-            return;
         uv_tcp_nodelay(&client->s.tcp, 1);
     }
+    px_admit(wl, is_unix ? NULL : &peer, active, c->client_addr, &c->adm);
+    if (c->adm.close_now) {
+        c->quiet = true; /* px_admit logged it, at a limited rate */
+        px_conn_close(c, c->adm.refusal, NULL);
+        return;
+    }
     c->drv->start(c);
+}
+
+enum dbt_reason px_conn_admission(const struct px_conn *c, char *detail, size_t cap)
+{
+    enum dbt_reason r = c->adm.refusal;
+    if (r == DBT_NONE && atomic_load(&c->w->srv->overloaded))
+        r = DBT_OVERLOADED;
+    px_admit_detail(c->wl, r, c->client_addr, detail, cap);
+    return r;
+}
+
+void px_conn_startup_done(struct px_conn *c)
+{
+    px_admit_leave(c->wl, &c->adm);
 }
 
 void px_conn_set_timer_fn(struct px_conn *c, uint32_t ms, void (*fn)(struct px_conn *c))
@@ -316,11 +282,26 @@ static void client_read_end(struct px_conn *c, int status)
         px_conn_close(c, DBT_CLIENT_RESET, uv_strerror(status));
 }
 
+/* A server ends the session right after the client's goodbye (Terminate, COM_QUIT), often
+ * before the client's own close is read: the client's FIN is then already waiting in the
+ * socket. One peek at connection end decides who hung up first, instead of the event order. */
+static bool client_hung_up(struct px_conn *c)
+{
+    uv_os_fd_t fd;
+    uint8_t b;
+    struct px_leg *client = px_conn_client(c);
+    if (client->eof || uv_fileno(&client->s.handle, &fd) != 0)
+        return client->eof;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
 /* The upstream will send no more: close_notify (clean) or TCP EOF. */
 static void upstream_eof(struct px_conn *c, bool clean)
 {
     switch (c->state) {
     case PX_CONN_RELAY:
+        if (c->reason == DBT_NONE && client_hung_up(c))
+            c->reason = DBT_CLIENT_CLOSED;
         if (px_conn_logged_in(c))
             relay_eof(c, px_conn_upstream(c));
         else
@@ -454,6 +435,7 @@ static void on_client_tls_done(struct px_leg *l)
 
 void px_conn_start_relay(struct px_conn *c, const uint8_t *to_client, size_t len)
 {
+    px_conn_startup_done(c);
     c->state = PX_CONN_RELAY;
     px_conn_set_timer(c, 0);
     /* Idle connections keep only their handles, not the ciphertext buffers the certificate
@@ -593,6 +575,7 @@ static void conn_free(struct px_conn *c)
     w->conn_count--;
     atomic_fetch_sub(&c->wl->l->active, 1);
     px_dial_release(&c->dial);
+    px_conn_startup_done(c);
     for (size_t i = 0; i < DBT_ARRAY_LEN(c->legs); i++)
         if (c->legs[i].tls)
             tlsw_conn_free(c->legs[i].tls);

@@ -9,6 +9,7 @@
 
 #include "pg.h"
 #include "px.h"
+#include "px_admit.h"
 #include "px_dial.h"
 #include "px_driver.h"
 #include "px_leg.h"
@@ -51,7 +52,7 @@ struct px_conn {
     enum dbt_reason reason;
     char *detail; /* for the conn_end line; set once a reason comes with one (NULL: none) */
     bool closing;
-    bool over_limit;
+    struct px_admission adm; /* decided at accept (px_admit.c) */
     bool is_cancel;
     bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
     bool quiet;  /* refused before any byte was read: counted, logged at a limited rate */
@@ -102,6 +103,12 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
  * follows; a failure or timeout closes the connection with a client_* reason. */
 void px_conn_start_client_tls(struct px_conn *c, const uint8_t *alpn, size_t alpn_len,
                               bool alpn_required, const uint8_t *ciphertext, size_t len);
+
+/* What the startup must be refused with (a limit decided at accept, or overloaded now), with
+ * the detail for the client; DBT_NONE to go on. */
+enum dbt_reason px_conn_admission(const struct px_conn *c, char *detail, size_t cap);
+/* The client logged in (or never will): it no longer counts in max_startup_per_client. */
+void px_conn_startup_done(struct px_conn *c);
 
 /* The startup is over: relay raw bytes from now; to_client goes to the client first. */
 void px_conn_start_relay(struct px_conn *c, const uint8_t *to_client, size_t len);

@@ -242,7 +242,11 @@ void px_leg_start_tls_with(struct px_leg *l, struct tlsw_conn *tls, const uint8_
             return;
         tlsw_conn_feed(tls, data, len);
     }
-    handshake_step(l); /* the client role speaks first; a server answers what it has */
+    /* The client role speaks first. A server has nothing to say before the ClientHello, and
+     * asking OpenSSL early would allocate its 16 KiB record buffer for a client that may never
+     * send one (a stalled handshake must stay small). */
+    if (l->side == PX_UPSTREAM || len > 0)
+        handshake_step(l);
 }
 
 void px_leg_start_tls(struct px_leg *l, struct tlsw_conn *tls)

@@ -91,6 +91,10 @@ static void connections(struct px_server *srv, FILE *out)
             fprintf(out, ",result=\"%s\"} %llu\n", dbt_reason_name(r), (unsigned long long)n);
         }
     }
+    family(out, "dbtrust_overloaded", "gauge",
+           "1 while resident memory is over memory_limit: new connections are paused and "
+           "pending startups refused (reason overloaded).");
+    fprintf(out, "dbtrust_overloaded %d\n", atomic_load(&srv->overloaded) ? 1 : 0);
     family(out, "dbtrust_connections_active", "gauge", "Connections open now.");
     for (size_t i = 0; i < srv->listener_count; i++) {
         fputs("dbtrust_connections_active{listener=", out);

@@ -52,6 +52,14 @@ static enum my_client_tls client_tls_mode(const struct cfg_listener *l)
 static void start(struct px_conn *c)
 {
     struct px_listener *l = c->wl->l;
+    /* Refused from accept (max_connections, max_startup_per_client) or overloaded: say so at
+     * once, before a session, a dial or a greeting costs anything. */
+    char detail[200];
+    enum dbt_reason refusal = px_conn_admission(c, detail, sizeof(detail));
+    if (refusal != DBT_NONE) {
+        px_conn_fail(c, refusal, detail);
+        return;
+    }
     struct px_my *m = calloc(1, sizeof(*m));
     c->proto = m;
     struct my_config cfg = {
@@ -63,12 +71,6 @@ static void start(struct px_conn *c)
     };
     if (!m || !my_session_init(&m->s, &cfg)) {
         px_conn_close(c, DBT_INTERNAL_ERROR, "cannot set up the MySQL session");
-        return;
-    }
-    if (c->over_limit) {
-        char detail[96];
-        snprintf(detail, sizeof(detail), "max_connections (%u) reached", l->cfg->max_connections);
-        px_conn_fail(c, DBT_LIMIT_REACHED, detail);
         return;
     }
     px_upstream_dial(c); /* the server speaks first: dial now */
@@ -112,8 +114,10 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
             }
             if (px_leg_send(client, st.data, st.len) != 0)
                 return;
-            if (st.phase_end && c->state == PX_CONN_RELAY)
+            if (st.phase_end && c->state == PX_CONN_RELAY) {
                 px_conn_set_timer(c, 0); /* logged in: no phase timer while relaying */
+                px_conn_startup_done(c);
+            }
             break;
         case MY_SEND_SERVER_PLAIN:
             dbt_strlcpy(c->user, m->s.user, sizeof(c->user));
@@ -213,6 +217,10 @@ static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data
 static size_t build_error(struct px_conn *c, enum dbt_reason reason, const char *message,
                           uint8_t *buf, size_t cap)
 {
+    if (my_of(c) == NULL) { /* refused before any session: the client's first packet, seq 0 */
+        struct my_errcode e = my_errcode_for(reason);
+        return my_build_err(buf, cap, 0, e.code, e.sqlstate, message);
+    }
     struct my_step st;
     my_fail(&my_of(c)->s, reason, message, &st);
     size_t n = st.len <= cap ? st.len : 0;

@@ -8,6 +8,7 @@
 #include "px_drivers.h"
 #include "px_log.h"
 #include "px_upstream.h"
+#include "wire.h"
 
 /* Startup-phase state, freed when the relay starts so idle connections stay small. */
 struct px_pg_startup {
@@ -21,7 +22,12 @@ struct px_pg_startup {
 #define PX_PG_SASL_JUDGE 80
 
 struct px_pg {
-    struct px_pg_startup *su; /* NULL once relaying */
+    struct px_pg_startup *su; /* NULL before the client's first byte and once relaying */
+    /* A client refused from accept is read by this much, never by the startup machine: its
+     * first packet is skipped, then it gets its refusal (PROTOCOLS.md A1: after an 'N'). */
+    uint8_t refuse_hdr[8];
+    uint8_t refuse_have, refuse_answers;
+    uint32_t refuse_skip;
     /* A TLS client was offered SASL: its first message is judged before the relay goes raw
      * (libpq's channel_binding=prefer over TLS asks for binding the server would refuse). */
     bool judging_sasl;
@@ -97,22 +103,87 @@ static enum pg_client_tls client_tls_mode(const struct cfg_listener *l)
     return PG_TLS_OFF;
 }
 
+/* Nothing is allocated before the client's first byte: a connection that sends nothing (a
+ * port scan, a health probe, a slowloris) costs the connection itself. */
 static void start(struct px_conn *c)
 {
-    struct px_pg *pg = calloc(1, sizeof(*pg));
-    struct px_pg_startup *su = pg ? calloc(1, sizeof(*su)) : NULL;
+    px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
+    px_leg_start_reading(px_conn_client(c));
+}
+
+/* The startup machines, on the first byte. */
+static struct px_pg_startup *startup_new(struct px_conn *c)
+{
+    struct px_pg *pg = pg_of(c);
+    struct px_pg_startup *su = calloc(1, sizeof(*su));
     if (!su) {
-        free(pg);
         px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
-        return;
+        return NULL;
     }
     pg->su = su;
-    c->proto = pg;
     pg_client_init(&su->client);
     su->client.tls = client_tls_mode(c->wl->l->cfg);
     pg_server_init(&su->server);
-    px_conn_set_timer(c, c->wl->l->cfg->startup_timeout_ms);
-    px_leg_start_reading(px_conn_client(c));
+    return su;
+}
+
+static void refuse(struct px_conn *c)
+{
+    char detail[200];
+    enum dbt_reason r = px_conn_admission(c, detail, sizeof(detail));
+    px_conn_fail(c, r != DBT_NONE ? r : DBT_LIMIT_REACHED, detail);
+}
+
+/* A refused client's packets, skipped by their length: SSLRequest and GSSENCRequest get 'N'
+ * (an error in their place would not be shown by libpq, CVE-2024-10977), a CancelRequest
+ * silence, the StartupMessage the refusal (PostgreSQL 53300) once it is all in. */
+static void refuse_read(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct px_pg *pg = pg_of(c);
+    while (len > 0 && !c->closing && c->state != PX_CONN_FAILING) {
+        if (pg->refuse_skip > 0) {
+            size_t n = len < pg->refuse_skip ? len : pg->refuse_skip;
+            pg->refuse_skip -= (uint32_t)n;
+            data += n;
+            len -= n;
+            if (pg->refuse_skip == 0)
+                refuse(c);
+            continue;
+        }
+        if (pg->refuse_have == 0 && pg->refuse_answers == 0 && data[0] == 0x16) {
+            px_conn_close(c, c->adm.refusal, "direct TLS from a refused client: closed");
+            return;
+        }
+        size_t n = sizeof(pg->refuse_hdr) - pg->refuse_have;
+        n = n < len ? n : len;
+        memcpy(pg->refuse_hdr + pg->refuse_have, data, n);
+        pg->refuse_have += (uint8_t)n;
+        data += n;
+        len -= n;
+        if (pg->refuse_have < sizeof(pg->refuse_hdr))
+            return;
+        pg->refuse_have = 0;
+        uint32_t plen = wire_be32(pg->refuse_hdr), code = wire_be32(pg->refuse_hdr + 4);
+        if (plen == 8 && (code == PG_SSL_REQUEST_CODE || code == PG_GSSENC_REQUEST_CODE) &&
+            pg->refuse_answers < 2) {
+            pg->refuse_answers++;
+            if (px_leg_send(px_conn_client(c), (const uint8_t *)"N", 1) != 0)
+                return;
+            continue;
+        }
+        if (code == PG_CANCEL_REQUEST_CODE) {
+            c->is_cancel = true; /* a cancel's client expects silence and a close */
+            refuse(c);
+            return;
+        }
+        if (plen < 8 || plen > 4 + PG_MAX_STARTUP_PACKET) {
+            px_conn_close(c, DBT_CLIENT_PROTOCOL_ERROR, "invalid length of startup packet");
+            return;
+        }
+        pg->refuse_skip = plen - 8;
+        if (pg->refuse_skip == 0)
+            refuse(c);
+    }
 }
 
 static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
@@ -139,11 +210,10 @@ static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
             keep_early(c, data, len);
             if (c->closing)
                 return;
-            if (c->over_limit) {
-                char detail[96];
-                snprintf(detail, sizeof(detail), "max_connections (%u) reached",
-                         c->wl->l->cfg->max_connections);
-                px_conn_fail(c, DBT_LIMIT_REACHED, detail);
+            char detail[200];
+            enum dbt_reason refusal = px_conn_admission(c, detail, sizeof(detail));
+            if (refusal != DBT_NONE) { /* overloaded since accept */
+                px_conn_fail(c, refusal, detail);
                 return;
             }
             px_upstream_dial(c);
@@ -296,7 +366,21 @@ static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data
                         len);
         return;
     }
+    if (from->side == PX_CLIENT && pg_of(c) == NULL) { /* the first byte */
+        c->proto = calloc(1, sizeof(struct px_pg));
+        if (c->proto == NULL) {
+            px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+            return;
+        }
+    }
+    if (from->side == PX_CLIENT && c->adm.refusal != DBT_NONE &&
+        c->state == PX_CONN_CLIENT_STARTUP) {
+        refuse_read(c, data, len);
+        return;
+    }
     if (from->side == PX_CLIENT) {
+        if (c->state == PX_CONN_CLIENT_STARTUP && startup_of(c) == NULL && !startup_new(c))
+            return;
         if (c->state == PX_CONN_CLIENT_STARTUP)
             on_client_data(c, data, len);
         else /* a client that pipelines while dbtrust dials: kept for after the startup */

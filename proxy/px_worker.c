@@ -20,7 +20,27 @@ static void on_connection(uv_stream_t *server, int status)
     }
     if (wl->w->draining)
         return;
+    /* Overloaded: leave the connection unaccepted. libuv stops polling a listener whose last
+     * connection was not taken, so the listener pauses (new clients wait in the kernel's
+     * backlog) until resume_listeners() takes it. */
+    if (atomic_load(&wl->w->srv->overloaded)) {
+        wl->paused = true;
+        return;
+    }
     px_conn_accept(wl);
+}
+
+static void resume_listeners(struct px_worker *w)
+{
+    if (atomic_load(&w->srv->overloaded) || w->draining)
+        return;
+    for (size_t i = 0; i < w->srv->listener_count; i++) {
+        struct px_worker_listener *wl = &w->wls[i];
+        if (wl->paused && wl->open) {
+            wl->paused = false;
+            px_conn_accept(wl); /* uv_accept also restarts polling the listener */
+        }
+    }
 }
 
 static void on_drain_timeout(uv_timer_t *t)
@@ -100,6 +120,7 @@ static void on_wakeup(uv_async_t *a)
 {
     struct px_worker *w = a->data;
     take_trust(w);
+    resume_listeners(w);
     if (!atomic_load(&w->stop_requested) || w->draining)
         return;
     w->draining = true;

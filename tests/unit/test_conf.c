@@ -1213,3 +1213,69 @@ Test(conf, names_hosts_pins)
     cr_assert_str_eq(cfg_protocol_name(CFG_PROTO_POSTGRES), "postgres");
     cr_assert_str_eq(cfg_protocol_name(CFG_PROTO_MYSQL), "mysql");
 }
+
+/* Issue 14: the overload budget and the per-source startup limit. */
+Test(conf, memory_limit_sizes_and_off)
+{
+    static const struct {
+        const char *text;
+        int64_t bytes;
+    } ok[] = {
+        {"64MiB", INT64_C(64) << 20},
+        {"64M", INT64_C(64) << 20},
+        {"1GiB", INT64_C(1) << 30},
+        {"2G", INT64_C(2) << 30},
+        {"16384KiB", INT64_C(16) << 20},
+        {"off", 0},
+        {"0", 0},
+    };
+    const char *base = "[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:1\n"
+                       "upstream = db\nbundle = /b.pem\n[dbtrust]\nmemory_limit = ";
+    for (size_t i = 0; i < DBT_ARRAY_LEN(ok); i++) {
+        char text[512];
+        snprintf(text, sizeof text, "%s%s\n", base, ok[i].text);
+        struct cfg c;
+        expect_load(&c, text);
+        cr_assert_eq(c.memory_limit, ok[i].bytes, "%s", ok[i].text);
+        cfg_free(&c);
+    }
+    expect_error("[dbtrust]\nmemory_limit = 64MB\n",
+                 ":2: key 'memory_limit': invalid size '64MB' (use e.g. 256MiB, 1GiB, or off)");
+    expect_error("[dbtrust]\nmemory_limit = 8MiB\n",
+                 ":2: key 'memory_limit': 8MiB is too small (at least 16MiB, or off)");
+    expect_error("[dbtrust]\nmemory_limit = MiB\n",
+                 ":2: key 'memory_limit': invalid size 'MiB' (use e.g. 256MiB, 1GiB, or off)");
+    expect_error("[dbtrust]\nmemory_limit = 99999999999GiB\n",
+                 ":2: key 'memory_limit': invalid size '99999999999GiB' (use e.g. 256MiB, 1GiB, "
+                 "or off)");
+}
+
+Test(conf, memory_limit_defaults_to_auto_then_the_cgroup)
+{
+    struct cfg c;
+    cfg_init(&c);
+    cr_assert_eq(c.memory_limit, CFG_MEMORY_AUTO);
+    cfg_free(&c);
+    expect_load(&c, "[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = db\n"
+                    "bundle = /b.pem\n");
+    char err[256];
+    cr_assert_eq(cfg_finish(&c, err, sizeof err), 0, "%s", err);
+    uint64_t cg = cfg_cgroup_memory_limit();
+    cr_assert_eq(c.memory_limit, cg > 0 ? (int64_t)(cg / 10 * 9) : 0);
+    cr_assert_eq(c.memory_limit_auto, cg > 0);
+    cfg_free(&c);
+}
+
+Test(conf, max_startup_per_client)
+{
+    struct cfg c;
+    expect_load(&c, "[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = db\n"
+                    "max_startup_per_client = 8\n");
+    cr_assert_eq(c.listeners[0].max_startup_per_client, 8);
+    cfg_free(&c);
+    expect_load(&c, "[listener.x]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = db\n");
+    cr_assert_eq(c.listeners[0].max_startup_per_client, 0, "off by default");
+    cfg_free(&c);
+    expect_error("[listener.x]\nmax_startup_per_client = -1\n",
+                 ":2: key 'max_startup_per_client': invalid number '-1'");
+}
