@@ -1,6 +1,6 @@
-/* MySQL/MariaDB connection phase (mysql.h; PROTOCOLS.md part B). Byte in, step out: no sockets,
- * no allocation (the RSA bridge in mysql_rsa.c aside). Every length is checked from its 4-byte
- * header before a byte of the payload is buffered. */
+/* MySQL/MariaDB connection phase (mysql.h; PROTOCOLS.md part B). Byte in, step out: no sockets.
+ * Every length is checked from its 4-byte header before a byte of the payload is buffered, and
+ * the buffer is sized by that length then (wire_alloc), never for the worst case. */
 #include "mysql.h"
 
 #include <stdio.h>
@@ -20,9 +20,13 @@
 #define CLIENT_MFA        0x10000000u
 #define SSL_REQUEST_LEN   32 /* HandshakeResponse41 header: flags, max packet, charset, 23 */
 #define GREETING_FIXED    31 /* bytes from the version's NUL+1 to auth-plugin-data-part-2 */
+/* Bytes of a COM_CHANGE_USER kept to read its user, database and plugin: what the fixed
+ * buffer of earlier versions held, so the same packets are understood. */
+#define CHANGE_USER_KEEP (MY_HEADER + MY_MAX_PACKET)
 
 static const char csha2[] = "caching_sha2_password";
 static const char sha256[] = "sha256_password";
+static const char out_of_memory[] = "out of memory";
 
 static uint16_t le16(const uint8_t *p)
 {
@@ -56,6 +60,44 @@ static void set_step(struct my_step *out, enum my_action action, const uint8_t *
     out->phase_end = false;
 }
 
+static void release_pkt(struct my_session *s)
+{
+    wire_free(s->pkt, s->pkt_cap);
+    s->pkt = NULL;
+    s->pkt_cap = 0;
+    s->wipe_pkt = 0;
+}
+
+/* pkt with room for n bytes. A longer packet replaces the buffer rather than realloc it: the old
+ * one may hold a password, and realloc would leave a copy behind unwiped. */
+static bool reserve_pkt(struct my_session *s, size_t n)
+{
+    if (s->pkt && s->pkt_cap >= n)
+        return true;
+    release_pkt(s);
+    s->pkt = wire_alloc(n);
+    if (!s->pkt)
+        return false;
+    s->pkt_cap = n;
+    return true;
+}
+
+static void release_reply(struct my_session *s)
+{
+    wire_free(s->reply, s->reply_cap);
+    s->reply = NULL;
+    s->reply_cap = 0;
+}
+
+/* The one-step buffer of the PEM answer or a decrypted password. */
+static bool reserve_reply(struct my_session *s, size_t n)
+{
+    release_reply(s);
+    s->reply = wire_alloc(n);
+    s->reply_cap = s->reply ? n : 0;
+    return s->reply != NULL;
+}
+
 /* Password material handed out on the previous call is gone once the proxy calls again. */
 static void wipe_handed_out(struct my_session *s)
 {
@@ -63,22 +105,23 @@ static void wipe_handed_out(struct my_session *s)
         dbt_wipe(s->pkt, s->wipe_pkt);
         s->wipe_pkt = 0;
     }
-    if (s->wipe_out) {
-        dbt_wipe(s->out, s->wipe_out);
-        s->wipe_out = 0;
-    }
+    release_reply(s);
 }
 
 static void enter(struct my_session *s, struct my_step *out)
 {
     wipe_handed_out(s);
+    /* The relay reads no packet whole, and an ended session none at all: the packet buffer of
+     * the connection phase (its last packet handed out on the previous call) goes, unless a
+     * COM_CHANGE_USER is being kept in it. */
+    if (s->state == MY_S_ENDED || (s->state == MY_S_RELAY && !s->change_user))
+        release_pkt(s);
     set_step(out, MY_NEED_MORE, NULL, 0);
 }
 
 bool my_session_init(struct my_session *s, const struct my_config *cfg)
 {
-    /* The buffers are written before they are read; clearing 64 KiB per connection is waste. */
-    memset(s, 0, offsetof(struct my_session, out));
+    memset(s, 0, sizeof(*s));
     s->cfg = *cfg;
     s->state = MY_S_GREETING;
     s->c_seq = 0xFF; /* the first packet on each leg carries sequence id 0 */
@@ -94,9 +137,15 @@ bool my_session_init(struct my_session *s, const struct my_config *cfg)
 
 void my_session_wipe(struct my_session *s)
 {
+    release_pkt(s);
+    release_reply(s);
     dbt_wipe(s->out, sizeof s->out);
-    dbt_wipe(s->pkt, sizeof s->pkt);
-    s->wipe_pkt = s->wipe_out = 0;
+    s->state = MY_S_ENDED;
+}
+
+size_t my_session_allocated(const struct my_session *s)
+{
+    return (s->pkt ? s->pkt_cap : 0) + (s->reply ? s->reply_cap : 0);
 }
 
 bool my_relaying(const struct my_session *s)
@@ -251,18 +300,25 @@ static enum assembled assemble(struct my_session *s, enum my_leg leg, const uint
             s->need = MY_HEADER;
         }
         size_t take = s->need - s->have < len - *used ? s->need - s->have : len - *used;
-        memcpy(s->pkt + s->have, in + *used, take);
+        /* The header is read aside: pkt is sized only once it is known how long the packet is. */
+        uint8_t *dst = s->need == MY_HEADER ? s->head : s->pkt;
+        memcpy(dst + s->have, in + *used, take);
         s->have += take;
         *used += take;
         if (s->have < s->need)
             continue;
         if (s->need == MY_HEADER) {
-            uint32_t payload = wire_le24(s->pkt);
+            uint32_t payload = wire_le24(s->head);
             if (payload > MY_MAX_PACKET) {
                 leg_fail(s, out, leg, "connection-phase packet from the client over 64 KiB",
                          "connection-phase packet from the upstream over 64 KiB");
                 return ASM_FAILED;
             }
+            if (!reserve_pkt(s, MY_HEADER + payload)) {
+                fail(s, out, DBT_INTERNAL_ERROR, out_of_memory);
+                return ASM_FAILED;
+            }
+            memcpy(s->pkt, s->head, MY_HEADER);
             s->need += payload;
             if (payload > 0)
                 continue;
@@ -698,11 +754,15 @@ static void bridge_packet(struct my_session *s, struct my_step *out)
             return;
         }
         size_t pem = strlen(s->cfg.rsa_pem);
+        if (!reserve_reply(s, MY_HEADER + 1 + pem)) {
+            fail(s, out, DBT_INTERNAL_ERROR, out_of_memory);
+            return;
+        }
         s->key_sent = true;
-        put_header(s->out, 1 + pem, ++s->c_seq);
-        s->out[MY_HEADER] = PKT_MORE_DATA;
-        memcpy(s->out + MY_HEADER + 1, s->cfg.rsa_pem, pem);
-        set_step(out, MY_SEND_CLIENT, s->out, MY_HEADER + 1 + pem);
+        put_header(s->reply, 1 + pem, ++s->c_seq);
+        s->reply[MY_HEADER] = PKT_MORE_DATA;
+        memcpy(s->reply + MY_HEADER + 1, s->cfg.rsa_pem, pem);
+        set_step(out, MY_SEND_CLIENT, s->reply, MY_HEADER + 1 + pem);
         return;
     }
     /* An empty password: nothing secret, nothing to decrypt. */
@@ -711,15 +771,20 @@ static void bridge_packet(struct my_session *s, struct my_step *out)
         return;
     }
     if (key && n == my_rsa_size(key)) {
-        size_t pw = my_rsa_decrypt_password(key, s->nonce, s->nonce_len, p, n, s->out + MY_HEADER,
-                                            sizeof s->out - MY_HEADER);
-        if (pw > 0) {
-            s->bridge = MY_BRIDGE_NONE;
-            put_header(s->out, pw, ++s->s_seq);
-            s->wipe_out = MY_HEADER + pw;
-            set_step(out, MY_SEND_SERVER, s->out, MY_HEADER + pw);
+        /* The password is shorter than the modulus (OAEP padding), n bytes always hold it. */
+        if (!reserve_reply(s, MY_HEADER + n)) {
+            fail(s, out, DBT_INTERNAL_ERROR, out_of_memory);
             return;
         }
+        size_t pw =
+            my_rsa_decrypt_password(key, s->nonce, s->nonce_len, p, n, s->reply + MY_HEADER, n);
+        if (pw > 0) {
+            s->bridge = MY_BRIDGE_NONE;
+            put_header(s->reply, pw, ++s->s_seq);
+            set_step(out, MY_SEND_SERVER, s->reply, MY_HEADER + pw); /* wiped on the next call */
+            return;
+        }
+        release_reply(s); /* nothing to hand out: not kept a step longer */
     }
     /* A Unix-socket client counts as a secure transport and sends the password in clear. */
     if (s->cfg.unix_socket && n >= 1 && p[n - 1] == 0x00) {
@@ -797,10 +862,16 @@ static size_t relay_client(struct my_session *s, const uint8_t *in, size_t len, 
             s->candidate = false;
             s->change_user = in[used] == MY_COM_CHANGE_USER;
             s->have = 0;
+            /* Sized by what the header announced, up to what is ever read of it. */
+            s->need = s->left < CHANGE_USER_KEEP ? s->left : CHANGE_USER_KEEP;
+            if (s->change_user && !reserve_pkt(s, s->need)) {
+                fail(s, out, DBT_INTERNAL_ERROR, out_of_memory);
+                return used;
+            }
         }
         size_t take = s->left < len - used ? s->left : len - used;
-        if (s->change_user && s->have < sizeof s->pkt) {
-            size_t k = take < sizeof s->pkt - s->have ? take : sizeof s->pkt - s->have;
+        if (s->change_user && s->have < s->need) {
+            size_t k = take < s->need - s->have ? take : s->need - s->have;
             memcpy(s->pkt + s->have, in + used, k); /* for user and plugin, wiped after */
             s->have += k;
         }

@@ -31,6 +31,13 @@
  * valid until the next my_* call on the session (write or copy it first; packets carrying a
  * password are wiped on that next call). MY_RELAY data is a prefix of the caller's own input.
  * The EVP_PKEY and the PEM given in my_config are borrowed and must outlive the session.
+ *
+ * Memory (issue 14): the session struct holds no packet buffer. The packet being assembled gets
+ * one of its announced length once its header passed the bound (grown for a longer packet,
+ * reused otherwise, released once the relay runs); the PEM answer and a decrypted password get
+ * one for that step only. ERR packets and the SSLRequest are written into the struct, so a
+ * failure can always be reported. An allocation that fails is MY_FAIL DBT_INTERNAL_ERROR "out
+ * of memory" (with an ERR packet where one is due). my_session_wipe releases everything.
  */
 #ifndef MYSQL_H
 #define MYSQL_H
@@ -54,7 +61,10 @@ typedef struct evp_pkey_st EVP_PKEY; /* same typedef as <openssl/types.h> (C11 a
 #define MY_PLUGIN_MAX  64   /* auth plugin names are short; longer ones are truncated */
 #define MY_PEM_MAX     3072 /* SPKI PEM of an RSA key up to 8192 bits fits */
 #define MY_ERR_MSG_MAX 511  /* libmysqlclient keeps MYSQL_ERRMSG_SIZE - 1 bytes of a message */
-#define MY_OUT_CAP     (MY_HEADER + 1 + MY_PEM_MAX)
+/* What the session writes without allocating: the longest ERR packet (header, FF, code, '#',
+ * SQLSTATE, message) - failures, out of memory included, must always be reportable - and the
+ * 36-byte SSLRequest. The PEM answer, the one big packet dbtrust builds, is allocated on demand. */
+#define MY_OUT_INLINE (MY_HEADER + 9 + MY_ERR_MSG_MAX)
 
 /* Capability flags used here (B1). */
 #define MY_CLIENT_LONG_PASSWORD      0x1u /* MariaDB: "CLIENT_MYSQL" */
@@ -149,10 +159,12 @@ struct my_session {
     char user[MY_IDENT_MAX];    /* for logs only */
     char database[MY_IDENT_MAX];
     char program_name[MY_IDENT_MAX];
-    /* connection phase: one packet assembled at a time, by the leg that started it */
+    /* connection phase: one packet assembled at a time, by the leg that started it; in the
+     * relay, have/need count the bytes of a COM_CHANGE_USER kept in pkt (its first 64 KiB) */
     enum my_leg owner;
     size_t have;
     size_t need;
+    uint8_t head[MY_HEADER]; /* the header being read, before pkt is sized by its length */
     /* relay: framing of client->server packets without buffering them */
     uint8_t hdr[MY_HEADER];
     size_t hdr_have;
@@ -161,17 +173,29 @@ struct my_session {
     bool continued;   /* the previous client packet was a full 0xFFFFFF chunk */
     bool candidate;   /* the current client packet may be a command: look at its first byte */
     bool change_user; /* the current client packet is a COM_CHANGE_USER */
-    size_t wipe_pkt;  /* secret bytes at pkt / out to zero on the next call */
-    size_t wipe_out;
-    uint8_t out[MY_OUT_CAP];
-    uint8_t pkt[MY_HEADER + MY_MAX_PACKET];
+    size_t wipe_pkt;  /* secret bytes at pkt to zero on the next call */
+    /* The packet being assembled, header included (pkt_cap bytes, at most MY_HEADER +
+     * MY_MAX_PACKET): allocated at the first header, replaced - the old one wiped first - only
+     * when a longer packet is announced, released in the relay. NULL: nothing held. */
+    uint8_t *pkt;
+    size_t pkt_cap;
+    /* The PEM answer or a decrypted password (reply_cap bytes): allocated for that step, wiped
+     * and freed on the next call. */
+    uint8_t *reply;
+    size_t reply_cap;
+    uint8_t out[MY_OUT_INLINE]; /* ERR packets, the SSLRequest */
 };
 
-/* Sets up a session. Returns false (session unusable) if cfg->rsa_key is set but is not an RSA
- * key of at least 2048 bits, or rsa_pem is missing or longer than MY_PEM_MAX. */
+/* Sets up a session; nothing is allocated, also when it fails. Returns false (session unusable)
+ * if cfg->rsa_key is set but is not an RSA key of at least 2048 bits, or rsa_pem is missing or
+ * longer than MY_PEM_MAX. */
 DBT_MUST_USE bool my_session_init(struct my_session *s, const struct my_config *cfg);
-/* Zeroes every buffer that may hold password material; call before freeing the session. */
+/* Wipes and frees every buffer the session holds (any may have held password material) and
+ * ends it (a later feed: MY_FAIL DBT_INTERNAL_ERROR); the struct itself stays the caller's.
+ * Call it before freeing the session; idempotent, and harmless after a failed init. */
 void my_session_wipe(struct my_session *s);
+/* Heap bytes the session holds now: for tests and for accounting what a connection costs. */
+size_t my_session_allocated(const struct my_session *s);
 
 /* Feed bytes from the upstream (plain TCP until MY_START_TLS, decrypted afterwards) / from the
  * client. Returns how many bytes were consumed; see the call order above. Settled details:

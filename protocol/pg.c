@@ -1,5 +1,7 @@
-/* PostgreSQL startup phase (pg.h; PROTOCOLS.md part A). Byte in, step out: no sockets, no
- * allocation. Every length is checked against its bound before a byte of the body is buffered. */
+/* PostgreSQL startup phase (pg.h; PROTOCOLS.md part A). Byte in, step out: no sockets. Every
+ * length is checked against its bound before a byte of the body is buffered, and a buffer is
+ * allocated only then, of exactly that length (wire_alloc): a connection holds what the bytes it
+ * was sent need, never a worst case. */
 #include "pg.h"
 
 #include <string.h>
@@ -21,6 +23,7 @@ const uint8_t pg_alpn[11] = {10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l
 
 static const uint8_t answer_no[1] = {'N'};
 static const uint8_t answer_yes[1] = {'S'};
+static const char out_of_memory[] = "out of memory";
 
 static void set_step(struct pg_step *out, enum pg_action action, const uint8_t *data, size_t len)
 {
@@ -43,16 +46,58 @@ static void set_fail(struct pg_step *out, enum dbt_reason reason, const char *de
 
 void pg_client_init(struct pg_client *c)
 {
-    memset(c, 0, offsetof(struct pg_client, buf)); /* the buffer is written before it is read */
+    memset(c, 0, sizeof(*c));
     c->state = PG_C_HEADER;
     c->need = 4;
 }
 
-static bool client_fail(struct pg_client *c, struct pg_step *out, const char *detail)
+static uint8_t *packet(struct pg_client *c)
+{
+    return c->heap ? c->heap : c->small;
+}
+
+/* A failed machine keeps nothing: its packet is never sent, and it may be a cancel key. */
+static void drop_packet(struct pg_client *c)
+{
+    wire_free(c->heap, c->heap_len);
+    c->heap = NULL;
+    c->heap_len = 0;
+    dbt_wipe(c->small, sizeof(c->small));
+}
+
+void pg_client_free(struct pg_client *c)
+{
+    drop_packet(c);
+    c->state = PG_C_FAILED;
+}
+
+const uint8_t *pg_client_packet(const struct pg_client *c, size_t *len)
+{
+    if (c->state != PG_C_DONE) {
+        *len = 0;
+        return NULL;
+    }
+    *len = c->need;
+    return c->heap ? c->heap : c->small;
+}
+
+size_t pg_client_allocated(const struct pg_client *c)
+{
+    return c->heap ? c->heap_len : 0;
+}
+
+static bool client_fail_reason(struct pg_client *c, struct pg_step *out, enum dbt_reason reason,
+                               const char *detail)
 {
     c->state = PG_C_FAILED;
-    set_fail(out, DBT_CLIENT_PROTOCOL_ERROR, detail);
+    drop_packet(c);
+    set_fail(out, reason, detail);
     return true;
+}
+
+static bool client_fail(struct pg_client *c, struct pg_step *out, const char *detail)
+{
+    return client_fail_reason(c, out, DBT_CLIENT_PROTOCOL_ERROR, detail);
 }
 
 /* Answers an encryption request: 'S' to an SSLRequest when dbtrust serves TLS on this leg (C1),
@@ -90,8 +135,8 @@ static bool encryption_request(struct pg_client *c, struct pg_step *out, uint32_
  * pairs, then a single \0 that must be the last byte. Returns NULL or the failure detail. */
 static const char *parse_startup(struct pg_client *c)
 {
-    const char *p = (const char *)c->buf + UNTAGGED_HEADER;
-    const char *end = (const char *)c->buf + c->need;
+    const char *p = (const char *)packet(c) + UNTAGGED_HEADER;
+    const char *end = (const char *)packet(c) + c->need;
 
     while (p < end && *p != '\0') {
         const char *name = p;
@@ -121,9 +166,9 @@ static const char *parse_startup(struct pg_client *c)
 
 static bool client_complete(struct pg_client *c, struct pg_step *out)
 {
-    if (wire_be32(c->buf + 4) == PG_CANCEL_REQUEST_CODE) {
+    if (wire_be32(packet(c) + 4) == PG_CANCEL_REQUEST_CODE) {
         c->state = PG_C_DONE;
-        set_step(out, PG_CANCEL, c->buf, c->need);
+        set_step(out, PG_CANCEL, packet(c), c->need);
         return true;
     }
     const char *bad = parse_startup(c);
@@ -131,25 +176,22 @@ static bool client_complete(struct pg_client *c, struct pg_step *out)
         return client_fail(c, out, bad);
     /* Refused only now, with the packet parsed: the log then names who tried to log in in
      * plaintext. Nothing of it is forwarded, so no credential leaves dbtrust unencrypted. */
-    if (c->tls == PG_TLS_REQUIRE && !c->tls_active) {
-        c->state = PG_C_FAILED;
-        set_fail(out, DBT_CLIENT_TLS_REQUIRED,
-                 "TLS is required on this listener (client_tls = require): connect with "
-                 "sslmode=require or stronger");
-        return true;
-    }
+    if (c->tls == PG_TLS_REQUIRE && !c->tls_active)
+        return client_fail_reason(c, out, DBT_CLIENT_TLS_REQUIRED,
+                                  "TLS is required on this listener (client_tls = require): "
+                                  "connect with sslmode=require or stronger");
     /* Verbatim, whatever the minor version and _pq_.* options: the server negotiates with 'v'
      * and greasing clients (3.9990-3.9999) test that middleware does not interfere (A2). */
     c->state = PG_C_DONE;
-    set_step(out, PG_DIAL_UPSTREAM, c->buf, c->need);
+    set_step(out, PG_DIAL_UPSTREAM, packet(c), c->need);
     return true;
 }
 
 /* The 8-byte header is complete: decide what the packet is before buffering its body. */
 static bool client_header(struct pg_client *c, struct pg_step *out)
 {
-    uint32_t total = wire_be32(c->buf);
-    uint32_t code = wire_be32(c->buf + 4);
+    uint32_t total = wire_be32(c->small);
+    uint32_t code = wire_be32(c->small + 4);
 
     switch (code) {
     case PG_SSL_REQUEST_CODE:
@@ -170,6 +212,15 @@ static bool client_header(struct pg_client *c, struct pg_step *out)
     }
     c->state = PG_C_BODY;
     c->need = total;
+    if (total > sizeof(c->small)) {
+        /* Exactly what was announced, now that it passed its bound: up to 10004 bytes only for
+         * a client that says it will send that many. */
+        c->heap = wire_alloc(total);
+        if (!c->heap)
+            return client_fail_reason(c, out, DBT_INTERNAL_ERROR, out_of_memory);
+        c->heap_len = total;
+        memcpy(c->heap, c->small, c->have);
+    }
     return c->have == c->need ? client_complete(c, out) : false;
 }
 
@@ -180,7 +231,7 @@ static bool client_advance(struct pg_client *c, struct pg_step *out)
         return client_complete(c, out);
     if (c->need == 4) {
         /* Bound the length before buffering (backend_startup.c: body 4..10000 bytes). */
-        uint32_t total = wire_be32(c->buf);
+        uint32_t total = wire_be32(c->small);
         if (total < UNTAGGED_HEADER || total - 4 > PG_MAX_STARTUP_PACKET)
             return client_fail(c, out, "invalid length of startup packet");
         c->need = UNTAGGED_HEADER;
@@ -196,7 +247,7 @@ size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct
     set_step(out, PG_NEED_MORE, NULL, 0);
     switch (c->state) {
     case PG_C_DONE:
-        if (wire_be32(c->buf + 4) == PG_CANCEL_REQUEST_CODE)
+        if (wire_be32(packet(c) + 4) == PG_CANCEL_REQUEST_CODE)
             set_fail(out, DBT_INTERNAL_ERROR, "client fed after its CancelRequest");
         else
             set_step(out, PG_RELAY, NULL, 0);
@@ -239,7 +290,7 @@ size_t pg_client_feed(struct pg_client *c, const uint8_t *in, size_t len, struct
         size_t take = c->need - c->have;
         if (take > len - used)
             take = len - used;
-        memcpy(c->buf + c->have, in + used, take);
+        memcpy(packet(c) + c->have, in + used, take);
         c->have += take;
         used += take;
         if (c->have == c->need && client_advance(c, out)) {
@@ -334,17 +385,44 @@ bool pg_is_tls_record_start(uint8_t first_byte)
 
 void pg_server_init(struct pg_server *s)
 {
+    memset(s, 0, sizeof(*s));
     s->state = PG_S_HEADER;
-    s->sasl_offered = false;
-    s->have = 0;
     s->need = TAGGED_HEADER;
+}
+
+/* What was handed out last is no longer the caller's once it calls again. */
+static void release_handed_out(struct pg_server *s)
+{
+    wire_free(s->msg, s->msg_len);
+    s->msg = NULL;
+    s->msg_len = 0;
+    wire_free(s->out, s->out_len);
+    s->out = NULL;
+    s->out_len = 0;
+}
+
+void pg_server_free(struct pg_server *s)
+{
+    release_handed_out(s);
+    s->state = PG_S_FAILED;
+}
+
+size_t pg_server_allocated(const struct pg_server *s)
+{
+    return (s->msg ? s->msg_len : 0) + (s->out ? s->out_len : 0);
+}
+
+static bool server_fail_reason(struct pg_server *s, struct pg_step *out, enum dbt_reason reason,
+                               const char *detail)
+{
+    s->state = PG_S_FAILED;
+    set_fail(out, reason, detail);
+    return true;
 }
 
 static bool server_fail(struct pg_server *s, struct pg_step *out, const char *detail)
 {
-    s->state = PG_S_FAILED;
-    set_fail(out, DBT_UPSTREAM_PROTOCOL_ERROR, detail);
-    return true;
+    return server_fail_reason(s, out, DBT_UPSTREAM_PROTOCOL_ERROR, detail);
 }
 
 static bool ends_with_plus(const char *mech, size_t n)
@@ -357,13 +435,17 @@ static bool ends_with_plus(const char *mech, size_t n)
  * stripping (fe-auth.c pg_SASL_init, A5). The client leg here is always plaintext. */
 static bool strip_channel_binding(struct pg_server *s, size_t total, struct pg_step *out)
 {
-    const char *p = (const char *)s->buf + TAGGED_HEADER + 4;
-    const char *end = (const char *)s->buf + total;
+    const char *p = (const char *)s->msg + TAGGED_HEADER + 4;
+    const char *end = (const char *)s->msg + total;
     bool any = false, kept = false;
     struct wire_out w;
 
-    /* The output is never longer than the input, which fit the same size. */
-    wire_out_init(&w, s->out, sizeof s->out);
+    /* The output is never longer than the input: a buffer of the input's size always does. */
+    s->out = wire_alloc(total);
+    if (!s->out)
+        return server_fail_reason(s, out, DBT_INTERNAL_ERROR, out_of_memory);
+    s->out_len = total;
+    wire_out_init(&w, s->out, s->out_len);
     wire_out_u8(&w, 'R');
     wire_out_be32(&w, 0); /* patched below */
     wire_out_be32(&w, AUTH_SASL);
@@ -394,13 +476,20 @@ static bool strip_channel_binding(struct pg_server *s, size_t total, struct pg_s
 static bool server_advance(struct pg_server *s, struct pg_step *out)
 {
     if (s->state == PG_S_HEADER) {
-        uint32_t mlen = wire_be32(s->buf + 1);
+        uint32_t mlen = wire_be32(s->head + 1);
         if (mlen < 4)
             return server_fail(s, out, "upstream message length below 4");
         if (mlen > PG_MAX_SERVER_STARTUP_MSG - 1)
             return server_fail(s, out, "upstream startup message longer than 16384 bytes");
+        /* A buffer of the announced size, now that it passed the bound: most of these
+         * messages are a few dozen bytes. */
+        s->msg = wire_alloc(1 + (size_t)mlen);
+        if (!s->msg)
+            return server_fail_reason(s, out, DBT_INTERNAL_ERROR, out_of_memory);
+        s->msg_len = 1 + (size_t)mlen;
+        memcpy(s->msg, s->head, TAGGED_HEADER);
         s->state = PG_S_BODY;
-        s->need = 1 + (size_t)mlen;
+        s->need = s->msg_len;
         if (s->have < s->need)
             return false;
     }
@@ -409,14 +498,14 @@ static bool server_advance(struct pg_server *s, struct pg_step *out)
     s->state = PG_S_HEADER;
     s->have = 0;
     s->need = TAGGED_HEADER;
-    switch (s->buf[0]) {
+    switch (s->msg[0]) {
     case 'R':
         /* Past the first 'R' nothing needs rewriting: SCRAM continue/final, MD5, cleartext,
          * AuthenticationOk and the rest are relayed raw. */
         s->state = PG_S_RELAY;
         if (total < TAGGED_HEADER + 4)
             return server_fail(s, out, "authentication request without a code");
-        if (wire_be32(s->buf + TAGGED_HEADER) == AUTH_SASL)
+        if (wire_be32(s->msg + TAGGED_HEADER) == AUTH_SASL)
             return strip_channel_binding(s, total, out);
         break;
     case 'E':
@@ -432,7 +521,7 @@ static bool server_advance(struct pg_server *s, struct pg_step *out)
                            "upstream sent a message other than authentication, an "
                            "error or a notice before authentication");
     }
-    set_step(out, PG_SEND_CLIENT, s->buf, total);
+    set_step(out, PG_SEND_CLIENT, s->msg, total);
     return true;
 }
 
@@ -441,6 +530,8 @@ size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct
     size_t used = 0;
 
     set_step(out, PG_NEED_MORE, NULL, 0);
+    if (s->state != PG_S_BODY) /* no message half read: the last one was handed out */
+        release_handed_out(s);
     switch (s->state) {
     case PG_S_RELAY:
         set_step(out, PG_RELAY, NULL, 0);
@@ -456,7 +547,8 @@ size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct
         size_t take = s->need - s->have;
         if (take > len - used)
             take = len - used;
-        memcpy(s->buf + s->have, in + used, take);
+        uint8_t *dst = s->state == PG_S_HEADER ? s->head : s->msg;
+        memcpy(dst + s->have, in + used, take);
         s->have += take;
         used += take;
         if (s->have == s->need && server_advance(s, out))

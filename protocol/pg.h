@@ -18,8 +18,9 @@
 #define PG_CANCEL_REQUEST_CODE 80877102u /* (1234 << 16) | 5678 */
 #define PG_MAX_STARTUP_PACKET  10000u    /* body limit of the server (backend_startup.c) */
 #define PG_MAX_CANCEL_KEY      256u      /* protocol 3.2 variable-length cancel keys */
-/* Largest server message buffered during the startup phase. Only AuthenticationSASL is ever
- * rewritten; the rest is buffered whole just to keep the framing simple. */
+/* Largest server message buffered during the startup phase (type byte included). Only
+ * AuthenticationSASL is ever rewritten; the rest is buffered whole just to keep the framing
+ * simple, each message in a buffer of its own announced length. */
 #define PG_MAX_SERVER_STARTUP_MSG 16384u
 #define PG_IDENT_MAX              64 /* user / database / application_name kept for logs (truncated) */
 
@@ -62,6 +63,15 @@ enum pg_client_tls {
 /* PG_C_TLS: PG_START_TLS was returned, the machine waits for pg_client_tls_started(). */
 enum pg_client_state { PG_C_HEADER, PG_C_BODY, PG_C_DONE, PG_C_FAILED, PG_C_TLS };
 
+/* Bytes of a client packet held inside struct pg_client. The 8-byte header always fits: it is
+ * read, and its length judged, before anything is allocated. So does every packet a client
+ * sends before its StartupMessage: SSLRequest and GSSENCRequest (8), CancelRequest 3.0 (16) and
+ * 3.2 with the 32-byte key PostgreSQL 18 hands out (44), with room for middleware that lengthens
+ * keys a little (A2). Negotiation and cancels thus never allocate; a StartupMessage (libpq's is
+ * some 80-200 bytes, options included) or a longer key gets a buffer of exactly its announced
+ * length. Making this larger would make every connection pay for the rare long packet. */
+#define PG_CLIENT_INLINE 64
+
 struct pg_client {
     enum pg_client_state state;
     enum pg_client_tls tls; /* set after pg_client_init (default PG_TLS_OFF = today's behaviour) */
@@ -71,16 +81,33 @@ struct pg_client {
     bool seen_ssl_request;
     bool seen_gssenc_request;
     uint32_t version;        /* protocol version of the StartupMessage, e.g. 0x00030000 */
-    size_t have;             /* bytes of the current packet in buf */
+    size_t have;             /* bytes of the current packet read so far */
     size_t need;             /* total length of the current packet once known */
     char user[PG_IDENT_MAX]; /* parsed from the StartupMessage, for logs only */
     char database[PG_IDENT_MAX];
     char application_name[PG_IDENT_MAX];
-    uint8_t buf[4 + PG_MAX_STARTUP_PACKET];
+    /* The current packet is in `small` while it fits, else in `heap` (heap_len == need bytes,
+     * allocated once the header passed its checks). Read it through pg_client_packet. */
+    uint8_t *heap;
+    size_t heap_len;
+    uint8_t small[PG_CLIENT_INLINE];
 };
 
-/* Zeroes the machine: tls = PG_TLS_OFF, tls_active = false. Set c->tls after it. */
+/* Zeroes the machine: tls = PG_TLS_OFF, tls_active = false, nothing allocated. Set c->tls after
+ * it. It does not free: a machine that was fed is given back with pg_client_free first. */
 void pg_client_init(struct pg_client *c);
+/* Wipes and frees what the machine allocated (the struct itself stays the caller's) and leaves
+ * it failed: the packet of PG_DIAL_UPSTREAM / PG_CANCEL is gone, a later feed returns PG_FAIL
+ * with DBT_INTERNAL_ERROR. Idempotent; pg_client_init may follow to use the struct again. */
+void pg_client_free(struct pg_client *c);
+/* The packet of PG_DIAL_UPSTREAM / PG_CANCEL, verbatim (*len bytes, length word included): valid
+ * from that step until pg_client_free, later feeds included, since a finished machine never
+ * writes it. The proxy sends it once the upstream TLS session is up, without a copy. NULL (and
+ * *len = 0) in any other state. */
+const uint8_t *pg_client_packet(const struct pg_client *c, size_t *len);
+/* Heap bytes the machine holds now (0 while every packet fitted PG_CLIENT_INLINE): for tests
+ * and for accounting what a connection costs. */
+size_t pg_client_allocated(const struct pg_client *c);
 /* Consumes up to len bytes; returns how many. Call again with the rest after acting on the step
  * (PG_SEND_CLIENT may be returned with input left over). After PG_DIAL_UPSTREAM / PG_CANCEL /
  * PG_FAIL / PG_CLOSE the machine is finished; bytes after the StartupMessage are not consumed
@@ -105,12 +132,16 @@ void pg_client_init(struct pg_client *c);
  *    the machine is failed (bytes read before the handshake must never pass as decrypted).
  *  - PG_FAIL (DBT_CLIENT_PROTOCOL_ERROR) is returned as soon as the length word is known to be
  *    bad (4 bytes in), before any body is buffered; the bytes read so far count as consumed.
+ *    A packet's buffer is allocated only once its 8-byte header passed every check (the
+ *    startup bound, 8 for the encryption requests, 12 + 1..256 for a CancelRequest), so a
+ *    refused length never costs memory. Allocation failure: PG_FAIL DBT_INTERNAL_ERROR "out of
+ *    memory", the machine failed.
  *  - Finished machine, further calls consume 0: after PG_DIAL_UPSTREAM (state PG_C_DONE) they
  *    return PG_RELAY; after PG_CANCEL, PG_FAIL or PG_CLOSE they return PG_FAIL with
  *    DBT_INTERNAL_ERROR (a caller bug: nothing may be relayed on those connections).
- *  - The packet of PG_DIAL_UPSTREAM / PG_CANCEL (c->buf, c->need bytes) stays valid until
- *    pg_client_init, later calls included: a finished machine never writes buf, so the proxy can
- *    send it once the upstream TLS session is up without copying it.
+ *  - The packet of PG_DIAL_UPSTREAM / PG_CANCEL (step.data, also pg_client_packet) stays valid
+ *    until pg_client_free, later calls included. After PG_FAIL / PG_CLOSE the machine holds no
+ *    heap any more.
  *  - Failure details (static): "invalid length of startup packet", "invalid length of SSLRequest
  *    packet", "invalid length of GSSENCRequest packet", "duplicate SSLRequest", "duplicate
  *    GSSENCRequest", "invalid length of cancel request packet", "unsupported negotiation request
@@ -143,11 +174,22 @@ struct pg_server {
     bool sasl_offered;
     size_t have;
     size_t need;
-    uint8_t buf[PG_MAX_SERVER_STARTUP_MSG];
-    uint8_t out[PG_MAX_SERVER_STARTUP_MSG]; /* rewritten AuthenticationSASL */
+    uint8_t head[5]; /* type and length word of the message being read */
+    /* The message being read, head included: msg_len (= its length + 1) bytes, allocated when
+     * its length word has passed the bound. Released at the next call once handed out. */
+    uint8_t *msg;
+    size_t msg_len;
+    uint8_t *out; /* the rewritten AuthenticationSASL (out_len bytes), only while handed out */
+    size_t out_len;
 };
 
+/* Sets up a machine; nothing is allocated yet. It does not free: see pg_server_free. */
 void pg_server_init(struct pg_server *s);
+/* Wipes and frees what the machine holds (the struct stays the caller's) and leaves it failed:
+ * a later feed returns PG_FAIL with DBT_INTERNAL_ERROR. Idempotent. */
+void pg_server_free(struct pg_server *s);
+/* Heap bytes the machine holds now: for tests and for accounting. */
+size_t pg_server_allocated(const struct pg_server *s);
 /* Feeds decrypted bytes from the upstream that arrive after the StartupMessage was sent.
  * NegotiateProtocolVersion ('v') and NoticeResponse ('N') before the first 'R' are forwarded
  * (PG_SEND_CLIENT); any other type there -> PG_FAIL (DBT_UPSTREAM_PROTOCOL_ERROR). The first 'R' is
@@ -155,13 +197,16 @@ void pg_server_init(struct pg_server *s);
  * the next call returns PG_RELAY; an 'E' is forwarded and then PG_RELAY too (the server closes). A
  * message longer than PG_MAX_SERVER_STARTUP_MSG, a length < 4, or a SASL list left empty -> PG_FAIL
  * with DBT_UPSTREAM_PROTOCOL_ERROR. */
-/* PG_SEND_CLIENT data points into s->buf or s->out, valid until the next call. Once the 'R' or
- * 'E' has been returned, every call returns PG_RELAY consuming 0: the input from there on,
- * including what the same call left unconsumed, is relay data. After PG_FAIL further calls
- * return PG_FAIL with DBT_INTERNAL_ERROR, consuming 0. Failure details (static): "upstream
- * message length below 4", "upstream startup message longer than 16384 bytes", "authentication
- * request without a code", "malformed SASL mechanism list", "server offers only channel-binding
- * SASL mechanisms". */
+/* PG_SEND_CLIENT data points into s->msg or s->out, valid until the next call, which releases
+ * it. Each message gets a buffer of its announced length once its 5-byte header passed the
+ * bound; the rewrite gets one only for an AuthenticationSASL. Allocation failure: PG_FAIL with
+ * DBT_INTERNAL_ERROR "out of memory", the machine failed. Once the 'R' or 'E' has been
+ * returned, every call returns PG_RELAY consuming 0: the input from there on, including what
+ * the same call left unconsumed, is relay data. After PG_FAIL further calls return PG_FAIL with
+ * DBT_INTERNAL_ERROR, consuming 0. Failure details (static): "upstream message length below 4",
+ * "upstream startup message longer than 16384 bytes", "authentication request without a code",
+ * "malformed SASL mechanism list", "server offers only channel-binding SASL mechanisms", "out of
+ * memory". */
 size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct pg_step *out);
 
 /* The gs2 channel-binding flag (RFC 5802 section 7) of a SCRAM SASLInitialResponse. */

@@ -1,9 +1,13 @@
 /* Bounded writer for wire messages (wire.h). A write that does not fit is dropped whole and
  * leaves `overflow` set for good, so `len` always ends on a complete field: a caller that forgets
- * to check overflow still never sends a half-written field. */
+ * to check overflow still never sends a half-written field. Also the machines' allocator, with
+ * the failure injection their tests and fuzz targets use. */
 #include "wire.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include "dbt_util.h"
 
 void wire_out_init(struct wire_out *w, uint8_t *buf, size_t cap)
 {
@@ -39,4 +43,27 @@ void wire_out_be32(struct wire_out *w, uint32_t v)
 void wire_out_cstr(struct wire_out *w, const char *s)
 {
     wire_out_bytes(w, s, strlen(s) + 1);
+}
+
+/* -1: no failure planned. Thread-local: the proxy's workers each have their own, never set. */
+static _Thread_local long fail_countdown = -1;
+
+void *wire_alloc(size_t n)
+{
+    if (fail_countdown >= 0 && fail_countdown-- == 0)
+        return NULL;
+    return malloc(n);
+}
+
+void wire_free(void *p, size_t n)
+{
+    if (!p)
+        return;
+    dbt_wipe(p, n);
+    free(p);
+}
+
+void wire_alloc_fail_after(long after)
+{
+    fail_countdown = after < 0 ? -1 : after;
 }

@@ -1,5 +1,5 @@
 /* Byte readers and writers for the wire formats (big-endian for PostgreSQL, little-endian for
- * MySQL). Pure functions; no allocation. */
+ * MySQL), and the one place the machines of pg.c and mysql.c take memory from. */
 #ifndef WIRE_H
 #define WIRE_H
 
@@ -61,5 +61,21 @@ void wire_out_u8(struct wire_out *w, uint8_t v);
 void wire_out_be32(struct wire_out *w, uint32_t v);
 /* Appends s and its NUL terminator. */
 void wire_out_cstr(struct wire_out *w, const char *s);
+
+/* ---- memory of the machines (issue 14: a connection holds only what its bytes need) ----
+ * The machines allocate a buffer only once a length word has announced what it must hold, and
+ * only after that length passed its bound, so an idle or refused connection costs its struct
+ * alone. Every allocation of pg.c and mysql.c goes through here: a test or a fuzz target can
+ * then make any one of them fail and check that it becomes a step ("out of memory"). */
+
+/* malloc(n), or NULL (n == 0 is never asked for). */
+void *wire_alloc(size_t n);
+/* Zeroes the n bytes at p, then frees p (NULL: nothing): any machine buffer may have held a
+ * password or a SCRAM nonce, and freed memory is handed to the next connection as it is. */
+void wire_free(void *p, size_t n);
+/* Tests and fuzz targets only: the wire_alloc call that follows `after` more successful ones in
+ * this thread fails, once; -1 (the default) none. Thread-local, so a setting never reaches a
+ * proxy worker. */
+void wire_alloc_fail_after(long after);
 
 #endif

@@ -17,7 +17,13 @@
  * client's TLS handshake fail (my_fail, no packet). Tags 0 and 1 keep client_tls off. After
  * MY_START_CLIENT_TLS the rest of the event is dropped (it is the ClientHello, the TLS engine's);
  * the handshake then ends at once, or with F_TLS_LATE at the next tag % 3 == 2 event, like the
- * upstream one. */
+ * upstream one.
+ * Memory (issue 14): that first tag also chooses an allocation to fail, (tag / 18) % 8: 0 none,
+ * j the session's allocation number j - 1 (packet buffers, the PEM answer, a decrypted password,
+ * a change-user's buffer); it must become MY_FAIL DBT_INTERNAL_ERROR "out of memory". After
+ * every call the session holds at most one packet buffer, within MY_HEADER + MY_MAX_PACKET,
+ * none while relaying (but for a COM_CHANGE_USER being read), and a reply buffer only on the
+ * step that hands it out. */
 #include <openssl/evp.h>
 
 #include "fuzz_common.h"
@@ -69,6 +75,7 @@ struct seen {
     bool client_tls_fail;  /* the client's TLS handshake is to fail */
     bool client_tls_wait;  /* MY_START_CLIENT_TLS returned, my_client_tls_ready not called yet */
     bool client_tls_ready; /* my_client_tls_ready was called */
+    bool no_memory;        /* an allocation was chosen to fail */
     uint8_t fill;          /* the garbage the session and the steps started with */
     uint8_t flags;         /* of the input */
     struct fuzz_cuts cuts;
@@ -108,9 +115,24 @@ static void check_greeting(const struct my_step *st, enum my_client_tls client_t
                caps);
 }
 
+/* What the session may hold after any call (issue 14). */
+static void check_memory(const struct my_session *s, const struct my_step *st)
+{
+    FUZZ_CHECK(s->pkt_cap <= MY_HEADER + MY_MAX_PACKET && (s->pkt != NULL) == (s->pkt_cap > 0),
+               "packet buffer of %zu bytes", s->pkt_cap);
+    FUZZ_CHECK(my_session_allocated(s) == s->pkt_cap + s->reply_cap, "allocated");
+    /* the reply lives for the step that hands it out */
+    FUZZ_CHECK(s->reply == NULL || (st->data == s->reply && st->len <= s->reply_cap),
+               "a reply buffer held past its step");
+    if (st->action == MY_NEED_MORE || st->action == MY_RELAY)
+        FUZZ_CHECK(s->state != MY_S_RELAY || s->pkt == NULL || s->change_user,
+                   "a packet buffer held while relaying");
+}
+
 static void check_step(const struct my_session *s, const struct my_step *st, enum leg leg,
                        struct seen *seen)
 {
+    check_memory(s, st);
     FUZZ_CHECK(!st->phase_end ||
                    (st->action == MY_SEND_CLIENT && st->len > MY_HEADER &&
                     (st->data[MY_HEADER] == 0x00 || st->data[MY_HEADER] == 0xFF) && my_relaying(s)),
@@ -157,6 +179,8 @@ static void check_step(const struct my_session *s, const struct my_step *st, enu
         break;
     case MY_FAIL:
         FUZZ_CHECK(st->detail != NULL, "MY_FAIL without detail");
+        if (strcmp(st->detail, "out of memory") == 0)
+            FUZZ_CHECK(seen->no_memory && st->reason == DBT_INTERNAL_ERROR, "out of memory");
         /* mid-handshake the client could read no MySQL packet */
         FUZZ_CHECK(!seen->client_tls_wait || st->len == 0, "MY_FAIL packet during client TLS");
         if (st->reason == DBT_CLIENT_TLS_REQUIRED && leg == LEG_CLIENT) { /* not my_fail's */
@@ -323,10 +347,13 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
         .context = (flags & F_CONTEXT) ? long_context : NULL,
     };
     struct seen seen = {.fill = fill, .flags = flags, .cuts = cuts};
+    long fail_at = -1;
     if (n > 0 && p[0] % 3 != 2) {
         seen.client_tls = (enum my_client_tls)((p[0] / 3) % 3);
         seen.client_tls_fail = (p[0] / 9) % 2 == 1;
+        fail_at = (long)((p[0] / 18) % 8) - 1;
     }
+    seen.no_memory = fail_at >= 0;
     cfg.client_tls = seen.client_tls;
     struct my_session *s = malloc(sizeof *s);
     FUZZ_CHECK(s != NULL, "out of memory");
@@ -334,6 +361,7 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
     FUZZ_CHECK(my_session_init(s, &cfg), "my_session_init");
     memset(o, 0, sizeof *o);
     o->s = s;
+    wire_alloc_fail_after(fail_at);
 
     size_t at = 0;
     while (at < n && !seen.ended) {
@@ -372,6 +400,7 @@ static void run(const uint8_t *p, size_t n, uint8_t flags, struct fuzz_cuts cuts
         fuzz_trace_add(&o->t, LEG_EVENT_END, 0, (int)used, false, NULL, NULL, 0);
         at += len;
     }
+    wire_alloc_fail_after(-1);
     if (seen.ended)
         check_ended(s);
 }
@@ -408,6 +437,8 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
 
 static void outcome_free(struct outcome *o)
 {
+    my_session_wipe(o->s);
+    FUZZ_CHECK(my_session_allocated(o->s) == 0, "my_session_wipe left memory");
     free(o->s);
 }
 

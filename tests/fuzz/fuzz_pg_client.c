@@ -9,16 +9,40 @@
  * refused by design (CVE-2021-23214; test_pg.c checks every cut). After PG_START_TLS the harness
  * hands the rest of the plaintext part to the "handshake" (all of it for direct TLS: the
  * ClientHello), calls pg_client_tls_started and feeds the rest in the chosen cuts. Without a
- * PG_START_TLS the run ends with the plaintext part. */
+ * PG_START_TLS the run ends with the plaintext part.
+ *
+ * Flags bit 5: the machine's one allocation (a packet longer than PG_CLIENT_INLINE) fails; it
+ * must become PG_FAIL DBT_INTERNAL_ERROR "out of memory". After every call the machine holds
+ * exactly what its packet announced: nothing while it fits PG_CLIENT_INLINE or before its header
+ * is complete, its length otherwise, and nothing once it failed. */
 #include "fuzz_common.h"
 #include "pg.h"
 #include "wire.h"
+
+#define F_NO_MEMORY 0x20
 
 struct outcome {
     struct fuzz_trace t;
     size_t consumed;
     struct pg_client *c;
 };
+
+/* The bytes of the packet being read (or read last). */
+static const uint8_t *current(const struct pg_client *c)
+{
+    return c->heap ? c->heap : c->small;
+}
+
+/* What the machine may hold after any call (issue 14). */
+static void check_memory(const struct pg_client *c)
+{
+    bool long_packet =
+        (c->state == PG_C_BODY || c->state == PG_C_DONE) && c->need > PG_CLIENT_INLINE;
+    FUZZ_CHECK(pg_client_allocated(c) == (long_packet ? c->need : 0), "%zu bytes held, need %zu",
+               pg_client_allocated(c), c->need);
+    FUZZ_CHECK(c->state == PG_C_FAILED || c->have <= (c->heap ? c->heap_len : PG_CLIENT_INLINE),
+               "%zu bytes read past the buffer", c->have);
+}
 
 static bool finished(enum pg_action a)
 {
@@ -27,8 +51,9 @@ static bool finished(enum pg_action a)
 
 /* What every step must look like, whatever the cuts. */
 static void check_step(const struct pg_client *c, const struct pg_step *st, const uint8_t *in,
-                       size_t pos, size_t first)
+                       size_t pos, size_t first, bool no_memory)
 {
+    check_memory(c);
     FUZZ_CHECK(st->action == PG_START_TLS || !st->direct, "direct outside PG_START_TLS");
     switch (st->action) {
     case PG_NEED_MORE:
@@ -38,7 +63,7 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
         FUZZ_CHECK(st->len == 1 && st->data && st->data[0] == 'N', "only 'N' goes to the client");
         break;
     case PG_DIAL_UPSTREAM:
-        FUZZ_CHECK(st->data == c->buf && st->len == c->need, "packet is c->buf[0, need)");
+        FUZZ_CHECK(st->data == current(c) && st->len == c->need, "packet is the machine's own");
         FUZZ_CHECK(st->len >= 8 && st->len <= 4 + PG_MAX_STARTUP_PACKET, "length %zu", st->len);
         FUZZ_CHECK(wire_be32(st->data) == st->len, "length word");
         FUZZ_CHECK(wire_be32(st->data + 4) >> 16 == 3, "protocol 3.x only");
@@ -48,7 +73,7 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
         FUZZ_CHECK(c->tls != PG_TLS_REQUIRE || c->tls_active, "plaintext login on require");
         break;
     case PG_CANCEL:
-        FUZZ_CHECK(st->data == c->buf && st->len == c->need, "packet is c->buf[0, need)");
+        FUZZ_CHECK(st->data == current(c) && st->len == c->need, "packet is the machine's own");
         FUZZ_CHECK(st->len >= 13 && st->len <= 12 + PG_MAX_CANCEL_KEY, "length %zu", st->len);
         FUZZ_CHECK(wire_be32(st->data) == st->len, "length word");
         FUZZ_CHECK(wire_be32(st->data + 4) == PG_CANCEL_REQUEST_CODE, "cancel code");
@@ -58,6 +83,11 @@ static void check_step(const struct pg_client *c, const struct pg_step *st, cons
         if (st->reason == DBT_CLIENT_TLS_REQUIRED) {
             FUZZ_CHECK(c->tls == PG_TLS_REQUIRE && !c->tls_active, "client_tls_required");
             FUZZ_CHECK(c->user[0] != '\0', "refused only once the StartupMessage is parsed");
+            break;
+        }
+        if (st->reason == DBT_INTERNAL_ERROR) {
+            FUZZ_CHECK(no_memory && strcmp(st->detail, "out of memory") == 0, "%s", st->detail);
+            FUZZ_CHECK(c->need > PG_CLIENT_INLINE, "allocated for a packet that fits inline");
             break;
         }
         FUZZ_CHECK(st->reason == DBT_CLIENT_PROTOCOL_ERROR, "reason %s",
@@ -101,6 +131,8 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
     c->tls = mode;
     memset(o, 0, sizeof *o);
     o->c = c;
+    bool no_memory = (flags & F_NO_MEMORY) != 0;
+    wire_alloc_fail_after(no_memory ? 0 : -1);
 
     /* [first, limit): what the machine may see now; end: where the current call's input ends */
     size_t first = 0, limit = len, end;
@@ -119,7 +151,7 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
         size_t n = pg_client_feed(c, in + pos, end - pos, &st);
         FUZZ_CHECK(n <= end - pos, "consumed %zu of %zu", n, end - pos);
         pos += n;
-        check_step(c, &st, in, pos, first);
+        check_step(c, &st, in, pos, first, no_memory);
         if (st.action == PG_NEED_MORE) {
             FUZZ_CHECK(pos == end, "PG_NEED_MORE left input unconsumed");
             if (end == limit)
@@ -143,11 +175,17 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
             break;
     }
     o->consumed = pos;
+    wire_alloc_fail_after(-1);
     if (!finished(st.action))
         return;
 
     /* A finished machine consumes nothing and, after a StartupMessage, says relay; its packet
-     * stays valid in c->buf (the proxy sends it after the TLS handshake, without a copy). */
+     * stays where it was (the proxy sends it after the TLS handshake, without a copy). */
+    size_t plen;
+    const uint8_t *packet = pg_client_packet(c, &plen);
+    bool sent = st.action == PG_DIAL_UPSTREAM || st.action == PG_CANCEL;
+    FUZZ_CHECK(sent ? packet == st.data && plen == st.len : packet == NULL && plen == 0,
+               "pg_client_packet");
     static const uint8_t one = 'Q';
     const uint8_t *more = pos < len ? in + pos : &one;
     size_t more_len = pos < len ? len - pos : 1;
@@ -159,9 +197,11 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
         FUZZ_CHECK(again.action == PG_FAIL && again.reason == DBT_INTERNAL_ERROR,
                    "PG_FAIL internal_error expected, got %d", again.action);
     }
-    if (st.action == PG_DIAL_UPSTREAM || st.action == PG_CANCEL) {
+    check_memory(c);
+    if (sent) {
         const struct fuzz_rec *r = &o->t.rec[o->t.n - 1];
-        FUZZ_CHECK(memcmp(c->buf, o->t.arena + r->off, r->len) == 0, "packet changed");
+        FUZZ_CHECK(pg_client_packet(c, &plen) == packet, "packet moved");
+        FUZZ_CHECK(memcmp(packet, o->t.arena + r->off, r->len) == 0, "packet changed");
     }
 }
 
@@ -172,7 +212,9 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
                b->consumed);
     const struct pg_client *x = a->c, *y = b->c;
     FUZZ_CHECK(x->state == y->state && x->have == y->have && x->need == y->need, "%s: state", how);
-    FUZZ_CHECK(memcmp(x->buf, y->buf, x->have) == 0, "%s: buffered bytes", how);
+    if (x->state != PG_C_FAILED) /* a failed machine drops its bytes */
+        FUZZ_CHECK(memcmp(current(x), current(y), x->have) == 0, "%s: buffered bytes", how);
+    FUZZ_CHECK(pg_client_allocated(x) == pg_client_allocated(y), "%s: memory held", how);
     FUZZ_CHECK(x->seen_ssl_request == y->seen_ssl_request &&
                    x->seen_gssenc_request == y->seen_gssenc_request && x->version == y->version,
                "%s: requests seen / version", how);
@@ -184,6 +226,8 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
 
 static void outcome_free(struct outcome *o)
 {
+    pg_client_free(o->c);
+    FUZZ_CHECK(pg_client_allocated(o->c) == 0, "pg_client_free left memory");
     free(o->c);
 }
 

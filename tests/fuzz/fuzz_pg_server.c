@@ -2,7 +2,12 @@
  * authentication starts. The payload is the server's byte stream, fed whole, in the chunks the
  * input chooses and byte by byte (fuzz_common.h); all must agree. Every message forwarded must be
  * the server's own bytes, except an AuthenticationSASL, which must be the server's mechanism list
- * without its "-PLUS" entries (checked here against an independent reading of the message). */
+ * without its "-PLUS" entries (checked here against an independent reading of the message).
+ *
+ * Flags bits 3-7, k: when k > 0, the machine's allocation number k - 1 (one per message, one
+ * more for a SASL rewrite) fails; it must become PG_FAIL DBT_INTERNAL_ERROR "out of memory".
+ * After every call the machine holds exactly the message being read (its announced length,
+ * nothing before its header is complete) or the one just handed out, and its rewrite. */
 #include "fuzz_common.h"
 #include "pg.h"
 #include "wire.h"
@@ -58,16 +63,35 @@ static void check_forwarded(const struct pg_step *st, const uint8_t *msg, size_t
     FUZZ_CHECK(st->len == n && memcmp(st->data, msg, n) == 0, "message not forwarded verbatim");
 }
 
+/* What the machine may hold after a call that returned st (issue 14). */
+static void check_memory(const struct pg_server *s, const struct pg_step *st)
+{
+    size_t want = 0;
+    if (st->action == PG_SEND_CLIENT)
+        want = s->msg_len + (st->data == s->out ? s->out_len : 0);
+    else if (s->state == PG_S_BODY)
+        want = s->need;
+    if (st->action == PG_SEND_CLIENT)
+        FUZZ_CHECK(s->msg && st->len <= s->msg_len && (st->data == s->msg || st->data == s->out),
+                   "forwarded from the machine's own buffers");
+    if (st->action != PG_FAIL) /* a failure releases on the next call */
+        FUZZ_CHECK(pg_server_allocated(s) == want, "%zu bytes held, want %zu",
+                   pg_server_allocated(s), want);
+    FUZZ_CHECK(s->msg_len <= PG_MAX_SERVER_STARTUP_MSG && s->out_len <= s->msg_len,
+               "buffers over the bound");
+}
+
 static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts cuts, uint8_t fill,
                 struct outcome *o)
 {
-    (void)flags; /* the PostgreSQL machines have no options */
+    long fail_at = (long)(flags >> 3) - 1; /* -1: every allocation succeeds */
     struct pg_server *s = malloc(sizeof *s);
     FUZZ_CHECK(s != NULL, "out of memory");
     memset(s, fill, sizeof *s);
     pg_server_init(s);
     memset(o, 0, sizeof *o);
     o->s = s;
+    wire_alloc_fail_after(fail_at);
 
     size_t pos = 0, msg_start = 0, end = fuzz_cut(&cuts, len);
     bool auth_seen = false;
@@ -78,6 +102,7 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
         size_t n = pg_server_feed(s, in + pos, end - pos, &st);
         FUZZ_CHECK(n <= end - pos, "consumed %zu of %zu", n, end - pos);
         pos += n;
+        check_memory(s, &st);
         switch (st.action) {
         case PG_NEED_MORE:
             FUZZ_CHECK(pos == end && st.data == NULL && st.len == 0, "PG_NEED_MORE");
@@ -96,6 +121,11 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
             break;
         case PG_FAIL:
             FUZZ_CHECK(st.detail != NULL && st.len == 0, "PG_FAIL");
+            if (st.reason == DBT_INTERNAL_ERROR) {
+                FUZZ_CHECK(fail_at >= 0 && strcmp(st.detail, "out of memory") == 0, "%s",
+                           st.detail);
+                break;
+            }
             FUZZ_CHECK(st.reason == DBT_UPSTREAM_PROTOCOL_ERROR, "reason %s",
                        dbt_reason_name(st.reason));
             break;
@@ -108,6 +138,7 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
     }
 out:
     o->consumed = pos;
+    wire_alloc_fail_after(-1);
     if (st.action != PG_RELAY && st.action != PG_FAIL)
         return;
     /* Finished: nothing more is consumed, the same answer again. */
@@ -121,6 +152,7 @@ out:
     else
         FUZZ_CHECK(again.action == PG_FAIL && again.reason == DBT_INTERNAL_ERROR,
                    "PG_FAIL internal_error expected");
+    FUZZ_CHECK(pg_server_allocated(s) == 0, "a finished machine holds nothing");
 }
 
 static void same(const struct outcome *a, const struct outcome *b, const char *how)
@@ -130,11 +162,16 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
                b->consumed);
     FUZZ_CHECK(a->s->state == b->s->state && a->s->have == b->s->have && a->s->need == b->s->need,
                "%s: machine state", how);
-    FUZZ_CHECK(memcmp(a->s->buf, b->s->buf, a->s->have) == 0, "%s: buffered bytes", how);
+    const uint8_t *x = a->s->state == PG_S_BODY ? a->s->msg : a->s->head;
+    const uint8_t *y = b->s->state == PG_S_BODY ? b->s->msg : b->s->head;
+    FUZZ_CHECK(memcmp(x, y, a->s->have) == 0, "%s: buffered bytes", how);
+    FUZZ_CHECK(pg_server_allocated(a->s) == pg_server_allocated(b->s), "%s: memory held", how);
 }
 
 static void outcome_free(struct outcome *o)
 {
+    pg_server_free(o->s);
+    FUZZ_CHECK(pg_server_allocated(o->s) == 0, "pg_server_free left memory");
     free(o->s);
 }
 

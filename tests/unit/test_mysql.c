@@ -14,11 +14,13 @@
 
 #include "mysql.h"
 #include "test_util.h"
+#include "wire.h"
 
 TestSuite(mysql, .fini = leak_check);
 TestSuite(mysql_bridge, .fini = leak_check);
 TestSuite(mysql_relay, .fini = leak_check);
 TestSuite(mysql_client_tls, .fini = leak_check);
+TestSuite(mysql_memory, .fini = leak_check);
 
 #define MAX_STEPS  32
 #define MAX_EVENTS 24
@@ -98,6 +100,14 @@ static struct my_session *new_session(const struct my_config *cfg)
     memset(s, 0xA5, sizeof *s); /* init must not rely on zeroed memory */
     cr_assert(my_session_init(s, cfg));
     return s;
+}
+
+/* What the proxy does at the end of every connection: my_session_wipe gives back all the session
+ * holds (leak_check fails the suite otherwise), then the struct goes. */
+static void session_free(struct my_session *s)
+{
+    my_session_wipe(s);
+    free(s);
 }
 
 /* Feeds one event in a first chunk of `first` bytes, then chunks of `rest`. Returns false once
@@ -183,7 +193,7 @@ static void check_cut(const struct my_config *cfg, const struct ev *evs, size_t 
                       const struct trace *whole, size_t first, size_t rest, const char *how)
 {
     struct trace t;
-    free(run(cfg, evs, nev, first, rest, &t));
+    session_free(run(cfg, evs, nev, first, rest, &t));
     assert_same(whole, &t, how, first);
     trace_free(&t);
 }
@@ -200,7 +210,7 @@ static void run_all(const struct my_config *cfg, const struct ev *evs, size_t ne
     if (keep)
         *keep = s;
     else
-        free(s);
+        session_free(s);
     for (size_t k = 1; k < longest; k = k < 4096 ? k + 1 : k * 2 + 1)
         check_cut(cfg, evs, nev, whole, k, SIZE_MAX, "split at");
     check_cut(cfg, evs, nev, whole, 1, 1, "byte by byte");
@@ -390,7 +400,7 @@ Test(mysql, mariadb_greeting_patched_in_place)
     cr_assert_arr_eq(s->nonce, "T4e!7W[)Mp<5q#r9&XkL", 20);
     cr_assert_eq(s->server_caps, 0x81fffffeu, "the original capabilities are remembered");
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql, mysql8_greeting_clears_ssl_compress_zstd)
@@ -411,7 +421,7 @@ Test(mysql, mysql8_greeting_clears_ssl_compress_zstd)
     cr_assert_str_eq(s->plugin, "caching_sha2_password");
     cr_assert_arr_eq(s->nonce, mysql8_nonce, 20);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql, greeting_without_ssl_fails_closed)
@@ -497,7 +507,7 @@ Test(mysql, response_gives_ssl_request_and_forwarded_response)
     cr_assert_str_eq(s->database, "shop");
     cr_assert_str_eq(s->program_name, "mariadb");
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql, client_ssl_request_rejected)
@@ -662,7 +672,7 @@ Test(mysql, auth_switch_resequenced)
     cr_assert_str_eq(s->plugin, "mysql_native_password");
     cr_assert_arr_eq(s->nonce, "ABCDEFGHIJKLMNOPQRST", 20, "the switch's data is the nonce");
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql, caching_sha2_fast_path)
@@ -754,7 +764,7 @@ Test(mysql, my_fail_before_greeting_and_after_response)
     cr_assert_eq(st.action, MY_FAIL);
     cr_assert_eq(st.len, wn);
     cr_assert_arr_eq(st.data, want, wn);
-    free(s);
+    session_free(s);
 
     /* TLS fails after the client's response: seq 2 with SQLSTATE (B5) */
     struct login l;
@@ -773,7 +783,7 @@ Test(mysql, my_fail_before_greeting_and_after_response)
     cr_assert_eq(after.action, MY_FAIL);
     cr_assert_eq(after.reason, DBT_INTERNAL_ERROR);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 /* ---- the caching_sha2 / sha256 bridge (B3, B4) ---- */
@@ -834,9 +844,13 @@ static size_t pem_packet(uint8_t *b, uint8_t seq, const char *pem)
     return pkt(b, seq, p, 1 + strlen(pem));
 }
 
-static bool contains(const uint8_t *hay, size_t n, const char *needle)
+/* Whether any buffer the session holds has these bytes: the struct's own, the packet buffer,
+ * the one-step reply. */
+static bool session_holds(const struct my_session *s, const void *needle, size_t n)
 {
-    return memmem(hay, n, needle, strlen(needle)) != NULL;
+    return memmem(s->out, sizeof s->out, needle, n) != NULL ||
+           (s->pkt && memmem(s->pkt, s->pkt_cap, needle, n) != NULL) ||
+           (s->reply && memmem(s->reply, s->reply_cap, needle, n) != NULL);
 }
 
 Test(mysql_bridge, caching_sha2_full_auth_through_dbtrust_key)
@@ -876,11 +890,10 @@ Test(mysql_bridge, caching_sha2_full_auth_through_dbtrust_key)
     expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn);
     expect(&t, 7, SERVER, MY_SEND_CLIENT, ok6, okn);
     cr_assert(t.step[7].phase_end);
-    cr_assert(!contains(s->out, sizeof s->out, "password"), "cleartext wiped after use");
-    cr_assert(!contains(s->pkt, sizeof s->pkt, "password"));
+    cr_assert(!session_holds(s, "password", 8), "cleartext wiped after use");
+    cr_assert_null(s->reply, "the decrypted password's buffer is gone after the next call");
     trace_free(&t);
-    my_session_wipe(s);
-    free(s);
+    session_free(s);
     my_rsa_free(f.key);
 }
 
@@ -1042,7 +1055,7 @@ Test(mysql_bridge, rsa_helpers)
     struct my_config bad = {.rsa_key = key}; /* rsa_pem missing */
     struct my_session *s = malloc(sizeof *s);
     cr_assert(!my_session_init(s, &bad), "a key without its PEM is a config error");
-    free(s);
+    session_free(s);
     my_rsa_free(key);
 }
 
@@ -1146,8 +1159,7 @@ Test(mysql_relay, change_user_to_other_plugin_with_full_auth)
     cr_assert_str_eq(s->user, "bob");
     cr_assert(my_relaying(s));
     trace_free(&t);
-    my_session_wipe(s);
-    free(s);
+    session_free(s);
     my_rsa_free(f.key);
 }
 
@@ -1195,7 +1207,7 @@ Test(mysql_relay, load_data_wraparound_not_change_user)
     cr_assert(t.step[10].phase_end);
     cr_assert_str_eq(s->user, "carol");
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 /* A 16 MiB COM_QUERY: a 0xFFFFFF chunk, then a continuation at seq 1 starting with 0x11, its
@@ -1226,28 +1238,32 @@ Test(mysql_relay, multi_packet_16mib_command_not_change_user, .timeout = 120)
     e[ne++] = (struct ev){CLIENT, in, n};
     e[ne++] = (struct ev){SERVER, ok1, okn};
     struct trace whole, t;
-    struct my_session *s = run(&tcp_nokey, e, ne, SIZE_MAX, SIZE_MAX, &whole);
+    struct my_session *s = run(&tcp_nokey, e, ne - 1, SIZE_MAX, SIZE_MAX, &whole);
+    /* Nothing of the 16 MiB command was buffered: the session holds only the change-user's
+     * payload, read into a buffer of its size. */
+    cr_assert_eq(my_session_allocated(s), n - before_cu - MY_HEADER);
+    cr_assert(feed_event(s, &e[ne - 1], SIZE_MAX, SIZE_MAX, &whole, &whole.consumed[ne - 1]));
 
     cr_assert_eq(whole.n, 7);
     expect(&whole, 5, CLIENT, MY_RELAY, in, n);
     expect(&whole, 6, SERVER, MY_SEND_CLIENT, ok1, okn);
     cr_assert(whole.step[6].phase_end);
     cr_assert_str_eq(s->user, "dave");
-    free(s);
+    session_free(s);
     /* sampled cuts: inside every header and around every packet boundary */
     static const size_t around[] = {1, 2, 3, 4, 5, 6};
     for (size_t i = 0; i < DBT_ARRAY_LEN(around); i++) {
         size_t bases[] = {0, 4 + MY_MAX_PAYLOAD_CHUNK - 3, before_cu - 3};
         for (size_t b = 0; b < DBT_ARRAY_LEN(bases); b++) {
-            free(run(&tcp_nokey, e, ne, bases[b] + around[i], SIZE_MAX, &t));
+            session_free(run(&tcp_nokey, e, ne, bases[b] + around[i], SIZE_MAX, &t));
             assert_same(&whole, &t, "split at", bases[b] + around[i]);
             trace_free(&t);
         }
     }
-    free(run(&tcp_nokey, e, ne, 65537, 65537, &t));
+    session_free(run(&tcp_nokey, e, ne, 65537, 65537, &t));
     assert_same(&whole, &t, "chunks of", 65537);
     trace_free(&t);
-    free(run(&tcp_nokey, e, ne, 1, 1, &t));
+    session_free(run(&tcp_nokey, e, ne, 1, 1, &t));
     assert_same(&whole, &t, "byte by byte", 1);
     trace_free(&t);
     trace_free(&whole);
@@ -1368,7 +1384,7 @@ Test(mysql_client_tls, ssl_request_starts_client_tls_leaving_client_hello)
     cr_assert_eq(s->c_seq, 1);
     cr_assert_eq(s->s_seq, 0);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql_client_tls, native_login_over_tls_client_leg)
@@ -1404,7 +1420,7 @@ Test(mysql_client_tls, native_login_over_tls_client_leg)
     cr_assert_str_eq(s->program_name, "mariadb");
     cr_assert_eq(s->client_caps, 0x3fae8cu);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql_client_tls, caching_sha2_fast_path_over_tls_client_leg)
@@ -1471,10 +1487,9 @@ Test(mysql_client_tls, caching_sha2_full_auth_cleartext_forwarded)
     expect(&t, 6, CLIENT, MY_SEND_SERVER, pw4, pwn); /* client 4 -> server 4 */
     expect(&t, 7, SERVER, MY_SEND_CLIENT, ok5, okn); /* server 5 -> client 5 */
     cr_assert(t.step[7].phase_end);
-    cr_assert(!contains(s->pkt, sizeof s->pkt, "s3cret"), "cleartext wiped after use");
+    cr_assert(!session_holds(s, "s3cret", 6), "cleartext wiped after use");
     trace_free(&t);
-    my_session_wipe(s);
-    free(s);
+    session_free(s);
 
     /* A 255-character password: password\0 is as long as the RSA modulus, and still not a
      * blob - it goes upstream as the client sent it. */
@@ -1594,10 +1609,10 @@ Test(mysql_client_tls, require_refuses_plaintext_response)
     cr_assert_str_eq(s->database, "shop");
     cr_assert_str_eq(s->program_name, "mariadb");
     static const uint8_t auth[] = {0x90, 0x91, 0x92, 0x93};
-    cr_assert_null(memmem(s->pkt, sizeof s->pkt, auth, sizeof auth), "response wiped");
-    cr_assert_null(memmem(s->pkt, sizeof s->pkt, "app", 4));
+    cr_assert(!session_holds(s, auth, sizeof auth), "response wiped");
+    cr_assert(!session_holds(s, "app", 4));
     trace_free(&t);
-    free(s);
+    session_free(s);
 
     /* A full response claiming CLIENT_SSL is no less plaintext. */
     l.resp[5] |= 0x08;
@@ -1628,7 +1643,7 @@ Test(mysql_client_tls, allow_plaintext_response_as_today)
     cr_assert(t.step[4].phase_end);
     cr_assert(!s->client_tls_up);
     trace_free(&t);
-    free(s);
+    session_free(s);
 
     /* and a plaintext client's full auth is still judged by the bridge */
     uint8_t want[600];
@@ -1677,7 +1692,7 @@ Test(mysql_client_tls, upstream_tls_failure_err_at_client_seq_3)
     cr_assert_eq(st.len, wn);
     cr_assert_arr_eq(st.data, want, wn);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
@@ -1699,7 +1714,7 @@ Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
     cr_assert_eq(my_feed_client(s, NULL, 0, &st), 0);
     cr_assert_eq(st.action, MY_FAIL, "ended");
     trace_free(&t);
-    free(s);
+    session_free(s);
 
     /* nothing to read for now: no failure */
     s = run(&tls_allow, e, 2, SIZE_MAX, SIZE_MAX, &t);
@@ -1714,7 +1729,7 @@ Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
     cr_assert_eq(st.reason, DBT_UPSTREAM_PROTOCOL_ERROR);
     cr_assert_eq(st.len, 0);
     trace_free(&t);
-    free(s);
+    session_free(s);
 
     /* the handshake failed or timed out */
     s = run(&tls_allow, e, 2, SIZE_MAX, SIZE_MAX, &t);
@@ -1723,7 +1738,7 @@ Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
     cr_assert_eq(st.reason, DBT_CLIENT_TLS_HANDSHAKE_FAILED);
     cr_assert_eq(st.len, 0);
     trace_free(&t);
-    free(s);
+    session_free(s);
 
     /* my_client_tls_ready out of place ends the session */
     s = run(&tls_allow, e, 1, SIZE_MAX, SIZE_MAX, &t);
@@ -1732,7 +1747,7 @@ Test(mysql_client_tls, failures_during_the_client_handshake_carry_no_packet)
     cr_assert_eq(st.action, MY_FAIL);
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
     trace_free(&t);
-    free(s);
+    session_free(s);
 }
 
 Test(mysql_client_tls, ssl_request_edge_cases)
@@ -1825,7 +1840,339 @@ Test(mysql_client_tls, change_user_full_auth_over_tls_client_leg)
     cr_assert(t.step[11].phase_end);
     cr_assert_str_eq(s->user, "bob");
     trace_free(&t);
+    session_free(s);
+    my_rsa_free(f.key);
+}
+
+/* ---- memory: buffers sized by what was announced (issue 14) ---- */
+
+/* caching_sha2 full authentication through dbtrust's key (the PEM answer and the decrypted
+ * password: the two buffers made for one step), a command relayed, then a COM_CHANGE_USER
+ * answered with an OK: every kind of buffer the session makes. */
+struct memory_scenario {
+    struct login l;
+    uint8_t fa3[8], req3[8], blob[256], blob5[300], ok5[16], q[32], cu[128], cuok[16];
+    struct ev e[MAX_EVENTS];
+    size_t ne;
+};
+
+static const uint8_t query_result[] = {0x01, 0x00, 0x00, 0x01, 0x01};
+
+static void memory_scenario(struct memory_scenario *m, const struct rsa_fixture *f)
+{
+    make_login(&m->l, mysql8_greeting, sizeof mysql8_greeting, "caching_sha2_password", 32);
+    size_t fan = pkt(m->fa3, 3, full_auth, 2);
+    size_t reqn = pkt(m->req3, 3, "\x02", 1);
+    size_t bn = client_blob(f->pem, mysql8_nonce, "password", m->blob);
+    size_t blobn = pkt(m->blob5, 5, m->blob, bn);
+    size_t okn = pkt(m->ok5, 5, ok_payload, sizeof ok_payload);
+    size_t qn = pkt(m->q, 0, "\x03select 1", 9);
+    size_t cun = change_user(m->cu, "bob", "mysql_native_password");
+    size_t cuokn = pkt(m->cuok, 1, ok_payload, sizeof ok_payload);
+    m->ne = login_events(m->e, &m->l);
+    m->e[m->ne++] = (struct ev){SERVER, m->fa3, fan};
+    m->e[m->ne++] = (struct ev){CLIENT, m->req3, reqn};
+    m->e[m->ne++] = (struct ev){CLIENT, m->blob5, blobn};
+    m->e[m->ne++] = (struct ev){SERVER, m->ok5, okn};
+    m->e[m->ne++] = (struct ev){CLIENT, m->q, qn};
+    m->e[m->ne++] = (struct ev){SERVER, query_result, sizeof query_result};
+    m->e[m->ne++] = (struct ev){CLIENT, m->cu, cun};
+    m->e[m->ne++] = (struct ev){SERVER, m->cuok, cuokn};
+    m->e[m->ne++] = (struct ev){CLIENT, m->q, qn};
+}
+
+/* After each event, the session holds exactly what the packets so far announced. */
+Test(mysql_memory, buffers_sized_by_announced_lengths)
+{
+    cr_assert_lt(sizeof(struct my_session), 2048, "struct my_session is %zu bytes",
+                 sizeof(struct my_session));
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct memory_scenario m;
+    memory_scenario(&m, &f);
+    struct my_session *s = new_session(&f.cfg);
+    cr_assert_eq(my_session_allocated(s), 0, "nothing before the first byte");
+
+    /* the greeting: nothing until its header is complete, then its length */
+    struct trace t;
+    memset(&t, 0, sizeof t);
+    for (size_t i = 0; i < MY_HEADER; i++) {
+        struct ev b = {SERVER, m.l.greet + i, 1};
+        cr_assert(feed_event(s, &b, 1, 1, &t, &t.consumed[0]));
+        cr_assert_eq(my_session_allocated(s), i + 1 < MY_HEADER ? 0 : m.l.greet_len, "byte %zu", i);
+    }
+    struct ev rest = {SERVER, m.l.greet + MY_HEADER, m.l.greet_len - MY_HEADER};
+    cr_assert(feed_event(s, &rest, SIZE_MAX, SIZE_MAX, &t, &t.consumed[0]));
+    cr_assert_eq(my_session_allocated(s), m.l.greet_len);
+
+    size_t pem = MY_HEADER + 1 + strlen(f.pem), blob = m.e[5].len, cu = m.e[9].len - MY_HEADER;
+    size_t resp = m.l.resp_len, pw = MY_HEADER + 256;
+    cr_assert_gt(resp, m.l.greet_len);
+    cr_assert_gt(blob, resp);
+    /* held when the event's first step is returned, and once the machine asks for more (the
+     * call after a step releases what that step handed out) */
+    const size_t at_step[] = {
+        0,          /* greeting: checked above */
+        resp,       /* the longer response replaced the greeting's buffer */
+        resp,       /* TLS ready: the response waited in it */
+        resp,       /* 01 04: reused */
+        resp + pem, /* the PEM answer: a buffer for that step */
+        blob + pw,  /* the blob replaced the response's; the password, for one step */
+        blob,       /* the OK: reused */
+        0,          /* relaying: the connection phase's buffer is gone */
+        0,          /* the upstream leg is never buffered in the relay */
+        cu,         /* the COM_CHANGE_USER read, exactly its payload */
+        cu,         /* its OK assembled in the same buffer */
+        0,          /* relaying again */
+    };
+    const size_t after[] = {0, resp, resp, resp, resp, blob, 0, 0, 0, cu, 0, 0};
+    cr_assert_eq(DBT_ARRAY_LEN(at_step), m.ne);
+    for (size_t i = 1; i < m.ne; i++) {
+        struct my_step st;
+        size_t used = 0;
+        if (m.e[i].kind == TLS_READY)
+            my_tls_ready(s, &st);
+        else if (m.e[i].kind == SERVER)
+            used = my_feed_server(s, m.e[i].data, m.e[i].len, &st);
+        else
+            used = my_feed_client(s, m.e[i].data, m.e[i].len, &st);
+        cr_assert_neq(st.action, MY_NEED_MORE);
+        cr_assert_eq(my_session_allocated(s), at_step[i], "event %zu: %zu held, want %zu", i,
+                     my_session_allocated(s), at_step[i]);
+        record(&t, m.e[i].kind, &st);
+        struct ev remain = {m.e[i].kind, m.e[i].data + used, m.e[i].len - used};
+        if (m.e[i].kind != TLS_READY)
+            cr_assert(feed_event(s, &remain, SIZE_MAX, SIZE_MAX, &t, &t.consumed[i]));
+        cr_assert_eq(my_session_allocated(s), after[i], "after event %zu: %zu held, want %zu", i,
+                     my_session_allocated(s), after[i]);
+    }
+    cr_assert(my_relaying(s));
+    cr_assert_str_eq(s->user, "bob");
+    trace_free(&t);
     my_session_wipe(s);
+    cr_assert_eq(my_session_allocated(s), 0);
     free(s);
+    my_rsa_free(f.key);
+}
+
+/* The k-th allocation fails, for every k: the steps before it are those of a session with
+ * memory, the failure is MY_FAIL DBT_INTERNAL_ERROR "out of memory" (an ERR for the client
+ * where one is due, none while relaying), and nothing leaks. */
+Test(mysql_memory, out_of_memory_at_every_allocation_is_a_step)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct memory_scenario m;
+    memory_scenario(&m, &f);
+    static const size_t ways[][2] = {{SIZE_MAX, SIZE_MAX}, {1, 1}, {5, 3}};
+
+    for (size_t w = 0; w < DBT_ARRAY_LEN(ways); w++) {
+        struct trace ref;
+        session_free(run(&f.cfg, m.e, m.ne, ways[w][0], ways[w][1], &ref));
+        cr_assert_eq(ref.n, 13);
+        size_t failures = 0;
+        for (long k = 0;; k++) {
+            cr_assert_lt(k, 64, "the failure never stopped");
+            struct trace t;
+            wire_alloc_fail_after(k);
+            struct my_session *s = run(&f.cfg, m.e, m.ne, ways[w][0], ways[w][1], &t);
+            wire_alloc_fail_after(-1);
+            cr_assert_gt(t.n, 0);
+            const struct rec *last = &t.step[t.n - 1];
+            if (last->action != MY_FAIL) { /* k is past the last allocation */
+                assert_same(&ref, &t, "no failure", (size_t)k);
+                trace_free(&t);
+                session_free(s);
+                break;
+            }
+            failures++;
+            for (size_t i = 0; i + 1 < t.n; i++) {
+                const struct rec *x = &ref.step[i], *y = &t.step[i];
+                /* what the relay forwarded before the failure: a prefix, when cut short */
+                if (i + 2 == t.n && y->action == MY_RELAY)
+                    cr_assert(x->action == MY_RELAY && x->leg == y->leg && y->len <= x->len &&
+                                  memcmp(x->data, y->data, y->len) == 0,
+                              "k %ld: relay step %zu differs", k, i);
+                else
+                    cr_assert(same_step(x, y), "k %ld: step %zu differs", k, i);
+            }
+            cr_assert_eq(last->reason, DBT_INTERNAL_ERROR);
+            cr_assert_str_eq(last->detail, "out of memory");
+            static const char msg[] = "dbtrust: out of memory (internal_error)";
+            const struct rec *before = t.n > 1 ? &t.step[t.n - 2] : NULL;
+            if (before && (before->phase_end || before->action == MY_RELAY)) {
+                cr_assert_eq(last->len, 0, "k %ld: no ERR in the relay", k);
+            } else {
+                cr_assert_gt(last->len, MY_HEADER + 9, "k %ld: an ERR for the client", k);
+                cr_assert_eq(last->data[MY_HEADER], 0xFF);
+                cr_assert_arr_eq(last->data + last->len - strlen(msg), msg, strlen(msg));
+            }
+            trace_free(&t);
+            session_free(s);
+        }
+        /* greeting, response, PEM answer, blob, password, change-user */
+        cr_assert_eq(failures, 6, "%zu allocations", failures);
+        trace_free(&ref);
+    }
+    my_rsa_free(f.key);
+}
+
+/* A response of exactly MY_MAX_PACKET payload bytes is read into a buffer of that size; one
+ * byte more is refused on the header, before anything is allocated for it. */
+Test(mysql_memory, largest_packet_accepted_one_over_refused_before_allocation)
+{
+    static uint8_t p[MY_MAX_PACKET], resp[MY_HEADER + MY_MAX_PACKET],
+        resp_out[MY_HEADER + MY_MAX_PACKET];
+    static char db[MY_MAX_PACKET];
+    size_t base = response(p, "app", 20, "", "mysql_native_password", "mariadb");
+    memset(db, 'd', MY_MAX_PACKET - base);
+    db[MY_MAX_PACKET - base] = 0;
+    size_t n = response(p, "app", 20, db, "mysql_native_password", "mariadb");
+    cr_assert_eq(n, MY_MAX_PACKET);
+    size_t rn = pkt(resp, 1, p, n);
+    memcpy(resp_out, resp, rn);
+    resp_out[3] = 2;
+    resp_out[5] |= 0x08;
+    uint8_t g[200], want_greet[200];
+    size_t gn = pkt(g, 0, mariadb_greeting, sizeof mariadb_greeting);
+    memcpy(want_greet, g, gn);
+    want_greet[4 + MARIADB_CAPS_LO] = 0xde;
+    want_greet[4 + MARIADB_CAPS_LO + 1] = 0xf7;
+    struct ev e[3] = {{SERVER, g, gn}, {CLIENT, resp, rn}, {TLS_READY, NULL, 0}};
+    struct trace whole;
+
+    struct my_session *s = run(&tcp_nokey, e, 3, SIZE_MAX, SIZE_MAX, &whole);
+    cr_assert_eq(whole.n, 4);
+    expect(&whole, 0, SERVER, MY_SEND_CLIENT, want_greet, gn);
+    expect(&whole, 1, CLIENT, MY_SEND_SERVER_PLAIN, ssl_request, sizeof ssl_request);
+    expect(&whole, 3, TLS_READY, MY_SEND_SERVER, resp_out, rn);
+    cr_assert_eq(my_session_allocated(s), MY_HEADER + MY_MAX_PACKET);
+    session_free(s);
+    static const size_t cuts[] = {1, 2, 3, 4, 5, 4096, MY_MAX_PACKET - 1, MY_MAX_PACKET + 3};
+    for (size_t i = 0; i < DBT_ARRAY_LEN(cuts); i++)
+        check_cut(&tcp_nokey, e, 3, &whole, cuts[i], SIZE_MAX, "split at");
+    check_cut(&tcp_nokey, e, 3, &whole, 1, 1, "byte by byte");
+    trace_free(&whole);
+
+    /* one more byte: refused on the header, though every allocation would now fail */
+    wire_put_le24(resp, MY_MAX_PACKET + 1);
+    uint8_t want[200];
+    size_t wn = err_pkt(want, 1, 1043, "08S01",
+                        "dbtrust: connection-phase packet from the client over 64 KiB "
+                        "(client_protocol_error)");
+    struct trace t;
+    s = run(&tcp_nokey, e, 1, SIZE_MAX, SIZE_MAX, &t);
+    trace_free(&t);
+    wire_alloc_fail_after(0);
+    struct my_step st;
+    cr_assert_eq(my_feed_client(s, resp, rn, &st), MY_HEADER);
+    wire_alloc_fail_after(-1);
+    cr_assert_eq(st.action, MY_FAIL);
+    cr_assert_eq(st.reason, DBT_CLIENT_PROTOCOL_ERROR);
+    cr_assert_eq(st.len, wn);
+    cr_assert_arr_eq(st.data, want, wn);
+    cr_assert_eq(my_session_allocated(s), gn, "the greeting's buffer only");
+    session_free(s);
+}
+
+/* In the relay only a COM_CHANGE_USER is read into a buffer: as long as its payload, up to the
+ * 64 KiB of it that are ever looked at. */
+Test(mysql_memory, relay_keeps_only_a_change_user)
+{
+    struct relay_login r;
+    static uint8_t bigq[MY_HEADER + 100000], longcu[MY_HEADER + 70000];
+    uint8_t cu[128], cuok[16];
+    bigq[MY_HEADER] = 0x03;
+    memset(bigq + MY_HEADER + 1, 'x', 100000 - 1);
+    wire_put_le24(bigq, 100000);
+    bigq[3] = 0;
+    size_t cun = change_user(cu, "carol", "mysql_native_password");
+    size_t cuokn = pkt(cuok, 1, ok_payload, sizeof ok_payload);
+    /* a COM_CHANGE_USER whose attributes go on past 64 KiB */
+    memcpy(longcu, cu, cun);
+    longcu[MY_HEADER + 1] = 'b'; /* "carol" -> "barol" */
+    memset(longcu + cun, 0x42, sizeof longcu - cun);
+    wire_put_le24(longcu, 70000);
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    size_t login = ne;
+    e[ne++] = (struct ev){CLIENT, bigq, sizeof bigq};
+    e[ne++] = (struct ev){SERVER, query_result, sizeof query_result};
+    e[ne++] = (struct ev){CLIENT, cu, cun};
+    e[ne++] = (struct ev){SERVER, cuok, cuokn};
+    e[ne++] = (struct ev){CLIENT, longcu, sizeof longcu};
+    e[ne++] = (struct ev){SERVER, cuok, cuokn};
+    e[ne++] = (struct ev){CLIENT, bigq, sizeof bigq};
+    /* after each event, once the machine asks for more: the OK that ends a change-user is
+     * handed out from the change-user's buffer, which goes on the call after */
+    const size_t held[] = {0, 0, cun - MY_HEADER, 0, MY_HEADER + MY_MAX_PACKET, 0, 0};
+    static const size_t ways[][2] = {{SIZE_MAX, SIZE_MAX}, {1, 1}, {7, 4093}};
+
+    for (size_t w = 0; w < DBT_ARRAY_LEN(ways); w++) {
+        struct trace t;
+        struct my_session *s = run(&tcp_nokey, e, login, ways[w][0], ways[w][1], &t);
+        for (size_t i = login; i < ne; i++) {
+            cr_assert(feed_event(s, &e[i], ways[w][0], ways[w][1], &t, &t.consumed[i]));
+            cr_assert_eq(my_session_allocated(s), held[i - login],
+                         "way %zu, event %zu: %zu held, want %zu", w, i, my_session_allocated(s),
+                         held[i - login]);
+            if (i == login + 4)
+                cr_assert_str_eq(s->user, "barol", "read from the first 64 KiB kept");
+        }
+        cr_assert(my_relaying(s));
+        trace_free(&t);
+        session_free(s);
+    }
+}
+
+/* The proxy ends a connection with my_session_wipe wherever it is: at the start, mid-packet,
+ * with a packet handed out, in the relay, after a failure. Nothing may stay behind. */
+static void expect_wipe_anywhere(const struct my_config *cfg, const struct ev *evs, size_t nev)
+{
+    for (size_t i = 0; i < nev; i++) {
+        size_t len = evs[i].len;
+        const size_t cuts[] = {0, 1, 3, 4, 5, len / 2, len ? len - 1 : 0, len};
+        for (size_t c = 0; c < DBT_ARRAY_LEN(cuts); c++) {
+            if (cuts[c] > len || (evs[i].kind != SERVER && evs[i].kind != CLIENT && c > 0))
+                continue;
+            struct trace t;
+            struct my_session *s = run(cfg, evs, i, SIZE_MAX, SIZE_MAX, &t);
+            struct ev part = evs[i];
+            part.len = cuts[c];
+            if (s->state != MY_S_ENDED)
+                (void)feed_event(s, &part, SIZE_MAX, SIZE_MAX, &t, &t.consumed[i]);
+            trace_free(&t);
+            my_session_wipe(s);
+            cr_assert_eq(my_session_allocated(s), 0, "event %zu cut %zu", i, cuts[c]);
+            struct my_step st;
+            static const uint8_t one = 0;
+            cr_assert_eq(my_feed_client(s, &one, 1, &st), 0);
+            cr_assert_eq(st.action, MY_FAIL);
+            cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+            my_session_wipe(s); /* idempotent */
+            free(s);
+        }
+    }
+}
+
+Test(mysql_memory, wipe_at_every_point)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct memory_scenario m;
+    memory_scenario(&m, &f);
+    expect_wipe_anywhere(&f.cfg, m.e, m.ne);
+
+    /* failures: a refused plaintext response, an oversize packet, a garbage blob */
+    struct login l;
+    make_login(&l, mariadb_greeting, sizeof mariadb_greeting, "mysql_native_password", 20);
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    expect_wipe_anywhere(&tls_require, e, ne);
+    static const uint8_t over[] = {0x01, 0x00, 0x01, 0x01, 0x8c};
+    e[1] = (struct ev){CLIENT, over, sizeof over};
+    expect_wipe_anywhere(&tcp_nokey, e, 2);
+    memmove(m.blob5 + MY_HEADER, m.blob5 + MY_HEADER + 1, 255); /* not the blob any more */
+    expect_wipe_anywhere(&f.cfg, m.e, 7);
     my_rsa_free(f.key);
 }

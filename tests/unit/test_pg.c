@@ -4,7 +4,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dbt_util.h"
 #include "pg.h"
+#include "test_util.h"
+#include "wire.h"
+
+/* Every machine a test makes is given back with pg_client_free / pg_server_free: a buffer left
+ * behind fails the suite (leak_check), whatever state the machine ended in. */
+TestSuite(pg_client, .fini = leak_check);
+TestSuite(pg_client_tls, .fini = leak_check);
+TestSuite(pg_client_memory, .fini = leak_check);
+TestSuite(pg_server, .fini = leak_check);
+TestSuite(pg_server_memory, .fini = leak_check);
 
 #define MAX_STEPS 16
 
@@ -89,6 +100,21 @@ static void *new_machine(enum leg leg)
     memset(s, 0xA5, sizeof *s);
     pg_server_init(s);
     return s;
+}
+
+/* What the proxy does once it is done with a machine: give back what it holds, then the struct. */
+static void free_machine(enum leg leg, void *m)
+{
+    if (leg == CLIENT)
+        pg_client_free(m);
+    else
+        pg_server_free(m);
+    free(m);
+}
+
+static void client_free(struct pg_client *c)
+{
+    free_machine(CLIENT, c);
 }
 
 static size_t feed(enum leg leg, void *m, const uint8_t *in, size_t len, struct pg_step *st)
@@ -192,20 +218,20 @@ static void run_all_from(enum leg leg, const struct client_setup *setup, const u
     if (keep)
         *keep = m;
     else
-        free(m);
+        free_machine(leg, m);
 
     for (size_t k = 1; k < len; k++) {
         struct trace t;
         m = new_from(leg, setup);
         run(leg, m, in, len, k, SIZE_MAX, &t);
-        free(m);
+        free_machine(leg, m);
         assert_same(whole, &t, "split at", k);
         trace_free(&t);
     }
     struct trace t;
     m = new_from(leg, setup);
     run(leg, m, in, len, 1, 1, &t);
-    free(m);
+    free_machine(leg, m);
     assert_same(whole, &t, "byte by byte", 1);
     trace_free(&t);
 }
@@ -294,7 +320,7 @@ Test(pg_client, ssl_request_then_startup)
     cr_assert_str_eq(c->application_name, "");
     cr_assert_eq(c->version, 0x00030000u);
     trace_free(&t);
-    free(c);
+    client_free(c);
 }
 
 Test(pg_client, gssenc_then_ssl_then_startup)
@@ -318,7 +344,7 @@ Test(pg_client, gssenc_then_ssl_then_startup)
     cr_assert_str_eq(c->database, "shop");
     cr_assert_str_eq(c->application_name, "psql");
     trace_free(&t);
-    free(c);
+    client_free(c);
 }
 
 static void expect_client_fail(const uint8_t *in, size_t n, size_t sends, const char *detail)
@@ -369,7 +395,7 @@ static void expect_verbatim_startup(uint32_t version)
     cr_assert_str_eq(c->user, "carol");
     cr_assert_str_eq(c->database, "carol");
     trace_free(&t);
-    free(c);
+    client_free(c);
 }
 
 Test(pg_client, startup_3_2_forwarded_verbatim)
@@ -400,7 +426,7 @@ Test(pg_client, idents_truncated_and_terminated)
     cr_assert_eq(strlen(c->database), PG_IDENT_MAX - 1);
     cr_assert_eq(strncmp(c->user, longname, PG_IDENT_MAX - 1), 0);
     trace_free(&t);
-    free(c);
+    client_free(c);
 }
 
 Test(pg_client, largest_startup_packet_accepted)
@@ -601,6 +627,8 @@ Test(pg_client, finished_machine_consumes_nothing)
     cr_assert_eq(pg_client_feed(c, (const uint8_t *)"Xxx", 3, &st), 0);
     cr_assert_eq(st.action, PG_RELAY);
 
+    pg_client_free(c);
+
     pg_client_init(c);
     static const uint8_t cancel[16] = {0, 0, 0, 16, 0x04, 0xD2, 0x16, 0x2E};
     cr_assert_eq(pg_client_feed(c, cancel, sizeof cancel, &st), sizeof cancel);
@@ -608,6 +636,8 @@ Test(pg_client, finished_machine_consumes_nothing)
     cr_assert_eq(pg_client_feed(c, cancel, sizeof cancel, &st), 0);
     cr_assert_eq(st.action, PG_FAIL);
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+
+    pg_client_free(c);
 
     pg_client_init(c);
     static const uint8_t bad[4] = {0, 0, 0, 1};
@@ -618,7 +648,7 @@ Test(pg_client, finished_machine_consumes_nothing)
     cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
     cr_assert_eq(st.action, PG_FAIL);
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
-    free(c);
+    client_free(c);
 }
 
 /* ---- client leg with dbtrust as the TLS server (C1) ---- */
@@ -661,7 +691,7 @@ Test(pg_client_tls, ssl_request_answered_s)
         cr_assert(c->seen_ssl_request);
         cr_assert(!c->tls_active, "encrypted only once the proxy says so");
         trace_free(&t);
-        free(c);
+        client_free(c);
 
         /* libpq with gssencmode=prefer asks for GSSAPI first: still 'N' */
         uint8_t in[16];
@@ -705,7 +735,7 @@ static void expect_unencrypted_refused(enum pg_client_tls mode, const uint8_t *i
         }
         cr_assert_eq(t.consumed, ssl_end, "cut %zu: the bytes after stay unread", k);
         trace_free(&t);
-        free(c);
+        client_free(c);
     }
 }
 
@@ -748,7 +778,7 @@ Test(pg_client_tls, failed_machine_stays_failed)
     cr_assert_eq(pg_client_feed(c, startup_bob, sizeof startup_bob, &st), 0);
     cr_assert_eq(st.action, PG_FAIL);
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
-    free(c);
+    client_free(c);
 }
 
 Test(pg_client_tls, direct_tls_first_byte)
@@ -766,7 +796,7 @@ Test(pg_client_tls, direct_tls_first_byte)
         cr_assert_eq(c->state, PG_C_TLS);
         cr_assert(!c->seen_ssl_request);
         trace_free(&t);
-        free(c);
+        client_free(c);
 
         run_all_from(CLIENT, &setup, just_0x16, 1, &t, NULL);
         cr_assert_eq(t.n, 1);
@@ -845,7 +875,7 @@ Test(pg_client_tls, requests_inside_tls_answered_n)
             cr_assert(c->tls_active);
             cr_assert_str_eq(c->user, "alice");
             trace_free(&t);
-            free(c);
+            client_free(c);
         }
 
         /* after SSLRequest/'S': a GSSENCRequest still gets its 'N' */
@@ -902,7 +932,7 @@ Test(pg_client_tls, duplicate_requests_inside_tls_fail)
         cr_assert_eq(pg_client_feed(c, gss_req, 8, &st), 8);
         cr_assert_eq(st.action, PG_FAIL);
         cr_assert_str_eq(st.detail, "duplicate GSSENCRequest");
-        free(c);
+        client_free(c);
     }
 }
 
@@ -932,7 +962,7 @@ Test(pg_client_tls, startup_inside_tls_dials)
             cr_assert_eq(pg_client_feed(c, in + mlen, n - mlen, &st), 0);
             cr_assert_eq(st.action, PG_RELAY);
             trace_free(&t);
-            free(c);
+            client_free(c);
         }
     }
 }
@@ -996,7 +1026,7 @@ Test(pg_client_tls, require_refuses_plaintext_startup)
         cr_assert_eq(st.action, PG_FAIL);
         cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
         trace_free(&t);
-        free(c);
+        client_free(c);
     }
 
     /* a malformed packet is a protocol error first, as before */
@@ -1041,7 +1071,7 @@ Test(pg_client_tls, allow_accepts_plaintext_startup)
     cr_assert(!c->tls_active);
     cr_assert_str_eq(c->user, "bob");
     trace_free(&t);
-    free(c);
+    client_free(c);
 
     size_t n = put(in, 0, gss_req, 8);
     n = put(in, n, startup_bob, sizeof startup_bob);
@@ -1072,6 +1102,7 @@ Test(pg_client_tls, caller_bugs_fail_closed)
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
 
     /* the ClientHello fed again after a direct PG_START_TLS */
+    pg_client_free(c);
     pg_client_init(c);
     c->tls = PG_TLS_REQUIRE;
     cr_assert_eq(pg_client_feed(c, client_hello, sizeof client_hello, &st), 0);
@@ -1081,6 +1112,7 @@ Test(pg_client_tls, caller_bugs_fail_closed)
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
 
     /* tls_started without a PG_START_TLS */
+    pg_client_free(c);
     pg_client_init(c);
     c->tls = PG_TLS_ALLOW;
     pg_client_tls_started(c);
@@ -1090,12 +1122,13 @@ Test(pg_client_tls, caller_bugs_fail_closed)
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
 
     /* client TLS off: never a PG_START_TLS, and init resets the mode */
+    pg_client_free(c);
     pg_client_init(c);
     cr_assert_eq(c->tls, PG_TLS_OFF);
     cr_assert_eq(pg_client_feed(c, ssl_req, 8, &st), 8);
     cr_assert_eq(st.action, PG_SEND_CLIENT);
     cr_assert(!st.direct);
-    free(c);
+    client_free(c);
 }
 
 /* ---- upstream's answer to the SSLRequest ---- */
@@ -1331,6 +1364,8 @@ Test(pg_server, finished_machine_consumes_nothing)
     cr_assert_eq(pg_server_feed(s, md5_req, sizeof md5_req, &st), 0);
     cr_assert_eq(st.action, PG_RELAY);
 
+    pg_server_free(s);
+
     pg_server_init(s);
     static const uint8_t bad[] = {'N', 0, 0, 0, 0};
     cr_assert_eq(pg_server_feed(s, bad, sizeof bad, &st), sizeof bad);
@@ -1338,7 +1373,7 @@ Test(pg_server, finished_machine_consumes_nothing)
     cr_assert_eq(pg_server_feed(s, md5_req, sizeof md5_req, &st), 0);
     cr_assert_eq(st.action, PG_FAIL);
     cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
-    free(s);
+    free_machine(SERVER, s);
 }
 
 Test(pg_server, sasl_offered_only_for_sasl)
@@ -1372,7 +1407,7 @@ Test(pg_server, sasl_offered_only_for_sasl)
         run(SERVER, s, cases[i].in, cases[i].len, cases[i].len, cases[i].len, &t);
         cr_assert_eq(s->sasl_offered, cases[i].sasl, "case %zu", i);
         trace_free(&t);
-        free(s);
+        free_machine(SERVER, s);
     }
 }
 
@@ -1694,5 +1729,406 @@ Test(pg_error, truncation_respects_utf8)
         size_t n = pg_build_error(buf, cap, "XX000", m, NULL, NULL);
         parse_error(buf, n, &f);
         cr_assert_eq(strlen(f.m) % 2, 0, "cap %zu cut a UTF-8 sequence", cap);
+    }
+}
+
+/* ---- memory: a machine holds what the bytes it was sent announced (issue 14) ---- */
+
+static const uint8_t cancel_3_0[] = {0x00, 0x00, 0x00, 0x10, 0x04, 0xD2, 0x16, 0x2E,
+                                     0x00, 0x00, 0x30, 0x39, 0xDE, 0xAD, 0xBE, 0xEF};
+
+/* A StartupMessage of exactly len bytes (len >= 19): user=bob, options padded with 'o'. */
+static size_t startup_of_len(uint8_t *b, size_t len)
+{
+    static char pad[PG_MAX_STARTUP_PACKET];
+    /* 8 header + "user\0bob\0" (9) + "options\0" (8) + value + NUL + final NUL */
+    size_t vlen = len - 8 - 9 - 8 - 2;
+    memset(pad, 'o', vlen);
+    pad[vlen] = 0;
+    const char *const kv[] = {"user", "bob", "options", pad, NULL};
+    size_t n = startup(b, 0x00030000u, kv);
+    cr_assert_eq(n, len);
+    return n;
+}
+
+/* Feeds one packet byte by byte to a fresh client (client TLS off): nothing may be allocated
+ * before its 8-byte header is complete, then exactly `heap` bytes (0: it fits inline) until the
+ * machine is freed. The packet of the final step is pg_client_packet's, in the heap when there
+ * is one, and stays there, unchanged, through later feeds. */
+static void expect_held_bytewise(const uint8_t *in, size_t n, enum pg_action last, size_t heap)
+{
+    struct pg_client *c = new_client(NULL);
+    struct pg_step st;
+
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(pg_client_feed(c, in + i, 1, &st), 1);
+        size_t want = i + 1 < 8 ? 0 : heap;
+        cr_assert_eq(pg_client_allocated(c), want, "after byte %zu: %zu held, want %zu", i,
+                     pg_client_allocated(c), want);
+        cr_assert_eq(st.action, i + 1 < n ? PG_NEED_MORE : last, "byte %zu", i);
+    }
+    size_t len;
+    const uint8_t *p = pg_client_packet(c, &len);
+    cr_assert_eq(st.data, p);
+    cr_assert_eq(len, n);
+    cr_assert_eq(p, heap ? c->heap : c->small, "in the heap only when it does not fit");
+    cr_assert_arr_eq(p, in, n);
+    cr_assert_eq(pg_client_feed(c, (const uint8_t *)"Q\0\0\0\x05", 5, &st), 0);
+    cr_assert_eq(pg_client_packet(c, &len), p, "a finished machine never moves its packet");
+    cr_assert_arr_eq(p, in, n);
+    pg_client_free(c);
+    cr_assert_eq(pg_client_allocated(c), 0);
+    cr_assert_null(pg_client_packet(c, &len));
+    cr_assert_eq(len, 0);
+    free(c);
+}
+
+Test(pg_client_memory, short_packets_never_allocate)
+{
+    /* The connection that sends nothing, or only negotiates, costs this struct and no more. */
+    cr_assert_lt(sizeof(struct pg_client), 512, "struct pg_client is %zu bytes",
+                 sizeof(struct pg_client));
+    uint8_t cancel44[44], at64[PG_CLIENT_INLINE], in[128];
+    cancel_packet(cancel44, 32);
+    startup_of_len(at64, sizeof at64);
+    expect_held_bytewise(cancel_3_0, sizeof cancel_3_0, PG_CANCEL, 0);
+    expect_held_bytewise(cancel44, sizeof cancel44, PG_CANCEL, 0);
+    expect_held_bytewise(startup_bob, sizeof startup_bob, PG_DIAL_UPSTREAM, 0);
+    expect_held_bytewise(at64, sizeof at64, PG_DIAL_UPSTREAM, 0);
+
+    /* With every allocation failing, the short paths still work whatever the cuts: they never
+     * ask for memory. */
+    wire_alloc_fail_after(0);
+    struct trace t;
+    struct pg_client *c;
+    size_t n = put(in, 0, gss_req, 8);
+    n = put(in, n, ssl_req, 8);
+    n = put(in, n, cancel_3_0, sizeof cancel_3_0);
+    run_all(CLIENT, in, n, &t, (void **)&c);
+    cr_assert_eq(t.n, 3);
+    expect_data(&t, 0, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 1, PG_SEND_CLIENT, "N", 1);
+    expect_data(&t, 2, PG_CANCEL, cancel_3_0, sizeof cancel_3_0);
+    cr_assert_eq(pg_client_allocated(c), 0);
+    trace_free(&t);
+    client_free(c);
+
+    n = put(in, 0, ssl_req, 8);
+    n = put(in, n, at64, sizeof at64);
+    run_all(CLIENT, in, n, &t, NULL);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 1, PG_DIAL_UPSTREAM, at64, sizeof at64);
+    trace_free(&t);
+
+    /* TLS on: 'S', then the packets inside, still without a byte of heap */
+    const struct client_setup setup = {PG_TLS_REQUIRE, AFTER_SSL_REQUEST};
+    run_all_from(CLIENT, &setup, startup_bob, sizeof startup_bob, &t, NULL);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, startup_bob, sizeof startup_bob);
+    trace_free(&t);
+    wire_alloc_fail_after(-1);
+}
+
+Test(pg_client_memory, longer_packets_get_exactly_their_length)
+{
+    static uint8_t msg[4 + PG_MAX_STARTUP_PACKET];
+    uint8_t cancel[12 + PG_MAX_CANCEL_KEY];
+    static const size_t lens[] = {PG_CLIENT_INLINE + 1, 300, 4 + PG_MAX_STARTUP_PACKET};
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(lens); i++) {
+        size_t n = startup_of_len(msg, lens[i]);
+        expect_held_bytewise(msg, n, PG_DIAL_UPSTREAM, n);
+    }
+    /* 52-byte key: 64 in all, inline; one more byte of key and it gets a buffer of its own */
+    size_t n = cancel_packet(cancel, PG_CLIENT_INLINE - 12);
+    expect_held_bytewise(cancel, n, PG_CANCEL, 0);
+    n = cancel_packet(cancel, PG_CLIENT_INLINE - 12 + 1);
+    expect_held_bytewise(cancel, n, PG_CANCEL, n);
+    n = cancel_packet(cancel, PG_MAX_CANCEL_KEY);
+    expect_held_bytewise(cancel, n, PG_CANCEL, n);
+
+    /* the same, whatever the cuts, behind a negotiation round */
+    uint8_t in[8 + 300];
+    size_t mlen = startup_of_len(msg, 300);
+    n = put(in, 0, ssl_req, 8);
+    n = put(in, n, msg, mlen);
+    struct trace t;
+    struct pg_client *c;
+    run_all(CLIENT, in, n, &t, (void **)&c);
+    cr_assert_eq(t.n, 2);
+    expect_data(&t, 1, PG_DIAL_UPSTREAM, msg, mlen);
+    cr_assert_eq(pg_client_allocated(c), mlen);
+    cr_assert_str_eq(c->user, "bob");
+    trace_free(&t);
+    client_free(c);
+}
+
+/* What an armed allocator proves: the refusal comes from the length check, since the only
+ * allocation the machine could have made would have failed with "out of memory". */
+static void expect_refused_unallocated(const uint8_t *in, size_t n, size_t consumed,
+                                       const char *detail)
+{
+    struct trace t;
+    wire_alloc_fail_after(0);
+    run_all(CLIENT, in, n, &t, NULL);
+    wire_alloc_fail_after(-1);
+    cr_assert_eq(t.n, 1);
+    expect_fail(&t, 0, PG_FAIL, DBT_CLIENT_PROTOCOL_ERROR, detail);
+    cr_assert_eq(t.consumed, consumed);
+    trace_free(&t);
+}
+
+Test(pg_client_memory, bounds_checked_before_any_allocation)
+{
+    static uint8_t msg[4 + PG_MAX_STARTUP_PACKET + 1];
+    static const char bad_length[] = "invalid length of startup packet";
+
+    /* the largest packet is accepted, in a buffer of its size */
+    size_t n = startup_of_len(msg, 4 + PG_MAX_STARTUP_PACKET);
+    struct trace t;
+    struct pg_client *c;
+    run_all(CLIENT, msg, n, &t, (void **)&c);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, msg, n);
+    cr_assert_eq(pg_client_allocated(c), 4 + PG_MAX_STARTUP_PACKET);
+    trace_free(&t);
+    client_free(c);
+
+    /* one byte more is refused on the length word, with nothing allocated */
+    be32(msg, 4 + PG_MAX_STARTUP_PACKET + 1);
+    expect_refused_unallocated(msg, sizeof msg, 4, bad_length);
+    be32(msg, 0xFFFFFFFFu);
+    expect_refused_unallocated(msg, 64, 4, bad_length);
+    /* a length within the startup bound that the code does not allow */
+    uint8_t cancel[12 + PG_MAX_CANCEL_KEY + 1];
+    memset(cancel, 0x22, sizeof cancel);
+    be32(cancel, sizeof cancel);
+    be32(cancel + 4, PG_CANCEL_REQUEST_CODE);
+    expect_refused_unallocated(cancel, sizeof cancel, 8, "invalid length of cancel request packet");
+    be32(msg, 4 + PG_MAX_STARTUP_PACKET);
+    be32(msg + 4, 0x00040000u);
+    expect_refused_unallocated(msg, 4 + PG_MAX_STARTUP_PACKET, 8, "unsupported frontend protocol");
+    be32(msg + 4, PG_SSL_REQUEST_CODE);
+    expect_refused_unallocated(msg, 4 + PG_MAX_STARTUP_PACKET, 8,
+                               "invalid length of SSLRequest packet");
+}
+
+Test(pg_client_memory, out_of_memory_is_a_failure_step)
+{
+    uint8_t msg[300], cancel[12 + PG_MAX_CANCEL_KEY];
+    const uint8_t *ins[] = {msg, cancel};
+    size_t lens[] = {startup_of_len(msg, sizeof msg), cancel_packet(cancel, PG_MAX_CANCEL_KEY)};
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(ins); i++) {
+        /* k == 0: byte by byte; else a cut at k, then the rest at once */
+        for (size_t k = 0; k < lens[i]; k++) {
+            struct pg_client *c = new_client(NULL);
+            struct trace t;
+            wire_alloc_fail_after(0);
+            run(CLIENT, c, ins[i], lens[i], k ? k : 1, k ? SIZE_MAX : 1, &t);
+            wire_alloc_fail_after(-1);
+            cr_assert_eq(t.n, 1);
+            expect_fail(&t, 0, PG_FAIL, DBT_INTERNAL_ERROR, "out of memory");
+            cr_assert_eq(t.consumed, 8, "failed when the header asked for the buffer");
+            cr_assert_eq(c->state, PG_C_FAILED);
+            cr_assert_eq(pg_client_allocated(c), 0);
+            struct pg_step st;
+            cr_assert_eq(pg_client_feed(c, ins[i] + 8, lens[i] - 8, &st), 0);
+            cr_assert_eq(st.action, PG_FAIL);
+            cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+            trace_free(&t);
+            client_free(c);
+        }
+    }
+}
+
+/* A machine freed after any prefix of its input, in any state: nothing stays behind
+ * (leak_check), and a freed machine refuses to go on. */
+static void expect_free_anywhere(const struct client_setup *setup, const uint8_t *in, size_t n)
+{
+    for (size_t k = 0; k <= n; k++) {
+        struct pg_client *c = new_client(setup);
+        struct trace t;
+        run(CLIENT, c, in, k, k, k, &t);
+        trace_free(&t);
+        pg_client_free(c);
+        size_t len;
+        cr_assert_eq(pg_client_allocated(c), 0);
+        cr_assert_null(pg_client_packet(c, &len));
+        struct pg_step st;
+        cr_assert_eq(pg_client_feed(c, in, n, &st), 0);
+        cr_assert_eq(st.action, PG_FAIL);
+        cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+        pg_client_free(c); /* idempotent */
+        free(c);
+    }
+}
+
+Test(pg_client_memory, free_at_every_point)
+{
+    uint8_t msg[300], in[8 + 300 + 14], cancel[12 + PG_MAX_CANCEL_KEY];
+    size_t mlen = startup_of_len(msg, sizeof msg);
+    size_t n = put(in, 0, ssl_req, 8);
+    n = put(in, n, msg, mlen);
+    n = put(in, n, "Q\0\0\0\x0dSELECT 1", 14); /* done, then relay data */
+    expect_free_anywhere(NULL, in, n);
+    expect_free_anywhere(NULL, cancel, cancel_packet(cancel, PG_MAX_CANCEL_KEY));
+    /* failed after buffering: the packet is dropped at once */
+    const struct client_setup require = {PG_TLS_REQUIRE, PLAINTEXT};
+    expect_free_anywhere(&require, msg, mlen);
+    struct pg_client *c = new_client(&require);
+    struct pg_step st;
+    cr_assert_eq(pg_client_feed(c, msg, mlen, &st), mlen);
+    cr_assert_eq(st.reason, DBT_CLIENT_TLS_REQUIRED);
+    cr_assert_eq(pg_client_allocated(c), 0, "a refused packet is not kept");
+    client_free(c);
+    msg[mlen - 1] = 'x'; /* no terminator */
+    expect_free_anywhere(NULL, msg, mlen);
+    c = new_client(NULL);
+    cr_assert_eq(pg_client_feed(c, msg, mlen, &st), mlen);
+    cr_assert_eq(st.action, PG_FAIL);
+    cr_assert_eq(pg_client_allocated(c), 0);
+    client_free(c);
+    /* refused on its length word */
+    static const uint8_t over[] = {0x00, 0x00, 0x27, 0x19, 0x00, 0x03, 0x00, 0x00};
+    expect_free_anywhere(NULL, over, sizeof over);
+    /* inside TLS */
+    const struct client_setup tls = {PG_TLS_ALLOW, AFTER_DIRECT_TLS};
+    expect_free_anywhere(&tls, in + 8, n - 8);
+}
+
+/* ---- memory of the server machine ---- */
+
+/* Feeds in byte by byte: while a message's 5-byte header is incomplete the machine holds
+ * nothing (the previous message is released by the call after the one that handed it out),
+ * then exactly that message's length; the SASL rewrite adds a buffer of the list's size. */
+Test(pg_server_memory, each_message_in_a_buffer_of_its_length)
+{
+    cr_assert_lt(sizeof(struct pg_server), 128, "struct pg_server is %zu bytes",
+                 sizeof(struct pg_server));
+    static const uint8_t notice[] = "N\x00\x00\x00\x0dSNOTICE\0";
+    uint8_t in[128];
+    size_t n = put(in, 0, neg_version, sizeof neg_version);
+    n = put(in, n, notice, sizeof notice);
+    n = put(in, n, sasl_both, sizeof sasl_both);
+    struct pg_server *s = new_machine(SERVER);
+    struct pg_step st;
+    size_t start = 0, sends = 0;
+
+    cr_assert_eq(pg_server_allocated(s), 0);
+    for (size_t i = 0; i < n; i++) {
+        cr_assert_eq(pg_server_feed(s, in + i, 1, &st), 1);
+        size_t msg = 1 + wire_be32(in + start + 1);
+        size_t want = i + 1 - start < 5 ? 0 : msg;
+        if (st.action == PG_SEND_CLIENT) {
+            sends++;
+            cr_assert_eq(i + 1, start + msg);
+            if (in[start] == 'R') {
+                cr_assert_eq(st.data, s->out);
+                cr_assert_eq(s->out_len, msg, "the rewrite is never longer than the list");
+                want += msg;
+            } else {
+                cr_assert_eq(st.data, s->msg);
+                cr_assert_null(s->out, "no rewrite buffer but for AuthenticationSASL");
+            }
+            start = i + 1;
+        }
+        cr_assert_eq(pg_server_allocated(s), want, "byte %zu: %zu held, want %zu", i,
+                     pg_server_allocated(s), want);
+    }
+    cr_assert_eq(sends, 3);
+    cr_assert_eq(st.len, sizeof sasl_stripped);
+    cr_assert_arr_eq(st.data, sasl_stripped, sizeof sasl_stripped);
+    cr_assert_eq(pg_server_feed(s, in, 1, &st), 0);
+    cr_assert_eq(st.action, PG_RELAY);
+    cr_assert_eq(pg_server_allocated(s), 0, "relaying, the machine holds nothing");
+    free_machine(SERVER, s);
+}
+
+static void expect_server_refused_unallocated(const uint8_t *in, size_t n, const char *detail)
+{
+    wire_alloc_fail_after(0);
+    expect_server_fail(in, n, 0, detail);
+    wire_alloc_fail_after(-1);
+}
+
+Test(pg_server_memory, bounds_before_allocation_and_out_of_memory)
+{
+    static uint8_t in[PG_MAX_SERVER_STARTUP_MSG + 1];
+    memset(in, 'x', sizeof in);
+    in[0] = 'N';
+    be32(in + 1, PG_MAX_SERVER_STARTUP_MSG - 1);
+    struct pg_server *s = new_machine(SERVER);
+    struct pg_step st;
+    cr_assert_eq(pg_server_feed(s, in, PG_MAX_SERVER_STARTUP_MSG, &st), PG_MAX_SERVER_STARTUP_MSG);
+    cr_assert_eq(st.action, PG_SEND_CLIENT);
+    cr_assert_eq(pg_server_allocated(s), PG_MAX_SERVER_STARTUP_MSG);
+    free_machine(SERVER, s);
+
+    be32(in + 1, PG_MAX_SERVER_STARTUP_MSG);
+    expect_server_refused_unallocated(in, sizeof in,
+                                      "upstream startup message longer than 16384 bytes");
+    be32(in + 1, 3);
+    expect_server_refused_unallocated(in, 5, "upstream message length below 4");
+
+    /* allocation number `after` fails: one per message, then the rewrite of the SASL list */
+    uint8_t two[128];
+    size_t n = put(two, 0, neg_version, sizeof neg_version);
+    n = put(two, n, sasl_both, sizeof sasl_both);
+    const struct {
+        long after;
+        size_t sends, consumed;
+    } cases[] = {
+        {0, 0, 5},                      /* the 'v' message's buffer */
+        {1, 1, sizeof neg_version + 5}, /* the 'R' message's buffer */
+        {2, 1, n},                      /* the rewrite of its list */
+    };
+    for (size_t i = 0; i < DBT_ARRAY_LEN(cases); i++) {
+        for (size_t k = 0; k < n; k++) {
+            struct trace t;
+            s = new_machine(SERVER);
+            wire_alloc_fail_after(cases[i].after);
+            run(SERVER, s, two, n, k ? k : 1, k ? SIZE_MAX : 1, &t);
+            wire_alloc_fail_after(-1);
+            cr_assert_eq(t.n, cases[i].sends + 1, "case %zu cut %zu", i, k);
+            if (cases[i].sends)
+                expect_data(&t, 0, PG_SEND_CLIENT, neg_version, sizeof neg_version);
+            expect_fail(&t, cases[i].sends, PG_FAIL, DBT_INTERNAL_ERROR, "out of memory");
+            cr_assert_eq(t.consumed, cases[i].consumed, "case %zu cut %zu", i, k);
+            cr_assert(!s->sasl_offered);
+            cr_assert_eq(pg_server_feed(s, two, n, &st), 0);
+            cr_assert_eq(st.action, PG_FAIL);
+            cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+            cr_assert_eq(pg_server_allocated(s), 0);
+            trace_free(&t);
+            free_machine(SERVER, s);
+        }
+    }
+}
+
+Test(pg_server_memory, free_at_every_point)
+{
+    static const uint8_t only_plus[] = "R\x00\x00\x00\x1C\x00\x00\x00\x0A"
+                                       "SCRAM-SHA-256-PLUS\0";
+    uint8_t in[128];
+    size_t n = put(in, 0, neg_version, sizeof neg_version);
+    n = put(in, n, sasl_both, sizeof sasl_both);
+    n = put(in, n, "R\0\0\0\x08\0\0\0\0", 9); /* relay data */
+    const uint8_t *ins[] = {in, only_plus};
+    const size_t lens[] = {n, sizeof only_plus};
+
+    for (size_t i = 0; i < DBT_ARRAY_LEN(ins); i++) {
+        for (size_t k = 0; k <= lens[i]; k++) {
+            struct pg_server *s = new_machine(SERVER);
+            struct trace t;
+            run(SERVER, s, ins[i], k, k, k, &t);
+            trace_free(&t);
+            pg_server_free(s);
+            cr_assert_eq(pg_server_allocated(s), 0);
+            struct pg_step st;
+            cr_assert_eq(pg_server_feed(s, ins[i], lens[i], &st), 0);
+            cr_assert_eq(st.action, PG_FAIL);
+            cr_assert_eq(st.reason, DBT_INTERNAL_ERROR);
+            pg_server_free(s);
+            free(s);
+        }
     }
 }

@@ -1,4 +1,4 @@
-/* wire.h: byte order helpers and the bounded writer. */
+/* wire.h: byte order helpers, the bounded writer and the allocator of the machines. */
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -94,4 +94,26 @@ Test(wire, zero_capacity)
     wire_out_u8(&w, 1);
     cr_assert_eq(w.overflow, 1);
     cr_assert_eq(w.len, 0);
+}
+
+Test(wire, alloc_fails_once_where_asked)
+{
+    void *p[4];
+
+    wire_alloc_fail_after(2); /* two more succeed, the third fails, then all succeed again */
+    for (size_t i = 0; i < 4; i++)
+        p[i] = wire_alloc(16);
+    cr_assert(p[0] && p[1] && !p[2] && p[3]);
+    wire_alloc_fail_after(-1);
+    void *q = wire_alloc(16);
+    cr_assert_not_null(q);
+    memset(q, 0x5A, 16);
+    wire_free(q, 16);
+    for (size_t i = 0; i < 4; i++)
+        wire_free(p[i], 16); /* NULL included */
+    wire_alloc_fail_after(0);
+    cr_assert_null(wire_alloc(1));
+    q = wire_alloc(1);
+    cr_assert_not_null(q, "a planned failure happens once");
+    wire_free(q, 1);
 }
