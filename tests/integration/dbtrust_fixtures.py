@@ -2088,3 +2088,454 @@ def pg_direct_tls(host, port, alpn=(PG_ALPN,), cafile=None, server_hostname=None
     except BaseException:
         sock.close()
         raise
+
+
+# ============================================================================================
+# Memory and overload (issue 14): many held connections, RSS sampling, memory cgroups, a
+# non-loopback source address
+# ============================================================================================
+
+def raise_open_files_limit(wanted):
+    """Raise RLIMIT_NOFILE to at least `wanted` (soft, and hard too when we are root); processes
+    started afterwards (dbtrust, the servers) inherit it. Returns the soft limit now in force."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with open("/proc/sys/fs/nr_open") as f:
+            higher = min(wanted, int(f.read()))
+        try:  # root with CAP_SYS_RESOURCE only; containers often lack it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (higher, higher))
+            return higher
+        except (ValueError, OSError):
+            pass
+    new_soft = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (new_soft, hard))
+    return new_soft
+
+
+def open_fd_count(pid):
+    """How many descriptors a process has open now."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` s in a thread. .peak_kib, .samples
+    [(monotonic time, KiB)]; a vanished process ends the sampling (.gone = True)."""
+
+    def __init__(self, pid, interval=0.05):
+        self.pid = pid
+        self.interval = interval
+        self.samples = []
+        self.peak_kib = 0
+        self.gone = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                kib = resident_kib(self.pid)
+            except (OSError, AssertionError):
+                self.gone = True
+                return
+            self.samples.append((time.monotonic(), kib))
+            self.peak_kib = max(self.peak_kib, kib)
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        return self
+
+
+def tls_client_hello(server_hostname="localhost", alpn=None):
+    """The bytes of a real ClientHello (python ssl through memory BIOs, no socket): what a TLS
+    client sends first. Cut it to play a client stalled in the middle of its handshake."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    if not hello or hello[0] != 0x16:
+        raise RuntimeError(f"no ClientHello produced: {hello[:16]!r}")
+    return hello
+
+
+def my_packet_complete(buf):
+    """True once buf holds at least one whole MySQL packet (header + payload)."""
+    return len(buf) >= 4 and len(buf) >= 4 + (buf[0] | buf[1] << 8 | buf[2] << 16)
+
+
+def pg_message_complete(buf):
+    """True once buf holds one whole tagged PostgreSQL backend message."""
+    return len(buf) >= 5 and len(buf) >= 1 + struct.unpack("!I", bytes(buf[1:5]))[0]
+
+
+class HeldConnections:
+    """Many client TCP connections held open from this one thread, to see what each costs a
+    server, or to storm it.
+
+    targets: one (host, port) or (host, port, first_bytes) per connection; first_bytes are sent
+    as soon as that connection is established. Connects are non-blocking with at most `window`
+    in flight (dbtrust's listen backlog is 511: a burst beyond it is dropped SYNs and 1-3 s
+    retransmissions, not load), each given `connect_timeout` s; no new connect is started after
+    `open_budget` s. A connect that fails or times out leaves None in .socks and is counted in
+    .connect_failures (refused: .refused, timed out: .timed_out): a storm must not stop because
+    the server stopped accepting. `source`: the local address to bind (None: the kernel's).
+
+    Afterwards every method takes a list of connection indices (None: all): send(), expect()
+    (wait until each has received what a predicate wants), open_indices() (which ones the server
+    has not closed). Everything received is kept per connection in .received. close() resets
+    them (SO_LINGER 0: no TIME_WAIT left behind by thousands of connections). Nothing raises
+    because the server closed or reset a connection: that is noted, the caller judges.
+    """
+
+    def __init__(self, targets, source=None, window=256, connect_timeout=10.0, open_budget=120.0):
+        import selectors
+        self.targets = [t if len(t) == 3 else (t[0], t[1], b"") for t in targets]
+        self.source = source
+        self.socks = [None] * len(self.targets)
+        self.received = [bytearray() for _ in self.targets]
+        self.closed = [False] * len(self.targets)
+        self.refused = self.timed_out = self.not_attempted = 0
+        self.open_seconds = 0.0
+        self._selectors = selectors
+        self._open(window, connect_timeout, open_budget)
+
+    @property
+    def connect_failures(self):
+        return self.refused + self.timed_out + self.not_attempted
+
+    def connected_indices(self):
+        return [i for i, s in enumerate(self.socks) if s is not None]
+
+    def _open(self, window, connect_timeout, open_budget):
+        import errno
+        sel = self._selectors.DefaultSelector()
+        start = time.monotonic()
+        pending = {}  # index -> deadline
+        nxt = 0
+        try:
+            while nxt < len(self.targets) or pending:
+                now = time.monotonic()
+                while nxt < len(self.targets) and len(pending) < window:
+                    if now - start > open_budget:
+                        self.not_attempted = len(self.targets) - nxt
+                        nxt = len(self.targets)
+                        break
+                    host, port, _ = self.targets[nxt]
+                    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                    s.setblocking(False)
+                    try:
+                        if self.source:
+                            s.bind((self.source, 0))
+                        rc = s.connect_ex((host, port))
+                    except OSError:
+                        s.close()
+                        self.refused += 1
+                        nxt += 1
+                        continue
+                    if rc not in (0, errno.EINPROGRESS):
+                        s.close()
+                        self.refused += 1
+                    else:
+                        self.socks[nxt] = s
+                        pending[nxt] = now + connect_timeout
+                        sel.register(s, self._selectors.EVENT_WRITE, nxt)
+                    nxt += 1
+                for key, _ in sel.select(timeout=0.05):
+                    i = key.data
+                    s = self.socks[i]
+                    sel.unregister(s)
+                    del pending[i]
+                    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0:
+                        self._drop(i)
+                        self.refused += 1
+                        continue
+                    if self.targets[i][2]:
+                        self._send_one(i, self.targets[i][2])
+                now = time.monotonic()
+                for i in [i for i, deadline in pending.items() if deadline < now]:
+                    sel.unregister(self.socks[i])
+                    del pending[i]
+                    self._drop(i)
+                    self.timed_out += 1
+        finally:
+            sel.close()
+        self.open_seconds = time.monotonic() - start
+
+    def _drop(self, i):
+        s = self.socks[i]
+        self.socks[i] = None
+        if s is not None:
+            s.close()
+
+    def _indices(self, indices):
+        return self.connected_indices() if indices is None else [
+            i for i in indices if self.socks[i] is not None]
+
+    def _send_one(self, i, data):
+        try:
+            sent = self.socks[i].send(data)
+            if sent < len(data):  # never for the few bytes these tests send
+                self.socks[i].setblocking(True)
+                self.socks[i].settimeout(2)
+                self.socks[i].sendall(data[sent:])
+                self.socks[i].setblocking(False)
+            return True
+        except OSError:
+            self.closed[i] = True
+            return False
+
+    def send(self, data, indices=None):
+        """Send data (bytes, or a function of the index) on each still-open connection;
+        returns how many sends succeeded."""
+        ok = 0
+        for i in self._indices(indices):
+            if not self.closed[i]:
+                ok += self._send_one(i, data(i) if callable(data) else data)
+        return ok
+
+    def expect(self, complete, indices=None, timeout=10.0):
+        """Read until complete(received bytes) holds for each connection, it closes, or the
+        timeout. Returns the indices for which complete() became true."""
+        sel = self._selectors.DefaultSelector()
+        done = []
+        try:
+            for i in self._indices(indices):
+                if complete(self.received[i]):
+                    done.append(i)
+                elif not self.closed[i]:
+                    sel.register(self.socks[i], self._selectors.EVENT_READ, i)
+            deadline = time.monotonic() + timeout
+            while sel.get_map() and time.monotonic() < deadline:
+                for key, _ in sel.select(timeout=0.1):
+                    i = key.data
+                    try:
+                        chunk = self.socks[i].recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        chunk = b""
+                    if not chunk:
+                        self.closed[i] = True
+                        sel.unregister(self.socks[i])
+                        continue
+                    self.received[i] += chunk
+                    if complete(self.received[i]):
+                        done.append(i)
+                        sel.unregister(self.socks[i])
+        finally:
+            sel.close()
+        return done
+
+    def poll_closed(self, indices=None):
+        """Look (without waiting) at each connection: note EOF/reset, keep pending bytes.
+        Returns the indices the server has closed."""
+        closed = []
+        for i in self._indices(indices):
+            if not self.closed[i]:
+                try:
+                    while True:
+                        chunk = self.socks[i].recv(65536)
+                        if not chunk:
+                            self.closed[i] = True
+                            break
+                        self.received[i] += chunk
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    self.closed[i] = True
+            if self.closed[i]:
+                closed.append(i)
+        return closed
+
+    def open_indices(self, indices=None):
+        """The connections the server has not closed (as far as can be seen right now)."""
+        closed = set(self.poll_closed(indices))
+        return [i for i in self._indices(indices) if i not in closed]
+
+    def close(self, indices=None):
+        linger = struct.pack("ii", 1, 0)
+        for i in self._indices(indices):
+            try:
+                self.socks[i].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            except OSError:
+                pass
+            self._drop(i)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def add_loopback_source_address():
+    """A non-loopback address (10.123.X.Y/32, random per run: parallel runs do not remove each
+    other's) added to lo, removed at exit. A client socket bound to it reaches dbtrust's
+    127.0.0.1 listeners with that source address: a "remote" client without a network
+    namespace. Needs root (RuntimeError otherwise)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("adding an address to lo needs root")
+    for _ in range(20):
+        addr = f"10.123.{random.randint(1, 254)}.{random.randint(1, 254)}"
+        proc = run(["ip", "addr", "add", f"{addr}/32", "dev", "lo"], check=False)
+        if proc.returncode == 0:
+            register_cleanup(run, ["ip", "addr", "del", f"{addr}/32", "dev", "lo"], False)
+            return addr
+        if "exists" not in proc.stderr:
+            raise RuntimeError(f"ip addr add {addr}/32 dev lo failed: {proc.stderr}")
+    raise RuntimeError("no free 10.123.X.Y address for lo")
+
+
+class MemoryCgroup:
+    """A child memory cgroup of this process's own, with a memory limit; removed at exit.
+
+    cgroup v1 (/sys/fs/cgroup/memory mounted): <mount>/<own path>/<name>, memory.limit_in_bytes
+    and, when present, memory.memsw.limit_in_bytes (no escape into swap). cgroup v2
+    (/sys/fs/cgroup/cgroup.controllers): /sys/fs/cgroup/<own path>/<name>, memory.max and
+    memory.swap.max = 0; the memory controller must already be enabled for our children (v2
+    refuses to enable it under a cgroup that holds processes itself): RuntimeError otherwise.
+    A process enters it with launcher() + its command: a shell writes its own pid into
+    cgroup.procs, then execs the command, so the program is inside from its first instruction
+    (it reads its limit at start-up) and keeps the pid the test knows.
+    """
+
+    V1_ROOT = "/sys/fs/cgroup/memory"
+    V2_ROOT = "/sys/fs/cgroup"
+
+    def __init__(self, name, limit_bytes):
+        self.limit_bytes = limit_bytes
+        self.v2 = os.path.exists(os.path.join(self.V2_ROOT, "cgroup.controllers"))
+        own = self._own_path()
+        root = self.V2_ROOT if self.v2 else self.V1_ROOT
+        self.parent = os.path.join(root, own.lstrip("/"))
+        if not os.path.isdir(self.parent):
+            raise RuntimeError(f"own memory cgroup {self.parent} not found")
+        if self.v2:
+            self._enable_v2_memory()
+        self.path = os.path.join(self.parent, f"{name}-{os.getpid()}-{secrets.token_hex(3)}")
+        os.mkdir(self.path)
+        register_cleanup(self.remove)
+        if self.v2:
+            self._write("memory.max", limit_bytes)
+            if os.path.exists(self._file("memory.swap.max")):
+                self._write("memory.swap.max", 0)
+        else:
+            self._write("memory.limit_in_bytes", limit_bytes)
+            if os.path.exists(self._file("memory.memsw.limit_in_bytes")):
+                self._write("memory.memsw.limit_in_bytes", limit_bytes)
+
+    def _own_path(self):
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+        for line in lines:
+            ident, controllers, path = line.split(":", 2)
+            if self.v2 and ident == "0":
+                return path
+            if not self.v2 and "memory" in controllers.split(","):
+                return path
+        raise RuntimeError(f"no memory cgroup in /proc/self/cgroup: {lines}")
+
+    def _enable_v2_memory(self):
+        """v2 allows enabling a controller for children only where no process lives, and this
+        process lives in its own cgroup: use it only when whoever made it enabled memory."""
+        control = os.path.join(self.parent, "cgroup.subtree_control")
+        with open(control) as f:
+            if "memory" in f.read().split():
+                return
+        raise RuntimeError(f"the memory controller is not enabled for the children of "
+                           f"{self.parent} ({control}); cgroup v2 cannot enable it under a "
+                           f"cgroup that holds this very process")
+
+    def _file(self, name):
+        return os.path.join(self.path, name)
+
+    def _write(self, name, value):
+        with open(self._file(name), "w") as f:
+            f.write(str(value))
+
+    def read(self, name):
+        with open(self._file(name)) as f:
+            return f.read()
+
+    def _keyed(self, name):
+        values = {}
+        for line in self.read(name).splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                values[parts[0]] = int(parts[1])
+        return values
+
+    @property
+    def procs_path(self):
+        return self._file("cgroup.procs")
+
+    def launcher(self):
+        """Prefix for a command that must start inside this cgroup."""
+        return ["/bin/sh", "-c", 'echo $$ > "$1" && shift && exec "$@"', "sh", self.procs_path]
+
+    def pids(self):
+        return [int(p) for p in self.read("cgroup.procs").split()]
+
+    def oom_kills(self):
+        """Processes the kernel's OOM killer killed in this cgroup."""
+        if self.v2:
+            return self._keyed("memory.events").get("oom_kill", 0)
+        return self._keyed("memory.oom_control").get("oom_kill", 0)
+
+    def limit_hits(self):
+        """How often usage hit the limit (v1 memory.failcnt, v2 memory.events max)."""
+        if self.v2:
+            return self._keyed("memory.events").get("max", 0)
+        return int(self.read("memory.failcnt"))
+
+    def usage_bytes(self):
+        return int(self.read("memory.current" if self.v2 else "memory.usage_in_bytes"))
+
+    def peak_bytes(self):
+        """The most this cgroup was charged (v2 kernels before 5.19 have no memory.peak: None)."""
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        return int(self.read(name)) if os.path.exists(self._file(name)) else None
+
+    def kernel_bytes(self):
+        """Kernel memory charged now (socket and file objects...): v1 memory.kmem.usage_in_bytes,
+        v2 memory.stat kernel; None when the kernel does not say."""
+        if self.v2:
+            return self._keyed("memory.stat").get("kernel")
+        name = "memory.kmem.usage_in_bytes"
+        return int(self.read(name)) if os.path.exists(self._file(name)) else None
+
+    def remove(self):
+        """Move whatever is left to the parent, then rmdir (retried: exiting tasks linger)."""
+        if not os.path.isdir(self.path):
+            return
+        for pid in self.pids():
+            try:
+                with open(os.path.join(self.parent, "cgroup.procs"), "w") as f:
+                    f.write(str(pid))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
