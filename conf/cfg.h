@@ -133,6 +133,9 @@ bool cfg_client_allowed(const struct cfg_listener *l, int family, const uint8_t 
 /* The memory limit of this process's cgroup (v2 memory.max, or v1 memory.limit_in_bytes, the
  * lowest along the path up to the root), or 0 when there is none. */
 uint64_t cfg_cgroup_memory_limit(void);
+/* The path of this process's cgroup memory usage file (v1 memory.usage_in_bytes, v2
+ * memory.current): what the cgroup's limit is compared with. 0, or -1 without a cgroup. */
+DBT_MUST_USE int cfg_cgroup_memory_usage_path(char *out, size_t cap);
 
 /* "host:port", "[v6]:port" or "unix:/path", for messages and log lines. */
 void cfg_addr_format(const struct cfg_addr *a, char *buf, size_t n);

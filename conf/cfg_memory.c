@@ -50,29 +50,50 @@ static uint64_t lowest_along(const char *root, const char *cg_path, const char *
     return lowest;
 }
 
-uint64_t cfg_cgroup_memory_limit(void)
+/* This process's memory cgroup: its hierarchy root and path from /proc/self/cgroup. */
+static bool own_cgroup(const char **root, char *path, size_t cap)
 {
     FILE *f = fopen("/proc/self/cgroup", "r");
     if (!f)
-        return 0;
+        return false;
     char line[4200], v1[4096] = "", v2[4096] = "";
     while (fgets(line, sizeof(line), f)) {
         line[strcspn(line, "\n")] = '\0';
         char *ctrl = strchr(line, ':');
-        char *path = ctrl ? strchr(ctrl + 1, ':') : NULL;
-        if (!path)
+        char *p = ctrl ? strchr(ctrl + 1, ':') : NULL;
+        if (!p)
             continue;
-        *path++ = '\0';
+        *p++ = '\0';
         ctrl++;
         if (ctrl[0] == '\0')
-            dbt_strlcpy(v2, path, sizeof(v2)); /* "0::/path" */
+            dbt_strlcpy(v2, p, sizeof(v2)); /* "0::/path" */
         else if (strstr(ctrl, "memory") != NULL)
-            dbt_strlcpy(v1, path, sizeof(v1)); /* "4:memory:/path" */
+            dbt_strlcpy(v1, p, sizeof(v1)); /* "4:memory:/path" */
     }
     fclose(f);
-    if (v1[0])
-        return lowest_along("/sys/fs/cgroup/memory", v1, "memory.limit_in_bytes");
-    if (v2[0])
-        return lowest_along("/sys/fs/cgroup", v2, "memory.max");
-    return 0;
+    *root = v1[0] ? "/sys/fs/cgroup/memory" : "/sys/fs/cgroup";
+    dbt_strlcpy(path, v1[0] ? v1 : v2, cap);
+    return path[0] != '\0';
+}
+
+uint64_t cfg_cgroup_memory_limit(void)
+{
+    const char *root;
+    char path[4096];
+    if (!own_cgroup(&root, path, sizeof(path)))
+        return 0;
+    bool v1 = strcmp(root, "/sys/fs/cgroup/memory") == 0;
+    return lowest_along(root, path, v1 ? "memory.limit_in_bytes" : "memory.max");
+}
+
+int cfg_cgroup_memory_usage_path(char *out, size_t cap)
+{
+    const char *root;
+    char path[4096];
+    if (!own_cgroup(&root, path, sizeof(path)))
+        return -1;
+    bool v1 = strcmp(root, "/sys/fs/cgroup/memory") == 0;
+    int n = snprintf(out, cap, "%s%s/%s", root, strcmp(path, "/") == 0 ? "" : path,
+                     v1 ? "memory.usage_in_bytes" : "memory.current");
+    return n > 0 && (size_t)n < cap ? 0 : -1;
 }

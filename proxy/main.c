@@ -365,7 +365,13 @@ int main(int argc, char **argv)
     uv_async_init(loop, &srv.main_wakeup, on_main_wakeup);
     srv.main_wakeup.data = &srv;
 
-    int rc = px_workers_start(&srv);
+    /* Before the workers: they read the accept budget from their first connection on. */
+    int rc = px_overload_start(&srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start the overload budget: %s", uv_strerror(rc));
+        goto out;
+    }
+    rc = px_workers_start(&srv);
     if (rc != 0) {
         px_log(CFG_LOG_ERROR, "cannot start workers: %s", uv_strerror(rc));
         goto out;
@@ -373,11 +379,6 @@ int main(int argc, char **argv)
     rc = px_reload_start(&srv, loop);
     if (rc != 0) {
         px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
-        goto out;
-    }
-    rc = px_overload_start(&srv, loop);
-    if (rc != 0) {
-        px_log(CFG_LOG_ERROR, "cannot start the overload budget: %s", uv_strerror(rc));
         goto out;
     }
     rc = px_client_id_start(&srv, loop);

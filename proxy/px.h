@@ -71,6 +71,11 @@ struct px_server {
      * refuse new startups until it falls below the low-water mark (px_overload.c) */
     atomic_bool overloaded;
     struct px_overload *overload;
+    /* With a memory_limit: connections the workers may still accept until the next sample
+     * (headroom / a pessimistic cost per connection), so a flood cannot overshoot the budget
+     * between two samples. */
+    bool accept_budgeted;
+    atomic_llong accept_allowance;
     uv_mutex_t trust_lock;  /* listeners[].gen: swapped by reloads, read by the admin thread */
     uv_mutex_t seen_lock;   /* listeners[].seen: written by workers, read by admin and expiry */
     uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
@@ -143,6 +148,14 @@ struct px_worker {
     } refusals_logged[PX_REFUSAL_NOTES];
     unsigned free_wreq_count;
 };
+
+/* True when a worker may accept one more connection now (memory budget). */
+static inline bool px_may_accept(struct px_server *srv)
+{
+    if (atomic_load_explicit(&srv->overloaded, memory_order_relaxed))
+        return false;
+    return !srv->accept_budgeted || atomic_fetch_sub(&srv->accept_allowance, 1) > 0;
+}
 
 /* Starts one thread per worker; each runs its own loop. Returns 0 or a negative uv error. */
 DBT_MUST_USE int px_workers_start(struct px_server *srv);

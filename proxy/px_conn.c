@@ -12,6 +12,7 @@
 #include "px_log.h"
 #include "px_relay.h"
 #include "px_admit.h"
+#include "px_hello.h"
 
 uint64_t px_now_ms(void)
 {
@@ -246,11 +247,48 @@ static void maybe_finish(struct px_conn *c)
         px_conn_close(c, c->reason != DBT_NONE ? c->reason : DBT_CLIENT_CLOSED, NULL);
 }
 
+/* client_tls: the ClientHello is gathered (px_hello.c) before a TLS engine exists; the engine
+ * gets the whole first record at once. */
+static void gather_hello(struct px_conn *c, const uint8_t *data, size_t len)
+{
+    struct px_leg *client = px_conn_client(c);
+    switch (px_hello_add(&c->hello, data, len)) {
+    case PX_HELLO_NEED_MORE:
+        return;
+    case PX_HELLO_BAD:
+        px_hello_free(&c->hello);
+        px_conn_close(c, DBT_CLIENT_PROTOCOL_ERROR,
+                      "client sent something other than a TLS ClientHello after asking for TLS");
+        return;
+    case PX_HELLO_NO_MEMORY:
+        px_hello_free(&c->hello);
+        px_conn_close(c, DBT_INTERNAL_ERROR, "out of memory");
+        return;
+    case PX_HELLO_COMPLETE:
+        break;
+    }
+    struct tlsw_conn *tls = tlsw_conn_new_server(c->wl->client_id, c->hello_alpn, c->hello_alpn_len,
+                                                 c->hello_alpn_required);
+    if (!tls) {
+        px_hello_free(&c->hello);
+        px_conn_close(c, DBT_INTERNAL_ERROR, "could not create a TLS session for the client");
+        return;
+    }
+    struct px_hello h = c->hello;
+    c->hello = (struct px_hello){0};
+    px_leg_start_tls_with(client, tls, h.buf, h.len);
+    px_hello_free(&h);
+}
+
 void px_conn_leg_bytes(struct px_leg *l, const uint8_t *data, size_t len)
 {
     struct px_conn *c = conn_of(l);
     if (c->closing)
         return;
+    if (c->state == PX_CONN_CLIENT_TLS && l->tls == NULL) {
+        gather_hello(c, data, len);
+        return;
+    }
     struct px_leg *to = other_leg(c, l);
     if (c->state == PX_CONN_RELAY && !c->framed) {
         px_relay_forward(l, to, data, len);
@@ -411,18 +449,16 @@ void px_conn_leg_shutdown_done(struct px_leg *l)
 void px_conn_start_client_tls(struct px_conn *c, const uint8_t *alpn, size_t alpn_len,
                               bool alpn_required, const uint8_t *ciphertext, size_t len)
 {
-    struct tlsw_conn *tls = tlsw_conn_new_server(c->wl->client_id, alpn, alpn_len, alpn_required);
-    if (!tls) {
-        px_conn_close(c, DBT_INTERNAL_ERROR, "could not create a TLS session for the client");
-        return;
-    }
     c->resume_state = c->state;
     c->state = PX_CONN_CLIENT_TLS;
+    c->hello_alpn = alpn;
+    c->hello_alpn_len = (uint8_t)alpn_len;
+    c->hello_alpn_required = alpn_required;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
-    struct px_leg *client = px_conn_client(c);
-    px_leg_start_tls_with(client, tls, ciphertext, len);
+    if (len > 0)
+        gather_hello(c, ciphertext, len);
     if (!c->closing)
-        px_leg_start_reading(client);
+        px_leg_start_reading(px_conn_client(c));
 }
 
 static void on_client_tls_done(struct px_leg *l)
@@ -516,7 +552,8 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
     struct px_leg *client = px_conn_client(c);
     /* A cancel's client expects silence and a close (PROTOCOLS.md A4); a client whose TLS
      * handshake is not done cannot read an error. */
-    if (c->is_cancel || len == 0 || (client->tls && !client->tls_up)) {
+    if (c->is_cancel || len == 0 || c->state == PX_CONN_CLIENT_TLS ||
+        (client->tls && !client->tls_up)) {
         px_conn_close(c, reason, detail);
         return;
     }
@@ -581,6 +618,7 @@ static void conn_free(struct px_conn *c)
             tlsw_conn_free(c->legs[i].tls);
     if (c->addrs)
         uv_freeaddrinfo(c->addrs);
+    px_hello_free(&c->hello);
     c->drv->free(c);
     tlsw_gen_unref(c->gen);
     free(c->detail);

@@ -11,6 +11,7 @@
 #include "px.h"
 #include "px_admit.h"
 #include "px_dial.h"
+#include "px_hello.h"
 #include "px_driver.h"
 #include "px_leg.h"
 
@@ -49,6 +50,10 @@ struct px_conn {
 
     enum px_conn_state state;
     enum px_conn_state resume_state; /* what the client's TLS handshake interrupted */
+    struct px_hello hello;           /* client_tls: the ClientHello before an engine exists */
+    const uint8_t *hello_alpn;
+    uint8_t hello_alpn_len;
+    bool hello_alpn_required;
     enum dbt_reason reason;
     char *detail; /* for the conn_end line; set once a reason comes with one (NULL: none) */
     bool closing;

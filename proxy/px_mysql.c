@@ -119,13 +119,22 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
                 px_conn_startup_done(c);
             }
             break;
-        case MY_SEND_SERVER_PLAIN:
+        case MY_SEND_SERVER_PLAIN: {
             dbt_strlcpy(c->user, m->s.user, sizeof(c->user));
             dbt_strlcpy(c->database, m->s.database, sizeof(c->database));
             dbt_strlcpy(c->application_name, m->s.program_name, sizeof(c->application_name));
+            /* The client answered: the upstream TLS and login would start now, unless dbtrust
+             * went over its memory_limit meanwhile. */
+            char detail[200];
+            enum dbt_reason refusal = px_conn_admission(c, detail, sizeof(detail));
+            if (refusal != DBT_NONE) {
+                px_conn_fail(c, refusal, detail);
+                return;
+            }
             if (px_leg_send(up, st.data, st.len) != 0)
                 return;
             break;
+        }
         case MY_START_TLS:
             px_leg_stop_reading(client);
             px_upstream_start_tls(c);

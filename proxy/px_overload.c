@@ -8,8 +8,15 @@
 
 #include "px_log.h"
 
-#define SAMPLE_MS     100
-#define LOW_WATER_PCT 85
+#define SAMPLE_MS 25 /* a flood accepts thousands of connections per 100 ms */
+/* The marks sit below memory_limit: what is already in flight when a sample sees the high
+ * mark (connections mid-handshake, buffers of a burst) lands under the limit itself. */
+#define HIGH_WATER_PCT 90
+#define LOW_WATER_PCT  75
+/* What one more connection may cost before the next sample, pessimistically: dbtrust's part
+ * of a connection before login is 2-4 KiB, the kernel's socket and buffers a few more, a TLS
+ * handshake in progress up to ~40 KiB. */
+#define ACCEPT_COST (24 * 1024)
 /* While overloaded, give freed heap back to the system this often: closed connections leave
  * glibc's arenas holding pages, and resident memory would never fall below the low-water mark. */
 #define TRIM_EVERY_MS 1000
@@ -18,13 +25,26 @@ struct px_overload {
     struct px_server *srv;
     uv_timer_t timer;
     int statm_fd;
+    int usage_fd;       /* the cgroup's memory usage file, or -1 */
     uint64_t high, low; /* bytes */
     uint64_t last_trim_ms;
 };
 
-/* Resident bytes from /proc/self/statm ("size resident shared ..." in pages); 0 on failure. */
+/* What the budget is held against: with a limit taken from the cgroup, the cgroup's own
+ * usage, which is what its OOM killer compares (it also charges socket buffers and other
+ * kernel memory that resident memory does not show); else resident bytes. 0 on failure. */
 static uint64_t resident_bytes(struct px_overload *o)
 {
+    if (o->usage_fd >= 0) {
+        char buf[64];
+        ssize_t n = pread(o->usage_fd, buf, sizeof(buf) - 1, 0);
+        unsigned long long usage;
+        if (n > 0) {
+            buf[n] = '\0';
+            if (sscanf(buf, "%llu", &usage) == 1)
+                return usage;
+        }
+    }
     char buf[128];
     ssize_t n = pread(o->statm_fd, buf, sizeof(buf) - 1, 0);
     if (n <= 0)
@@ -50,9 +70,13 @@ static void on_sample(uv_timer_t *t)
     if (rss == 0)
         return;
     bool overloaded = atomic_load(&srv->overloaded);
+    long long allowance = rss < o->high ? (long long)((o->high - rss) / ACCEPT_COST) : 0;
+    long long before = atomic_exchange(&srv->accept_allowance, allowance);
+    if (before <= 0 && allowance > 0 && !overloaded)
+        wake_workers(srv); /* listeners paused for want of allowance resume */
     char mib[24], limit[24];
     snprintf(mib, sizeof(mib), "%llu", (unsigned long long)(rss >> 20));
-    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)(o->high >> 20));
+    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)(srv->cfg->memory_limit >> 20));
     if (!overloaded && rss > o->high) {
         atomic_store(&srv->overloaded, true);
         px_log_event(CFG_LOG_WARN, "overloaded", "state", "on", "resident_mib", mib,
@@ -89,15 +113,21 @@ int px_overload_start(struct px_server *srv, uv_loop_t *loop)
         return 0;
     }
     o->srv = srv;
-    o->high = (uint64_t)srv->cfg->memory_limit;
-    o->low = o->high / 100 * LOW_WATER_PCT;
+    o->usage_fd = -1;
+    char usage[4200];
+    if (srv->cfg->memory_limit_auto && cfg_cgroup_memory_usage_path(usage, sizeof(usage)) == 0)
+        o->usage_fd = open(usage, O_RDONLY | O_CLOEXEC);
+    o->high = (uint64_t)srv->cfg->memory_limit / 100 * HIGH_WATER_PCT;
+    o->low = (uint64_t)srv->cfg->memory_limit / 100 * LOW_WATER_PCT;
     uv_timer_init(loop, &o->timer);
     o->timer.data = o;
     uv_timer_start(&o->timer, on_sample, SAMPLE_MS, SAMPLE_MS);
     uv_unref((uv_handle_t *)&o->timer); /* never what keeps the main loop alive */
     srv->overload = o;
+    atomic_store(&srv->accept_allowance, (long long)(o->high / ACCEPT_COST));
+    srv->accept_budgeted = true;
     char limit[24];
-    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)(o->high >> 20));
+    snprintf(limit, sizeof(limit), "%llu", (unsigned long long)(srv->cfg->memory_limit >> 20));
     px_log_event(CFG_LOG_INFO, "memory_limit", "memory_limit_mib", limit, "source",
                  srv->cfg->memory_limit_auto ? "cgroup (90 % of its limit)" : "configuration",
                  NULL);
@@ -108,6 +138,8 @@ static void on_closed(uv_handle_t *h)
 {
     struct px_overload *o = h->data;
     close(o->statm_fd);
+    if (o->usage_fd >= 0)
+        close(o->usage_fd);
     free(o);
 }
 

@@ -50,6 +50,8 @@ static void startup_free(struct px_conn *c)
     struct px_pg_startup *su = startup_of(c);
     if (!su)
         return;
+    pg_client_free(&su->client);
+    pg_server_free(&su->server);
     free(su->early);
     /* The StartupMessage buffer held no password, but the client's early bytes might (a
      * pipelining client's PasswordMessage): wipe before freeing. */
@@ -271,10 +273,12 @@ static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
         pg_client_tls_started(pc); /* the startup packets follow, encrypted */
         return;
     }
+    size_t plen = 0;
+    const uint8_t *packet = pg_client_packet(pc, &plen);
     if (c->is_cancel) {
         /* Forward the CancelRequest verbatim, end the TLS session and wait for the server to
          * close: the client's cancel returns only once the server has it. */
-        if (px_leg_send(leg, pc->buf, pc->need) != 0)
+        if (px_leg_send(leg, packet, plen) != 0)
             return;
         px_leg_shutdown(leg);
         c->state = PX_CONN_CANCEL_DRAIN;
@@ -282,7 +286,7 @@ static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
         return;
     }
     c->state = PX_CONN_SERVER_STARTUP;
-    if (px_leg_send(leg, pc->buf, pc->need) != 0)
+    if (px_leg_send(leg, packet, plen) != 0)
         return;
     if (pg->early_len)
         px_leg_send(leg, pg->early, pg->early_len);

@@ -23,7 +23,7 @@ static void on_connection(uv_stream_t *server, int status)
     /* Overloaded: leave the connection unaccepted. libuv stops polling a listener whose last
      * connection was not taken, so the listener pauses (new clients wait in the kernel's
      * backlog) until resume_listeners() takes it. */
-    if (atomic_load(&wl->w->srv->overloaded)) {
+    if (!px_may_accept(wl->w->srv)) {
         wl->paused = true;
         return;
     }
@@ -36,7 +36,7 @@ static void resume_listeners(struct px_worker *w)
         return;
     for (size_t i = 0; i < w->srv->listener_count; i++) {
         struct px_worker_listener *wl = &w->wls[i];
-        if (wl->paused && wl->open) {
+        if (wl->paused && wl->open && px_may_accept(w->srv)) {
             wl->paused = false;
             px_conn_accept(wl); /* uv_accept also restarts polling the listener */
         }
