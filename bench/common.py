@@ -159,17 +159,20 @@ class BenchDbTrust:
     connections. Stopped by the fixtures' cleanup or by stop()."""
 
     def __init__(self, binary, bundle, listeners, workdir, workers=0, name="dbtrust",
-                 unix_listeners=()):
+                 unix_listeners=(), **global_options):
         """listeners: (name, protocol, upstream) or (name, protocol, upstream, {extra keys}),
-        e.g. {"client_tls": "require", ...} for a TLS client leg.
+        e.g. {"client_tls": "require", ...} for a TLS client leg (max_connections may be
+        given there too).
         unix_listeners: (name, protocol, upstream) served on a Unix socket in workdir, the
-        cheaper client leg for an application on the same host."""
+        cheaper client leg for an application on the same host.
+        global_options: more [dbtrust] keys, e.g. memory_limit="64MiB"."""
         self.admin_port = fx.free_port()
         self.config = fx.DbTrustConfig(bundle, workers=workers,
-                                       admin=f"127.0.0.1:{self.admin_port}", drain_timeout="1s")
+                                       admin=f"127.0.0.1:{self.admin_port}", drain_timeout="1s",
+                                       **global_options)
         self.specs = {}
         for lname, protocol, upstream, *extra in listeners:
-            options = dict(max_connections=4000, **(extra[0] if extra else {}))
+            options = {"max_connections": 4000, **(extra[0] if extra else {})}
             self.specs[lname] = self.config.add_listener(lname, protocol, upstream, **options)
         for lname, protocol, upstream in unix_listeners:
             path = os.path.join(workdir, f"{name}-{lname}.sock")
@@ -203,6 +206,17 @@ class BenchDbTrust:
         pattern = rf'^{name}\{{listener="([^"]+)"[^}}]*\}} (\d+)'
         return sum(int(m.group(2)) for m in re.finditer(pattern, text, re.M)
                    if m.group(1) == listener)
+
+    def gauge(self, name, timeout=3):
+        """An unlabelled metric's value (e.g. dbtrust_overloaded); None when absent or the
+        endpoint does not answer."""
+        try:
+            status, text = fx.http_get(self.admin_port, "/metrics", timeout=timeout)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        return fx.metric_value(fx.parse_metrics(text), name)
 
     def bytes_relayed(self, listener):
         """Plaintext bytes relayed both ways on a listener (dbtrust_bytes_total)."""

@@ -149,23 +149,157 @@ def cpu_row(pg, crypto):
 
 
 def memory_rows(memory):
+    """The main table's rows: issue 6's logged-in idle connections."""
     rows = []
     for key, title in (("pg", "PostgreSQL"), ("mysql", "MariaDB")):
         if key in memory:
             m = memory[key]
             kib = m["kib_per_connection"]
+            note = (f"RSS {m['rss_before_kib'] / 1024:.1f} -> {m['rss_after_kib'] / 1024:.1f} "
+                    f"MiB; all closed {m['close_s']:.1f} s after the clients")
+            if key == "mysql" and "pg" in memory and (
+                    m["rss_before_kib"] > memory["pg"]["rss_before_kib"] + 8 * 1024):
+                note += ("; reuses heap the PostgreSQL ones freed (fresh process: per-state "
+                         "table)")
             rows.append(Row(f"idle conn memory, {title} x{m['count']}", "KiB", {"dbtrust": kib},
                             fmt="{:.1f}",
                             targets=[Target(f"{title} idle connection", kib, "<=", 32, " KiB")],
-                            note=f"RSS {m['rss_before_kib'] / 1024:.1f} -> "
-                                 f"{m['rss_after_kib'] / 1024:.1f} MiB; all closed "
-                                 f"{m['close_s']:.1f} s after the clients"))
+                            note=note))
     if "rss_settled_kib" in memory:
         rows.append(Row("RSS after closing them all", "MiB",
                         {"dbtrust": memory["rss_settled_kib"] / 1024}, fmt="{:.1f}",
                         note=f"{memory['rss_after_close_kib'] / 1024:.1f} MiB right after the "
                              "closes; the figure is after dbtrust's next idle sweep"))
     return rows
+
+
+STATE_TARGET_NAMES = {
+    "idle_tcp": "idle TCP connection", "pg_partial_startup": "partial PostgreSQL startup",
+    "mysql_greeted": "MySQL pre-response (greeted)", "tls_after_s": "TLS stalled after 'S'",
+    "tls_half_client_hello": "TLS stalled in half a ClientHello",
+}
+
+
+def state_target(key, state):
+    if state.get("target_kib") is None:
+        return None
+    return Target(f"memory per {STATE_TARGET_NAMES.get(key, key)}",
+                  state.get("kib_per_connection"), "<=", state["target_kib"], " KiB")
+
+
+def storm_target(storm):
+    peak = storm.get("rss_peak_kib")
+    return Target("storm peak RSS", None if peak is None else round(peak / 1024, 1), "<=",
+                  storm["memory_limit_mib"], " MiB", short="memory_limit")
+
+
+def memory_targets(memory):
+    """Issue 14's targets: KiB per connection in each pre-login state, the storm's peak."""
+    targets = [state_target(k, s) for k, s in memory.get("states", {}).items()]
+    if memory.get("storm"):
+        targets.append(storm_target(memory["storm"]))
+    return [t for t in targets if t is not None]
+
+
+def mib(kib):
+    return "-" if kib is None else f"{kib / 1024:.1f}"
+
+
+def state_table(states):
+    header = ["state", "held", "KiB/conn", "target", "RSS MiB before -> with", "notes"]
+    lines = []
+    for key, st in states.items():
+        if st.get("failed"):
+            lines.append([st["label"], "-", "FAILED", "", "", "see SECTION FAILED below"])
+            continue
+        target = state_target(key, st)
+        n = st["connections"]
+        notes = []
+        if st["reached_state"] < n or st["still_open"] < n:
+            notes.append(f"only {st['reached_state']} reached the state, {st['still_open']} "
+                         f"still open when measured")
+        if st.get("fds_expected") and st["dbtrust_fds"] < st["fds_expected"]:
+            notes.append(f"dbtrust held {st['dbtrust_fds']} descriptors, expected "
+                         f">= {st['fds_expected']}")
+        if "answered_of_5" in st:
+            notes.append(f"{st['answered_of_5']} of 5 answered a query; opened in "
+                         f"{st['open_s']:.1f} s")
+        else:
+            notes.append(f"opened in {st['open_s']:.1f} s")
+        lines.append([st["label"], n, f"{st['kib_per_connection']:.1f}",
+                      target.text() if target else "reported",
+                      f"{mib(st['rss_before_kib'])} -> {mib(st['rss_with_kib'])}",
+                      "; ".join(notes)])
+    return format_table(header, lines, notes_last=True)
+
+
+def tls_others(storm, tls):
+    """What the TLS connections that got no 'S' got instead (over max_connections)."""
+    answers = storm.get("tls_answers")
+    if not answers:
+        return f"; {tls - storm['tls_got_s']} over max_connections did not"
+    got = [f"{answers[k]} {label}" for k, label in (("N", "'N'"), ("none", "no answer in 5 s"),
+                                                   ("other", "something else")) if answers[k]]
+    return f"; {', '.join(got)}" if got else ""
+
+
+def storm_table(storm):
+    kinds = ", ".join(f"{k} {v['sent']}" for k, v in storm["per_kind"].items())
+    failures = [f"{label} {storm[key]}" for key, label in
+                (("refused", "refused"), ("timed_out", "timed out"),
+                 ("not_attempted", "not attempted")) if storm[key]]
+    if storm["overloaded_seen"]:
+        cleared = storm["overloaded_cleared_after_close_s"]
+        overloaded = (f"1 from {storm['overloaded_after_s']:.1f} s into the storm; 0 again "
+                      + (f"{cleared:.1f} s after the close" if cleared is not None
+                         else "never seen (final reading "
+                              f"{storm['overloaded_final']})"))
+    else:
+        overloaded = f"never 1 (read every 100 ms; before {storm['overloaded_before']})"
+    sessions = ", ".join(f"{'PostgreSQL' if k == 'pg' else 'MariaDB'} {v}"
+                         for k, v in storm["sessions"].items())
+    target = storm_target(storm)
+    tls = storm["per_kind"].get("tls-half-client-hello", {}).get("sent", 0)
+    lines = [
+        ["hostile connections", storm["hostile"], kinds],
+        ["connected", storm["connected"],
+         (f"{', '.join(failures)}; " if failures else "") + f"in {storm['open_s']:.1f} s; "
+         f"{storm['tls_got_s']} of the {tls} TLS ones got 'S' (then half a ClientHello)"
+         + tls_others(storm, tls)],
+        ["still open at the end of the hold", storm["open_at_end_of_hold"],
+         "garbage is refused at once; past 2 x max_connections a listener closes at accept"],
+        ["RSS before the storm, MiB", mib(storm["rss_baseline_kib"]),
+         "2 logged-in sessions (PostgreSQL, MariaDB) kept through the storm"],
+        ["peak RSS, MiB", mib(storm["rss_peak_kib"]),
+         f"VmRSS every 50 ms ({storm['rss_samples']} samples); {target.text()}"],
+        ["dbtrust_overloaded", "1" if storm["overloaded_seen"] else "0", overloaded],
+        ["established sessions", "", f"a query at the end of the hold: {sessions}"],
+        ["RSS 1 s after closing them, MiB", mib(storm["rss_after_storm_kib"]),
+         "freed heap stays with glibc until dbtrust's idle sweep"],
+        ["RSS after the idle sweep, MiB", mib(storm["rss_after_sweep_kib"]),
+         f"{storm['sweep_wait_s']:.0f} s after closing (dbtrust's idle sweep runs every 10 s)"],
+    ]
+    if not storm["alive"]:
+        lines.append(["dbtrust", "DIED", "during or after the storm"])
+    return format_table(["storm", "value", "notes"], lines, notes_last=True)
+
+
+def memory_lines(memory):
+    out = []
+    states = memory.get("states")
+    if states:
+        first = next((s for s in states.values() if not s.get("failed")), None)
+        if first:
+            out += [f"-- memory per connection state: N held at once in one state on a fresh "
+                    f"dbtrust, after {first['warmup']} warm-up connections of that state; "
+                    f"KiB/conn = (VmRSS with them - before) / N --", state_table(states), ""]
+    storm = memory.get("storm")
+    if storm:
+        out += [f"-- storm: {storm['hostile']} hostile connections held {storm['hold_s']:g} s "
+                f"against memory_limit = {storm['memory_limit_mib']}MiB, max_connections = "
+                f"{storm['max_connections']} on each of 3 listeners (PostgreSQL, PostgreSQL "
+                f"client_tls = require, MySQL) --", storm_table(storm), ""]
+    return out
 
 
 def build_rows(results, settings):
@@ -311,6 +445,8 @@ def render(results, settings, targets, problems):
     rows = build_rows(results, settings)
     if rows:
         out += [main_table(rows), "", *FOOTNOTES, ""]
+    if "memory" in results:
+        out += memory_lines(results["memory"])
     if "scaling" in results:
         out += [f"-- scaling: pgbench -S, {settings.seconds} s per point; RSS = dbtrust peak "
                 "during the run; close s = time dbtrust still held connections after pgbench "
@@ -323,10 +459,15 @@ def render(results, settings, targets, problems):
         out += [f"  {t.summary()}" for t in targets]
     for name, error in results.get("errors", {}).items():
         out.append(f"SECTION FAILED: {name}: {error}")
+    for part, error in (results.get("memory") or {}).get("errors", {}).items():
+        out.append(f"SECTION FAILED: memory, {part}: {error}")
     for problem in problems:
         out.append(f"PROCESS PROBLEM: {problem}")
     return "\n".join(out)
 
 
 def all_targets(results, settings):
-    return [t for row in build_rows(results, settings) for t in row.targets]
+    targets = [t for row in build_rows(results, settings) for t in row.targets]
+    if "memory" in results:
+        targets += memory_targets(results["memory"])
+    return targets
