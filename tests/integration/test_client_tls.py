@@ -21,6 +21,8 @@ feature does not hide the others:
   mtls       pg-mtls, my-mtls: require + client_ca + client_names; admin endpoint
   allowlist  pg-allowlist: client_allow = 192.0.2.0/24 (loopback is not in it); admin endpoint
   rotation   pg-rotate: client_cert/client_key in a Kubernetes Secret-style directory
+  csha2      my-sha2-require (require, no mysql_rsa_key), my-sha2-allow (allow, mysql_rsa_key),
+             both in front of the scripted MySQL 8 of mysql_caching_sha2_server.py
 dbtrust serves a certificate of its own CA ("dbtrust serving root", SAN DNS:localhost and
 IP:127.0.0.1), never the upstream's: a client that verifies with that CA proves it talked TLS
 to dbtrust, and the DER it received is compared with the serving certificate file.
@@ -44,6 +46,10 @@ What dbtrust must do for this suite to pass (beyond the issue text, the choices 
   psycopg2's conn.cancel(), never uses TLS).
 - MySQL: the greeting carries CLIENT_SSL; a plaintext HandshakeResponse on `require` gets ERR
   3159 at sequence id 2 naming client_tls_required.
+- caching_sha2_password full authentication from a TLS client: the client's `password\\0`
+  (it never asks for a key) is forwarded over the upstream TLS leg, also on a listener with no
+  mysql_rsa_key and also when it is exactly as long as the listener's RSA modulus; the key of an
+  `allow` listener is served only to its plaintext clients.
 - conn_end lines carry client_tls=TLSv1.3 for a TLS client leg (empty or absent otherwise) and
   client_cert=<accepted name> for mTLS (the SAN, or for a CN-only certificate legacy-batch or
   CN=legacy-batch). mTLS refusals: reasons client_cert_missing / client_cert_untrusted /
@@ -72,11 +78,14 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dbtrust_fixtures as fx  # noqa: E402
+from mysql_caching_sha2_server import MysqlCachingSha2Server  # noqa: E402
 
 import asyncpg  # noqa: E402
 import MySQLdb  # noqa: E402
 import psycopg2  # noqa: E402
 import pymysql  # noqa: E402
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 DIRECT = os.environ.get("DBTRUST_SUITE_DIRECT") == "1"
 
@@ -86,6 +95,10 @@ DB = fx.PG_APP_DATABASE
 NATIVE, NATIVE_PW = fx.MY_NATIVE_USER, fx.MY_NATIVE_PASSWORD
 ED, ED_PW = fx.MY_ED_USER, fx.MY_ED_PASSWORD
 MY_DB = fx.MY_APP_DATABASE
+SHA2_USER, SHA2_PW = "sha2user", "sha2-Tls-Leg-Secret"  # the scripted MySQL 8's user
+SHA2_LONG_USER = "sha2long"
+SHA2_LONG_PW = "L" * 254 + "z"  # 255 bytes: "password\0" is 256 bytes, an RSA-2048 blob's size
+SHA2_WRONG_PW = "Wr0ng-sha2-over-tls"
 LIBPQ18 = 18
 LIBPQ18_VERSION = 180004
 CANCEL_DEADLINE_S = 2.0
@@ -131,6 +144,7 @@ def start_dbtrust_world():
     W.pg = fx.PostgresServer(W.pki.leaf, "pg-upstream").start().provision_app_roles()
     W.maria = fx.MariadbServer(W.pki.leaf, "maria-upstream").start().provision_app_users()
     W.peer = fx.PgTlsUpstream(W.pki.leaf, "pg-recording-peer").start()
+    W.sha2 = start_sha2_server(W.pki.leaf)
     cl = W.cl
     pg_up, my_up = f"localhost:{W.pg.port}", f"localhost:{W.maria.port}"
 
@@ -151,6 +165,17 @@ def start_dbtrust_world():
     allowlist.listener("pg-allowlist", "postgres", pg_up,
                        fx.client_tls_options("require", serving=cl.serving,
                                              client_allow=NOT_ALLOWED_NET))
+
+    # caching_sha2_password (issue 13): a scripted MySQL 8 behind a `require` listener that has
+    # NO mysql_rsa_key (a TLS client must need none), and an `allow` listener that has one (its
+    # plaintext clients go through the RSA bridge, its TLS clients must not).
+    W.rsa_key_path, W.rsa_public_pem = make_rsa_key(os.path.join(W.tmp, "csha2-bridge-rsa.pem"))
+    sha2_up = f"localhost:{W.sha2.port}"
+    csha2 = DbTrustGroup("csha2", admin=False)
+    csha2.listener("my-sha2-require", "mysql", sha2_up, require)
+    csha2.listener("my-sha2-allow", "mysql", sha2_up,
+                   {**fx.client_tls_options("allow", serving=cl.serving),
+                    "mysql_rsa_key": W.rsa_key_path})
 
     W.secret = fx.SecretDirectory("serving-secret")
     W.secret.install_pair(cl.serving.chain, cl.serving.key)
@@ -181,6 +206,27 @@ def start_direct_world():
     W.routes["pg-mtls"] = W.front_mtls.port
     for name in ("my-require", "my-mtls"):
         W.routes[name] = W.maria_front.port
+    # The scripted MySQL 8 presenting dbtrust's serving certificate: the TLS clients' side of
+    # the caching_sha2 tests is proven against it (it refuses plaintext: no `allow` path).
+    W.sha2 = start_sha2_server(cl.serving)
+    W.routes["my-sha2-require"] = W.routes["my-sha2-allow"] = W.sha2.port
+
+
+def start_sha2_server(cert):
+    return MysqlCachingSha2Server(cert, {SHA2_USER: SHA2_PW, SHA2_LONG_USER: SHA2_LONG_PW},
+                                  name="csha2-upstream").start()
+
+
+def make_rsa_key(path):
+    """mysql_rsa_key for dbtrust: RSA-2048, PKCS#8 PEM. Returns the path and the SPKI PEM of its
+    public half (what a plaintext PyMySQL must receive when it asks for the key)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with open(path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+    return path, key.public_key().public_bytes(serialization.Encoding.PEM,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 class DbTrustGroup:
@@ -1200,6 +1246,286 @@ class TestMysqlMtls(ClientTlsTestCase):
         self.conn_end("my-mtls", "reason=client_cert_missing", since=mark)
         self.assert_counter_rises("my-mtls", before, "dbtrust_tls_failures_total", 1,
                                   listener="my-mtls", reason="client_cert_missing")
+
+
+# --------------------------------------------------------------------------------------------
+# MySQL 8 caching_sha2_password over the TLS client leg (issue 13; PROTOCOLS.md B3, C2)
+# --------------------------------------------------------------------------------------------
+
+class TracingConnection(pymysql.connections.Connection):
+    """PyMySQL that keeps its side of the conversation, as the application sees it (inside TLS
+    once it is up): trace = [(direction 'out'|'in', on_tls, payload), ...]. The SSLRequest is
+    the one 'out' packet written before TLS; every later packet of a TLS client is on_tls."""
+
+    def __init__(self, *args, trace=None, **kw):
+        self.trace = [] if trace is None else trace  # filled while __init__ connects
+        super().__init__(*args, **kw)
+
+    def _on_tls(self):
+        return isinstance(self._sock, ssl.SSLSocket)
+
+    def write_packet(self, payload):
+        self.trace.append(("out", self._on_tls(), bytes(payload)))
+        super().write_packet(payload)
+
+    def _read_packet(self, packet_type=pymysql.connections.MysqlPacket):
+        packet = super()._read_packet(packet_type)
+        self.trace.append(("in", self._on_tls(), bytes(packet.get_all_data())))
+        return packet
+
+
+def sha2_connect(listener, tls=True, user=SHA2_USER, password=SHA2_PW, **kw):
+    """PyMySQL (traced) to `listener`: with tls, ssl={'ca': dbtrust's serving CA}, which makes
+    it verify the chain and the IP SAN; without, a plaintext client that never sends an
+    SSLRequest. Raises what PyMySQL raises; the trace of a failed attempt is in the exception
+    (`exc.trace`)."""
+    port = port_of(listener)
+    trace = []
+    options = {"ssl": {"ca": W.cl.serving_ca}} if tls else {"ssl_disabled": True}
+    try:
+        return TracingConnection(host="127.0.0.1", port=port, user=user, password=password,
+                                 database=None, connect_timeout=10, read_timeout=30,
+                                 write_timeout=30, trace=trace, **options, **kw)
+    except pymysql.err.MySQLError as exc:
+        exc.trace = trace
+        raise
+
+
+def public_numbers(pem):
+    return serialization.load_pem_public_key(pem).public_numbers()
+
+
+class TestMysqlCachingSha2OverClientTls(ClientTlsTestCase):
+    """Issue 13: "caching_sha2 full authentication over a TLS client leg uses the client's
+    cleartext password inside TLS (no RSA bridge needed) and never lets it reach a non-TLS
+    path." The scripted MySQL 8 records what reached it and on which transport
+    (mysql_caching_sha2_server.py); PyMySQL's own packet trace shows what dbtrust said to the
+    client. my-sha2-require has no mysql_rsa_key: a login that needed the bridge cannot work
+    there. my-sha2-allow has one, for its plaintext clients only."""
+
+    def server_record(self, count):
+        """The one login the scripted server saw since `count` (a connection that never got as
+        far as a HandshakeResponse, e.g. a TLS probe, is not a login)."""
+        logins = [r for r in W.sha2.connections_since(count) if "response" in r.notes]
+        self.assertEqual(len(logins), 1, [r.notes for r in W.sha2.connections_since(count)])
+        record = logins[0]
+        self.assertNotIn("error", record.notes, record.notes)
+        return record
+
+    def assert_server_got_cleartext_inside_tls(self, record, user, password, result):
+        """The server did full authentication and read exactly `password\\0` on its TLS leg:
+        no key request (02), no RSA blob, and the password nowhere in its plaintext bytes."""
+        secret = password.encode()
+        notes = record.notes
+        self.assertEqual(notes["response"].user, user)
+        self.assertIsNotNone(notes.get("ssl_request"), "dbtrust did not upgrade the server leg")
+        self.assertIn(notes["tls_version"], TLS_VERSIONS)
+        self.assertEqual(notes.get("auth"), "full", notes)
+        self.assertEqual(notes.get("full_auth_packet"), secret + b"\0")
+        self.assertEqual(notes.get("full_auth_transport"), "tls")
+        self.assertEqual(notes.get("auth_result"), result, notes)
+        self.assertEqual(notes.get("scramble_valid"), result == "ok",
+                         "the scramble was not made over the server's nonce")
+        received = [(transport, payload) for direction, transport, _, payload in notes["packets"]
+                    if direction == "in"]
+        self.assertNotIn(b"\x02", [p for _, p in received], "a key request reached the server")
+        self.assertEqual({t for t, p in received if secret in p}, {"tls"})
+        self.assertNotIn(secret, bytes(record.data), "the password crossed plaintext TCP")
+
+    def assert_client_sent_cleartext_inside_tls(self, conn_or_exc, password):
+        """PyMySQL's side: after `01 04` it sent `password\\0` inside TLS, it never asked for a
+        key, and dbtrust never sent it a PEM."""
+        trace = conn_or_exc.trace
+        secret = password.encode()
+        sent = [(tls, p) for d, tls, p in trace if d == "out"]
+        got = [p for d, _, p in trace if d == "in"]
+        self.assertFalse(sent[0][0], "the SSLRequest is the one packet sent before TLS")
+        self.assertEqual(len(sent[0][1]), 32, "the SSLRequest opens the conversation")
+        self.assertTrue(all(tls for tls, _ in sent[1:]), "a packet left the client outside TLS")
+        self.assertNotIn(b"\x02", [p for _, p in sent], "the client asked for a public key")
+        self.assertFalse([p for p in got if b"-----BEGIN" in p], "dbtrust sent the client a PEM")
+        at = [p for _, p in sent].index(secret + b"\0")
+        self.assertEqual(sum(secret in p for _, p in sent), 1, "the password was sent once")
+        reply_to_response = got[1]  # got[0] is the greeting
+        self.assertEqual(reply_to_response, b"\x01\x04", "perform_full_authentication")
+        self.assertEqual(at, 2, "password\\0 is the answer to 01 04 (after SSLRequest, response)")
+
+    def assert_tls_leg_is_dbtrusts(self, conn):
+        self.assertIsInstance(conn._sock, ssl.SSLSocket, "PyMySQL's leg is TLS")
+        self.assertIn(conn._sock.version(), TLS_VERSIONS)
+        der = conn._sock.getpeercert(binary_form=True)
+        self.assertEqual(fx.sha256_hex(der), fx.cert_sha256(W.cl.serving))
+
+    def login_line(self, listener, app, mark, user=SHA2_USER, client_tls="TLSv1.3"):
+        line = self.conn_end(listener, f"app={app}", since=mark)
+        if line is not None:
+            self.assertEqual(line.get("user"), user, line)
+            self.assertEqual(line.get("client_tls") or "", client_tls, line)
+            self.assertIn(line.get("tls"), TLS_VERSIONS, line)
+        return line
+
+    # -- 1. full authentication (cache miss, 01 04) ---------------------------------------
+
+    def test_full_auth_sends_cleartext_inside_tls_without_rsa(self):
+        """Cache miss: the server answers 01 04; PyMySQL, being on TLS, sends `password\\0`;
+        dbtrust forwards it on its TLS leg to the server. The listener has no mysql_rsa_key, so
+        the login could not have used the RSA bridge."""
+        listener = "my-sha2-require"
+        port_of(listener)
+        mark = self.mark(listener)
+        app = unique_app("sha2-full-tls")
+        W.sha2.flush_cache()
+        count = W.sha2.connection_count()
+        conn = sha2_connect(listener, program_name=app)
+        try:
+            self.assert_tls_leg_is_dbtrusts(conn)
+            self.assertEqual(my_query(conn, "select 1, current_user(), connection_id()")[0][:2],
+                             (1, f"{SHA2_USER}@%"))
+            self.assertIsNone(conn.server_public_key, "PyMySQL received a public key")
+        finally:
+            conn.close()
+        self.assert_client_sent_cleartext_inside_tls(conn, SHA2_PW)
+        record = self.server_record(count)
+        self.assert_server_got_cleartext_inside_tls(record, SHA2_USER, SHA2_PW, "ok")
+        self.assertIn("select 1, current_user(), connection_id()", record.notes["queries"])
+        self.assertTrue(W.sha2.is_cached(SHA2_USER), "the server completed a full auth")
+        self.login_line(listener, app, mark)
+
+    def test_password_as_long_as_the_rsa_modulus_is_forwarded_not_decrypted(self):
+        """On my-sha2-allow (mysql_rsa_key, RSA-2048) a TLS client's `password\\0` of exactly
+        256 bytes - the size of a blob for that key - is still the cleartext password: forwarded
+        as is, not run through the RSA bridge (which would fail to decrypt it and refuse)."""
+        listener = "my-sha2-allow"
+        port_of(listener)
+        self.assertEqual(len(SHA2_LONG_PW) + 1, 256)
+        W.sha2.flush_cache()
+        count = W.sha2.connection_count()
+        conn = sha2_connect(listener, user=SHA2_LONG_USER, password=SHA2_LONG_PW)
+        try:
+            self.assert_tls_leg_is_dbtrusts(conn)
+            self.assertEqual(my_query(conn, "select current_user()"),
+                             ((f"{SHA2_LONG_USER}@%",),))
+            self.assertIsNone(conn.server_public_key)
+        finally:
+            conn.close()
+        self.assert_client_sent_cleartext_inside_tls(conn, SHA2_LONG_PW)
+        record = self.server_record(count)
+        self.assert_server_got_cleartext_inside_tls(record, SHA2_LONG_USER, SHA2_LONG_PW, "ok")
+
+    # -- 2. fast path (cache hit, 01 03) ----------------------------------------------------
+
+    def test_fast_auth_over_tls(self):
+        """Cache hit: 01 03 then OK; the password itself never leaves the client."""
+        listener = "my-sha2-require"
+        port_of(listener)
+        mark = self.mark(listener)
+        app = unique_app("sha2-fast-tls")
+        W.sha2.cache_user(SHA2_USER)
+        count = W.sha2.connection_count()
+        conn = sha2_connect(listener, program_name=app)
+        try:
+            self.assert_tls_leg_is_dbtrusts(conn)
+            self.assertEqual(my_query(conn, "select 2, current_user()"), ((2, f"{SHA2_USER}@%"),))
+            self.assertIsNone(conn.server_public_key)
+        finally:
+            conn.close()
+        got = [p for d, _, p in conn.trace if d == "in"]
+        self.assertEqual(got[1], b"\x01\x03", "fast_auth_success relayed to the client")
+        self.assertEqual(got[2][:1], b"\x00", "then the server's OK")
+        self.assertFalse([p for d, _, p in conn.trace if d == "out" and SHA2_PW.encode() in p],
+                         "the password left the client on the fast path")
+        record = self.server_record(count)
+        self.assertEqual(record.notes["auth"], "fast", record.notes)
+        self.assertEqual(record.notes["auth_result"], "ok")
+        self.assertTrue(record.notes["scramble_valid"])
+        self.assertNotIn("full_auth_packet", record.notes)
+        self.login_line(listener, app, mark)
+
+    # -- 3. wrong password ------------------------------------------------------------------
+
+    def test_wrong_password_gets_the_servers_access_denied(self):
+        """A wrong password is a full authentication too (its scramble matches no cache): the
+        cleartext wrong password reaches the server inside TLS and the server's ERR 1045 comes
+        back through dbtrust unchanged (not a dbtrust refusal)."""
+        listener = "my-sha2-require"
+        port_of(listener)
+        mark = self.mark(listener)
+        app = unique_app("sha2-wrong-tls")
+        W.sha2.cache_user(SHA2_USER)  # a cached user still fails with a wrong password
+        count = W.sha2.connection_count()
+        with self.assertRaises(pymysql.err.OperationalError) as caught:
+            sha2_connect(listener, password=SHA2_WRONG_PW, program_name=app).close()
+        code, message = caught.exception.args[:2]
+        self.assertEqual(code, 1045, caught.exception.args)
+        self.assertIn(f"Access denied for user '{SHA2_USER}'@", message)
+        self.assertIn("(using password: YES)", message)
+        self.assertNotIn("dbtrust", message, "the server's error, not dbtrust's")
+        self.assert_client_sent_cleartext_inside_tls(caught.exception, SHA2_WRONG_PW)
+        self.assertEqual(caught.exception.trace[-1], ("out", True, SHA2_WRONG_PW.encode() + b"\0"),
+                         "the ERR answered the cleartext password (PyMySQL raises, keeps no ERR)")
+        record = self.server_record(count)
+        self.assert_server_got_cleartext_inside_tls(record, SHA2_USER, SHA2_WRONG_PW, "denied")
+        line = self.login_line(listener, app, mark)
+        if line is not None:  # the server ended it; dbtrust refused nothing itself (PyMySQL
+            # closes without a TLS close_notify after the ERR: client_reset is likely)
+            self.assertIn(line.get("reason"), ("upstream_closed", "client_closed", "client_reset"),
+                          line)
+            self.assertNotIn(SHA2_WRONG_PW, group_of(listener).get().output_text())
+
+    # -- 4. the plaintext path of an `allow` listener is the RSA bridge ---------------------
+
+    def test_allow_listener_bridges_plaintext_and_not_tls_clients(self):
+        """Same listener (client_tls = allow, mysql_rsa_key), same user, both after a cache
+        flush: the plaintext PyMySQL asks for the key (02), gets the listener's PEM and sends an
+        RSA blob, which dbtrust decrypts into `password\\0` for the server's TLS leg; the TLS
+        PyMySQL asks for nothing, gets no PEM and sends `password\\0` inside TLS."""
+        self.require_dbtrust("the scripted server refuses plaintext; the bridge is dbtrust's")
+        listener = "my-sha2-allow"
+        port_of(listener)
+        secret = SHA2_PW.encode()
+
+        # plaintext client: the RSA bridge
+        mark = self.mark(listener)
+        app = unique_app("sha2-plain")
+        W.sha2.flush_cache()
+        count = W.sha2.connection_count()
+        conn = sha2_connect(listener, tls=False, program_name=app)
+        try:
+            self.assertNotIsInstance(conn._sock, ssl.SSLSocket)
+            self.assertEqual(my_query(conn, "select 4, current_user()"), ((4, f"{SHA2_USER}@%"),))
+            self.assertIsNotNone(conn.server_public_key, "the plaintext client never got a key")
+            self.assertEqual(public_numbers(conn.server_public_key),
+                             public_numbers(W.rsa_public_pem),
+                             "the PEM served is not the listener's mysql_rsa_key")
+        finally:
+            conn.close()
+        sent = [p for d, tls, p in conn.trace if d == "out"]
+        got = [p for d, _, p in conn.trace if d == "in"]
+        self.assertFalse([tls for d, tls, _ in conn.trace if tls], "no TLS on this leg")
+        self.assertEqual((got[1], sent[1]), (b"\x01\x04", b"\x02"), "01 04, then the key request")
+        self.assertTrue(got[2].startswith(b"\x01-----BEGIN PUBLIC KEY-----"), got[2][:40])
+        self.assertEqual(len(sent[2]), 256, "an RSA-2048 blob follows the key")
+        self.assertFalse([p for p in sent if secret in p], "the password crossed in clear")
+        record = self.server_record(count)
+        self.assert_server_got_cleartext_inside_tls(record, SHA2_USER, SHA2_PW, "ok")
+        self.login_line(listener, app, mark, client_tls="")
+
+        # TLS client on the same listener: no key, cleartext inside TLS
+        mark = self.mark(listener)
+        app = unique_app("sha2-allow-tls")
+        W.sha2.flush_cache()
+        count = W.sha2.connection_count()
+        conn = sha2_connect(listener, program_name=app)
+        try:
+            self.assert_tls_leg_is_dbtrusts(conn)
+            self.assertEqual(my_query(conn, "select 5"), ((5,),))
+            self.assertIsNone(conn.server_public_key, "a TLS client was given the RSA key")
+        finally:
+            conn.close()
+        self.assert_client_sent_cleartext_inside_tls(conn, SHA2_PW)
+        record = self.server_record(count)
+        self.assert_server_got_cleartext_inside_tls(record, SHA2_USER, SHA2_PW, "ok")
+        self.login_line(listener, app, mark)
 
 
 if __name__ == "__main__":
