@@ -83,6 +83,22 @@ static void free_unaccepted(uv_handle_t *h)
     free(l->owner);
 }
 
+/* Past the hard ceiling nothing is read, but the refusal is still written, once, into the
+ * fresh socket's empty buffer (no queue, no wait): a legitimate client caught in a flood reads
+ * "connection limit reached" (PostgreSQL 53300, MySQL 1040) instead of a bare close. */
+static void refuse_unread(struct px_conn *c)
+{
+    char msg[300], detail[120];
+    uint8_t pkt[600];
+    snprintf(detail, sizeof(detail), "max_connections (%u) far exceeded: closed at accept",
+             c->wl->l->cfg->max_connections);
+    px_error_message(c, DBT_LIMIT_REACHED, detail, msg, sizeof(msg));
+    size_t n = c->drv->build_error(c, DBT_LIMIT_REACHED, msg, pkt, sizeof(pkt));
+    uv_buf_t b = uv_buf_init((char *)pkt, (unsigned)n);
+    if (n > 0)
+        (void)uv_try_write(&px_conn_client(c)->s.stream, &b, 1);
+}
+
 void px_conn_accept(struct px_worker_listener *wl)
 {
     struct px_worker *w = wl->w;
@@ -139,6 +155,8 @@ void px_conn_accept(struct px_worker_listener *wl)
     px_admit(wl, is_unix ? NULL : &peer, active, c->client_addr, &c->adm);
     if (c->adm.close_now) {
         c->quiet = true; /* px_admit logged it, at a limited rate */
+        if (c->adm.refusal == DBT_LIMIT_REACHED)
+            refuse_unread(c);
         px_conn_close(c, c->adm.refusal, NULL);
         return;
     }
