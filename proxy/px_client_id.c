@@ -1,6 +1,5 @@
 #include "px_client_id.h"
 
-#include <libgen.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,19 +8,13 @@
 
 #include "px_expiry.h"
 #include "px_log.h"
-
-#define SETTLE_MS 100 /* a Secret update is several renames: reload once after the burst */
-#define ID_FILES  3   /* cert, key, CA */
+#include "px_watch.h"
 
 /* The triggers of one listener's identity. */
 struct px_id_watch {
     struct px_server *srv;
     size_t listener;
-    uv_fs_event_t dir_events[ID_FILES];
-    size_t dir_count;
-    uv_timer_t settle_timer;
-    uv_timer_t poll_timer;
-    int open_handles;
+    struct px_watch watch;  /* its triggers; iw is freed when they have closed */
     char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
 
@@ -140,46 +133,9 @@ static void reload_one(struct px_id_watch *iw, const char *trigger)
     px_expiry_check(srv);
 }
 
-static void on_settled(uv_timer_t *t)
+static void on_trigger(void *arg, const char *trigger)
 {
-    reload_one(t->data, "watch");
-}
-
-static void on_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
-{
-    struct px_id_watch *iw = h->data;
-    (void)filename;
-    (void)events;
-    if (status < 0)
-        return; /* the poll still runs */
-    uv_timer_start(&iw->settle_timer, on_settled, SETTLE_MS, 0);
-}
-
-static void on_poll(uv_timer_t *t)
-{
-    reload_one(t->data, "poll");
-}
-
-/* The directory, not the file: a Secret volume update swaps the "..data" symlink, and an
- * editor renames over the file; a watch on the old inode would never fire again. */
-static void watch_dir(struct px_id_watch *iw, uv_loop_t *loop, const char *path, char dirs[][4096])
-{
-    if (path[0] == '\0')
-        return;
-    char tmp[4096];
-    dbt_strlcpy(tmp, path, sizeof(tmp));
-    const char *dir = dirname(tmp);
-    for (size_t i = 0; i < iw->dir_count; i++)
-        if (strcmp(dirs[i], dir) == 0)
-            return;
-    dbt_strlcpy(dirs[iw->dir_count], dir, 4096);
-    uv_fs_event_t *ev = &iw->dir_events[iw->dir_count++];
-    uv_fs_event_init(loop, ev);
-    ev->data = iw;
-    int rc = uv_fs_event_start(ev, on_dir_event, dir, 0);
-    if (rc != 0)
-        px_log(CFG_LOG_WARN, "cannot watch %s: %s (reload by poll and SIGHUP only)", dir,
-               uv_strerror(rc));
+    reload_one(arg, trigger);
 }
 
 int px_client_id_start(struct px_server *srv, uv_loop_t *loop)
@@ -197,15 +153,10 @@ int px_client_id_start(struct px_server *srv, uv_loop_t *loop)
         srv->id_watches[srv->id_watch_count++] = iw;
         iw->srv = srv;
         iw->listener = i;
-        char dirs[ID_FILES][4096];
-        watch_dir(iw, loop, lc->client_cert, dirs);
-        watch_dir(iw, loop, lc->client_key, dirs);
-        watch_dir(iw, loop, lc->client_ca, dirs);
-        uv_timer_init(loop, &iw->settle_timer);
-        uv_timer_init(loop, &iw->poll_timer);
-        iw->settle_timer.data = iw->poll_timer.data = iw;
-        uint32_t every = srv->cfg->reload_interval_ms;
-        uv_timer_start(&iw->poll_timer, on_poll, every, every);
+        /* client_ca is optional: px_watch skips an empty path */
+        const char *files[] = {lc->client_cert, lc->client_key, lc->client_ca};
+        px_watch_start(&iw->watch, loop, files, DBT_ARRAY_LEN(files), srv->cfg->reload_interval_ms,
+                       on_trigger, iw);
     }
     return 0;
 }
@@ -216,22 +167,17 @@ void px_client_id_reload_all(struct px_server *srv, const char *trigger)
         reload_one(srv->id_watches[i], trigger);
 }
 
-static void on_watch_closed(uv_handle_t *h)
+/* The last handle of iw's triggers has closed: the one place an identity watch is freed. */
+static void on_watch_freed(void *arg)
 {
-    struct px_id_watch *iw = h->data;
-    if (--iw->open_handles == 0) /* libuv runs close callbacks in no promised order */
-        free(iw);
+    free(arg);
 }
 
 void px_client_id_stop(struct px_server *srv)
 {
     for (size_t i = 0; i < srv->id_watch_count; i++) {
         struct px_id_watch *iw = srv->id_watches[i];
-        iw->open_handles = (int)iw->dir_count + 2;
-        for (size_t k = 0; k < iw->dir_count; k++)
-            uv_close((uv_handle_t *)&iw->dir_events[k], on_watch_closed);
-        uv_close((uv_handle_t *)&iw->settle_timer, on_watch_closed);
-        uv_close((uv_handle_t *)&iw->poll_timer, on_watch_closed);
+        px_watch_close(&iw->watch, on_watch_freed);
     }
     free(srv->id_watches);
     srv->id_watches = NULL;

@@ -1,6 +1,5 @@
 #include "px_reload.h"
 
-#include <libgen.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,10 +8,8 @@
 #include "px_expiry.h"
 #include "px_guard.h"
 #include "px_log.h"
+#include "px_watch.h"
 
-/* Events from a directory come in bursts (a ConfigMap update is several renames): wait this
- * long after the last one, then reload once. */
-#define SETTLE_MS 100
 /* A bundle the guard refused is checked again by the poll (the server may have rotated since),
  * but not more often than this: each check is a handshake the server may count as aborted. */
 #define GUARD_RECHECK_MS 60000
@@ -21,12 +18,9 @@
 struct px_bundle_watch {
     struct px_server *srv;
     char path[4096];
-    char dir[4096];
-    uv_fs_event_t dir_event;
-    uv_timer_t settle_timer;
-    uv_timer_t poll_timer;
+    uv_loop_t *loop;          /* the main loop */
+    struct px_watch watch;    /* its triggers; bw is freed when they have closed */
     struct tlsw_gen *current; /* main loop's reference to the generation in force */
-    int open_handles;         /* freed when the last of its three handles has closed */
     /* rotation guard */
     struct px_guard *guard;     /* the run checking candidate, NULL when none */
     struct tlsw_gen *candidate; /* the bundle waiting for the guard's verdict */
@@ -132,7 +126,7 @@ static void on_guard_done(struct px_guard *gd, void *arg)
         if (!bw->guard_quiet)
             refuse(bw, bw->guard_trigger, why);
         dbt_strlcpy(bw->guard_refused_sha256, tlsw_gen_sha256(g), sizeof(bw->guard_refused_sha256));
-        bw->guard_refused_at = uv_now(bw->poll_timer.loop);
+        bw->guard_refused_at = uv_now(bw->loop);
         tlsw_gen_unref(g);
     }
     const char *again = bw->rerun_trigger;
@@ -171,7 +165,7 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
         return;
     }
     bool recheck = strcmp(sha, bw->guard_refused_sha256) == 0;
-    uint64_t now = uv_now(bw->poll_timer.loop);
+    uint64_t now = uv_now(bw->loop);
     if (recheck && strcmp(trigger, "poll") == 0 && now - bw->guard_refused_at < GUARD_RECHECK_MS) {
         tlsw_gen_unref(g);
         return;
@@ -179,8 +173,7 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
     bw->candidate = g;
     bw->guard_trigger = trigger;
     bw->guard_quiet = recheck && strcmp(trigger, "poll") == 0;
-    bw->guard =
-        px_guard_start(bw->poll_timer.loop, srv, bw->path, g, bw->current, on_guard_done, bw);
+    bw->guard = px_guard_start(bw->loop, srv, bw->path, g, bw->current, on_guard_done, bw);
     if (!bw->guard) {
         bw->candidate = NULL;
         tlsw_gen_unref(g);
@@ -188,27 +181,9 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
     }
 }
 
-static void on_settled(uv_timer_t *t)
+static void on_trigger(void *arg, const char *trigger)
 {
-    reload_one(t->data, "watch");
-}
-
-static void on_dir_event(uv_fs_event_t *h, const char *filename, int events, int status)
-{
-    struct px_bundle_watch *bw = h->data;
-    (void)filename;
-    (void)events;
-    if (status < 0) {
-        px_log(CFG_LOG_WARN, "watching %s failed: %s (the poll still runs)", bw->dir,
-               uv_strerror(status));
-        return;
-    }
-    uv_timer_start(&bw->settle_timer, on_settled, SETTLE_MS, 0);
-}
-
-static void on_poll(uv_timer_t *t)
-{
-    reload_one(t->data, "poll");
+    reload_one(arg, trigger);
 }
 
 int px_reload_start(struct px_server *srv, uv_loop_t *loop)
@@ -229,23 +204,11 @@ int px_reload_start(struct px_server *srv, uv_loop_t *loop)
         srv->watches[srv->watch_count++] = bw;
         bw->srv = srv;
         dbt_strlcpy(bw->path, path, sizeof(bw->path));
-        char tmp[4096];
-        dbt_strlcpy(tmp, path, sizeof(tmp));
-        dbt_strlcpy(bw->dir, dirname(tmp), sizeof(bw->dir));
+        bw->loop = loop;
         bw->current = srv->listeners[i].gen;
         tlsw_gen_ref(bw->current);
-        uv_timer_init(loop, &bw->settle_timer);
-        uv_timer_init(loop, &bw->poll_timer);
-        uv_fs_event_init(loop, &bw->dir_event);
-        bw->settle_timer.data = bw->poll_timer.data = bw->dir_event.data = bw;
-        /* The directory, not the file: a ConfigMap update swaps the "..data" symlink and an
-         * editor renames over the file; a watch on the old inode would never fire again. */
-        int rc = uv_fs_event_start(&bw->dir_event, on_dir_event, bw->dir, 0);
-        if (rc != 0)
-            px_log(CFG_LOG_WARN, "cannot watch %s: %s (reload by poll and SIGHUP only)", bw->dir,
-                   uv_strerror(rc));
-        uint32_t every = srv->cfg->reload_interval_ms;
-        uv_timer_start(&bw->poll_timer, on_poll, every, every);
+        const char *files[] = {bw->path};
+        px_watch_start(&bw->watch, loop, files, 1, srv->cfg->reload_interval_ms, on_trigger, bw);
     }
     return 0;
 }
@@ -256,13 +219,12 @@ void px_reload_all(struct px_server *srv, const char *trigger)
         reload_one(srv->watches[i], trigger);
 }
 
-static void on_watch_closed(uv_handle_t *h)
+/* The last handle of bw's triggers has closed: the one place a bundle watch is freed. */
+static void on_watch_freed(void *arg)
 {
-    struct px_bundle_watch *bw = h->data;
-    if (--bw->open_handles == 0) { /* libuv runs close callbacks in no promised order */
-        tlsw_gen_unref(bw->current);
-        free(bw);
-    }
+    struct px_bundle_watch *bw = arg;
+    tlsw_gen_unref(bw->current);
+    free(bw);
 }
 
 void px_reload_stop(struct px_server *srv)
@@ -275,10 +237,7 @@ void px_reload_stop(struct px_server *srv)
             bw->guard = NULL;
             tlsw_gen_unref(bw->candidate);
         }
-        bw->open_handles = 3;
-        uv_close((uv_handle_t *)&bw->dir_event, on_watch_closed);
-        uv_close((uv_handle_t *)&bw->settle_timer, on_watch_closed);
-        uv_close((uv_handle_t *)&bw->poll_timer, on_watch_closed);
+        px_watch_close(&bw->watch, on_watch_freed);
     }
     free(srv->watches);
     srv->watches = NULL;
