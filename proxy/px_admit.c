@@ -41,10 +41,7 @@ static bool refusal_worth_logging(struct px_worker *w, const uint8_t *addr, size
 {
     uint8_t key[16] = {0};
     memcpy(key, addr, len);
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < sizeof(key); i++)
-        h = (h ^ key[i]) * 16777619u;
-    struct px_refusal_note *n = &w->refusals_logged[h % PX_REFUSAL_NOTES];
+    struct px_refusal_note *n = &w->refusals_logged[px_addr_hash(key) % PX_REFUSAL_NOTES];
     uint64_t now = uv_now(&w->loop);
     if (n->at_ms != 0 && memcmp(n->addr, key, sizeof(key)) == 0 && now - n->at_ms < 60000)
         return false;

@@ -42,7 +42,7 @@ void px_startups_free(struct px_startups *t)
     free(t);
 }
 
-static uint32_t hash(const uint8_t key[16])
+uint32_t px_addr_hash(const uint8_t key[16])
 {
     uint32_t h = 2166136261u; /* FNV-1a */
     for (size_t i = 0; i < 16; i++)
@@ -58,7 +58,7 @@ static uint32_t hash(const uint8_t key[16])
 
 static struct slot *find(struct px_startups *t, const uint8_t key[16], bool create)
 {
-    uint32_t h = hash(key);
+    uint32_t h = px_addr_hash(key);
     struct slot *free_slot = NULL;
     for (size_t i = 0; i < PROBE; i++) {
         struct slot *s = &t->slots[(h + i) % SLOTS];

@@ -11,6 +11,9 @@
 
 struct px_startups;
 
+/* A hash of an address padded to 16 bytes (IPv4 in the first 4), for small address tables. */
+uint32_t px_addr_hash(const uint8_t key[16]);
+
 /* A table for one listener; NULL when limit is 0 (off) or out of memory. */
 struct px_startups *px_startups_new(unsigned limit);
 void px_startups_free(struct px_startups *t);
