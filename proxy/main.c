@@ -24,6 +24,7 @@
 #include "px_overload.h"
 #include "px_startups.h"
 #include "px_reload.h"
+#include "px_trim.h"
 
 #ifndef DBTRUST_VERSION
 #define DBTRUST_VERSION "0.0.0"
@@ -253,13 +254,17 @@ static int drop_privileges(const char *user)
 struct signals {
     uv_signal_t term, intr, hup;
     struct px_server *srv;
+    bool stopped;
 };
 
-static void on_stop_signal(uv_signal_t *s, int signum)
+/* Stops everything the main loop started, in the order that keeps metrics scrapable while
+ * connections drain; also the way out when starting failed half-way (each step is a no-op for
+ * what never started). Idempotent. */
+static void stop_services(struct signals *sig)
 {
-    struct signals *sig = s->data;
-    px_log(CFG_LOG_INFO, "received %s: no new connections, draining up to %u ms",
-           signum == SIGTERM ? "SIGTERM" : "SIGINT", sig->srv->cfg->drain_timeout_ms);
+    if (sig->stopped)
+        return;
+    sig->stopped = true;
     uv_close((uv_handle_t *)&sig->term, NULL);
     uv_close((uv_handle_t *)&sig->intr, NULL);
     uv_close((uv_handle_t *)&sig->hup, NULL);
@@ -268,10 +273,59 @@ static void on_stop_signal(uv_signal_t *s, int signum)
     px_reload_stop(srv);
     px_client_id_stop(srv);
     px_overload_stop(srv);
+    px_trim_stop(srv);
     px_workers_stop(srv); /* returns when every connection ended or drain_timeout passed */
     px_admin_stop(srv);   /* metrics stay scrapable during the drain */
     px_expiry_stop(srv);
     uv_close((uv_handle_t *)&srv->main_wakeup, NULL); /* no thread can send to it any more */
+}
+
+static void on_stop_signal(uv_signal_t *s, int signum)
+{
+    struct signals *sig = s->data;
+    px_log(CFG_LOG_INFO, "received %s: no new connections, draining up to %u ms",
+           signum == SIGTERM ? "SIGTERM" : "SIGINT", sig->srv->cfg->drain_timeout_ms);
+    stop_services(sig);
+}
+
+/* Everything that runs beside the listeners: workers, reload triggers, the admin endpoint.
+ * Returns 0, or -1 after logging why (stop_services undoes the part that started). */
+static int start_services(struct px_server *srv, uv_loop_t *loop)
+{
+    /* Before the workers: they read the accept budget from their first connection on. */
+    int rc = px_overload_start(srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start the overload budget: %s", uv_strerror(rc));
+        return -1;
+    }
+    rc = px_workers_start(srv);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start workers: %s", uv_strerror(rc));
+        return -1;
+    }
+    rc = px_reload_start(srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
+        return -1;
+    }
+    rc = px_client_id_start(srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start client certificate reload: %s", uv_strerror(rc));
+        return -1;
+    }
+    rc = px_trim_start(srv, loop);
+    if (rc != 0) {
+        px_log(CFG_LOG_ERROR, "cannot start the heap trim timer: %s", uv_strerror(rc));
+        return -1;
+    }
+    if (px_expiry_start(srv, loop) != 0)
+        return -1;
+    char err[512];
+    if (srv->cfg->admin_enabled && px_admin_start(srv, err, sizeof(err)) != 0) {
+        px_log(CFG_LOG_ERROR, "%s", err);
+        return -1;
+    }
+    return 0;
 }
 
 /* Requests from other threads: POST /reload (admin), a new upstream chain (workers). */
@@ -365,32 +419,11 @@ int main(int argc, char **argv)
     uv_async_init(loop, &srv.main_wakeup, on_main_wakeup);
     srv.main_wakeup.data = &srv;
 
-    /* Before the workers: they read the accept budget from their first connection on. */
-    int rc = px_overload_start(&srv, loop);
-    if (rc != 0) {
-        px_log(CFG_LOG_ERROR, "cannot start the overload budget: %s", uv_strerror(rc));
-        goto out;
-    }
-    rc = px_workers_start(&srv);
-    if (rc != 0) {
-        px_log(CFG_LOG_ERROR, "cannot start workers: %s", uv_strerror(rc));
-        goto out;
-    }
-    rc = px_reload_start(&srv, loop);
-    if (rc != 0) {
-        px_log(CFG_LOG_ERROR, "cannot start bundle reload: %s", uv_strerror(rc));
-        goto out;
-    }
-    rc = px_client_id_start(&srv, loop);
-    if (rc != 0) {
-        px_log(CFG_LOG_ERROR, "cannot start client certificate reload: %s", uv_strerror(rc));
-        goto out;
-    }
-    if (px_expiry_start(&srv, loop) != 0)
-        goto out;
-    char err[512];
-    if (cfg.admin_enabled && px_admin_start(&srv, err, sizeof(err)) != 0) {
-        px_log(CFG_LOG_ERROR, "%s", err);
+    if (start_services(&srv, loop) != 0) {
+        /* Worker threads may run already: stop and join them before anything is freed. */
+        stop_services(&sig);
+        uv_run(loop, UV_RUN_DEFAULT); /* the close callbacks of what was started */
+        (void)uv_loop_close(loop);
         goto out;
     }
     atomic_store(&srv.ready, true);

@@ -82,15 +82,20 @@ struct px_server {
     atomic_bool reload_requested, chain_seen;
     struct px_admin *admin;
     struct px_expiry *expiry;
+    struct px_trim *trim;
     struct px_listener *listeners;
     size_t listener_count;
     struct px_worker *workers;
     unsigned worker_count;
+    unsigned workers_ready;        /* loops initialised (px_workers_start), first ones first */
+    unsigned workers_running;      /* threads started; px_workers_stop joins exactly these */
+    atomic_uint closed_since_trim; /* connections freed since the main loop last trimmed */
 };
 
 /* A session to resume: only offered to the listener's upstream entry it came from, under the
  * trust generation that verified it (referenced). */
-#define PX_RESUME_MAX 4
+#define PX_RESUME_MAX  4
+#define PX_LEAVES_KEPT 8
 struct px_resume_slot {
     struct tlsw_session *session;
     struct tlsw_gen *gen;
@@ -110,9 +115,12 @@ struct px_worker_listener {
     bool open;
     bool paused; /* overloaded: a connection waits in libuv unaccepted, the listener unpolled */
     uint64_t ceiling_warned_ms; /* last "hard ceiling reached" warning */
-    char last_leaf_sha256[65];  /* to log each newly seen upstream chain once */
-    int tls_group;              /* key exchange group the upstream chose last (NID) */
-    unsigned dials;             /* connect slots in use (px_dial.c) */
+    /* Leaves (SHA-256, hex) seen lately, newest at leaves_next - 1: an upstream name served by
+     * several nodes with different certificates logs each chain once, not at every flip. */
+    char leaves_seen[PX_LEAVES_KEPT][65];
+    unsigned leaves_next;
+    int tls_group;  /* key exchange group the upstream chose last (NID) */
+    unsigned dials; /* connect slots in use (px_dial.c) */
     struct px_dial_waiter *dial_waiters, *dial_waiters_tail;
     struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
     unsigned resume_count;
@@ -130,13 +138,13 @@ struct px_worker {
     uv_timer_t drain_timer;
     uv_timer_t idle_sweep_timer; /* releases buffers of connections that went quiet */
     atomic_bool stop_requested;
+    bool loop_ready; /* uv_loop_init succeeded */
     bool draining;
     struct px_worker_listener *wls;
     struct px_conn *conns; /* intrusive list of live connections (for shutdown) */
     unsigned conn_count;
-    unsigned closed_since_sweep; /* connections freed since the last idle sweep */
-    uint64_t fd_limit;           /* RLIMIT_NOFILE (0 = unlimited), for the EMFILE warning */
-    uint64_t fd_warned_ms;       /* last "descriptors nearly exhausted" warning */
+    uint64_t fd_limit;     /* RLIMIT_NOFILE (0 = unlimited), for the EMFILE warning */
+    uint64_t fd_warned_ms; /* last "descriptors nearly exhausted" warning */
     uint8_t read_buf[PX_READ_CHUNK];
     /* TLS records on their way to an upstream: taken from the engine, then written. */
     uint8_t tls_out[PX_READ_CHUNK];

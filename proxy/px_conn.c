@@ -351,6 +351,16 @@ static bool client_hung_up(struct px_conn *c)
     return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
+/* The upstream's TCP stream ended without a TLS close_notify while the client is still there.
+ * Anyone on the path can end a TCP stream, so passing it on as a FIN would let an attacker
+ * who cuts the session look like the server finishing (a truncation attack): the client
+ * gets a reset, and knows its session broke. */
+static void truncated(struct px_conn *c)
+{
+    c->abort_client = true;
+    px_conn_close(c, DBT_UPSTREAM_CLOSED, "no close_notify");
+}
+
 /* The upstream will send no more: close_notify (clean) or TCP EOF. */
 static void upstream_eof(struct px_conn *c, bool clean)
 {
@@ -358,11 +368,13 @@ static void upstream_eof(struct px_conn *c, bool clean)
     case PX_CONN_RELAY:
         if (c->reason == DBT_NONE && client_hung_up(c))
             c->reason = DBT_CLIENT_CLOSED;
-        if (px_conn_logged_in(c))
-            relay_eof(c, px_conn_upstream(c));
-        else
+        if (!px_conn_logged_in(c))
             px_conn_fail(c, DBT_UPSTREAM_RESET,
                          "upstream closed the connection during authentication");
+        else if (!clean && c->reason == DBT_NONE)
+            truncated(c);
+        else
+            relay_eof(c, px_conn_upstream(c));
         break;
     case PX_CONN_CANCEL_DRAIN:
         px_conn_close(c, DBT_CANCEL_FORWARDED, NULL);
@@ -394,6 +406,7 @@ static void upstream_read_end(struct px_conn *c, int status)
          * after it, before our close_notify lands, is a normal end, not a broken leg. */
         px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
     } else if (px_conn_logged_in(c)) {
+        c->abort_client = true; /* a broken session must not end like a finished one */
         px_conn_close(c, status == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
                       uv_strerror(status));
     } else if (c->state == PX_CONN_TLS_HANDSHAKE || c->state == PX_CONN_SSL_ANSWER) {
@@ -641,7 +654,8 @@ static void conn_free(struct px_conn *c)
     tlsw_gen_unref(c->gen);
     free(c->detail);
     free(c);
-    w->closed_since_sweep++;
+    /* Counted for px_trim.c, which gives free heap back from the main loop. */
+    atomic_fetch_add_explicit(&w->srv->closed_since_trim, 1, memory_order_relaxed);
     if (w->draining && w->conn_count == 0)
         uv_timer_stop(&w->drain_timer); /* nothing left to wait for: the loop can end */
 }
@@ -677,7 +691,10 @@ void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail
     c->state = PX_CONN_CLOSING;
     if (c->gai_pending)
         uv_cancel((uv_req_t *)&c->gai); /* its callback still runs and releases its ref */
-    px_leg_close(px_conn_client(c));
+    if (c->abort_client)
+        px_leg_abort(px_conn_client(c));
+    else
+        px_leg_close(px_conn_client(c));
     uv_close((uv_handle_t *)&c->timer, on_timer_closed);
     px_leg_close(px_conn_upstream(c));
 }

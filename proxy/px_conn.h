@@ -59,8 +59,9 @@ struct px_conn {
     bool closing;
     struct px_admission adm; /* decided at accept (px_admit.c) */
     bool is_cancel;
-    bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
-    bool quiet;  /* refused before any byte was read: counted, logged at a limited rate */
+    bool abort_client; /* close the client leg with a reset, not a FIN (a truncated upstream) */
+    bool framed;       /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
+    bool quiet;        /* refused before any byte was read: counted, logged at a limited rate */
     uint64_t connected_ns; /* upstream TCP connected (uv_hrtime): handshake latency */
     void *proto;           /* the driver's startup state */
 

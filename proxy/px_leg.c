@@ -299,6 +299,20 @@ void px_leg_close(struct px_leg *l)
     uv_close(&l->s.handle, on_handle_closed);
 }
 
+void px_leg_abort(struct px_leg *l)
+{
+    if (l->state != PX_LEG_OPEN)
+        return;
+    if (l->s.handle.type != UV_TCP || l->shut_sent) {
+        px_leg_close(l);
+        return;
+    }
+    l->state = PX_LEG_CLOSING;
+    l->reading = false;
+    if (uv_tcp_close_reset(&l->s.tcp, on_handle_closed) != 0)
+        uv_close(&l->s.handle, on_handle_closed); /* SO_LINGER refused: a FIN is all we have */
+}
+
 void px_leg_trim(struct px_leg *l)
 {
     if (l->tls)

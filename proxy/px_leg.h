@@ -91,6 +91,9 @@ void px_leg_start_tls_with(struct px_leg *l, struct tlsw_conn *tls, const uint8_
 void px_leg_shutdown(struct px_leg *l);
 /* Closes the handle (a pending TLS alert is sent first, best effort). on_closed follows. */
 void px_leg_close(struct px_leg *l);
+/* Closes with a TCP reset instead of a FIN, so the peer cannot take the end for an orderly
+ * one; unsent bytes are dropped. A plain close for a Unix socket or after px_leg_shutdown. */
+void px_leg_abort(struct px_leg *l);
 /* Releases TLS buffers of a leg that went quiet. */
 void px_leg_trim(struct px_leg *l);
 

@@ -247,6 +247,17 @@ static void remember_chain(struct px_conn *c, const struct tlsw_cert_info *chain
     uv_async_send(&srv->main_wakeup);
 }
 
+/* True when leaf is not among the worker's recent leaves of this listener (it is now). */
+static bool first_sight(struct px_worker_listener *wl, const char *leaf)
+{
+    for (size_t i = 0; i < PX_LEAVES_KEPT; i++)
+        if (strcmp(wl->leaves_seen[i], leaf) == 0)
+            return false;
+    dbt_strlcpy(wl->leaves_seen[wl->leaves_next], leaf, sizeof(wl->leaves_seen[0]));
+    wl->leaves_next = (wl->leaves_next + 1) % PX_LEAVES_KEPT;
+    return true;
+}
+
 /* Logs the verified chain when a worker sees a leaf it has not seen before on this listener:
  * what an operator wants to know after a server certificate rotation, without a line per
  * connection. */
@@ -255,9 +266,8 @@ static void log_new_chain(struct px_conn *c)
     struct tlsw_cert_info chain[4];
     struct tlsw_conn *tls = px_conn_upstream(c)->tls;
     size_t n = tlsw_conn_peer_chain(tls, chain, DBT_ARRAY_LEN(chain));
-    if (n == 0 || strcmp(chain[0].sha256, c->wl->last_leaf_sha256) == 0)
+    if (n == 0 || !first_sight(c->wl, chain[0].sha256))
         return;
-    dbt_strlcpy(c->wl->last_leaf_sha256, chain[0].sha256, sizeof(c->wl->last_leaf_sha256));
     remember_chain(c, chain, n);
     char depth[4][600];
     for (size_t i = 0; i < 4; i++) {

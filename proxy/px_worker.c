@@ -1,6 +1,5 @@
 /* Workers: one thread and one libuv loop each, accepting on their own SO_REUSEPORT socket per
  * listener, so the kernel spreads connections and nothing on the data path takes a lock. */
-#include <malloc.h>
 #include <sys/resource.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,12 +61,6 @@ static void on_drain_timeout(uv_timer_t *t)
  * record buffers are released by SSL_MODE_RELEASE_BUFFERS already. */
 #define PX_IDLE_SWEEP_MS 10000
 
-/* After this many connections ended since the last sweep, free heap pages go back to the
- * system: a burst of closes (each close_notify and last read takes 16 KiB TLS record buffers
- * for a moment) leaves glibc's arenas fragmented, holding more than with the connections open
- * (2000 closed at once: 54 -> 98 MiB resident). */
-#define PX_TRIM_AFTER_CLOSES 64
-
 static void on_idle_sweep(uv_timer_t *t)
 {
     struct px_worker *w = t->data;
@@ -79,11 +72,6 @@ static void on_idle_sweep(uv_timer_t *t)
             l->recent_io = false;
         }
     }
-#ifdef __GLIBC__
-    if (w->closed_since_sweep >= PX_TRIM_AFTER_CLOSES)
-        malloc_trim(0);
-#endif
-    w->closed_since_sweep = 0;
 }
 
 static void close_listeners(struct px_worker *w)
@@ -157,6 +145,7 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
     int rc = uv_loop_init(&w->loop);
     if (rc != 0)
         return rc;
+    w->loop_ready = true;
     uv_async_init(&w->loop, &w->wakeup, on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
@@ -209,36 +198,56 @@ int px_workers_start(struct px_server *srv)
         return UV_ENOMEM;
     for (unsigned i = 0; i < srv->worker_count; i++) {
         int rc = worker_init(srv, &srv->workers[i], i);
+        if (srv->workers[i].loop_ready)
+            srv->workers_ready = i + 1;
         if (rc != 0)
-            return rc;
+            return rc; /* px_workers_stop undoes what was set up */
     }
     for (unsigned i = 0; i < srv->worker_count; i++) {
         int rc = uv_thread_create(&srv->workers[i].thread, worker_main, &srv->workers[i]);
         if (rc != 0)
             return rc;
+        srv->workers_running = i + 1;
     }
     return 0;
 }
 
+/* A loop whose thread never started (a later worker failed to start): its handles are closed
+ * here, on the main thread, which is the only one that ever touched it. */
+static void close_unstarted(struct px_worker *w)
+{
+    uv_walk(&w->loop, on_close_any, NULL);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    (void)uv_loop_close(&w->loop);
+    px_io_worker_free(w);
+}
+
+static void drop_trust(struct px_server *srv, struct px_worker *w)
+{
+    for (size_t j = 0; w->wls && j < srv->listener_count; j++) {
+        px_resume_forget(&w->wls[j]);
+        tlsw_gen_unref(w->wls[j].gen);
+        w->wls[j].gen = NULL;
+        tlsw_gen_unref(atomic_exchange(&w->wls[j].pending_gen, NULL));
+        tlsw_server_unref(w->wls[j].client_id);
+        w->wls[j].client_id = NULL;
+        tlsw_server_unref(atomic_exchange(&w->wls[j].pending_client_id, NULL));
+    }
+}
+
 void px_workers_stop(struct px_server *srv)
 {
-    for (unsigned i = 0; i < srv->worker_count; i++) {
+    for (unsigned i = 0; i < srv->workers_running; i++) {
         atomic_store(&srv->workers[i].stop_requested, true);
         uv_async_send(&srv->workers[i].wakeup);
     }
-    for (unsigned i = 0; i < srv->worker_count; i++) {
-        struct px_worker *w = &srv->workers[i];
-        uv_thread_join(&w->thread);
-        for (size_t j = 0; j < srv->listener_count; j++) {
-            px_resume_forget(&w->wls[j]);
-            tlsw_gen_unref(w->wls[j].gen);
-            struct tlsw_gen *pending = atomic_exchange(&w->wls[j].pending_gen, NULL);
-            if (pending)
-                tlsw_gen_unref(pending);
-            tlsw_server_unref(w->wls[j].client_id);
-            tlsw_server_unref(atomic_exchange(&w->wls[j].pending_client_id, NULL));
-        }
-    }
+    for (unsigned i = 0; i < srv->workers_running; i++)
+        uv_thread_join(&srv->workers[i].thread);
+    for (unsigned i = srv->workers_running; i < srv->workers_ready; i++)
+        close_unstarted(&srv->workers[i]);
+    for (unsigned i = 0; srv->workers && i < srv->worker_count; i++)
+        drop_trust(srv, &srv->workers[i]);
+    srv->workers_running = srv->workers_ready = 0; /* a second call does nothing */
 }
 
 void px_workers_free(struct px_server *srv)

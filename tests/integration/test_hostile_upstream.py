@@ -373,6 +373,29 @@ def pg_script_key_update(sock, record, stop_event):
         hold_open(tls, record, stop_event)
 
 
+def end_session(tls, how):
+    """End a TLS session: "close_notify" (the server's orderly end), "truncate" (TCP FIN
+    without close_notify: what an on-path attacker can forge) or "reset" (TCP RST)."""
+    if how == "close_notify":
+        tls.unwrap().close()
+    elif how == "truncate":
+        tls.shutdown(socket.SHUT_RDWR)  # drops the TLS layer: no close_notify
+    else:
+        reset_on_close(tls)
+    tls.close()
+
+
+def pg_script_session_end(how):
+    """A login that succeeds, one query read, then the session ends the given way."""
+    def script(sock, record, stop_event):
+        tls = pg_tls_accept(sock, record)
+        tls.sendall(pg_auth(0) + pg_message(b"K", struct.pack("!II", 4242, 99))
+                    + pg_message(b"Z", b"I"))
+        record.notes["query"] = pg_read_tls_message(tls)
+        end_session(tls, how)
+    return script
+
+
 # -- MySQL -----------------------------------------------------------------------------------
 
 MY_SERVER_CAPS = (fx.MY_CLIENT_LONG_PASSWORD | fx.MY_CLIENT_LONG_FLAG
@@ -436,6 +459,16 @@ def my_script_after_tls(reply, then_close=False):
                 tls.sendall(reply)
             if not then_close:
                 hold_open(tls, record, stop_event)
+    return script
+
+
+def my_script_session_end(how):
+    """A login that succeeds, one command read, then the session ends the given way."""
+    def script(sock, record, stop_event):
+        tls = my_tls_accept(sock, record)
+        tls.sendall(fx.my_packet(3, fx.my_ok_packet()))
+        record.notes["command"] = fx.my_read_packet(tls)
+        end_session(tls, how)
     return script
 
 
@@ -568,6 +601,9 @@ def pg_peers():
         "pg-close-after-tls": (pg_script_after_tls(b"", then_close=True), {}),
         "pg-renegotiate": (pg_script_renegotiate, {}),
         "pg-key-update": (pg_script_key_update, {}),
+        "pg-end-truncate": (pg_script_session_end("truncate"), {}),
+        "pg-end-close-notify": (pg_script_session_end("close_notify"), {}),
+        "pg-end-reset": (pg_script_session_end("reset"), {}),
     }
 
 
@@ -598,6 +634,8 @@ def my_peers():
         "my-close-after-tls": (my_script_after_tls(b"", then_close=True), {}),
         "my-renegotiate": (my_script_renegotiate, {}),
         "my-key-update": (my_script_key_update, {}),
+        "my-end-truncate": (my_script_session_end("truncate"), {}),
+        "my-end-close-notify": (my_script_session_end("close_notify"), {}),
     }
 
 
@@ -936,6 +974,70 @@ class TestPgAfterTls(HostileTestCase):
 
     def test_close_after_tls(self):
         self.assert_pg_refused("pg-close-after-tls", "upstream_reset")
+
+
+def read_end_of_session(sock):
+    """How the session ends for the client: "eof" (an orderly FIN), "reset", or data."""
+    try:
+        data = sock.recv(4096)
+    except ConnectionResetError:
+        return "reset"
+    return "eof" if data == b"" else f"data {data!r}"
+
+
+def pg_session_end_seen(listener):
+    """Log in through dbtrust (plaintext client leg), send a query, report the ending."""
+    sock, answers = fx.pg_open_plain("127.0.0.1", port_of(listener), [fx.PG_SSL_REQUEST])
+    with sock:
+        sock.sendall(fx.pg_startup_message({"user": APP, "database": DB}))
+        while fx.pg_read_message(sock)[0] != "Z":
+            pass
+        sock.sendall(pg_message(b"Q", b"select 1\0"))
+        return read_end_of_session(sock)
+
+
+def my_session_end_seen(listener):
+    with socket.create_connection(("127.0.0.1", port_of(listener)), timeout=10) as sock:
+        greeting = fx.my_parse_greeting(fx.my_read_packet(sock)[1])
+        sock.sendall(fx.my_packet(1, fx.my_handshake_response(
+            NATIVE, fx.my_native_scramble(NATIVE_PW, greeting.nonce), database=MY_DB)))
+        seq, ok = fx.my_read_packet(sock)
+        if ok[:1] != b"\x00":
+            raise AssertionError(f"login through dbtrust failed: {ok!r}")
+        sock.sendall(fx.my_packet(0, b"\x0e"))  # COM_PING
+        return read_end_of_session(sock)
+
+
+class TestSessionEnd(HostileTestCase):
+    """An upstream TCP close without close_notify during the relay may be an attacker cutting
+    the stream: the client must see a reset, not the clean FIN of a server finishing."""
+
+    def check(self, listener, seen, expected, reason, detail=None):
+        mark = W.dbtrust.mark()
+        self.assertEqual(seen(listener), expected)
+        line = self.assert_conn_ends(listener, reason, mark, 1)[0]
+        if detail is not None:
+            self.assertIn(f'detail="{detail}"', line)
+        else:
+            self.assertNotIn("close_notify", line)
+
+    def test_pg_truncated_session_resets_the_client(self):
+        self.check("pg-end-truncate", pg_session_end_seen, "reset", "upstream_closed",
+                   "no close_notify")
+
+    def test_pg_close_notify_is_an_orderly_end(self):
+        self.check("pg-end-close-notify", pg_session_end_seen, "eof", "upstream_closed")
+
+    def test_pg_upstream_reset_resets_the_client(self):
+        self.check("pg-end-reset", pg_session_end_seen, "reset", "upstream_reset",
+                   "connection reset by peer")
+
+    def test_my_truncated_session_resets_the_client(self):
+        self.check("my-end-truncate", my_session_end_seen, "reset", "upstream_closed",
+                   "no close_notify")
+
+    def test_my_close_notify_is_an_orderly_end(self):
+        self.check("my-end-close-notify", my_session_end_seen, "eof", "upstream_closed")
 
 
 # --------------------------------------------------------------------------------------------

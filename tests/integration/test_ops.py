@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -412,6 +413,26 @@ class TestPins(unittest.TestCase):
 
 
 # -- graceful shutdown ------------------------------------------------------------------------
+
+class TestFailedStart(unittest.TestCase):
+    def test_admin_address_in_use_stops_the_started_workers_cleanly(self):
+        """The admin endpoint starts after the worker threads: when it cannot bind, dbtrust
+        must stop and join them before freeing their loops, then exit 1 saying why."""
+        with socket.socket() as busy:
+            busy.bind(("127.0.0.1", 0))
+            busy.listen(1)
+            port = busy.getsockname()[1]
+            cfg = fx.DbTrustConfig(W.pki.bundle, workers=4, admin=f"127.0.0.1:{port}")
+            cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+            path = cfg.write(os.path.join(W.tmp, "admin-busy.ini"))
+            for attempt in range(5):  # the old code raced its own threads: try a few times
+                out = subprocess.run([sys.argv_dbtrust, "--config", path], capture_output=True,
+                                     text=True, timeout=20, stdin=subprocess.DEVNULL)
+                self.assertEqual(out.returncode, 1, out.stderr)
+                self.assertIn(f"127.0.0.1:{port}", out.stderr)
+                for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error", "ready:"):
+                    self.assertNotIn(bad, out.stderr)
+
 
 class TestGracefulShutdown(unittest.TestCase):
     def start(self, drain):

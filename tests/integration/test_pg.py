@@ -697,6 +697,29 @@ class TestBackpressure(DbTrustTestCase):
 # Command line
 # --------------------------------------------------------------------------------------------
 
+class TestUpstreamChainLog(DbTrustTestCase):
+    """upstream_verified is logged once per chain a worker sees, not at every flip between
+    nodes that serve one upstream name with different certificates."""
+
+    def test_two_nodes_flipping_log_each_chain_once(self):
+        bundle = W.pki.write_bundle("roots-a-b.pem", [W.pki.root, W.pki.root_b])
+        cfg = fx.DbTrustConfig(bundle, workers=1, drain_timeout="1s")
+        cfg.add_listener("flip", "postgres", f"localhost:{W.pg.port}")
+        proc = fx.DbTrust.from_config(DBTRUST_BIN, cfg, W.tmp, name="dbtrust-flip").start()
+        self.addCleanup(proc.stop)
+        self.addCleanup(W.pg.set_certificate, W.pki.leaf)
+        port = cfg.listeners["flip"].port
+        for leaf in (W.pki.leaf, W.pki.leaf_b, W.pki.leaf, W.pki.leaf_b, W.pki.leaf):
+            W.pg.set_certificate(leaf)
+            out = fx.run_psql(fx.pg_conninfo(host="127.0.0.1", port=port, user=APP, dbname=DB,
+                                             sslmode="disable"),
+                              "select current_user", password=APP_PW)
+            self.assertEqual(out.returncode, 0, out.stderr)
+        lines = proc.find_lines("upstream_verified", "listener=flip")
+        self.assertEqual(len(lines), 2, "\n".join(lines))
+        self.assertIn("dbtrust test intermediate B", lines[1])
+
+
 class TestCommandLine(DbTrustTestCase):
     """The one-listener form: --listen --upstream --protocol --bundle [--server-name]."""
 
