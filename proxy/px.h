@@ -122,6 +122,7 @@ struct px_worker_listener {
     int tls_group;  /* key exchange group the upstream chose last (NID) */
     unsigned dials; /* connect slots in use (px_dial.c) */
     struct px_dial_waiter *dial_waiters, *dial_waiters_tail;
+    uv_idle_t dial_handover; /* hands freed slots to waiters from the loop (px_dial.c) */
     struct px_resume_slot resume[PX_RESUME_MAX]; /* oldest first (px_resume.c) */
     unsigned resume_count;
     struct px_listener_stats stats; /* written by this worker only */

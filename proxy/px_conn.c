@@ -20,6 +20,7 @@ uint64_t px_now_ms(void)
 }
 
 static void on_timer(uv_timer_t *t);
+static void set_detail(struct px_conn *c, const char *detail);
 static void on_client_closed(struct px_leg *l);
 static void on_client_tls_done(struct px_leg *l);
 
@@ -227,7 +228,7 @@ static void on_timer(uv_timer_t *t)
     case PX_CONN_MY_RESPONSE:
         px_conn_close(c, DBT_CLIENT_TIMEOUT, "client did not answer the greeting in time");
         break;
-    case PX_CONN_MY_RETIRE:
+    case PX_CONN_RETIRING:
         px_conn_close(c, c->reason, NULL); /* the server never answered the decoy: hang up */
         break;
     case PX_CONN_SSL_ANSWER:
@@ -351,14 +352,45 @@ static bool client_hung_up(struct px_conn *c)
     return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
+/* The upstream's side of a live session was cut or broke: what the server sent before still
+ * reaches the client (bounded, like an error being written), then the client's connection is
+ * reset rather than ended with a FIN, so the client knows the session broke. */
+#define PX_RESET_WAIT_MS 5000
+
+/* A reset drops what the kernel has not sent yet: wait (bounded) until the client has it. */
+static void reset_when_sent(struct px_conn *c)
+{
+    if (px_leg_unsent(px_conn_client(c)) == 0 || px_now_ms() >= c->reset_by_ms) {
+        px_conn_close(c, c->reason, NULL);
+        return;
+    }
+    px_conn_set_timer_fn(c, 10, reset_when_sent);
+}
+
+static void end_with_reset(struct px_conn *c, enum dbt_reason r, const char *detail)
+{
+    struct px_leg *client = px_conn_client(c);
+    c->abort_client = true;
+    c->reason = r;
+    set_detail(c, detail);
+    px_leg_halt(client);
+    px_leg_halt(px_conn_upstream(c));
+    c->state = PX_CONN_FAILING; /* the reason is settled; ends once the client has its bytes */
+    c->reset_by_ms = px_now_ms() + PX_RESET_WAIT_MS;
+    if (client->queued == 0)
+        reset_when_sent(c);
+    else
+        px_conn_set_timer(c, PX_RESET_WAIT_MS);
+}
+
 /* The upstream's TCP stream ended without a TLS close_notify while the client is still there.
- * Anyone on the path can end a TCP stream, so passing it on as a FIN would let an attacker
- * who cuts the session look like the server finishing (a truncation attack): the client
- * gets a reset, and knows its session broke. */
+ * Anyone on the path can end a TCP stream, so passing it on as a FIN would let an attacker who
+ * cuts the session look like the server finishing (a truncation attack). MySQL and MariaDB
+ * servers never send close_notify (they close quietly), so their server-side ends always take
+ * this path: the client still gets every byte, then a reset. */
 static void truncated(struct px_conn *c)
 {
-    c->abort_client = true;
-    px_conn_close(c, DBT_UPSTREAM_CLOSED, "no close_notify");
+    end_with_reset(c, DBT_UPSTREAM_CLOSED, "no close_notify");
 }
 
 /* The upstream will send no more: close_notify (clean) or TCP EOF. */
@@ -397,7 +429,7 @@ static void upstream_eof(struct px_conn *c, bool clean)
 
 static void upstream_read_end(struct px_conn *c, int status)
 {
-    if (c->state == PX_CONN_MY_RETIRE) {
+    if (c->state == PX_CONN_RETIRING) {
         px_conn_close(c, c->reason, NULL); /* it hung up first: nothing left to end */
     } else if (status == 0 || status == UV_EOF) {
         upstream_eof(c, status == 0);
@@ -406,9 +438,9 @@ static void upstream_read_end(struct px_conn *c, int status)
          * after it, before our close_notify lands, is a normal end, not a broken leg. */
         px_conn_close(c, DBT_CLIENT_CLOSED, NULL);
     } else if (px_conn_logged_in(c)) {
-        c->abort_client = true; /* a broken session must not end like a finished one */
-        px_conn_close(c, status == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
-                      uv_strerror(status));
+        /* A broken session must not end like a finished one. */
+        end_with_reset(c, status == UV_ETIMEDOUT ? DBT_UPSTREAM_TIMEOUT : DBT_UPSTREAM_RESET,
+                       uv_strerror(status));
     } else if (c->state == PX_CONN_TLS_HANDSHAKE || c->state == PX_CONN_SSL_ANSWER) {
         px_conn_fail(c, DBT_TLS_HANDSHAKE_FAILED, uv_strerror(status));
     } else {
@@ -460,7 +492,11 @@ void px_conn_leg_write_done(struct px_leg *l, int status)
         return;
     }
     if (c->state == PX_CONN_FAILING) {
-        if (px_conn_client(c)->queued == 0)
+        if (px_conn_client(c)->queued > 0)
+            return;
+        if (c->abort_client)
+            reset_when_sent(c);
+        else
             px_conn_close(c, c->reason, NULL);
         return;
     }
@@ -556,6 +592,10 @@ void px_conn_fail(struct px_conn *c, enum dbt_reason reason, const char *detail)
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
+    if (c->state == PX_CONN_RETIRING) { /* nobody left to tell */
+        px_conn_close(c, c->reason, NULL);
+        return;
+    }
     char msg[900];
     uint8_t pkt[1400];
     px_error_message(c, reason, detail, msg, sizeof(msg));
@@ -577,6 +617,10 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
 {
     if (c->closing || c->state == PX_CONN_FAILING)
         return;
+    if (c->state == PX_CONN_RETIRING) { /* nobody left to tell */
+        px_conn_close(c, c->reason, NULL);
+        return;
+    }
     px_dial_release(&c->dial);
     c->reason = reason;
     set_detail(c, detail);
@@ -676,11 +720,18 @@ static void on_client_closed(struct px_leg *l)
     px_conn_release(conn_of(l));
 }
 
+/* The reason is settled once the error is on its way, or the client left and the driver ends
+ * the upstream's side (px_conn.h): later events end the connection sooner, nothing more. */
+static bool reason_settled(const struct px_conn *c)
+{
+    return c->state == PX_CONN_FAILING || c->state == PX_CONN_RETIRING;
+}
+
 void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail)
 {
     if (c->closing)
         return;
-    if (c->state != PX_CONN_FAILING) {
+    if (!reason_settled(c)) {
         c->reason = reason;
         set_detail(c, detail);
     }

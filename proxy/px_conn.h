@@ -20,7 +20,7 @@ enum px_conn_state {
     PX_CONN_CLIENT_TLS,     /* client_tls: the client's TLS handshake with dbtrust */
     PX_CONN_MY_GREETING,    /* MySQL: connected, waiting for the server's greeting */
     PX_CONN_MY_RESPONSE,    /* MySQL: greeting sent, waiting for the client's response */
-    PX_CONN_MY_RETIRE,      /* MySQL: client gone mid-handshake; ending the upstream's login */
+    PX_CONN_RETIRING,       /* the client left; the driver ends the upstream's login (below) */
     PX_CONN_DIAL_WAIT,      /* waiting for an upstream connect slot (px_dial.c) */
     PX_CONN_RESOLVING,      /* upstream name lookup */
     PX_CONN_CONNECTING,     /* TCP connect to one upstream address */
@@ -59,9 +59,10 @@ struct px_conn {
     bool closing;
     struct px_admission adm; /* decided at accept (px_admit.c) */
     bool is_cancel;
-    bool abort_client; /* close the client leg with a reset, not a FIN (a truncated upstream) */
-    bool framed;       /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
-    bool quiet;        /* refused before any byte was read: counted, logged at a limited rate */
+    bool abort_client;    /* close the client leg with a reset, not a FIN (a truncated upstream) */
+    uint64_t reset_by_ms; /* abort_client: reset by then even if the client has not read all */
+    bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
+    bool quiet;  /* refused before any byte was read: counted, logged at a limited rate */
     uint64_t connected_ns; /* upstream TCP connected (uv_hrtime): handshake latency */
     void *proto;           /* the driver's startup state */
 
@@ -93,7 +94,15 @@ static inline struct px_leg *px_conn_upstream(struct px_conn *c)
 /* Accepts one client on wl; never fails loudly (a failed accept is logged). */
 void px_conn_accept(struct px_worker_listener *wl);
 
-/* Ends the connection with a reason (the first reason wins; idempotent). */
+/* Ends the connection with a reason (the first reason wins; idempotent).
+ *
+ * Two states settle the reason before the end: FAILING (the error is on its way to the client)
+ * and RETIRING. A driver enters RETIRING from its on_close hook when the client left during the
+ * startup but hanging up on the server would hurt (MySQL counts an aborted handshake against
+ * dbtrust's address, max_connect_errors): the client leg is closed, the upstream leg reads, and
+ * the driver ends the upstream's login itself. While retiring nothing goes to the client, the
+ * client's reason stays whatever ends it, and any upstream EOF, error, failure or the timer
+ * closes the connection. */
 void px_conn_close(struct px_conn *c, enum dbt_reason reason, const char *detail);
 
 /* Ends the startup phase with an error: the client gets a protocol-native error naming the
@@ -126,6 +135,14 @@ void px_conn_set_timer(struct px_conn *c, uint32_t ms);
 void px_conn_set_timer_fn(struct px_conn *c, uint32_t ms, void (*fn)(struct px_conn *c));
 
 void px_conn_release(struct px_conn *c); /* drops one open_refs; frees at zero */
+
+/* The connection is ending - failing (its error is on the way to the client) or closing:
+ * nothing new starts. Every callback that would start the next step (a dial, the next address,
+ * a protocol step) asks this one question first. */
+static inline bool px_conn_ending(const struct px_conn *c)
+{
+    return c->closing || c->state == PX_CONN_FAILING;
+}
 
 /* Relaying, and the login is over: a broken leg is the end of a session, not a failed start. */
 bool px_conn_logged_in(const struct px_conn *c);

@@ -23,16 +23,40 @@ static void unlink_waiter(struct px_dial_waiter *d)
     d->waiting = false;
 }
 
+/* Free slots go to the longest waiters still alive, in arrival order. A waiter's dial may fail
+ * at once and release its slot again: that only re-arms the handover, no recursion. */
+static void on_handover(uv_idle_t *h)
+{
+    struct px_worker_listener *wl = h->data;
+    uv_idle_stop(h);
+    while (wl->dial_waiters != NULL && wl->dials < worker_share(wl)) {
+        struct px_dial_waiter *next = wl->dial_waiters;
+        unlink_waiter(next);
+        wl->dials++;
+        next->slot = true;
+        next->granted(next);
+    }
+}
+
+void px_dial_init(struct px_worker_listener *wl)
+{
+    uv_idle_init(&wl->w->loop, &wl->dial_handover);
+    wl->dial_handover.data = wl;
+}
+
 bool px_dial_acquire(struct px_dial_waiter *d)
 {
     struct px_worker_listener *wl = d->wl;
     if (d->slot)
         return true;
-    if (wl->dials < worker_share(wl)) {
+    /* A slot freed for the waiters is theirs until the handover ran: no overtaking. */
+    if (wl->dial_waiters == NULL && wl->dials < worker_share(wl)) {
         wl->dials++;
         d->slot = true;
         return true;
     }
+    if (d->waiting)
+        return false;
     d->waiting = true;
     d->prev = wl->dial_waiters_tail;
     d->next = NULL;
@@ -53,12 +77,6 @@ void px_dial_release(struct px_dial_waiter *d)
     struct px_worker_listener *wl = d->wl;
     d->slot = false;
     wl->dials--;
-    /* Hand the slot to the longest waiter still alive. */
-    struct px_dial_waiter *next = wl->dial_waiters;
-    if (next == NULL)
-        return;
-    unlink_waiter(next);
-    wl->dials++;
-    next->slot = true;
-    next->granted(next);
+    if (wl->dial_waiters != NULL)
+        uv_idle_start(&wl->dial_handover, on_handover);
 }

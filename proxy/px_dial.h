@@ -19,9 +19,14 @@ struct px_dial_waiter {
     void (*granted)(struct px_dial_waiter *d); /* a queued waiter got its slot */
 };
 
-/* True = dial now (the slot is held); false = queued: granted() runs when a slot frees. */
+/* Sets up the worker listener's handover (on the worker's loop; closed with the loop). */
+void px_dial_init(struct px_worker_listener *wl);
+/* True = dial now (the slot is held); false = queued behind earlier waiters: granted() runs
+ * from the loop once a slot is free and their turn came. */
 bool px_dial_acquire(struct px_dial_waiter *d);
 /* The leg is set up, or the connection ends: gives the slot (or the place in the queue) back.
+ * Never calls granted() itself: the handover runs from the loop, not on the stack of the
+ * connection that releases (which may be closing, or failing inside another waiter's dial).
  * Idempotent. */
 void px_dial_release(struct px_dial_waiter *d);
 

@@ -2,7 +2,9 @@
  * half-close and close, the same for the client and the upstream side. */
 #include "px_leg.h"
 
+#include <linux/sockios.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 
 #include "pg.h"
 #include "px_io.h"
@@ -297,6 +299,16 @@ void px_leg_close(struct px_leg *l)
     l->state = PX_LEG_CLOSING;
     l->reading = false;
     uv_close(&l->s.handle, on_handle_closed);
+}
+
+size_t px_leg_unsent(const struct px_leg *l)
+{
+    uv_os_fd_t fd;
+    int n = 0;
+    if (l->state != PX_LEG_OPEN || l->s.handle.type != UV_TCP ||
+        uv_fileno(&l->s.handle, &fd) != 0 || ioctl(fd, SIOCOUTQ, &n) != 0 || n < 0)
+        return 0;
+    return (size_t)n;
 }
 
 void px_leg_abort(struct px_leg *l)

@@ -91,6 +91,9 @@ void px_leg_start_tls_with(struct px_leg *l, struct tlsw_conn *tls, const uint8_
 void px_leg_shutdown(struct px_leg *l);
 /* Closes the handle (a pending TLS alert is sent first, best effort). on_closed follows. */
 void px_leg_close(struct px_leg *l);
+/* Bytes the kernel still holds for the peer (written but not yet acknowledged); 0 when unknown
+ * or not TCP. */
+size_t px_leg_unsent(const struct px_leg *l);
 /* Closes with a TCP reset instead of a FIN, so the peer cannot take the end for an orderly
  * one; unsent bytes are dropped. A plain close for a Unix socket or after px_leg_shutdown. */
 void px_leg_abort(struct px_leg *l);

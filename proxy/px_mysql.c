@@ -90,7 +90,7 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
 {
     struct px_my *m = my_of(c);
     struct px_leg *client = px_conn_client(c), *up = px_conn_upstream(c);
-    while (!c->closing && c->state != PX_CONN_FAILING) {
+    while (!px_conn_ending(c)) {
         struct my_step st;
         size_t used = from_server ? my_feed_server(&m->s, data, len, &st)
                                   : my_feed_client(&m->s, data, len, &st);
@@ -208,7 +208,7 @@ static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data
 {
     bool from_server = from->side == PX_UPSTREAM;
     switch (c->state) {
-    case PX_CONN_MY_RETIRE:
+    case PX_CONN_RETIRING:
         if (from_server)
             on_retire_data(c, data, len);
         break;
@@ -259,7 +259,7 @@ static bool retire(struct px_conn *c)
     m->retiring = true;
     px_dial_release(&c->dial);
     px_leg_close(px_conn_client(c));
-    c->state = PX_CONN_MY_RETIRE;
+    c->state = PX_CONN_RETIRING;
     up->halted = false; /* a failing connection had stopped delivering from it */
     px_leg_start_reading(up);
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);

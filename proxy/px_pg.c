@@ -142,7 +142,7 @@ static void refuse(struct px_conn *c)
 static void refuse_read(struct px_conn *c, const uint8_t *data, size_t len)
 {
     struct px_pg *pg = pg_of(c);
-    while (len > 0 && !c->closing && c->state != PX_CONN_FAILING) {
+    while (len > 0 && !px_conn_ending(c)) {
         if (pg->refuse_skip > 0) {
             size_t n = len < pg->refuse_skip ? len : pg->refuse_skip;
             pg->refuse_skip -= (uint32_t)n;

@@ -94,10 +94,10 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     struct px_conn *c = req->data;
     c->gai_pending = false;
-    if (c->closing) {
+    if (px_conn_ending(c)) {
         if (res)
             uv_freeaddrinfo(res);
-        px_conn_release(c);
+        px_conn_release(c); /* the lookup's ref; may be the last one */
         return;
     }
     c->open_refs--; /* the connection holds other refs: the client handle and the timer */
@@ -145,8 +145,8 @@ static void try_next_upstream(struct px_conn *c)
 static void on_attempt_closed(struct px_leg *l)
 {
     struct px_conn *c = l->owner;
-    if (c->closing) {
-        px_conn_release(c);
+    if (px_conn_ending(c)) {
+        px_conn_release(c); /* no next address for a connection that is ending */
         return;
     }
     c->open_refs--;
@@ -198,8 +198,8 @@ static void tune_upstream_socket(struct px_conn *c)
 static void on_connected(uv_connect_t *req, int status)
 {
     struct px_conn *c = req->data;
-    if (status == UV_ECANCELED || c->closing)
-        return;
+    if (status == UV_ECANCELED || px_conn_ending(c))
+        return; /* a failing connection's attempt closes with it */
     if (status < 0) {
         abandon_attempt(c, status);
         return;

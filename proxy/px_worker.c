@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "px_conn.h"
+#include "px_dial.h"
 #include "px_io.h"
 #include "px_log.h"
 
@@ -166,6 +167,7 @@ static int worker_init(struct px_server *srv, struct px_worker *w, unsigned id)
         struct px_listener *l = &srv->listeners[i];
         wl->w = w;
         wl->l = l;
+        px_dial_init(wl);
         wl->gen = l->gen;
         tlsw_gen_ref(wl->gen);
         wl->client_id = l->client_id;

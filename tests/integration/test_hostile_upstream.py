@@ -385,13 +385,20 @@ def end_session(tls, how):
     tls.close()
 
 
-def pg_script_session_end(how):
-    """A login that succeeds, one query read, then the session ends the given way."""
+TRUNCATED_ANSWER = 4 << 20  # more than the socket buffers hold: dbtrust still has it queued
+
+
+def pg_script_session_end(how, answer=0):
+    """A login that succeeds, one query read, `answer` bytes of NoticeResponse messages, then
+    the session ends the given way."""
     def script(sock, record, stop_event):
         tls = pg_tls_accept(sock, record)
         tls.sendall(pg_auth(0) + pg_message(b"K", struct.pack("!II", 4242, 99))
                     + pg_message(b"Z", b"I"))
         record.notes["query"] = pg_read_tls_message(tls)
+        notice = pg_message(b"N", b"x" * (65536 - 5))
+        for _ in range(answer // len(notice)):
+            tls.sendall(notice)
         end_session(tls, how)
     return script
 
@@ -604,6 +611,7 @@ def pg_peers():
         "pg-end-truncate": (pg_script_session_end("truncate"), {}),
         "pg-end-close-notify": (pg_script_session_end("close_notify"), {}),
         "pg-end-reset": (pg_script_session_end("reset"), {}),
+        "pg-end-truncate-after-data": (pg_script_session_end("truncate", TRUNCATED_ANSWER), {}),
     }
 
 
@@ -985,14 +993,21 @@ def read_end_of_session(sock):
     return "eof" if data == b"" else f"data {data!r}"
 
 
-def pg_session_end_seen(listener):
-    """Log in through dbtrust (plaintext client leg), send a query, report the ending."""
+def pg_session_end_seen(listener, answer=0):
+    """Log in through dbtrust (plaintext client leg), send a query, read `answer` bytes (after a
+    pause, so that dbtrust holds part of them when the upstream ends), report the ending."""
     sock, answers = fx.pg_open_plain("127.0.0.1", port_of(listener), [fx.PG_SSL_REQUEST])
     with sock:
         sock.sendall(fx.pg_startup_message({"user": APP, "database": DB}))
         while fx.pg_read_message(sock)[0] != "Z":
             pass
         sock.sendall(pg_message(b"Q", b"select 1\0"))
+        if answer:
+            time.sleep(1)
+            try:
+                fx.recv_exact(sock, answer)
+            except (OSError, EOFError) as exc:
+                return f"answer cut: {exc.__class__.__name__}"
         return read_end_of_session(sock)
 
 
@@ -1024,6 +1039,11 @@ class TestSessionEnd(HostileTestCase):
     def test_pg_truncated_session_resets_the_client(self):
         self.check("pg-end-truncate", pg_session_end_seen, "reset", "upstream_closed",
                    "no close_notify")
+
+    def test_pg_truncated_session_delivers_what_came_then_resets(self):
+        self.check("pg-end-truncate-after-data",
+                   lambda listener: pg_session_end_seen(listener, TRUNCATED_ANSWER), "reset",
+                   "upstream_closed", "no close_notify")
 
     def test_pg_close_notify_is_an_orderly_end(self):
         self.check("pg-end-close-notify", pg_session_end_seen, "eof", "upstream_closed")
