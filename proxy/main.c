@@ -30,6 +30,9 @@
 #define DBTRUST_VERSION "0.0.0"
 #endif
 
+/* How long exit waits for the log writer to hand the last lines to stderr's reader. */
+#define LOG_FLUSH_MS 2000
+
 static const char usage_text[] =
     "Usage:\n"
     "  dbtrust --config FILE                      run with a configuration file\n"
@@ -406,6 +409,12 @@ int main(int argc, char **argv)
     }
     if (drop_privileges(cfg.user) != 0)
         goto out;
+    /* From here on the proxy runs: no thread may block on a stalled reader of stderr. Everything
+     * before (config, bundles, listen errors) was written synchronously, in order. */
+    int log_rc = px_log_start();
+    if (log_rc != 0)
+        px_log(CFG_LOG_WARN, "cannot start the log writer (%s): logging stays synchronous",
+               uv_strerror(log_rc));
 
     uv_loop_t *loop = uv_default_loop();
     struct signals sig = {.srv = &srv};
@@ -451,5 +460,8 @@ out:
     uv_mutex_destroy(&srv.trust_lock);
     uv_mutex_destroy(&srv.seen_lock);
     cfg_free(&cfg);
+    /* The last lines (conn_end of the drain, "dbtrust stopped") reach a live reader; a stalled
+     * one costs at most this wait. */
+    px_log_stop(LOG_FLUSH_MS);
     return status;
 }

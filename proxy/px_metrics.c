@@ -1,11 +1,13 @@
 #include "px_metrics.h"
 
+#include <inttypes.h>
 #include <openssl/crypto.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "px.h"
+#include "px_log.h"
 
 #ifndef DBTRUST_VERSION
 #define DBTRUST_VERSION "0.0.0"
@@ -325,4 +327,8 @@ void px_metrics_render(struct px_server *srv, FILE *out)
     handshakes(srv, out);
     applications(srv, out);
     trust(srv, out);
+    family(out, "dbtrust_log_lines_dropped_total", "counter",
+           "Log lines dropped because the reader of stderr did not keep up (connections never "
+           "wait for the log).");
+    fprintf(out, "dbtrust_log_lines_dropped_total %" PRIu64 "\n", px_log_dropped_total());
 }

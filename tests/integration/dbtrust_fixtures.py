@@ -567,11 +567,14 @@ class DbTrust:
         ports = [s.port for s in config.listeners.values()]
         return cls(binary, ["--config", path], ports, workdir, name)
 
-    def start(self, timeout=10):
-        """Start and wait until all listen ports accept TCP; raise with the log if it dies."""
+    def start(self, timeout=10, stderr=None):
+        """Start and wait until all listen ports accept TCP; raise with the log if it dies.
+        stderr: a descriptor to give dbtrust instead of the log file (e.g. a pipe the test
+        reads, copying into log_path itself)."""
         with open(self.log_path, "ab") as err, open(self.stdout_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [self.binary] + self.args, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                [self.binary] + self.args, stdout=out, stderr=err if stderr is None else stderr,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 preexec_fn=lambda: _set_parent_death_signal(signal.SIGKILL))
         register_cleanup(self.stop)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import types
 import unittest
@@ -303,6 +304,174 @@ class TestLogs(unittest.TestCase):
         text = d.output_text()
         for secret in (fx.PG_APP_PASSWORD, fx.MY_NATIVE_PASSWORD):
             self.assertNotIn(secret, text)
+
+
+class TestStalledLogReader(unittest.TestCase):
+    """Issue 15: logging never stops the data path. stderr is a FIFO whose reader opened it and
+    never reads (a container runtime or `| logger` that stalls): once its 64 KiB are full,
+    connections keep completing, the lines that do not fit are dropped and counted, and when
+    the reader drains again one line says how many were lost. A binary that writes each line
+    from the worker blocks every worker here: the connections time out instead.
+
+    Each of the 2000 connections gets its answer from a worker and ends with a conn_end line.
+    One in ten is a login with a query through PostgreSQL; the others are StartupMessages on a
+    listener whose upstream refuses TCP, answered by dbtrust itself with 57P03 (a backend
+    start costs tens of milliseconds here: 2000 logins would take minutes)."""
+
+    CONNECTIONS = 2000
+    LOGIN_EVERY = 10
+    THREADS = 8
+
+    def start_on_fifo(self):
+        fifo = os.path.join(W.tmp, "stalled-stderr.fifo")
+        if os.path.exists(fifo):
+            os.unlink(fifo)
+        os.mkfifo(fifo)
+        # The reader end first (a non-blocking open needs no writer), so the writer's open
+        # returns at once; it never reads until the test says so.
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        writer = os.open(fifo, os.O_WRONLY)
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout="1s",
+                               admin=f"127.0.0.1:{port}")
+        orders = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        down = cfg.add_listener("down", "postgres", f"127.0.0.1:{fx.free_port()}")
+        name = f"dbtrust-stalled-log-{self.id().split('.')[-1]}"
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name=name)
+        try:
+            d.start(stderr=writer)
+        finally:
+            os.close(writer)  # dbtrust holds the only write end: EOF when it exits
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        return d, orders, down, port, reader
+
+    @staticmethod
+    def refused_startup(spec):
+        """A StartupMessage on a listener whose upstream is down: dbtrust's ErrorResponse."""
+        with socket.create_connection(("127.0.0.1", spec.port), timeout=5) as s:
+            s.sendall(fx.pg_startup_message({"user": "app", "database": "app",
+                                             "application_name": "ops-stalled-log"}))
+            mtype, body = fx.pg_read_message(s)
+        fields = fx.pg_error_fields(body)
+        if mtype != "E" or fields.get("C") != "57P03":
+            raise AssertionError(f"expected 57P03 from dbtrust, got {mtype} {fields}")
+        return fields["M"]
+
+    def run_connections(self, orders, down, timeout):
+        """CONNECTIONS connections over THREADS threads: (queries answered, refusals
+        answered, errors, seconds). Connecting and the raw sockets time out after 5 s and the
+        threads are daemons, so a blocked proxy fails the test instead of hanging it."""
+        lock = threading.Lock()
+        todo = [self.CONNECTIONS]
+        answers, refusals, errors = [], [], []
+
+        def client():
+            while True:
+                with lock:
+                    if todo[0] == 0 or errors:
+                        return
+                    todo[0] -= 1
+                    n = todo[0]
+                try:
+                    if n % self.LOGIN_EVERY == 0:
+                        answers.append(pg_query(orders, app="ops-stalled-log"))
+                    else:
+                        refusals.append(self.refused_startup(down))
+                except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
+                    with lock:
+                        errors.append(repr(exc))
+                    return
+
+        start = time.monotonic()
+        threads = [threading.Thread(target=client, daemon=True) for _ in range(self.THREADS)]
+        for t in threads:
+            t.start()
+        # A client stuck on a blocked worker (a query sent, no answer) would wait forever:
+        # the first error or the deadline ends the wait.
+        while (any(t.is_alive() for t in threads) and not errors
+               and time.monotonic() < start + timeout):
+            time.sleep(0.1)
+        return answers, refusals, list(errors), time.monotonic() - start
+
+    def assert_all_answered(self, orders, down):
+        answers, refusals, errors, took = self.run_connections(orders, down, timeout=120)
+        self.assertEqual(errors[:3], [], f"after {len(answers) + len(refusals)} connections")
+        self.assertEqual(len(answers), self.CONNECTIONS // self.LOGIN_EVERY)
+        self.assertEqual(set(answers), {42})
+        self.assertEqual(len(refusals), self.CONNECTIONS - len(answers))
+        self.assertIn("upstream_connect_failed", refusals[0])
+        self.assertLess(took, 120)
+
+    def test_stalled_reader_drops_lines_not_connections(self):
+        d, orders, down, port, reader = self.start_on_fifo()
+        self.assert_all_answered(orders, down)
+        for spec in (orders, down):
+            fx.wait_for(lambda s=spec: metric(http("/metrics", port=port)[2],
+                                              "dbtrust_connections_active", listener=s.name) == 0,
+                        10, what=f"every connection of {spec.name} ended")
+        _, _, text = http("/metrics", port=port)
+        self.assertIn("# TYPE dbtrust_log_lines_dropped_total counter", text)
+        dropped = metric(text, "dbtrust_log_lines_dropped_total")
+        self.assertGreater(dropped, 0)
+
+        # The reader wakes up: copy the FIFO into the log file the fixture reads.
+        os.set_blocking(reader, True)
+
+        def drain():
+            with open(d.log_path, "ab") as log:
+                while True:
+                    chunk = os.read(reader, 65536)
+                    if not chunk:
+                        return
+                    log.write(chunk)
+                    log.flush()
+
+        drainer = threading.Thread(target=drain, daemon=True)
+        drainer.start()
+        line = d.wait_for_line("log_lines_dropped", timeout=10)
+        self.assertIn(" warn ", line)
+        # Every line lost is accounted for in the log itself, at the place of the gap.
+        reported = sum(int(re.search(r" count=(\d+)$", x).group(1))
+                       for x in d.find_lines("log_lines_dropped"))
+        self.assertEqual(reported, dropped)  # nothing dropped once the reader is back
+        self.assertEqual(metric(http("/metrics", port=port)[2],
+                                "dbtrust_log_lines_dropped_total"), dropped)
+        ends = len(d.find_lines("conn_end", "app=ops-stalled-log"))
+        self.assertLess(ends, self.CONNECTIONS)
+        self.assertGreaterEqual(ends + reported, self.CONNECTIONS)
+        # Lines stay whole: every line of the log is one complete record.
+        for x in d.log_lines():
+            self.assertRegex(x, r"^\d{4}-\d\d-\d\dT[0-9:.]+Z (debug|info|warn|error) \S")
+        # Once the reader keeps up, nothing is lost: logins log again, in order.
+        mark = d.mark()
+        self.assertEqual(pg_query(orders, app="ops-after-stall"), 42)
+        d.wait_for_line("conn_end", "app=ops-after-stall", since=mark)
+
+        # With the reader alive, shutdown writes its last lines and exits at once.
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        d.proc.wait(10)
+        self.assertEqual(d.proc.returncode, 0)
+        self.assertLess(time.monotonic() - start, 5)
+        drainer.join(5)
+        self.assertFalse(drainer.is_alive(), "stderr reaches EOF when dbtrust exits")
+        lines = d.lines_since(mark)
+        self.assertTrue(any("received SIGTERM" in x for x in lines), lines)
+        self.assertTrue(lines[-1].endswith(" info dbtrust stopped"), lines[-1])
+        d.check_clean_exit()
+
+    def test_stalled_reader_cannot_hang_shutdown(self):
+        d, orders, down, port, _ = self.start_on_fifo()
+        self.assert_all_answered(orders, down)
+        self.assertGreater(metric(http("/metrics", port=port)[2],
+                                  "dbtrust_log_lines_dropped_total"), 0)
+        start = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        d.proc.wait(10)  # the final flush waits 2 s for a reader that never comes back
+        self.assertEqual(d.proc.returncode, 0)
+        self.assertLess(time.monotonic() - start, 6)
 
 
 # -- dbtrust check ----------------------------------------------------------------------------
