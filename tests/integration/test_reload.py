@@ -61,6 +61,7 @@ class ReloadCase(unittest.TestCase):
                                **self.more_global_options())
         self.spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}",
                                      handshake_timeout="3s")
+        self.more_listeners(cfg)
         self.dbtrust = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
                                               name=f"dbtrust-{self.id().split('.')[-1]}").start()
         self.addCleanup(self.dbtrust.stop)
@@ -73,6 +74,9 @@ class ReloadCase(unittest.TestCase):
 
     def more_global_options(self):
         return {}
+
+    def more_listeners(self, cfg):
+        pass
 
     # -- bundle files ------------------------------------------------------------------------
 
@@ -386,6 +390,30 @@ class TestForcedReload(ReloadCase):
         self.assertEqual(self.dbtrust.find_lines("result=applied", since=mark), [])
         self.assertEqual(self.overridden_total(), 0)
         self.assertIsNone(self.connect_error())
+
+
+class TestForceCancelsGuardRun(ReloadCase):
+    """A guard run held up by an upstream that never answers (an attacker can stall the probes
+    too) does not hold up a forced reload: the run is cancelled and never reports."""
+
+    def more_listeners(self, cfg):
+        stalled = fx.ScriptedUpstream(fx.script_silent, "stalled").start()
+        cfg.add_listener("stalled", "postgres", f"127.0.0.1:{stalled.port}",
+                         server_name="localhost", handshake_timeout="20s")
+
+    def test_force_during_a_guard_run(self):
+        mark = self.dbtrust.mark()
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        time.sleep(1)  # the run is waiting for the stalled upstream's answer (20 s)
+        self.assertEqual(self.dbtrust.find_lines("bundle_reload", since=mark), [])
+        os.kill(self.dbtrust.proc.pid, signal.SIGUSR2)
+        line = self.dbtrust.wait_for_line("bundle_reload", "result=applied", "guard=overridden",
+                                          since=mark, timeout=2)
+        self.assertIn("the rotation guard has not checked this bundle", line)
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        time.sleep(0.5)
+        self.assertEqual(self.dbtrust.find_lines("bundle_guard", since=mark), [])
+        self.assertEqual(len(self.dbtrust.find_lines("bundle_reload", since=mark)), 1)
 
 
 class TestGuardWithPins(ReloadCase):
