@@ -255,7 +255,7 @@ static int drop_privileges(const char *user)
 }
 
 struct signals {
-    uv_signal_t term, intr, hup;
+    uv_signal_t term, intr, hup, usr2;
     struct px_server *srv;
     bool stopped;
 };
@@ -271,6 +271,7 @@ static void stop_services(struct signals *sig)
     uv_close((uv_handle_t *)&sig->term, NULL);
     uv_close((uv_handle_t *)&sig->intr, NULL);
     uv_close((uv_handle_t *)&sig->hup, NULL);
+    uv_close((uv_handle_t *)&sig->usr2, NULL);
     struct px_server *srv = sig->srv;
     atomic_store(&srv->ready, false); /* /readyz: take this pod out of rotation while draining */
     px_reload_stop(srv);
@@ -335,6 +336,10 @@ static int start_services(struct px_server *srv, uv_loop_t *loop)
 static void on_main_wakeup(uv_async_t *a)
 {
     struct px_server *srv = a->data;
+    /* Before an ordinary reload that came with it: that one then finds the content in force
+     * instead of starting a guard run the force would cancel. */
+    if (atomic_exchange(&srv->force_reload_requested, false))
+        px_reload_force_all(srv, "admin_force");
     if (atomic_exchange(&srv->reload_requested, false)) {
         px_reload_all(srv, "admin");
         px_client_id_reload_all(srv, "admin");
@@ -349,6 +354,15 @@ static void on_hup(uv_signal_t *s, int signum)
     (void)signum;
     px_reload_all(sig->srv, "sighup");
     px_client_id_reload_all(sig->srv, "sighup");
+}
+
+/* The rotation guard's override (README "Removing a compromised CA"); the bundle only: the
+ * serving identity has no guard to override. */
+static void on_usr2(uv_signal_t *s, int signum)
+{
+    struct signals *sig = s->data;
+    (void)signum;
+    px_reload_force_all(sig->srv, "sigusr2");
 }
 
 static void log_started(const struct px_server *srv)
@@ -421,10 +435,12 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sig.term);
     uv_signal_init(loop, &sig.intr);
     uv_signal_init(loop, &sig.hup);
-    sig.term.data = sig.intr.data = sig.hup.data = &sig;
+    uv_signal_init(loop, &sig.usr2);
+    sig.term.data = sig.intr.data = sig.hup.data = sig.usr2.data = &sig;
     uv_signal_start(&sig.term, on_stop_signal, SIGTERM);
     uv_signal_start(&sig.intr, on_stop_signal, SIGINT);
     uv_signal_start(&sig.hup, on_hup, SIGHUP);
+    uv_signal_start(&sig.usr2, on_usr2, SIGUSR2);
     uv_async_init(loop, &srv.main_wakeup, on_main_wakeup);
     srv.main_wakeup.data = &srv;
 

@@ -66,6 +66,8 @@ struct px_server {
     atomic_uint client_id_reloads_ok, client_id_reloads_failed;
     bool stopping;
     atomic_uint reloads_ok, reloads_failed;
+    /* bundles applied by a forced reload, the rotation guard skipped */
+    atomic_uint reloads_overridden;
     atomic_bool ready; /* workers running, not draining: /readyz */
     /* memory_limit: resident memory above the high-water mark; workers stop accepting and
      * refuse new startups until it falls below the low-water mark (px_overload.c) */
@@ -80,6 +82,7 @@ struct px_server {
     uv_mutex_t seen_lock;   /* listeners[].seen: written by workers, read by admin and expiry */
     uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
     atomic_bool reload_requested, chain_seen;
+    atomic_bool force_reload_requested; /* POST /reload?force=1 */
     struct px_admin *admin;
     struct px_expiry *expiry;
     struct px_trim *trim;

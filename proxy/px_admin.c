@@ -125,8 +125,47 @@ static enum MHD_Result bundle(struct px_admin *a, struct MHD_Connection *conn)
     return respond_json(conn, MHD_HTTP_OK, json_pack("{s:o}", "bundles", bundles));
 }
 
+/* ?force=1|true overrides the rotation guard (README "Removing a compromised CA"); 0|false or
+ * no force is an ordinary reload. Anything else is refused: an override must not happen by a
+ * typo, nor a typo silently mean no override. Returns 0, or -1 for a value it refuses. */
+static int force_argument(struct MHD_Connection *conn, bool *force)
+{
+    const char *v = NULL;
+    *force = false;
+    if (MHD_lookup_connection_value_n(conn, MHD_GET_ARGUMENT_KIND, "force", strlen("force"), &v,
+                                      NULL) != MHD_YES)
+        return 0;
+    if (v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0)) {
+        *force = true;
+        return 0;
+    }
+    return v && (strcmp(v, "0") == 0 || strcmp(v, "false") == 0) ? 0 : -1;
+}
+
+static enum MHD_Result forced_reload(struct px_admin *a, struct MHD_Connection *conn)
+{
+    atomic_store(&a->srv->force_reload_requested, true);
+    uv_async_send(&a->srv->main_wakeup);
+    bool guard = a->srv->cfg->guard;
+    return respond_json(
+        conn, MHD_HTTP_ACCEPTED,
+        json_pack("{s:s, s:s, s:s}", "status", "forced reload requested", "guard",
+                  guard ? "overridden" : "off", "result",
+                  guard ? "see the bundle_reload log line (result=applied guard=overridden) and "
+                          "dbtrust_bundle_reloads_total{result=\"overridden\"}"
+                        : "guard = off: an ordinary reload; see the bundle_reload log line and "
+                          "dbtrust_bundle_reloads_total"));
+}
+
 static enum MHD_Result reload(struct px_admin *a, struct MHD_Connection *conn)
 {
+    bool force;
+    if (force_argument(conn, &force) != 0)
+        return respond_text(
+            conn, MHD_HTTP_BAD_REQUEST,
+            "force must be 1 or true (override the rotation guard), or 0 or false\n");
+    if (force)
+        return forced_reload(a, conn);
     atomic_store(&a->srv->reload_requested, true);
     uv_async_send(&a->srv->main_wakeup);
     return respond_json(conn, MHD_HTTP_ACCEPTED,

@@ -32,6 +32,7 @@ struct px_guard {
     struct tlsw_gen *candidate, *current;
     char bundle_path[4096];
     char candidate_sha256[65];
+    const char *pins; /* [trust] pin (the config outlives every run) */
     size_t target_count;
     struct target targets[];
 };
@@ -96,6 +97,7 @@ struct px_guard *px_guard_start(uv_loop_t *loop, const struct px_server *srv,
     }
     gd->done = done;
     gd->arg = arg;
+    gd->pins = srv->cfg->pins;
     dbt_strlcpy(gd->bundle_path, bundle_path, sizeof(gd->bundle_path));
     dbt_strlcpy(gd->candidate_sha256, tlsw_gen_sha256(candidate), sizeof(gd->candidate_sha256));
     tlsw_gen_ref(candidate);
@@ -140,10 +142,13 @@ bool px_guard_verdict(const struct px_guard *gd, bool quiet, char *why, size_t c
             level = CFG_LOG_DEBUG;
         char upstream[300];
         cfg_addr_format(&t->l->upstream[t->upstream_idx], upstream, sizeof(upstream));
+        /* A pin mismatch names the pins the path missed; other lines end before that field
+         * (the NULL key ends the list). */
+        const char *pin_key = r->reason == DBT_TLS_PIN_MISMATCH ? "pin" : NULL;
         px_log_event(level, "bundle_guard", "result", verdict_name(t->verdict), "listener",
                      t->l->name, "upstream", upstream, "address", r->address, "reason",
                      dbt_reason_name(r->reason), "detail", r->detail, "path", gd->bundle_path,
-                     "sha256", gd->candidate_sha256, NULL);
+                     "sha256", gd->candidate_sha256, pin_key, gd->pins, NULL);
         if (t->verdict == V_REGRESSION && refused++ == 0)
             snprintf(why, cap,
                      "rotation guard: the new bundle would not verify upstream %s of listener "

@@ -1,8 +1,10 @@
 /* The rotation guard ([trust] guard = on): before a changed bundle is published, a live
  * handshake with it to every upstream of the listeners that trust it. A bundle that fails an
  * upstream which the bundle in force still verifies (the old root removed before the server
- * rotated) is refused. Upstreams that cannot be reached, or that fail with both bundles, do not
- * block it: the guard prevents regressions, it does not hold a fix back.
+ * rotated; with [trust] pin, a verified path that no longer holds a pinned key) is refused. A
+ * forced reload (px_reload_force_all) skips the guard. Upstreams that cannot be reached, or that
+ * fail with both bundles, do not block it: the guard prevents regressions, it does not hold a fix
+ * back.
  *
  * A run probes on a thread of its own (px_probe blocks) and reports back on the main loop. */
 #ifndef PX_GUARD_H

@@ -267,8 +267,11 @@ static void client_identities(struct px_server *srv, FILE *out)
 static void trust(struct px_server *srv, FILE *out)
 {
     family(out, "dbtrust_bundle_reloads_total", "counter",
-           "Bundle reloads applied (ok) and refused (invalid bundle or rotation guard).");
+           "Bundle reloads applied (ok), applied by a forced reload without the rotation guard "
+           "(overridden) and refused (invalid bundle or rotation guard).");
     fprintf(out, "dbtrust_bundle_reloads_total{result=\"ok\"} %u\n", atomic_load(&srv->reloads_ok));
+    fprintf(out, "dbtrust_bundle_reloads_total{result=\"overridden\"} %u\n",
+            atomic_load(&srv->reloads_overridden));
     fprintf(out, "dbtrust_bundle_reloads_total{result=\"refused\"} %u\n",
             atomic_load(&srv->reloads_failed));
 

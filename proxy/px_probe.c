@@ -37,8 +37,10 @@ const char *px_verify_name(const struct cfg_listener *l, size_t upstream_idx)
 
 bool px_probe_is_verify_failure(enum dbt_reason r)
 {
+    /* A pin mismatch too: the pins stay, but the bundle decides which path verifies, and a new
+     * one (a cross-signed intermediate, another root) can route it around every pinned key. */
     return r == DBT_TLS_UNTRUSTED_CHAIN || r == DBT_TLS_CERT_EXPIRED ||
-           r == DBT_TLS_CERT_NOT_YET_VALID;
+           r == DBT_TLS_CERT_NOT_YET_VALID || r == DBT_TLS_PIN_MISMATCH;
 }
 
 static int64_t now_ms(void)

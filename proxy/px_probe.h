@@ -33,7 +33,8 @@ void px_probe(const struct cfg_listener *l, size_t upstream_idx, struct tlsw_gen
               const atomic_bool *cancel, struct px_probe_result *out);
 
 /* True for the failures a different trust bundle can cause or cure: the handshake reached the
- * certificate check and the chain, a validity date or the name did not pass. */
+ * certificate check and the chain, a validity date or (with [trust] pin) the pins of the
+ * verified path did not pass. */
 bool px_probe_is_verify_failure(enum dbt_reason r);
 
 #endif

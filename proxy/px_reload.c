@@ -28,6 +28,7 @@ struct px_bundle_watch {
     bool guard_quiet;          /* rechecking a bundle already refused and reported */
     const char *rerun_trigger; /* a trigger that fired during the run: reload once more after */
     char guard_refused_sha256[65];
+    char guard_refused_why[1024]; /* that refusal's summary, for a forced reload's log line */
     uint64_t guard_refused_at;
     char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
@@ -84,6 +85,15 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
         uv_async_send(&srv->workers[k].wakeup);
 }
 
+/* After publish: g (published and logged) replaces the main loop's generation in force. */
+static void take_over(struct px_bundle_watch *bw, struct tlsw_gen *g)
+{
+    tlsw_gen_unref(bw->current);
+    bw->current = g;
+    bw->guard_refused_sha256[0] = '\0';
+    px_expiry_check(bw->srv);
+}
+
 /* The generation g (validated, and passed by the guard if on) goes into force. */
 static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *trigger)
 {
@@ -94,10 +104,27 @@ static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *tr
     px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "ok", "trigger", trigger, "path",
                  bw->path, "sha256", tlsw_gen_sha256(g), "previous_sha256",
                  tlsw_gen_sha256(bw->current), "certificates", certs, NULL);
-    tlsw_gen_unref(bw->current);
-    bw->current = g;
-    bw->guard_refused_sha256[0] = '\0';
-    px_expiry_check(bw->srv);
+    take_over(bw, g);
+}
+
+/* A forced reload puts g (validated, not checked by the guard) into force. An error, not a
+ * success: new connections to an upstream still on a removed CA now fail, by the operator's
+ * decision, and the line says which ones the guard had named. */
+static void apply_overriding_guard(struct px_bundle_watch *bw, struct tlsw_gen *g,
+                                   const char *trigger)
+{
+    char certs[16], total[16]; /* total: dbtrust_bundle_reloads_total{result="overridden"} */
+    snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(g));
+    const char *detail = strcmp(tlsw_gen_sha256(g), bw->guard_refused_sha256) == 0
+                             ? bw->guard_refused_why
+                             : "the rotation guard has not checked this bundle";
+    publish(bw, g);
+    snprintf(total, sizeof(total), "%u", atomic_fetch_add(&bw->srv->reloads_overridden, 1) + 1);
+    px_log_event(CFG_LOG_ERROR, "bundle_reload", "result", "applied", "guard", "overridden",
+                 "trigger", trigger, "path", bw->path, "sha256", tlsw_gen_sha256(g),
+                 "previous_sha256", tlsw_gen_sha256(bw->current), "certificates", certs, "detail",
+                 detail, "overridden_total", total, NULL);
+    take_over(bw, g);
 }
 
 static void refuse(struct px_bundle_watch *bw, const char *trigger, const char *why)
@@ -126,6 +153,7 @@ static void on_guard_done(struct px_guard *gd, void *arg)
         if (!bw->guard_quiet)
             refuse(bw, bw->guard_trigger, why);
         dbt_strlcpy(bw->guard_refused_sha256, tlsw_gen_sha256(g), sizeof(bw->guard_refused_sha256));
+        dbt_strlcpy(bw->guard_refused_why, why, sizeof(bw->guard_refused_why));
         bw->guard_refused_at = uv_now(bw->loop);
         tlsw_gen_unref(g);
     }
@@ -181,6 +209,51 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
     }
 }
 
+/* Cancels a guard run in progress: it may be the very check an attacker keeps failing, and the
+ * file is read again anyway. Blocks the main loop until the probe thread notices (about
+ * 100 ms), which an operator's override can afford. */
+static void cancel_guard(struct px_bundle_watch *bw)
+{
+    if (!bw->guard)
+        return;
+    px_guard_free(bw->guard);
+    bw->guard = NULL;
+    tlsw_gen_unref(bw->candidate);
+    bw->candidate = NULL;
+    bw->rerun_trigger = NULL;
+}
+
+static void force_one(struct px_bundle_watch *bw, const char *trigger)
+{
+    struct px_server *srv = bw->srv;
+    if (srv->stopping)
+        return;
+    if (!srv->cfg->guard) {
+        reload_one(bw, trigger); /* no guard to override */
+        return;
+    }
+    cancel_guard(bw);
+    char err[512];
+    struct tlsw_gen *g = NULL;
+    /* Force skips the guard only: an invalid bundle is refused as always. */
+    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
+        refuse(bw, trigger, err);
+        dbt_strlcpy(bw->last_refusal, err, sizeof(bw->last_refusal));
+        return;
+    }
+    bw->last_refusal[0] = '\0';
+    if (strcmp(tlsw_gen_sha256(g), tlsw_gen_sha256(bw->current)) == 0) {
+        /* Said, not silent as for the other triggers: the operator expects an override. */
+        px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "unchanged", "trigger", trigger,
+                     "path", bw->path, "sha256", tlsw_gen_sha256(g), "detail",
+                     "this content is already in force: nothing to override", NULL);
+        tlsw_gen_unref(g);
+        bw->guard_refused_sha256[0] = '\0';
+        return;
+    }
+    apply_overriding_guard(bw, g, trigger);
+}
+
 static void on_trigger(void *arg, const char *trigger)
 {
     reload_one(arg, trigger);
@@ -219,6 +292,12 @@ void px_reload_all(struct px_server *srv, const char *trigger)
         reload_one(srv->watches[i], trigger);
 }
 
+void px_reload_force_all(struct px_server *srv, const char *trigger)
+{
+    for (size_t i = 0; i < srv->watch_count; i++)
+        force_one(srv->watches[i], trigger);
+}
+
 /* The last handle of bw's triggers has closed: the one place a bundle watch is freed. */
 static void on_watch_freed(void *arg)
 {
@@ -232,11 +311,7 @@ void px_reload_stop(struct px_server *srv)
     srv->stopping = true;
     for (size_t i = 0; i < srv->watch_count; i++) {
         struct px_bundle_watch *bw = srv->watches[i];
-        if (bw->guard) {
-            px_guard_free(bw->guard); /* cancels its probes and waits for its thread */
-            bw->guard = NULL;
-            tlsw_gen_unref(bw->candidate);
-        }
+        cancel_guard(bw); /* cancels its probes and waits for its thread */
         px_watch_close(&bw->watch, on_watch_freed);
     }
     free(srv->watches);

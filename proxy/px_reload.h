@@ -18,6 +18,12 @@ DBT_MUST_USE int px_trust_load(const struct cfg *cfg, const char *path, struct t
 DBT_MUST_USE int px_reload_start(struct px_server *srv, uv_loop_t *loop);
 /* Reloads every bundle now (SIGHUP). */
 void px_reload_all(struct px_server *srv, const char *trigger);
+/* Reloads every bundle now without the rotation guard (SIGUSR2, POST /reload?force=1): the way
+ * out when the guard refuses to drop a compromised CA that an attacker keeps "in use" by serving
+ * its certificate to the probes. The bundle must still be valid; a guard run in progress is
+ * cancelled. Applied bundles are logged at error level (result=applied guard=overridden) and
+ * counted in reloads_overridden. With guard = off this is an ordinary reload. */
+void px_reload_force_all(struct px_server *srv, const char *trigger);
 /* Stops the triggers (before the workers stop) and frees them. */
 void px_reload_stop(struct px_server *srv);
 

@@ -332,6 +332,16 @@ class TestPKI:
         self._concat(path, parts)
         return path
 
+    def cross_sign(self, name, cert, issuer, days=1825):
+        """A second CA certificate with cert's subject and key, issued by another CA: a
+        cross-signed intermediate. A chain served with cert then also verifies through it to
+        issuer's root, on a path that skips cert's own issuer."""
+        csr = self._path(f"{name}.csr")
+        run(["openssl", "x509", "-x509toreq", "-in", cert.cert, "-signkey", cert.key,
+             "-out", csr])
+        path = self._sign(name, csr, _EXT_INTERMEDIATE, days, issuer=issuer)
+        return Cert(name, path, cert.key, self._chain_file(name, path, issuer), True, issuer)
+
     def write_bundle(self, filename, roots):
         """A CA bundle file holding the given certificates (roots) only."""
         path = self._path(filename)
@@ -1905,6 +1915,16 @@ def sha256_hex(data):
 def cert_sha256(cert):
     """SHA-256 fingerprint (hex) of a Cert's DER: compare with what a client received."""
     return sha256_hex(cert.der())
+
+
+def spki_pin(cert):
+    """The [trust] pin value of a Cert's key: base64(SHA-256(SPKI DER)), computed with the
+    openssl CLI as an operator would."""
+    import base64
+    pub = run(["openssl", "x509", "-in", cert.cert, "-pubkey", "-noout"]).stdout
+    der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pub.encode(),
+                         capture_output=True, check=True).stdout
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
 
 
 # -- dbtrust's log lines (logfmt) and its /metrics -------------------------------------------

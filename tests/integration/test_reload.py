@@ -6,6 +6,7 @@ Run: /usr/bin/python3 tests/integration/test_reload.py --dbtrust build/dbtrust
 One PostgreSQL server presents a chain under root A. dbtrust starts with a bundle that holds only
 the rogue root, so new connections fail with tls_untrusted_chain until a reload puts root A in.
 """
+import json
 import os
 import shutil
 import signal
@@ -56,15 +57,26 @@ class ReloadCase(unittest.TestCase):
         self.install(pem_of(W.pki.rogue_root))
         cfg = fx.DbTrustConfig(self.bundle, workers=2, drain_timeout="1s",
                                trust_options={"reload_interval": self.reload_interval(),
-                                              "guard": self.guard})
+                                              "guard": self.guard, **self.more_trust_options()},
+                               **self.more_global_options())
         self.spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}",
                                      handshake_timeout="3s")
+        self.more_listeners(cfg)
         self.dbtrust = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
                                               name=f"dbtrust-{self.id().split('.')[-1]}").start()
         self.addCleanup(self.dbtrust.stop)
 
     def reload_interval(self):
         return "1h"
+
+    def more_trust_options(self):
+        return {}
+
+    def more_global_options(self):
+        return {}
+
+    def more_listeners(self, cfg):
+        pass
 
     # -- bundle files ------------------------------------------------------------------------
 
@@ -216,6 +228,230 @@ class TestPollFallback(ReloadCase):
                                           timeout=RELOAD_DEADLINE_S)
         self.assertIn("trigger=poll", line)
         self.assertEqual(self.dbtrust.find_lines("trigger=watch", since=mark), [])
+
+
+def admin_request(port, path, method="POST"):
+    """(status, body text) of one request to dbtrust's admin endpoint."""
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def log_level(line):
+    """The level word of a text log line ("TIMESTAMP LEVEL event k=v...")."""
+    return line.split()[1]
+
+
+class TestForcedReload(ReloadCase):
+    """The rotation guard's override (POST /reload?force=1, SIGUSR2): removing a compromised CA
+    is exactly the change the guard refuses while an upstream still chains to it, and an
+    attacker holding a certificate from that CA can keep it refused by serving it to the
+    probes. A forced reload applies a valid bundle without the guard, loudly; new connections
+    to an upstream still on the removed CA then fail closed, live sessions are untouched."""
+
+    def more_global_options(self):
+        self.admin_port = fx.free_port()
+        return {"admin": f"127.0.0.1:{self.admin_port}"}
+
+    def setUp(self):
+        super().setUp()
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", self.admin_port), 5,
+                    what="admin endpoint")
+
+    def overridden_total(self):
+        samples = fx.scrape_metrics(self.admin_port)
+        return fx.metric_value(samples, "dbtrust_bundle_reloads_total", result="overridden")
+
+    def ok_total(self):
+        samples = fx.scrape_metrics(self.admin_port)
+        return fx.metric_value(samples, "dbtrust_bundle_reloads_total", result="ok")
+
+    def bundle_in_force(self):
+        status, body = admin_request(self.admin_port, "/bundle", method="GET")
+        self.assertEqual(status, 200, body)
+        (entry,) = json.loads(body)["bundles"]
+        return entry
+
+    def refused_by_the_guard(self):
+        """Root A (the live upstream's CA) in force with a session open on it, then a bundle
+        without root A, which the guard refuses. Returns the live session's cursor."""
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        live = self.connect("dbt-live")
+        self.addCleanup(live.close)
+        cur = live.cursor()
+        cur.execute("select 1")
+        mark = self.dbtrust.mark()
+        self.install(pem_of(W.pki.rogue_root))
+        self.dbtrust.wait_for_line("bundle_reload", "result=refused", "rotation guard",
+                                   since=mark)
+        self.assertIsNone(self.connect_error())
+        self.assertEqual(self.overridden_total(), 0)
+        return cur
+
+    def assert_overridden(self, trigger, since, cur, ok_before):
+        line = self.dbtrust.wait_for_line("bundle_reload", "result=applied", "guard=overridden",
+                                          since=since)
+        fields = fx.parse_logfmt(line)
+        self.assertEqual(log_level(line), "error", line)
+        self.assertEqual(fields["trigger"], trigger)
+        self.assertEqual(fields["certificates"], "1")
+        # The detail names what the guard had refused: the upstream still on the removed CA.
+        self.assertIn(f"upstream localhost:{W.pg.port} of listener orders", fields["detail"])
+        self.assertEqual(self.overridden_total(), 1)
+        self.assertEqual(self.ok_total(), ok_before, "an override is not counted as ok")
+        entry = self.bundle_in_force()
+        self.assertEqual(entry["sha256"], fields["sha256"])
+        self.assertEqual([c["sha256"] for c in entry["certificates"]],
+                         [fx.cert_sha256(W.pki.rogue_root)])
+        # Fail closed toward the upstream still on the removed CA; the live session goes on.
+        fx.wait_for(lambda: "tls_untrusted_chain" in (self.connect_error() or ""),
+                    RELOAD_DEADLINE_S, what="new connections refused")
+        cur.execute("select 4")
+        self.assertEqual(cur.fetchone(), (4,))
+
+    def test_post_reload_force_applies_what_the_guard_refused(self):
+        cur = self.refused_by_the_guard()
+        ok_before = self.ok_total()
+        mark = self.dbtrust.mark()
+        status, body = admin_request(self.admin_port, "/reload?force=1")
+        self.assertEqual(status, 202, body)
+        answer = json.loads(body)
+        self.assertEqual(answer["status"], "forced reload requested")
+        self.assertEqual(answer["guard"], "overridden")
+        self.assertIn("guard=overridden", answer["result"])
+        self.assertIn('result="overridden"', answer["result"])
+        self.assert_overridden("admin_force", mark, cur, ok_before)
+        self.assertEqual(self.dbtrust.find_lines("bundle_guard", since=mark), [],
+                         "a forced reload runs no guard probes")
+
+        # Forcing again with the same content changes nothing and says so.
+        mark = self.dbtrust.mark()
+        status, _ = admin_request(self.admin_port, "/reload?force=true")
+        self.assertEqual(status, 202)
+        line = self.dbtrust.wait_for_line("bundle_reload", "result=unchanged", since=mark)
+        self.assertIn("nothing to override", line)
+        self.assertEqual(self.overridden_total(), 1)
+
+    def test_sigusr2_applies_what_the_guard_refused(self):
+        cur = self.refused_by_the_guard()
+        ok_before = self.ok_total()
+        mark = self.dbtrust.mark()
+        os.kill(self.dbtrust.proc.pid, signal.SIGUSR2)
+        self.assert_overridden("sigusr2", mark, cur, ok_before)
+
+    def test_force_still_refuses_an_invalid_bundle(self):
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        in_force = self.bundle_in_force()["sha256"]
+        mark = self.dbtrust.mark()
+        shutil.copy(W.garbage, self.bundle + ".tmp")
+        os.rename(self.bundle + ".tmp", self.bundle)
+        self.dbtrust.wait_for_line("bundle_reload", "result=refused", "trigger=watch", since=mark)
+        for force in ("admin", "sigusr2"):
+            mark = self.dbtrust.mark()
+            if force == "admin":
+                self.assertEqual(admin_request(self.admin_port, "/reload?force=1")[0], 202)
+            else:
+                os.kill(self.dbtrust.proc.pid, signal.SIGUSR2)
+            trigger = "admin_force" if force == "admin" else "sigusr2"
+            line = self.dbtrust.wait_for_line("bundle_reload", "result=refused",
+                                              f"trigger={trigger}", since=mark)
+            self.assertEqual(log_level(line), "error", line)
+            self.assertEqual(fx.parse_logfmt(line)["kept_sha256"], in_force)
+        self.assertEqual(self.dbtrust.find_lines("result=applied", since=0), [])
+        self.assertEqual(self.overridden_total(), 0)
+        self.assertEqual(self.bundle_in_force()["sha256"], in_force)
+        self.assertIsNone(self.connect_error())
+
+    def test_force_values(self):
+        """force=1|true overrides; 0|false is an ordinary reload; anything else is refused with
+        400 and requests nothing (a typo must neither override nor silently not)."""
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        self.install(pem_of(W.pki.rogue_root))  # refused by the guard
+        self.dbtrust.wait_for_line("bundle_reload", "result=refused", "rotation guard")
+        mark = self.dbtrust.mark()
+        for query in ("?force=yes", "?force=", "?force", "?force=2"):
+            status, body = admin_request(self.admin_port, "/reload" + query)
+            self.assertEqual(status, 400, query)
+            self.assertIn("force must be 1 or true", body)
+        status, body = admin_request(self.admin_port, "/reload?force=0")
+        self.assertEqual(status, 202)
+        self.assertEqual(json.loads(body)["status"], "reload requested")
+        # The ordinary reload runs the guard again, which refuses again.
+        self.dbtrust.wait_for_line("bundle_reload", "result=refused", "trigger=admin",
+                                   since=mark)
+        self.assertEqual(self.dbtrust.find_lines("result=applied", since=mark), [])
+        self.assertEqual(self.overridden_total(), 0)
+        self.assertIsNone(self.connect_error())
+
+
+class TestForceCancelsGuardRun(ReloadCase):
+    """A guard run held up by an upstream that never answers (an attacker can stall the probes
+    too) does not hold up a forced reload: the run is cancelled and never reports."""
+
+    def more_listeners(self, cfg):
+        stalled = fx.ScriptedUpstream(fx.script_silent, "stalled").start()
+        cfg.add_listener("stalled", "postgres", f"127.0.0.1:{stalled.port}",
+                         server_name="localhost", handshake_timeout="20s")
+
+    def test_force_during_a_guard_run(self):
+        mark = self.dbtrust.mark()
+        self.install(pem_of(W.pki.rogue_root, W.pki.root))
+        time.sleep(1)  # the run is waiting for the stalled upstream's answer (20 s)
+        self.assertEqual(self.dbtrust.find_lines("bundle_reload", since=mark), [])
+        os.kill(self.dbtrust.proc.pid, signal.SIGUSR2)
+        line = self.dbtrust.wait_for_line("bundle_reload", "result=applied", "guard=overridden",
+                                          since=mark, timeout=2)
+        self.assertIn("the rotation guard has not checked this bundle", line)
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        time.sleep(0.5)
+        self.assertEqual(self.dbtrust.find_lines("bundle_guard", since=mark), [])
+        self.assertEqual(len(self.dbtrust.find_lines("bundle_reload", since=mark)), 1)
+
+
+class TestGuardWithPins(ReloadCase):
+    """[trust] pin: a bundle under which a live upstream's chain still verifies, but on a path
+    without any pinned key, would make every new connection fail the pin check. The guard
+    refuses it like a chain that does not verify (it used to count it as "unreachable")."""
+
+    def more_trust_options(self):
+        return {"pin": f"sha256/{fx.spki_pin(W.pki.root)}"}
+
+    def test_bundle_moving_the_path_off_the_pinned_key_is_refused(self):
+        # Pinned to root A's key. The new bundle holds root B and intermediate A cross-signed
+        # by root B: the served chain (leaf + intermediate A) now verifies to root B, and root
+        # A's key is no longer on the path.
+        cross = W.pki.cross_sign("inter-a-by-root-b", W.pki.intermediate, W.pki.root_b)
+        self.install(pem_of(W.pki.root))
+        self.wait_until_connects(RELOAD_DEADLINE_S)
+        mark = self.dbtrust.mark()
+        self.install(pem_of(W.pki.root_b, cross))
+        line = self.dbtrust.wait_for_line("bundle_guard", "result=refused", since=mark)
+        fields = fx.parse_logfmt(line)
+        self.assertEqual(log_level(line), "error", line)
+        self.assertEqual(fields["reason"], "tls_pin_mismatch")
+        self.assertEqual(fields["pin"], f"sha256/{fx.spki_pin(W.pki.root)}")
+        self.assertIn(f"leaf: sha256/{fx.spki_pin(W.pki.leaf)}", fields["detail"])
+        line = self.dbtrust.wait_for_line("bundle_reload", "result=refused", "rotation guard",
+                                          since=mark)
+        self.assertIn("tls_pin_mismatch", line)
+        self.assertEqual(self.dbtrust.find_lines("bundle_reload", "result=ok", since=mark), [])
+        self.assertIsNone(self.connect_error())
+
+        # What the guard prevented: forced in, the bundle fails every new connection's pin.
+        mark = self.dbtrust.mark()
+        os.kill(self.dbtrust.proc.pid, signal.SIGUSR2)
+        self.dbtrust.wait_for_line("bundle_reload", "result=applied", "guard=overridden",
+                                   since=mark)
+        fx.wait_for(lambda: "tls_pin_mismatch" in (self.connect_error() or ""),
+                    RELOAD_DEADLINE_S, what="new connections fail the pin check")
 
 
 class TestPerListenerBundle(unittest.TestCase):
