@@ -15,6 +15,7 @@
 
 #include "px.h"
 #include "px_admin.h"
+#include "px_cancel.h"
 #include "px_client_id.h"
 #include "px_cmd.h"
 #include "px_drivers.h"
@@ -401,6 +402,7 @@ int main(int argc, char **argv)
     uv_mutex_init(&srv.seen_lock);
     srv.worker_count = cfg.workers > PX_MAX_WORKERS ? PX_MAX_WORKERS : cfg.workers;
     srv.listeners = calloc(cfg.listener_count, sizeof(*srv.listeners));
+    srv.cancels = px_cancel_map_new(); /* NULL: cancels take the upstreams in order */
     if (!srv.listeners)
         goto out;
     for (size_t i = 0; i < cfg.listener_count; i++) {
@@ -472,6 +474,7 @@ out:
     if (generated_key)
         my_rsa_free(generated_key);
     px_workers_free(&srv);
+    px_cancel_map_free(srv.cancels);
     free(srv.listeners);
     uv_mutex_destroy(&srv.trust_lock);
     uv_mutex_destroy(&srv.seen_lock);

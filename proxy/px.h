@@ -86,6 +86,7 @@ struct px_server {
     struct px_admin *admin;
     struct px_expiry *expiry;
     struct px_trim *trim;
+    struct px_cancel_map *cancels; /* live PostgreSQL sessions by BackendKeyData (px_cancel.c) */
     struct px_listener *listeners;
     size_t listener_count;
     struct px_worker *workers;

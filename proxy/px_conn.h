@@ -70,6 +70,7 @@ struct px_conn {
 
     /* upstream candidates: listener entries in order, each resolved to addresses */
     size_t upstream_idx;
+    const struct sockaddr *pinned_addr; /* a cancel's known server (px_upstream_dial_pinned) */
     struct addrinfo *addrs;
     struct addrinfo *next_addr;
     int last_connect_error;

@@ -15,6 +15,7 @@
 
 static void try_next_upstream(struct px_conn *c);
 static void try_next_addr(struct px_conn *c);
+static void connect_to(struct px_conn *c, const struct sockaddr *addr);
 static void on_tls_done(struct px_leg *l);
 static void on_attempt_closed(struct px_leg *l);
 static void on_session(struct px_leg *l, struct tlsw_session *s);
@@ -41,16 +42,35 @@ const char *px_upstream_verify_name(const struct px_conn *c)
     return px_verify_name(lcfg(c), c->upstream_idx);
 }
 
+static void set_label(struct px_conn *c)
+{
+    const struct cfg_addr *a = &lcfg(c)->upstream[c->upstream_idx];
+    snprintf(c->upstream_label, sizeof(c->upstream_label),
+             strchr(a->host, ':') ? "[%s]:%u" : "%s:%u", a->host, a->port);
+}
+
 static void dial_now(struct px_conn *c)
 {
-    c->upstream_idx = 0;
     c->last_connect_error = 0;
+    if (c->pinned_addr) {
+        set_label(c);
+        connect_to(c, c->pinned_addr);
+        return;
+    }
+    c->upstream_idx = 0;
     try_next_upstream(c);
 }
 
 static void on_slot_granted(struct px_dial_waiter *d)
 {
     dial_now((struct px_conn *)((char *)d - offsetof(struct px_conn, dial)));
+}
+
+void px_upstream_dial_pinned(struct px_conn *c, size_t upstream_idx, const struct sockaddr *addr)
+{
+    c->upstream_idx = upstream_idx;
+    c->pinned_addr = addr;
+    px_upstream_dial(c);
 }
 
 void px_upstream_dial(struct px_conn *c)
@@ -121,8 +141,7 @@ static void try_next_upstream(struct px_conn *c)
         return;
     }
     const struct cfg_addr *a = &l->upstream[c->upstream_idx];
-    snprintf(c->upstream_label, sizeof(c->upstream_label),
-             strchr(a->host, ':') ? "[%s]:%u" : "%s:%u", a->host, a->port);
+    set_label(c);
     char port[8];
     snprintf(port, sizeof(port), "%u", a->port);
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -210,8 +229,28 @@ static void on_connected(uv_connect_t *req, int status)
     c->drv->on_connected(c);
 }
 
+/* One TCP attempt to addr; on_connected or on_attempt_closed follows. */
+static void connect_to(struct px_conn *c, const struct sockaddr *addr)
+{
+    struct px_leg *up = px_conn_upstream(c);
+    px_leg_setup(up, c->w, c, PX_UPSTREAM, &upstream_events);
+    px_leg_open_tcp(up);
+    c->open_refs++;
+    c->state = PX_CONN_CONNECTING;
+    px_conn_set_timer_fn(c, lcfg(c)->connect_timeout_ms, on_connect_timeout);
+    c->connect_req.data = c;
+    int rc = uv_tcp_connect(&c->connect_req, &up->s.tcp, addr, on_connected);
+    if (rc != 0)
+        abandon_attempt(c, rc);
+}
+
 static void try_next_addr(struct px_conn *c)
 {
+    if (c->pinned_addr) { /* the one server that can take it was tried */
+        c->upstream_idx = lcfg(c)->upstream_count;
+        try_next_upstream(c);
+        return;
+    }
     if (!c->next_addr) {
         uv_freeaddrinfo(c->addrs);
         c->addrs = NULL;
@@ -221,16 +260,7 @@ static void try_next_addr(struct px_conn *c)
     }
     struct addrinfo *ai = c->next_addr;
     c->next_addr = ai->ai_next;
-    struct px_leg *up = px_conn_upstream(c);
-    px_leg_setup(up, c->w, c, PX_UPSTREAM, &upstream_events);
-    px_leg_open_tcp(up);
-    c->open_refs++;
-    c->state = PX_CONN_CONNECTING;
-    px_conn_set_timer_fn(c, lcfg(c)->connect_timeout_ms, on_connect_timeout);
-    c->connect_req.data = c;
-    int rc = uv_tcp_connect(&c->connect_req, &up->s.tcp, ai->ai_addr, on_connected);
-    if (rc != 0)
-        abandon_attempt(c, rc);
+    connect_to(c, ai->ai_addr);
 }
 
 /* Keeps the chain for metrics and expiry warnings (other threads read it) and tells the main
