@@ -443,19 +443,181 @@ Test(mysql, greeting_without_ssl_fails_closed)
     trace_free(&t);
 }
 
-Test(mysql, err_greeting_forwarded_then_close)
-{
-    static const char msg[] = "\xff\x10\x04Too many connections";
-    uint8_t in[64];
-    size_t n = pkt(in, 0, msg, sizeof msg - 1);
-    struct ev e = {SERVER, in, n};
-    struct trace t;
+/* ---- an ERR packet in place of the greeting (B5) ---- */
 
-    run_all(&tcp_nokey, &e, 1, &t, NULL);
+static const struct my_config tcp_named = {.context = " [listener shop, upstream db:3306]"};
+static const char not_shown[] = "; the server's own text is not shown, the server is not "
+                                "authenticated before TLS [listener shop, upstream db:3306]";
+
+/* The upstream's ERR greeting, fed whole and split everywhere: MY_CLOSE with the reason,
+ * dbtrust's ERR at seq 0 carrying the server's code and SQLSTATE (if any) and want_msg; none of
+ * the server's text in it. Returns the session, right after MY_CLOSE (for my_refusal_detail). */
+static struct my_session *err_greeting_case(const void *payload, size_t n, uint16_t code,
+                                            const char *state, const char *want_msg,
+                                            enum dbt_reason reason, const char *server_text)
+{
+    uint8_t in[MY_HEADER + 600], want[MY_HEADER + 600];
+    size_t in_n = pkt(in, 0, payload, n);
+    size_t wn = err_pkt(want, 0, code, state, want_msg);
+    struct ev e = {SERVER, in, in_n};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_named, &e, 1, &t, &s);
     cr_assert_eq(t.n, 1);
-    expect(&t, 0, SERVER, MY_CLOSE, in, n);
-    cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_CONNECT_FAILED);
+    expect(&t, 0, SERVER, MY_CLOSE, want, wn);
+    cr_assert_eq(t.step[0].reason, reason, "reason %s", dbt_reason_name(t.step[0].reason));
+    cr_assert_str_eq(t.step[0].detail, "upstream sent an ERR packet instead of a greeting");
+    cr_assert_null(memmem(t.step[0].data, t.step[0].len, server_text, strlen(server_text)),
+                   "the server's text reached the client");
+    cr_assert_eq(t.consumed[0], in_n);
     trace_free(&t);
+    return s;
+}
+
+static void expect_refusal_detail(const struct my_session *s, const char *want)
+{
+    char buf[400];
+    cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), strlen(want));
+    cr_assert_str_eq(buf, want);
+}
+
+/* 1040 in the form servers send before the greeting (no SQLSTATE): the code is kept for the
+ * client's retry logic, the words are dbtrust's, the server's go only to the log's detail. */
+Test(mysql, err_greeting_1040_text_replaced_code_kept)
+{
+    static const char msg[] = "\xff\x10\x04Too many connections; please visit http://evil.example";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_too_many_connections): MySQL "
+             "error 1040, too many connections on the server%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1040, NULL, want,
+                                             DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "evil.example");
+    expect_refusal_detail(s, "upstream sent MySQL error 1040 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"Too many connections; "
+                             "please visit http://evil.example\"");
+    cr_assert_eq(dbt_reason_class(DBT_UPSTREAM_TOO_MANY_CONNECTIONS), DBT_CLASS_UNREACHABLE);
+    /* the next call is the end of it: the packet and the detail are gone */
+    struct my_step st;
+    cr_assert_eq(my_feed_server(s, NULL, 0, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL);
+    char buf[64] = "untouched";
+    cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), 0);
+    cr_assert_str_eq(buf, "untouched");
+    cr_assert_eq(my_session_allocated(s), 0);
+    session_free(s);
+}
+
+/* 1129 with a SQLSTATE (not what servers send before the greeting, but kept when present). */
+Test(mysql, err_greeting_1129_keeps_sqlstate)
+{
+    static const char msg[] = "\xff\x69\x04#HY000Host '10.9.8.7' is blocked because of many "
+                              "connection errors; unblock with 'mariadb-admin flush-hosts'";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_host_blocked): MySQL error 1129, "
+             "the server blocks dbtrust's address after too many connection errors (flush its "
+             "host cache: FLUSH HOSTS, or TRUNCATE performance_schema.host_cache)%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1129, "HY000", want,
+                                             DBT_UPSTREAM_HOST_BLOCKED, "10.9.8.7");
+    expect_refusal_detail(s, "upstream sent MySQL error 1129 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"Host '10.9.8.7' is "
+                             "blocked because of many connection errors; unblock with "
+                             "'mariadb-admin flush-hosts'\"");
+    session_free(s);
+}
+
+/* Any other code: upstream_refused, the code named. A '#' not followed by a SQLSTATE is text. */
+Test(mysql, err_greeting_other_code_generic_reason)
+{
+    static const char msg[] = "\xff\x6a\x04#hy00 Host 'x' is not allowed to connect";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_refused): MySQL error 1130 in "
+             "place of its greeting%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1130, NULL, want,
+                                             DBT_UPSTREAM_REFUSED, "not allowed");
+    expect_refusal_detail(s, "upstream sent MySQL error 1130 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"#hy00 Host 'x' is "
+                             "not allowed to connect\"");
+    session_free(s);
+
+    /* no text at all */
+    static const char bare[] = "\xff\x10\x04";
+    s = err_greeting_case(bare, 3, 1040, NULL,
+                          "dbtrust: upstream refused the connection "
+                          "(upstream_too_many_connections): MySQL error 1040, too many "
+                          "connections on the server; the server's own text is not shown, the "
+                          "server is not authenticated before TLS [listener shop, upstream "
+                          "db:3306]",
+                          DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "Too many");
+    expect_refusal_detail(s, "upstream sent MySQL error 1040 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"\"");
+    session_free(s);
+}
+
+/* The log gets the text bounded and printable: control bytes (a forged log line), escapes and
+ * non-ASCII become '?', and past MY_REFUSAL_TEXT_MAX bytes it is cut with "...". */
+Test(mysql, err_greeting_text_sanitised_for_the_log)
+{
+    uint8_t msg[400];
+    size_t n = 0;
+    memcpy(msg, "\xff\x10\x04", 3);
+    n = 3;
+    static const char head[] = "a\nreason=none\x1b[31m\xc3\xa9\x7f~ ";
+    memcpy(msg + n, head, sizeof head - 1);
+    n += sizeof head - 1;
+    memset(msg + n, 'x', 200);
+    n += 200;
+    struct my_session *s = err_greeting_case(msg, n, 1040, NULL,
+                                             "dbtrust: upstream refused the connection "
+                                             "(upstream_too_many_connections): MySQL error 1040, "
+                                             "too many connections on the server; the server's "
+                                             "own text is not shown, the server is not "
+                                             "authenticated before TLS [listener shop, upstream "
+                                             "db:3306]",
+                                             DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "reason=none");
+    char want[400];
+    int k = snprintf(want, sizeof want,
+                     "upstream sent MySQL error 1040 instead of a greeting; its text "
+                     "(unauthenticated, not shown to the client): \"a?reason=none?[31m???~ ");
+    size_t text = strlen("a?reason=none?[31m???~ ");
+    memset(want + k, 'x', MY_REFUSAL_TEXT_MAX - text);
+    k += (int)(MY_REFUSAL_TEXT_MAX - text);
+    snprintf(want + k, sizeof want - (size_t)k, "...\"");
+    expect_refusal_detail(s, want);
+    /* a short buffer: truncated, terminated, the length written */
+    char small[16];
+    cr_assert_eq(my_refusal_detail(s, small, sizeof small), 15);
+    cr_assert_str_eq(small, "upstream sent M");
+    session_free(s);
+}
+
+/* An ERR too short to carry a code is no refusal dbtrust can name: a protocol error. */
+Test(mysql, err_greeting_without_code_is_a_protocol_error)
+{
+    static const char *const payloads[] = {"\xff", "\xff\x10"};
+    for (size_t i = 0; i < DBT_ARRAY_LEN(payloads); i++) {
+        uint8_t in[16], want[300];
+        size_t in_n = pkt(in, 0, payloads[i], i + 1);
+        size_t wn = err_pkt(want, 0, 1043, NULL,
+                            "dbtrust: upstream ERR greeting without an error code "
+                            "(upstream_protocol_error)");
+        struct ev e = {SERVER, in, in_n};
+        struct trace t;
+        struct my_session *s;
+        run_all(&tcp_nokey, &e, 1, &t, &s);
+        cr_assert_eq(t.n, 1);
+        expect(&t, 0, SERVER, MY_FAIL, want, wn);
+        cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+        char buf[64];
+        cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), 0);
+        trace_free(&t);
+        session_free(s);
+    }
 }
 
 Test(mysql, greeting_over_64k_rejected_before_buffering)
