@@ -2287,6 +2287,134 @@ Test(mysql_memory, relay_keeps_only_a_change_user)
     }
 }
 
+/* The packet buffer lives as long as a connection phase and no longer: nothing is held once the
+ * login's OK went out, nor after each COM_CHANGE_USER exchange (OK or ERR), and the next
+ * COM_CHANGE_USER - here one that needs the RSA bridge, so every buffer comes back - works from
+ * a released session exactly as the first did. */
+Test(mysql_memory, released_after_login_and_each_change_user)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct relay_login r;
+    static const uint8_t nonce2[20] = "NEWNONCE-0123456789!";
+    static const uint8_t result[] = {0x01, 0x00, 0x00, 0x01, 0x01};
+    uint8_t q[32], cu1[128], cuok1[16], cu2[128], sw[64], sw1[64], scr2[64], scr[32], fa3[8],
+        req4[8], pem5[MY_PEM_MAX + 8], blob[256], blob6[300], pw4[32], ok5[16], ok7[16],
+        sw_payload[64], cu3[128], cuerr[96];
+    size_t qn = pkt(q, 0, "\x03select 1", 9);
+    size_t cu1n = change_user(cu1, "bob", "mysql_native_password");
+    size_t cuok1n = pkt(cuok1, 1, ok_payload, sizeof ok_payload);
+    size_t cu2n = change_user(cu2, "carol", "mysql_native_password");
+    sw_payload[0] = 0xfe;
+    memcpy(sw_payload + 1, "caching_sha2_password", 22);
+    memcpy(sw_payload + 23, nonce2, 20);
+    sw_payload[43] = 0;
+    size_t swn = pkt(sw, 1, sw_payload, 44);
+    pkt(sw1, 1, sw_payload, 44);
+    memset(scr, 0x3c, sizeof scr);
+    size_t scrn = pkt(scr2, 2, scr, 32);
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t reqn = pkt(req4, 4, "\x02", 1);
+    size_t pemn = pem_packet(pem5, 5, f.pem);
+    size_t bn = client_blob(f.pem, nonce2, "hunter2", blob);
+    size_t blobn = pkt(blob6, 6, blob, bn);
+    size_t pwn = pkt(pw4, 4, "hunter2", 8);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok7, 7, ok_payload, sizeof ok_payload);
+    size_t cu3n = change_user(cu3, "dave", "mysql_native_password");
+    size_t cuerrn = err_pkt(cuerr, 1, 1045, "28000", "Access denied for user 'dave'");
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    size_t login = ne;
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    e[ne++] = (struct ev){CLIENT, cu1, cu1n}; /* first change-user: a plain OK */
+    e[ne++] = (struct ev){SERVER, cuok1, cuok1n};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    e[ne++] = (struct ev){CLIENT, cu2, cu2n}; /* second: switch to caching_sha2, full auth */
+    e[ne++] = (struct ev){SERVER, sw, swn};
+    e[ne++] = (struct ev){CLIENT, scr2, scrn};
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req4, reqn};
+    e[ne++] = (struct ev){CLIENT, blob6, blobn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){CLIENT, cu3, cu3n}; /* third: refused */
+    e[ne++] = (struct ev){SERVER, cuerr, cuerrn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    cr_assert_leq(ne, MAX_EVENTS);
+    /* held after each event, once the machine asked for more (what the proxy sees between
+     * reads: its loop calls until MY_NEED_MORE); SIZE_MAX: mid-exchange, checked as > 0 */
+    const size_t held[] = {
+        0,        /* the login's OK: the connection phase is over */
+        0,        /* a command */
+        0,        /* its result */
+        SIZE_MAX, /* change-user 1, kept */
+        0,        /* its OK: released */
+        0,        /* a command */
+        0,        /* its result */
+        SIZE_MAX, /* change-user 2, kept */
+        SIZE_MAX, /* the switch to caching_sha2 */
+        SIZE_MAX, /* the scramble */
+        SIZE_MAX, /* 01 04 */
+        SIZE_MAX, /* the key request, answered with the PEM */
+        SIZE_MAX, /* the blob, forwarded as the password */
+        0,        /* its OK: released */
+        0,        /* a command */
+        SIZE_MAX, /* change-user 3, kept */
+        0,        /* its ERR ends the exchange too: released */
+        0,        /* a command */
+        0,        /* its result */
+    };
+    cr_assert_eq(DBT_ARRAY_LEN(held), ne - login + 1);
+    static const size_t ways[][2] = {{SIZE_MAX, SIZE_MAX}, {1, 1}, {3, 7}};
+
+    for (size_t w = 0; w < DBT_ARRAY_LEN(ways); w++) {
+        struct trace t;
+        struct my_session *s = run(&f.cfg, e, login, ways[w][0], ways[w][1], &t);
+        cr_assert(my_relaying(s));
+        cr_assert_eq(my_session_allocated(s), held[0], "way %zu: %zu held after the login", w,
+                     my_session_allocated(s));
+        for (size_t i = login; i < ne; i++) {
+            cr_assert(feed_event(s, &e[i], ways[w][0], ways[w][1], &t, &t.consumed[i]));
+            size_t want = held[i - login + 1], got = my_session_allocated(s);
+            if (want == SIZE_MAX)
+                cr_assert_gt(got, 0, "way %zu, event %zu: nothing held mid-exchange", w, i);
+            else
+                cr_assert_eq(got, want, "way %zu, event %zu: %zu held, want %zu", w, i, got, want);
+            if (i == login + 5)
+                cr_assert_str_eq(s->user, "bob");
+            if (i == login + 12)
+                cr_assert_str_eq(s->user, "carol");
+        }
+        cr_assert_str_eq(s->user, "dave");
+        cr_assert(my_relaying(s));
+        /* the second change-user ran exactly as it would in a fresh session */
+        size_t k = 0;
+        while (k < t.n && !(t.step[k].leg == CLIENT && t.step[k].action == MY_RELAY &&
+                            t.step[k].len == cu2n && memcmp(t.step[k].data, cu2, cu2n) == 0))
+            k++;
+        cr_assert_lt(k + 8, t.n, "way %zu: the second change-user was not relayed", w);
+        expect(&t, k + 1, SERVER, MY_SEND_CLIENT, sw1, swn);
+        expect(&t, k + 2, CLIENT, MY_SEND_SERVER, scr2, scrn);
+        expect(&t, k + 3, SERVER, MY_SEND_CLIENT, fa3, fan);
+        expect(&t, k + 4, CLIENT, MY_SEND_CLIENT, pem5, pemn);
+        expect(&t, k + 5, CLIENT, MY_SEND_SERVER, pw4, pwn);
+        expect(&t, k + 6, SERVER, MY_SEND_CLIENT, ok7, okn);
+        cr_assert(t.step[k + 6].phase_end);
+        /* then the command and the third change-user relayed in one run, its ERR forwarded */
+        cr_assert_eq(t.step[k + 7].action, MY_RELAY);
+        cr_assert_eq(t.step[k + 7].len, qn + cu3n);
+        expect(&t, k + 8, SERVER, MY_SEND_CLIENT, cuerr, cuerrn);
+        cr_assert(t.step[k + 8].phase_end);
+        trace_free(&t);
+        session_free(s);
+    }
+    my_rsa_free(f.key);
+}
+
 /* The proxy ends a connection with my_session_wipe wherever it is: at the start, mid-packet,
  * with a packet handed out, in the relay, after a failure. Nothing may stay behind. */
 static void expect_wipe_anywhere(const struct my_config *cfg, const struct ev *evs, size_t nev)
