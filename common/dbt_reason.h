@@ -44,7 +44,14 @@
     X(CLIENT_NOT_ALLOWED, "client_not_allowed", DBT_CLASS_CLIENT_REFUSED)                          \
     X(CLIENT_CHANNEL_BINDING, "client_channel_binding", DBT_CLASS_CLIENT_REFUSED)                  \
     X(OVERLOADED, "overloaded", DBT_CLASS_LIMIT)                                                   \
-    X(CLIENT_STARTUP_LIMIT, "client_startup_limit", DBT_CLASS_LIMIT)
+    X(CLIENT_STARTUP_LIMIT, "client_startup_limit", DBT_CLASS_LIMIT)                               \
+    /* A MySQL server's ERR packet in place of its greeting, by error code (PROTOCOLS.md B5):      \
+     * 1040 ER_CON_COUNT_ERROR, 1129 ER_HOST_IS_BLOCKED, any other code. Unreachable class: the    \
+     * upstream could not be used and no TLS verdict was reached (dbtrust check: UNREACHABLE;      \
+     * PostgreSQL would say 57P03), while the MySQL client sees the server's own code. */          \
+    X(UPSTREAM_TOO_MANY_CONNECTIONS, "upstream_too_many_connections", DBT_CLASS_UNREACHABLE)       \
+    X(UPSTREAM_HOST_BLOCKED, "upstream_host_blocked", DBT_CLASS_UNREACHABLE)                       \
+    X(UPSTREAM_REFUSED, "upstream_refused", DBT_CLASS_UNREACHABLE)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */

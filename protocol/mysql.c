@@ -20,6 +20,9 @@
 #define CLIENT_MFA        0x10000000u
 #define SSL_REQUEST_LEN   32 /* HandshakeResponse41 header: flags, max packet, charset, 23 */
 #define GREETING_FIXED    31 /* bytes from the version's NUL+1 to auth-plugin-data-part-2 */
+/* Server error codes an ERR greeting is classified by (B5). */
+#define ER_CON_COUNT_ERROR 1040 /* too many connections */
+#define ER_HOST_IS_BLOCKED 1129 /* too many connection errors from this host */
 /* Bytes of a COM_CHANGE_USER kept to read its user, database and plugin: what the fixed
  * buffer of earlier versions held, so the same packets are understood. */
 #define CHANGE_USER_KEEP (MY_HEADER + MY_MAX_PACKET)
@@ -421,17 +424,94 @@ static void connect_attrs(struct my_session *s, struct cursor *c)
 
 /* ---- server greeting (B1, B2, B5) ---- */
 
+/* Where the SQLSTATE of an ERR payload is, if it carries a well-formed one ('#' + 5 of [0-9A-Z],
+ * as every SQLSTATE is), else NULL. */
+static const uint8_t *err_sqlstate(const uint8_t *p, size_t n)
+{
+    if (n < 9 || p[3] != '#')
+        return NULL;
+    for (size_t i = 4; i < 9; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'A' && p[i] <= 'Z')))
+            return NULL;
+    return p + 4;
+}
+
+/* An ERR packet in place of the greeting (B5): 1040 too many connections, 1129 host blocked,
+ * 1130 host not allowed... It comes in plaintext from a server not authenticated yet, so anyone
+ * on the path can write it: its text never reaches the client, which might believe it (the
+ * PostgreSQL side withholds an 'E' answer for the same reason, CVE-2024-10977). The client gets
+ * dbtrust's own words in px_error_message's shape, with the server's code - drivers and pools
+ * decide on 1040 or 1129 whether to retry - and its SQLSTATE if it sent one (servers send none
+ * before the greeting: the client's capabilities are unknown). my_refusal_detail gives the log
+ * the code and the text, made safe. */
+static void err_greeting(struct my_session *s, const uint8_t *p, size_t n, struct my_step *out)
+{
+    if (n < 3) {
+        fail(s, out, DBT_UPSTREAM_PROTOCOL_ERROR, "upstream ERR greeting without an error code");
+        return;
+    }
+    uint16_t code = le16(p + 1);
+    const uint8_t *state = err_sqlstate(p, n);
+    char sqlstate[6] = "";
+    if (state)
+        memcpy(sqlstate, state, 5);
+    enum dbt_reason reason = DBT_UPSTREAM_REFUSED;
+    const char *what = " in place of its greeting";
+    if (code == ER_CON_COUNT_ERROR) {
+        reason = DBT_UPSTREAM_TOO_MANY_CONNECTIONS;
+        what = ", too many connections on the server";
+    } else if (code == ER_HOST_IS_BLOCKED) {
+        reason = DBT_UPSTREAM_HOST_BLOCKED;
+        what = ", the server blocks dbtrust's address after too many connection errors (flush "
+               "its host cache: FLUSH HOSTS, or TRUNCATE performance_schema.host_cache)";
+    }
+    char msg[MY_ERR_MSG_MAX + 1];
+    snprintf(msg, sizeof msg,
+             "dbtrust: upstream refused the connection (%s): MySQL error %u%s; the server's own "
+             "text is not shown, the server is not authenticated before TLS%s",
+             dbt_reason_name(reason), (unsigned)code, what, s->cfg.context ? s->cfg.context : "");
+    size_t len = my_build_err(s->out, sizeof s->out, 0, code, state ? sqlstate : NULL, msg);
+    s->state = MY_S_ENDED;
+    /* pkt, the server's packet, stays for my_refusal_detail until the next call */
+    s->refused = true;
+    set_step(out, MY_CLOSE, s->out, len);
+    out->reason = reason;
+    out->detail = "upstream sent an ERR packet instead of a greeting";
+}
+
+size_t my_refusal_detail(const struct my_session *s, char *buf, size_t cap)
+{
+    if (cap == 0 || !s->refused || !s->pkt || s->need < MY_HEADER + 3)
+        return 0;
+    const uint8_t *p = s->pkt + MY_HEADER;
+    size_t n = s->need - MY_HEADER;
+    size_t at = err_sqlstate(p, n) ? 9 : 3;
+    char text[MY_REFUSAL_TEXT_MAX + 4]; /* "..." and the NUL */
+    size_t k = 0;
+    for (; at < n && k < MY_REFUSAL_TEXT_MAX; at++, k++)
+        text[k] = p[at] >= 0x20 && p[at] < 0x7F ? (char)p[at] : '?';
+    if (at < n) {
+        memcpy(text + k, "...", 3);
+        k += 3;
+    }
+    text[k] = '\0';
+    int w =
+        snprintf(buf, cap,
+                 "upstream sent MySQL error %u instead of a greeting; its text (unauthenticated, "
+                 "not shown to the client): \"%s\"",
+                 (unsigned)le16(p + 1), text);
+    if (w < 0)
+        return 0;
+    return (size_t)w < cap ? (size_t)w : cap - 1;
+}
+
 static void greeting(struct my_session *s, struct my_step *out)
 {
     uint8_t *p = s->pkt + MY_HEADER;
     size_t n = s->need - MY_HEADER;
 
     if (n >= 1 && p[0] == PKT_ERR) {
-        /* 1040 too many connections, 1129 host blocked...: the user needs the server's words. */
-        s->state = MY_S_ENDED;
-        set_step(out, MY_CLOSE, s->pkt, s->need);
-        out->reason = DBT_UPSTREAM_CONNECT_FAILED;
-        out->detail = "upstream answered with an ERR packet instead of a greeting";
+        err_greeting(s, p, n, out);
         return;
     }
     const uint8_t *nul = n >= 2 ? memchr(p + 1, 0, n - 1) : NULL;

@@ -9,7 +9,8 @@
  * Order of calls (C = client, S = upstream):
  *   my_session_init -> dial S (on failure: my_fail) ->
  *   my_feed_server(greeting)  -> MY_SEND_CLIENT patched greeting
- *                              | MY_FAIL (no CLIENT_SSL, ...) | MY_CLOSE (S sent an ERR greeting)
+ *                              | MY_FAIL (no CLIENT_SSL, ...) | MY_CLOSE (S sent an ERR greeting:
+ *                                dbtrust's ERR with S's code for C, my_refusal_detail for the log)
  *   [client_tls != MY_TLS_OFF (PROTOCOLS.md C2), C sends an SSLRequest:
  *    my_feed_client(SSLRequest) -> MY_START_CLIENT_TLS: stop feeding C's bytes to the machine,
  *                                run the TLS server handshake on C's leg with the input not
@@ -55,12 +56,13 @@ typedef struct evp_pkey_st EVP_PKEY; /* same typedef as <openssl/types.h> (C11 a
 #define MY_MAX_PAYLOAD_CHUNK 0xFFFFFFu /* a payload this long continues in the next packet */
 /* Largest connection-phase payload buffered (greeting, HandshakeResponse with its connect
  * attributes, AuthSwitchRequest, AuthMoreData, OK/ERR); longer is a protocol error. */
-#define MY_MAX_PACKET  65536u
-#define MY_NONCE_LEN   20
-#define MY_IDENT_MAX   64   /* user / database / program_name kept for logs (truncated) */
-#define MY_PLUGIN_MAX  64   /* auth plugin names are short; longer ones are truncated */
-#define MY_PEM_MAX     3072 /* SPKI PEM of an RSA key up to 8192 bits fits */
-#define MY_ERR_MSG_MAX 511  /* libmysqlclient keeps MYSQL_ERRMSG_SIZE - 1 bytes of a message */
+#define MY_MAX_PACKET       65536u
+#define MY_NONCE_LEN        20
+#define MY_IDENT_MAX        64   /* user / database / program_name kept for logs (truncated) */
+#define MY_PLUGIN_MAX       64   /* auth plugin names are short; longer ones are truncated */
+#define MY_PEM_MAX          3072 /* SPKI PEM of an RSA key up to 8192 bits fits */
+#define MY_ERR_MSG_MAX      511  /* libmysqlclient keeps MYSQL_ERRMSG_SIZE - 1 bytes of a message */
+#define MY_REFUSAL_TEXT_MAX 120  /* bytes of an ERR greeting's text my_refusal_detail quotes */
 /* What the session writes without allocating: the longest ERR packet (header, FF, code, '#',
  * SQLSTATE, message) - failures, out of memory included, must always be reportable - and the
  * 36-byte SSLRequest. The PEM answer, the one big packet dbtrust builds, is allocated on demand. */
@@ -91,16 +93,22 @@ enum my_action {
     MY_START_CLIENT_TLS,
     MY_SEND_SERVER, /* write data/len to the upstream over TLS */
     MY_RELAY,       /* forward data/len (a consumed prefix of the input) to the other leg */
-    MY_FAIL,  /* write data/len (an ERR packet, may be empty) to the client, then close both */
-    MY_CLOSE, /* write data/len (the upstream's ERR greeting) to the client, then close both */
+    MY_FAIL, /* write data/len (an ERR packet, may be empty) to the client, then close both */
+    /* the upstream answered with an ERR packet instead of its greeting: write data/len to the
+     * client - dbtrust's ERR with the server's code (and SQLSTATE, if any) but dbtrust's own text,
+     * since the server is not authenticated yet - then close both; my_refusal_detail tells the log
+     * what the server said */
+    MY_CLOSE,
 };
 
 struct my_step {
     enum my_action action;
     const uint8_t *data;
     size_t len;
-    enum dbt_reason reason; /* MY_FAIL, MY_CLOSE */
-    const char *detail;     /* MY_FAIL, MY_CLOSE: static text for the log */
+    /* MY_FAIL; MY_CLOSE: by the server's code, 1040 DBT_UPSTREAM_TOO_MANY_CONNECTIONS, 1129
+     * DBT_UPSTREAM_HOST_BLOCKED, else DBT_UPSTREAM_REFUSED */
+    enum dbt_reason reason;
+    const char *detail; /* MY_FAIL, MY_CLOSE: static text for the log */
     /* Set on the MY_SEND_CLIENT that carries the upstream's final OK (data[4] == 0x00) or ERR
      * of a connection phase, login or COM_CHANGE_USER: the session relays from here on. */
     bool phase_end;
@@ -151,6 +159,7 @@ struct my_session {
     uint32_t client_caps; /* 0 until the HandshakeResponse is read */
     bool compressed;      /* compression agreed: relay stays blind (no change-user watch) */
     bool client_tls_up;   /* my_client_tls_ready: the client leg is TLS, a secure transport */
+    bool refused; /* MY_CLOSE: the upstream's ERR greeting waits in pkt until the next call */
     enum my_bridge bridge;
     bool key_sent; /* the PEM was served once in this exchange */
     uint8_t nonce[MY_NONCE_LEN];
@@ -240,6 +249,12 @@ size_t my_build_decoy_login(uint8_t *buf, size_t cap, bool tls);
  * while the client's TLS handshake runs. */
 void my_fail(struct my_session *s, enum dbt_reason reason, const char *message,
              struct my_step *out);
+/* Right after MY_CLOSE (before any other my_* call): the log's detail of the refusal - the
+ * server's code and its text made safe for a log line (printable ASCII, anything else '?', at
+ * most MY_REFUSAL_TEXT_MAX bytes, "..." when cut), marked as unauthenticated. Never for the
+ * client (MY_CLOSE's packet is dbtrust's own) nor for a metric label. Writes a NUL-terminated
+ * string (truncated to cap) and returns its length; 0 and nothing written at any other time. */
+size_t my_refusal_detail(const struct my_session *s, char *buf, size_t cap);
 /* True once the session is in the command phase (raw relay). */
 bool my_relaying(const struct my_session *s);
 

@@ -563,6 +563,10 @@ static const char *summary_for(enum dbt_reason r)
             return "upstream certificate rejected";
         return "could not establish TLS to upstream";
     case DBT_CLASS_UNREACHABLE:
+        /* a MySQL server that answered with an ERR instead of its greeting (mysql.c) */
+        if (r == DBT_UPSTREAM_TOO_MANY_CONNECTIONS || r == DBT_UPSTREAM_HOST_BLOCKED ||
+            r == DBT_UPSTREAM_REFUSED)
+            return "upstream refused the connection";
         return "upstream unreachable";
     case DBT_CLASS_PROTOCOL:
         return "protocol violation";

@@ -154,12 +154,16 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
         case MY_FAIL:
             px_conn_fail_with(c, st.reason, st.detail, st.data, st.len);
             return;
-        case MY_CLOSE:
+        case MY_CLOSE: {
             /* The server refused us before any TLS (1040 too many connections, 1129 host
-             * blocked...): its ERR greeting is forwarded as is so the client sees why. */
-            px_conn_fail_with(c, DBT_UPSTREAM_REFUSED_TLS,
-                              "upstream answered with an error greeting", st.data, st.len);
+             * blocked...): the client gets the server's code in dbtrust's words, the log what
+             * the unauthenticated server said, made safe. */
+            char detail[300];
+            if (my_refusal_detail(&m->s, detail, sizeof(detail)) == 0)
+                dbt_strlcpy(detail, st.detail, sizeof(detail));
+            px_conn_fail_with(c, st.reason, detail, st.data, st.len);
             return;
+        }
         }
     }
 }

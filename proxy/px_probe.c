@@ -227,7 +227,11 @@ static int upgrade_mysql(struct probe *p)
             used += my_feed_server(s, buf + used, (size_t)n - used, &step);
     }
     if (step.action != MY_SEND_CLIENT) {
-        fail(p, step.reason, "%s", step.detail ? step.detail : "unexpected greeting");
+        char refusal[300]; /* an ERR greeting: its code, and its text made safe */
+        if (step.action == MY_CLOSE && my_refusal_detail(s, refusal, sizeof(refusal)) > 0)
+            fail(p, step.reason, "%s", refusal);
+        else
+            fail(p, step.reason, "%s", step.detail ? step.detail : "unexpected greeting");
         goto out;
     }
     size_t rlen = probe_response(buf, sizeof(buf));

@@ -196,12 +196,23 @@ static void check_step(const struct my_session *s, const struct my_step *st, enu
         else
             FUZZ_CHECK(st->data == NULL, "MY_FAIL: data without length");
         break;
-    case MY_CLOSE:
-        /* the server's own ERR greeting, forwarded as it came (however short) */
+    case MY_CLOSE: {
+        /* the server's ERR greeting: dbtrust's ERR at seq 0 with the server's code, in dbtrust's
+         * words (the server is not authenticated); the log's detail printable and bounded */
         FUZZ_CHECK(st->detail != NULL && leg == LEG_SERVER && !seen->greeted, "MY_CLOSE");
-        check_packet(st, "MY_CLOSE");
-        FUZZ_CHECK(st->len > MY_HEADER && st->data[MY_HEADER] == 0xFF, "MY_CLOSE: not an ERR");
+        check_err_packet(st, "MY_CLOSE");
+        static const char words[] = "dbtrust: upstream refused the connection (";
+        FUZZ_CHECK(st->data[3] == 0 && memmem(st->data, st->len, words, sizeof words - 1) != NULL,
+                   "MY_CLOSE: not dbtrust's ERR at seq 0");
+        char detail[400];
+        size_t n = my_refusal_detail(s, detail, sizeof detail);
+        FUZZ_CHECK(n > 0 && n < sizeof detail - 1 && strlen(detail) == n,
+                   "MY_CLOSE: refusal detail of %zu bytes", n);
+        for (size_t i = 0; i < n; i++)
+            FUZZ_CHECK(detail[i] >= 0x20 && detail[i] < 0x7F, "MY_CLOSE: detail byte 0x%02x",
+                       (unsigned)(uint8_t)detail[i]);
         break;
+    }
     }
     FUZZ_CHECK_CSTR(s->user);
     FUZZ_CHECK_CSTR(s->database);

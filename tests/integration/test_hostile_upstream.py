@@ -17,7 +17,9 @@ the behaviour it means to test). For every case the test checks what users and o
 Cases (PostgreSQL | MySQL):
 - before TLS: garbage / huge 'E' / no answer to the SSLRequest, plaintext after a late 'S' |
   greeting with payload length 16 MiB-1, an HTTP server, protocol version 9, a complete but
-  truncated greeting, a greeting cut by a close or stalled, a greeting with sequence id 5;
+  truncated greeting, a greeting cut by a close or stalled, a greeting with sequence id 5, an
+  ERR packet in place of the greeting (1040, 1129, 1130: the client sees the code in dbtrust's
+  words, never the unauthenticated server's text; the log gets that text sanitised);
 - mid-handshake: the server closes after reading the ClientHello, after sending part of its
   ServerHello, or resets the connection there (both protocols);
 - after TLS, during startup: message length 0x7fffffff, 0xffffffff (-1), 3, an unknown message
@@ -615,6 +617,17 @@ def pg_peers():
     }
 
 
+# What an on-path attacker might write into an ERR greeting: a lure for the user, and control
+# bytes that would forge a log line if they reached the log unsanitised.
+EVIL_TEXT = "Too many connections; please visit http://evil.example to fix it"
+EVIL_TAIL = "\n\x1b[31mreason=none"
+MY_ERR_GREETINGS = {  # listener: (code, reason, SQLSTATE in the server's ERR)
+    "my-err-1040": (1040, "upstream_too_many_connections", None),
+    "my-err-1129": (1129, "upstream_host_blocked", None),
+    "my-err-1130": (1130, "upstream_refused", "HY000"),
+}
+
+
 def my_peers():
     greeting = fx.my_packet(0, my_greeting_payload())
     bad_version = bytearray(greeting)
@@ -644,6 +657,9 @@ def my_peers():
         "my-key-update": (my_script_key_update, {}),
         "my-end-truncate": (my_script_session_end("truncate"), {}),
         "my-end-close-notify": (my_script_session_end("close_notify"), {}),
+        **{name: (my_script_greeting(fx.my_packet(0, fx.my_err_packet(
+            code, EVIL_TEXT + EVIL_TAIL, sqlstate=state)), then="close"), {})
+           for name, (code, _, state) in MY_ERR_GREETINGS.items()},
     }
 
 
@@ -659,7 +675,9 @@ def setUpModule():
     W.pg = fx.PostgresServer(W.pki.leaf, "pg-hostile").start().provision_app_roles()
     W.maria = fx.MariadbServer(W.pki.leaf, "maria-hostile").start().provision_app_users()
     W.peers = {}
-    cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout="1s")
+    W.admin_port = fx.free_port()
+    cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout="1s",
+                           admin=f"127.0.0.1:{W.admin_port}")
     timeouts = {"connect_timeout": "2s", "handshake_timeout": "5s", "startup_timeout": "5s"}
 
     def listener(name, protocol, port, **options):
@@ -694,6 +712,7 @@ def setUpModule():
     # conn_end lines as its own.
     fx.wait_for(lambda: len(W.dbtrust.find_lines("conn_end")) >= len(cfg.listeners), 10,
                 what="the start-up probes' conn_end lines")
+    fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", W.admin_port), 5, what="admin endpoint")
 
 
 def tearDownModule():
@@ -1101,6 +1120,81 @@ class TestMyGreeting(HostileTestCase):
     def test_greeting_with_wrong_sequence_id(self):
         self.assert_my_refused("my-greeting-bad-seq", "upstream_protocol_error",
                                before_greeting=True, detail="out of order")
+
+
+class TestMyErrGreeting(HostileTestCase):
+    """The server answers the connect with an ERR packet instead of its greeting. It is plaintext
+    from a server not authenticated yet (anyone on the path can write it), so the client gets
+    dbtrust's ERR: the server's code (drivers retry on 1040), SQLSTATE only if the server sent
+    one, dbtrust's words naming the reason. Before this, the packet went to the client verbatim
+    (its text included) and was logged and counted as upstream_refused_tls."""
+
+    def connections_total(self, listener, reason):
+        samples = fx.scrape_metrics(W.admin_port)
+        return fx.metric_value(samples, "dbtrust_connections_total", listener=listener,
+                               result=reason) or 0
+
+    def assert_dbtrust_words(self, listener, reason, code, message, cut=0):
+        """cut: bytes of the message the client dropped (PyMySQL 1.0.2 always skips 6 for a
+        '#' + SQLSTATE, whether or not the ERR has one: "t: upstream refused...")."""
+        words = f"dbtrust: upstream refused the connection ({reason}): MySQL error {code}"
+        self.assertTrue(message.startswith(words[cut:]), message)
+        self.assertIn("the server's own text is not shown", message)
+        self.assertIn(f"[listener {listener}, upstream localhost:", message)
+        for forbidden in ("evil.example", "please visit", "reason=none", "\x1b"):
+            self.assertNotIn(forbidden, message)
+
+    def assert_err_greeting(self, listener, mariadb_cli=False):
+        code, reason, state = MY_ERR_GREETINGS[listener]
+        before = self.connections_total(listener, reason)
+        mark = W.dbtrust.mark()
+        # raw wire: dbtrust's ERR at seq 0, the server's code and SQLSTATE
+        greeting, seq, payload = my_raw_attempt(listener, unique(listener))
+        self.assertIsNone(greeting)
+        self.assertIsNotNone(payload, seq)
+        err = fx.my_parse_err(payload)
+        self.assertEqual((seq, err.code, err.sqlstate), (0, code, state), err)
+        self.assert_dbtrust_words(listener, reason, code, err.message)
+        # PyMySQL: the code its retry logic looks at, dbtrust's message
+        with self.assertRaises(pymysql.err.OperationalError) as caught:
+            pymysql_connect(listener, program_name=unique(listener)).close()
+        self.assertEqual(caught.exception.args[0], code, caught.exception.args)
+        self.assert_dbtrust_words(listener, reason, code, caught.exception.args[1],
+                                  cut=0 if state else 6)
+        attempts = 2
+        if mariadb_cli:  # libmariadb, as the mariadb CLI prints it
+            r = fx.run_mariadb(["-h", "127.0.0.1", "-P", str(port_of(listener)), "-u", NATIVE,
+                                "--skip-ssl", MY_DB], sql="select 1", password=NATIVE_PW)
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(f"ERROR {code} ", r.stderr)
+            self.assert_dbtrust_words(listener, reason, code,
+                                      r.stderr[r.stderr.index("dbtrust: "):].strip())
+            attempts += 1
+        # the log: one line per attempt with the reason; the server's text only sanitised
+        lines = self.assert_conn_ends(listener, reason, mark, attempts)
+        for line in lines:
+            self.assertIn(f"upstream sent MySQL error {code} instead of a greeting", line)
+            self.assertIn("unauthenticated, not shown to the client", line)
+            self.assertIn("please visit http://evil.example to fix it??[31mreason=none", line)
+            self.assertNotIn("\x1b", line)
+            self.assertNotIn("\\x1b", line)  # not even escaped: it never reached the logger
+        # the metric, by reason; nothing counted as a TLS failure, no text in any label
+        self.assertEqual(self.connections_total(listener, reason) - before, attempts)
+        samples = fx.scrape_metrics(W.admin_port)
+        self.assertFalse(any(value for (name, labels), value in samples.items()
+                             if name == "dbtrust_tls_failures_total"
+                             and ("listener", listener) in labels), samples)
+        self.assertFalse([key for key in samples if "evil" in str(key)])
+        self.assert_good_listeners_serve()
+
+    def test_1040_too_many_connections(self):
+        self.assert_err_greeting("my-err-1040", mariadb_cli=True)
+
+    def test_1129_host_blocked(self):
+        self.assert_err_greeting("my-err-1129")
+
+    def test_other_code_with_sqlstate(self):
+        self.assert_err_greeting("my-err-1130")
 
 
 # --------------------------------------------------------------------------------------------

@@ -443,19 +443,181 @@ Test(mysql, greeting_without_ssl_fails_closed)
     trace_free(&t);
 }
 
-Test(mysql, err_greeting_forwarded_then_close)
-{
-    static const char msg[] = "\xff\x10\x04Too many connections";
-    uint8_t in[64];
-    size_t n = pkt(in, 0, msg, sizeof msg - 1);
-    struct ev e = {SERVER, in, n};
-    struct trace t;
+/* ---- an ERR packet in place of the greeting (B5) ---- */
 
-    run_all(&tcp_nokey, &e, 1, &t, NULL);
+static const struct my_config tcp_named = {.context = " [listener shop, upstream db:3306]"};
+static const char not_shown[] = "; the server's own text is not shown, the server is not "
+                                "authenticated before TLS [listener shop, upstream db:3306]";
+
+/* The upstream's ERR greeting, fed whole and split everywhere: MY_CLOSE with the reason,
+ * dbtrust's ERR at seq 0 carrying the server's code and SQLSTATE (if any) and want_msg; none of
+ * the server's text in it. Returns the session, right after MY_CLOSE (for my_refusal_detail). */
+static struct my_session *err_greeting_case(const void *payload, size_t n, uint16_t code,
+                                            const char *state, const char *want_msg,
+                                            enum dbt_reason reason, const char *server_text)
+{
+    uint8_t in[MY_HEADER + 600], want[MY_HEADER + 600];
+    size_t in_n = pkt(in, 0, payload, n);
+    size_t wn = err_pkt(want, 0, code, state, want_msg);
+    struct ev e = {SERVER, in, in_n};
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_named, &e, 1, &t, &s);
     cr_assert_eq(t.n, 1);
-    expect(&t, 0, SERVER, MY_CLOSE, in, n);
-    cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_CONNECT_FAILED);
+    expect(&t, 0, SERVER, MY_CLOSE, want, wn);
+    cr_assert_eq(t.step[0].reason, reason, "reason %s", dbt_reason_name(t.step[0].reason));
+    cr_assert_str_eq(t.step[0].detail, "upstream sent an ERR packet instead of a greeting");
+    cr_assert_null(memmem(t.step[0].data, t.step[0].len, server_text, strlen(server_text)),
+                   "the server's text reached the client");
+    cr_assert_eq(t.consumed[0], in_n);
     trace_free(&t);
+    return s;
+}
+
+static void expect_refusal_detail(const struct my_session *s, const char *want)
+{
+    char buf[400];
+    cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), strlen(want));
+    cr_assert_str_eq(buf, want);
+}
+
+/* 1040 in the form servers send before the greeting (no SQLSTATE): the code is kept for the
+ * client's retry logic, the words are dbtrust's, the server's go only to the log's detail. */
+Test(mysql, err_greeting_1040_text_replaced_code_kept)
+{
+    static const char msg[] = "\xff\x10\x04Too many connections; please visit http://evil.example";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_too_many_connections): MySQL "
+             "error 1040, too many connections on the server%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1040, NULL, want,
+                                             DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "evil.example");
+    expect_refusal_detail(s, "upstream sent MySQL error 1040 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"Too many connections; "
+                             "please visit http://evil.example\"");
+    cr_assert_eq(dbt_reason_class(DBT_UPSTREAM_TOO_MANY_CONNECTIONS), DBT_CLASS_UNREACHABLE);
+    /* the next call is the end of it: the packet and the detail are gone */
+    struct my_step st;
+    cr_assert_eq(my_feed_server(s, NULL, 0, &st), 0);
+    cr_assert_eq(st.action, MY_FAIL);
+    char buf[64] = "untouched";
+    cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), 0);
+    cr_assert_str_eq(buf, "untouched");
+    cr_assert_eq(my_session_allocated(s), 0);
+    session_free(s);
+}
+
+/* 1129 with a SQLSTATE (not what servers send before the greeting, but kept when present). */
+Test(mysql, err_greeting_1129_keeps_sqlstate)
+{
+    static const char msg[] = "\xff\x69\x04#HY000Host '10.9.8.7' is blocked because of many "
+                              "connection errors; unblock with 'mariadb-admin flush-hosts'";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_host_blocked): MySQL error 1129, "
+             "the server blocks dbtrust's address after too many connection errors (flush its "
+             "host cache: FLUSH HOSTS, or TRUNCATE performance_schema.host_cache)%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1129, "HY000", want,
+                                             DBT_UPSTREAM_HOST_BLOCKED, "10.9.8.7");
+    expect_refusal_detail(s, "upstream sent MySQL error 1129 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"Host '10.9.8.7' is "
+                             "blocked because of many connection errors; unblock with "
+                             "'mariadb-admin flush-hosts'\"");
+    session_free(s);
+}
+
+/* Any other code: upstream_refused, the code named. A '#' not followed by a SQLSTATE is text. */
+Test(mysql, err_greeting_other_code_generic_reason)
+{
+    static const char msg[] = "\xff\x6a\x04#hy00 Host 'x' is not allowed to connect";
+    char want[600];
+    snprintf(want, sizeof want,
+             "dbtrust: upstream refused the connection (upstream_refused): MySQL error 1130 in "
+             "place of its greeting%s",
+             not_shown);
+    struct my_session *s = err_greeting_case(msg, sizeof msg - 1, 1130, NULL, want,
+                                             DBT_UPSTREAM_REFUSED, "not allowed");
+    expect_refusal_detail(s, "upstream sent MySQL error 1130 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"#hy00 Host 'x' is "
+                             "not allowed to connect\"");
+    session_free(s);
+
+    /* no text at all */
+    static const char bare[] = "\xff\x10\x04";
+    s = err_greeting_case(bare, 3, 1040, NULL,
+                          "dbtrust: upstream refused the connection "
+                          "(upstream_too_many_connections): MySQL error 1040, too many "
+                          "connections on the server; the server's own text is not shown, the "
+                          "server is not authenticated before TLS [listener shop, upstream "
+                          "db:3306]",
+                          DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "Too many");
+    expect_refusal_detail(s, "upstream sent MySQL error 1040 instead of a greeting; its text "
+                             "(unauthenticated, not shown to the client): \"\"");
+    session_free(s);
+}
+
+/* The log gets the text bounded and printable: control bytes (a forged log line), escapes and
+ * non-ASCII become '?', and past MY_REFUSAL_TEXT_MAX bytes it is cut with "...". */
+Test(mysql, err_greeting_text_sanitised_for_the_log)
+{
+    uint8_t msg[400];
+    size_t n = 0;
+    memcpy(msg, "\xff\x10\x04", 3);
+    n = 3;
+    static const char head[] = "a\nreason=none\x1b[31m\xc3\xa9\x7f~ ";
+    memcpy(msg + n, head, sizeof head - 1);
+    n += sizeof head - 1;
+    memset(msg + n, 'x', 200);
+    n += 200;
+    struct my_session *s = err_greeting_case(msg, n, 1040, NULL,
+                                             "dbtrust: upstream refused the connection "
+                                             "(upstream_too_many_connections): MySQL error 1040, "
+                                             "too many connections on the server; the server's "
+                                             "own text is not shown, the server is not "
+                                             "authenticated before TLS [listener shop, upstream "
+                                             "db:3306]",
+                                             DBT_UPSTREAM_TOO_MANY_CONNECTIONS, "reason=none");
+    char want[400];
+    int k = snprintf(want, sizeof want,
+                     "upstream sent MySQL error 1040 instead of a greeting; its text "
+                     "(unauthenticated, not shown to the client): \"a?reason=none?[31m???~ ");
+    size_t text = strlen("a?reason=none?[31m???~ ");
+    memset(want + k, 'x', MY_REFUSAL_TEXT_MAX - text);
+    k += (int)(MY_REFUSAL_TEXT_MAX - text);
+    snprintf(want + k, sizeof want - (size_t)k, "...\"");
+    expect_refusal_detail(s, want);
+    /* a short buffer: truncated, terminated, the length written */
+    char small[16];
+    cr_assert_eq(my_refusal_detail(s, small, sizeof small), 15);
+    cr_assert_str_eq(small, "upstream sent M");
+    session_free(s);
+}
+
+/* An ERR too short to carry a code is no refusal dbtrust can name: a protocol error. */
+Test(mysql, err_greeting_without_code_is_a_protocol_error)
+{
+    static const char *const payloads[] = {"\xff", "\xff\x10"};
+    for (size_t i = 0; i < DBT_ARRAY_LEN(payloads); i++) {
+        uint8_t in[16], want[300];
+        size_t in_n = pkt(in, 0, payloads[i], i + 1);
+        size_t wn = err_pkt(want, 0, 1043, NULL,
+                            "dbtrust: upstream ERR greeting without an error code "
+                            "(upstream_protocol_error)");
+        struct ev e = {SERVER, in, in_n};
+        struct trace t;
+        struct my_session *s;
+        run_all(&tcp_nokey, &e, 1, &t, &s);
+        cr_assert_eq(t.n, 1);
+        expect(&t, 0, SERVER, MY_FAIL, want, wn);
+        cr_assert_eq(t.step[0].reason, DBT_UPSTREAM_PROTOCOL_ERROR);
+        char buf[64];
+        cr_assert_eq(my_refusal_detail(s, buf, sizeof buf), 0);
+        trace_free(&t);
+        session_free(s);
+    }
 }
 
 Test(mysql, greeting_over_64k_rejected_before_buffering)
@@ -2123,6 +2285,134 @@ Test(mysql_memory, relay_keeps_only_a_change_user)
         trace_free(&t);
         session_free(s);
     }
+}
+
+/* The packet buffer lives as long as a connection phase and no longer: nothing is held once the
+ * login's OK went out, nor after each COM_CHANGE_USER exchange (OK or ERR), and the next
+ * COM_CHANGE_USER - here one that needs the RSA bridge, so every buffer comes back - works from
+ * a released session exactly as the first did. */
+Test(mysql_memory, released_after_login_and_each_change_user)
+{
+    struct rsa_fixture f;
+    rsa_setup(&f, false);
+    struct relay_login r;
+    static const uint8_t nonce2[20] = "NEWNONCE-0123456789!";
+    static const uint8_t result[] = {0x01, 0x00, 0x00, 0x01, 0x01};
+    uint8_t q[32], cu1[128], cuok1[16], cu2[128], sw[64], sw1[64], scr2[64], scr[32], fa3[8],
+        req4[8], pem5[MY_PEM_MAX + 8], blob[256], blob6[300], pw4[32], ok5[16], ok7[16],
+        sw_payload[64], cu3[128], cuerr[96];
+    size_t qn = pkt(q, 0, "\x03select 1", 9);
+    size_t cu1n = change_user(cu1, "bob", "mysql_native_password");
+    size_t cuok1n = pkt(cuok1, 1, ok_payload, sizeof ok_payload);
+    size_t cu2n = change_user(cu2, "carol", "mysql_native_password");
+    sw_payload[0] = 0xfe;
+    memcpy(sw_payload + 1, "caching_sha2_password", 22);
+    memcpy(sw_payload + 23, nonce2, 20);
+    sw_payload[43] = 0;
+    size_t swn = pkt(sw, 1, sw_payload, 44);
+    pkt(sw1, 1, sw_payload, 44);
+    memset(scr, 0x3c, sizeof scr);
+    size_t scrn = pkt(scr2, 2, scr, 32);
+    size_t fan = pkt(fa3, 3, full_auth, 2);
+    size_t reqn = pkt(req4, 4, "\x02", 1);
+    size_t pemn = pem_packet(pem5, 5, f.pem);
+    size_t bn = client_blob(f.pem, nonce2, "hunter2", blob);
+    size_t blobn = pkt(blob6, 6, blob, bn);
+    size_t pwn = pkt(pw4, 4, "hunter2", 8);
+    size_t okn = pkt(ok5, 5, ok_payload, sizeof ok_payload);
+    pkt(ok7, 7, ok_payload, sizeof ok_payload);
+    size_t cu3n = change_user(cu3, "dave", "mysql_native_password");
+    size_t cuerrn = err_pkt(cuerr, 1, 1045, "28000", "Access denied for user 'dave'");
+    struct ev e[MAX_EVENTS];
+    size_t ne = relay_login_events(e, &r);
+    size_t login = ne;
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    e[ne++] = (struct ev){CLIENT, cu1, cu1n}; /* first change-user: a plain OK */
+    e[ne++] = (struct ev){SERVER, cuok1, cuok1n};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    e[ne++] = (struct ev){CLIENT, cu2, cu2n}; /* second: switch to caching_sha2, full auth */
+    e[ne++] = (struct ev){SERVER, sw, swn};
+    e[ne++] = (struct ev){CLIENT, scr2, scrn};
+    e[ne++] = (struct ev){SERVER, fa3, fan};
+    e[ne++] = (struct ev){CLIENT, req4, reqn};
+    e[ne++] = (struct ev){CLIENT, blob6, blobn};
+    e[ne++] = (struct ev){SERVER, ok5, okn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){CLIENT, cu3, cu3n}; /* third: refused */
+    e[ne++] = (struct ev){SERVER, cuerr, cuerrn};
+    e[ne++] = (struct ev){CLIENT, q, qn};
+    e[ne++] = (struct ev){SERVER, result, sizeof result};
+    cr_assert_leq(ne, MAX_EVENTS);
+    /* held after each event, once the machine asked for more (what the proxy sees between
+     * reads: its loop calls until MY_NEED_MORE); SIZE_MAX: mid-exchange, checked as > 0 */
+    const size_t held[] = {
+        0,        /* the login's OK: the connection phase is over */
+        0,        /* a command */
+        0,        /* its result */
+        SIZE_MAX, /* change-user 1, kept */
+        0,        /* its OK: released */
+        0,        /* a command */
+        0,        /* its result */
+        SIZE_MAX, /* change-user 2, kept */
+        SIZE_MAX, /* the switch to caching_sha2 */
+        SIZE_MAX, /* the scramble */
+        SIZE_MAX, /* 01 04 */
+        SIZE_MAX, /* the key request, answered with the PEM */
+        SIZE_MAX, /* the blob, forwarded as the password */
+        0,        /* its OK: released */
+        0,        /* a command */
+        SIZE_MAX, /* change-user 3, kept */
+        0,        /* its ERR ends the exchange too: released */
+        0,        /* a command */
+        0,        /* its result */
+    };
+    cr_assert_eq(DBT_ARRAY_LEN(held), ne - login + 1);
+    static const size_t ways[][2] = {{SIZE_MAX, SIZE_MAX}, {1, 1}, {3, 7}};
+
+    for (size_t w = 0; w < DBT_ARRAY_LEN(ways); w++) {
+        struct trace t;
+        struct my_session *s = run(&f.cfg, e, login, ways[w][0], ways[w][1], &t);
+        cr_assert(my_relaying(s));
+        cr_assert_eq(my_session_allocated(s), held[0], "way %zu: %zu held after the login", w,
+                     my_session_allocated(s));
+        for (size_t i = login; i < ne; i++) {
+            cr_assert(feed_event(s, &e[i], ways[w][0], ways[w][1], &t, &t.consumed[i]));
+            size_t want = held[i - login + 1], got = my_session_allocated(s);
+            if (want == SIZE_MAX)
+                cr_assert_gt(got, 0, "way %zu, event %zu: nothing held mid-exchange", w, i);
+            else
+                cr_assert_eq(got, want, "way %zu, event %zu: %zu held, want %zu", w, i, got, want);
+            if (i == login + 5)
+                cr_assert_str_eq(s->user, "bob");
+            if (i == login + 12)
+                cr_assert_str_eq(s->user, "carol");
+        }
+        cr_assert_str_eq(s->user, "dave");
+        cr_assert(my_relaying(s));
+        /* the second change-user ran exactly as it would in a fresh session */
+        size_t k = 0;
+        while (k < t.n && !(t.step[k].leg == CLIENT && t.step[k].action == MY_RELAY &&
+                            t.step[k].len == cu2n && memcmp(t.step[k].data, cu2, cu2n) == 0))
+            k++;
+        cr_assert_lt(k + 8, t.n, "way %zu: the second change-user was not relayed", w);
+        expect(&t, k + 1, SERVER, MY_SEND_CLIENT, sw1, swn);
+        expect(&t, k + 2, CLIENT, MY_SEND_SERVER, scr2, scrn);
+        expect(&t, k + 3, SERVER, MY_SEND_CLIENT, fa3, fan);
+        expect(&t, k + 4, CLIENT, MY_SEND_CLIENT, pem5, pemn);
+        expect(&t, k + 5, CLIENT, MY_SEND_SERVER, pw4, pwn);
+        expect(&t, k + 6, SERVER, MY_SEND_CLIENT, ok7, okn);
+        cr_assert(t.step[k + 6].phase_end);
+        /* then the command and the third change-user relayed in one run, its ERR forwarded */
+        cr_assert_eq(t.step[k + 7].action, MY_RELAY);
+        cr_assert_eq(t.step[k + 7].len, qn + cu3n);
+        expect(&t, k + 8, SERVER, MY_SEND_CLIENT, cuerr, cuerrn);
+        cr_assert(t.step[k + 8].phase_end);
+        trace_free(&t);
+        session_free(s);
+    }
+    my_rsa_free(f.key);
 }
 
 /* The proxy ends a connection with my_session_wipe wherever it is: at the start, mid-packet,
