@@ -300,8 +300,10 @@ static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
 }
 
 /* Feeds the login watcher what the upstream sent, before it goes anywhere. Returns false if the
- * connection failed (framing no server sends). */
-static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len)
+ * connection failed (framing no server sends). defer: the startup machine reads the same bytes
+ * next and names the fault in its own words; a fault only the watcher sees is reported when
+ * that machine hands over to the relay (on_server_data). */
+static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len, bool defer)
 {
     struct px_pg *pg = pg_of(c);
     while (pg->watching) {
@@ -323,6 +325,8 @@ static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len)
             return true;
         case PG_LOGIN_INVALID:
             pg->watching = false;
+            if (defer)
+                return true;
             px_conn_fail(c, DBT_UPSTREAM_PROTOCOL_ERROR, pg->login.detail);
             return false;
         }
@@ -333,7 +337,7 @@ static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len)
 static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
 {
     struct pg_server *ps = &startup_of(c)->server;
-    if (!watch_login(c, data, len))
+    if (!watch_login(c, data, len, true))
         return;
     while (!c->closing && c->state == PX_CONN_SERVER_STARTUP) {
         struct pg_step st;
@@ -348,6 +352,10 @@ static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
                 return;
             continue;
         case PG_RELAY:
+            if (pg_of(c)->login.state == PG_L_INVALID) { /* framing the watcher refused */
+                px_conn_fail(c, DBT_UPSTREAM_PROTOCOL_ERROR, pg_of(c)->login.detail);
+                return;
+            }
             /* Over a TLS client leg the first SASL message is judged first (judge_sasl). */
             if (ps->sasl_offered && px_conn_client(c)->tls_up) {
                 pg_of(c)->judging_sasl = true;
@@ -411,7 +419,7 @@ static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data
             judge_sasl(c, data, len);
         else if (from->side == PX_CLIENT)
             px_leg_send(px_conn_upstream(c), data, len);
-        else if (watch_login(c, data, len)) /* unchanged, once the watcher has seen them */
+        else if (watch_login(c, data, len, false)) /* unchanged, once the watcher saw them */
             px_leg_send(px_conn_client(c), data, len);
         return;
     }
