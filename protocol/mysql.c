@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "dbt_utf8.h"
 #include "wire.h"
 
 #define PKT_OK            0x00
@@ -400,6 +401,18 @@ static bool cstr(struct cursor *c, char *dst, size_t cap, bool to_end)
     return true;
 }
 
+/* A NUL-terminated name the client chose (user, database), kept for logs and metrics as valid
+ * UTF-8 without control characters (dbt_utf8.h): cut on a character boundary, anything else
+ * replaced, so every log line and label that shows it is valid text. */
+static bool ident(struct cursor *c, char *dst, size_t cap)
+{
+    size_t start = c->at;
+    if (!cstr(c, NULL, 0, false))
+        return false;
+    dbt_utf8_copy(dst, cap, c->p + start, c->at - start - 1);
+    return true;
+}
+
 /* lenenc key/value pairs; only program_name is kept (mysql, mariadb, mysqldump... for logs). */
 static void connect_attrs(struct my_session *s, struct cursor *c)
 {
@@ -416,9 +429,8 @@ static void connect_attrs(struct my_session *s, struct cursor *c)
         skip(&a, vlen);
         if (a.bad || klen != 12 || memcmp(a.p + key, "program_name", 12) != 0)
             continue;
-        size_t k = vlen < sizeof s->program_name - 1 ? (size_t)vlen : sizeof s->program_name - 1;
-        memcpy(s->program_name, a.p + val, k);
-        s->program_name[k] = '\0';
+        /* Sanitised like the user name (ident): it becomes a metric label. */
+        dbt_utf8_copy(s->program_name, sizeof s->program_name, a.p + val, (size_t)vlen);
     }
 }
 
@@ -577,7 +589,7 @@ static bool parse_response(struct my_session *s, const uint8_t *p, size_t n)
     uint32_t f = s->client_caps;
     struct cursor c = {p, n, SSL_REQUEST_LEN, false};
 
-    if (!cstr(&c, s->user, sizeof s->user, false))
+    if (!ident(&c, s->user, sizeof s->user))
         return false;
     if (f & MY_CLIENT_PLUGIN_AUTH_LENENC)
         skip(&c, lenenc(&c));
@@ -586,7 +598,7 @@ static bool parse_response(struct my_session *s, const uint8_t *p, size_t n)
     else
         (void)cstr(&c, NULL, 0, false);
     if (f & MY_CLIENT_CONNECT_WITH_DB)
-        (void)cstr(&c, s->database, sizeof s->database, false);
+        (void)ident(&c, s->database, sizeof s->database);
     if ((f & MY_CLIENT_PLUGIN_AUTH) && !c.bad && c.at < n)
         (void)cstr(&c, s->plugin, sizeof s->plugin, true); /* the plugin the server continues */
     if ((f & MY_CLIENT_CONNECT_ATTRS) && !c.bad && c.at < n)
@@ -891,13 +903,13 @@ static void enter_change_user(struct my_session *s)
     struct cursor c = {s->pkt, s->have, 1, false};
     char plugin[MY_PLUGIN_MAX] = "";
 
-    if (cstr(&c, s->user, sizeof s->user, false)) {
+    if (ident(&c, s->user, sizeof s->user)) {
         if (s->client_caps & MY_CLIENT_SECURE_CONNECTION)
             skip(&c, c.at < c.n ? s->pkt[c.at++] : (c.bad = true, 0));
         else
             (void)cstr(&c, NULL, 0, false);
         s->database[0] = '\0';
-        (void)cstr(&c, s->database, sizeof s->database, false);
+        (void)ident(&c, s->database, sizeof s->database);
         skip(&c, 2);
         if ((s->client_caps & MY_CLIENT_PLUGIN_AUTH) && !c.bad && c.at < c.n)
             (void)cstr(&c, plugin, sizeof plugin, true);

@@ -6,6 +6,7 @@
 
 #include <string.h>
 
+#include "dbt_utf8.h"
 #include "dbt_util.h"
 #include "wire.h"
 
@@ -148,12 +149,16 @@ static const char *parse_startup(struct pg_client *c)
         if (!nul)
             return "invalid startup packet layout: expected terminator as last byte";
         p = nul + 1;
+        /* Kept as valid UTF-8 without control characters (dbt_utf8.h), cut on a character
+         * boundary: the log line and the metric label show this text, whatever bytes the
+         * client sent. The packet itself is forwarded verbatim. */
+        size_t vlen = (size_t)(nul - value);
         if (strcmp(name, "user") == 0)
-            dbt_strlcpy(c->user, value, sizeof c->user);
+            dbt_utf8_copy(c->user, sizeof c->user, value, vlen);
         else if (strcmp(name, "database") == 0)
-            dbt_strlcpy(c->database, value, sizeof c->database);
+            dbt_utf8_copy(c->database, sizeof c->database, value, vlen);
         else if (strcmp(name, "application_name") == 0)
-            dbt_strlcpy(c->application_name, value, sizeof c->application_name);
+            dbt_utf8_copy(c->application_name, sizeof c->application_name, value, vlen);
     }
     if (p != end - 1)
         return "invalid startup packet layout: expected terminator as last byte";
@@ -553,6 +558,160 @@ size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct
         used += take;
         if (s->have == s->need && server_advance(s, out))
             return used;
+    }
+    return used;
+}
+
+/* ---- the upstream's login, watched on its way to the client ---- */
+
+#define AUTH_OK         0
+#define BACKEND_KEY_MIN 4 /* protocol 3.0; 3.2 allows up to PG_MAX_CANCEL_KEY (A2) */
+
+void pg_login_watch_init(struct pg_login_watch *w)
+{
+    memset(w, 0, sizeof(*w));
+    w->state = PG_L_HEADER;
+}
+
+static size_t login_invalid(struct pg_login_watch *w, size_t used, const char *detail,
+                            enum pg_login_event *ev)
+{
+    w->state = PG_L_INVALID;
+    w->detail = detail;
+    *ev = PG_LOGIN_INVALID;
+    return used;
+}
+
+/* The header is complete: judge the length word before a byte of the body is looked at. Returns
+ * NULL or the failure detail. */
+static const char *login_header(struct pg_login_watch *w)
+{
+    uint32_t mlen = wire_be32(w->head + 1);
+    if (mlen < 4)
+        return "upstream message length below 4";
+    if (mlen > PG_LOGIN_MAX_MSG)
+        return "upstream message during login longer than 1048576 bytes";
+    w->body = mlen - 4;
+    w->seen = 0;
+    switch (w->head[0]) {
+    case 'R':
+        if (w->body < 4)
+            return "authentication request without a code";
+        break;
+    case 'K':
+        w->key.len = 0; /* until this one is whole */
+        if (w->body < 4 + BACKEND_KEY_MIN || w->body > 4 + PG_MAX_CANCEL_KEY)
+            return "BackendKeyData key length outside 4..256";
+        break;
+    case 'Z':
+        if (w->body != 1)
+            return "ReadyForQuery of wrong length";
+        /* A server that skipped authentication would hand the client a session dbtrust
+         * cannot count as logged in; no PostgreSQL server does. */
+        if (!w->auth_ok)
+            return "ReadyForQuery before AuthenticationOk";
+        break;
+    default:
+        break;
+    }
+    return NULL;
+}
+
+/* Keeps the body bytes that matter: the code of an 'R', the pid and key of a 'K'. */
+static void login_body(struct pg_login_watch *w, const uint8_t *in, size_t take)
+{
+    for (size_t i = 0; i < take; i++) {
+        uint32_t at = w->seen + (uint32_t)i;
+        if ((w->head[0] == 'R' || w->head[0] == 'K') && at < 4)
+            w->code[at] = in[i];
+        else if (w->head[0] == 'K')
+            w->key.key[at - 4] = in[i];
+        else
+            break; /* nothing else is kept */
+    }
+}
+
+/* A whole message went by. Returns true when it is an event (*ev set). */
+static bool login_message(struct pg_login_watch *w, enum pg_login_event *ev)
+{
+    switch (w->head[0]) {
+    case 'R':
+        if (wire_be32(w->code) != AUTH_OK)
+            return false; /* SASL, MD5, cleartext...: the exchange goes on */
+        if (w->body != 4) {
+            w->state = PG_L_INVALID;
+            w->detail = "AuthenticationOk of wrong length";
+            *ev = PG_LOGIN_INVALID;
+            return true;
+        }
+        w->auth_ok = true;
+        *ev = PG_LOGIN_AUTH_OK;
+        return true;
+    case 'K':
+        w->key.pid = wire_be32(w->code);
+        w->key.len = (uint16_t)(w->body - 4);
+        return false;
+    case 'Z':
+        w->state = PG_L_READY;
+        *ev = PG_LOGIN_READY;
+        return true;
+    case 'E':
+        w->state = PG_L_ERROR;
+        *ev = PG_LOGIN_ERROR;
+        return true;
+    default:
+        return false;
+    }
+}
+
+size_t pg_login_watch_feed(struct pg_login_watch *w, const uint8_t *in, size_t len,
+                           enum pg_login_event *ev)
+{
+    size_t used = 0;
+
+    *ev = PG_LOGIN_NEED_MORE;
+    switch (w->state) {
+    case PG_L_READY:
+        *ev = PG_LOGIN_READY;
+        return 0;
+    case PG_L_ERROR:
+        *ev = PG_LOGIN_ERROR;
+        return 0;
+    case PG_L_INVALID:
+        *ev = PG_LOGIN_INVALID;
+        return 0;
+    case PG_L_HEADER:
+    case PG_L_BODY:
+        break;
+    }
+    while (used < len) {
+        if (w->state == PG_L_HEADER) {
+            size_t take = sizeof(w->head) - w->have;
+            if (take > len - used)
+                take = len - used;
+            memcpy(w->head + w->have, in + used, take);
+            w->have += take;
+            used += take;
+            if (w->have < sizeof(w->head))
+                break;
+            w->have = 0;
+            const char *bad = login_header(w);
+            if (bad)
+                return login_invalid(w, used, bad, ev);
+            w->state = PG_L_BODY;
+        } else {
+            size_t take = w->body - w->seen;
+            if (take > len - used)
+                take = len - used;
+            login_body(w, in + used, take);
+            w->seen += (uint32_t)take;
+            used += take;
+        }
+        if (w->state == PG_L_BODY && w->seen == w->body) {
+            w->state = PG_L_HEADER;
+            if (login_message(w, ev))
+                return used;
+        }
     }
     return used;
 }

@@ -209,6 +209,64 @@ size_t pg_server_allocated(const struct pg_server *s);
  * memory". */
 size_t pg_server_feed(struct pg_server *s, const uint8_t *in, size_t len, struct pg_step *out);
 
+/* ---- watching the upstream's login after the relay started (A5, A7) ----
+ * dbtrust relays raw from the first 'R', so the password exchange passes untouched; whether the
+ * login succeeded is read from the same bytes on their way to the client, by their framing
+ * alone: type byte + Int32 length, only the header and the few body bytes that matter are kept,
+ * never a whole message. It reports AuthenticationOk ('R' with code 0), ReadyForQuery ('Z': the
+ * session is established; watching ends) and ErrorResponse ('E': the login failed; watching
+ * ends), and keeps BackendKeyData ('K') for cancel routing. */
+
+/* BackendKeyData: the key is 4 bytes in protocol 3.0, up to 256 in 3.2 (A2). */
+struct pg_backend_key {
+    uint32_t pid;
+    uint16_t len; /* 0: none received */
+    uint8_t key[PG_MAX_CANCEL_KEY];
+};
+
+/* Bound on one message during the login: far above anything a server sends there (SASL and GSS
+ * tokens are bounded by 65535 bytes, ParameterStatus values are short), low enough that a length
+ * word read from the wrong place is refused instead of swallowing the session. */
+#define PG_LOGIN_MAX_MSG (1u << 20)
+
+enum pg_login_event {
+    PG_LOGIN_NEED_MORE, /* all input consumed; the login goes on */
+    PG_LOGIN_AUTH_OK,   /* AuthenticationOk: the credentials were accepted; keep feeding */
+    PG_LOGIN_READY,     /* ReadyForQuery after AuthenticationOk: logged in; watching is over */
+    PG_LOGIN_ERROR,     /* ErrorResponse: the login failed (the server closes); watching is over */
+    PG_LOGIN_INVALID,   /* framing no server sends: w->detail; fail the connection */
+};
+
+enum pg_login_state { PG_L_HEADER, PG_L_BODY, PG_L_READY, PG_L_ERROR, PG_L_INVALID };
+
+struct pg_login_watch {
+    enum pg_login_state state;
+    bool auth_ok;              /* AuthenticationOk seen */
+    struct pg_backend_key key; /* the last BackendKeyData seen */
+    const char *detail;        /* PG_LOGIN_INVALID: static text */
+    uint8_t head[5];           /* type and length word of the current message */
+    uint8_t code[4];           /* 'R': the authentication code */
+    size_t have;               /* bytes of head read so far */
+    uint32_t body;             /* body length of the current message (length word - 4) */
+    uint32_t seen;             /* body bytes of it seen */
+};
+
+/* Ready to read the first byte the upstream sends after the StartupMessage. */
+void pg_login_watch_init(struct pg_login_watch *w);
+/* Reads up to len bytes of what the upstream sends; returns how many it consumed and sets *ev.
+ * Stops right after the byte that completes an event (AuthenticationOk, ReadyForQuery,
+ * ErrorResponse: at the end of that message), so call again with the rest while *ev is
+ * PG_LOGIN_AUTH_OK. Once READY, ERROR or INVALID every call consumes 0 and repeats it.
+ * Settled details (PG_LOGIN_INVALID, static w->detail): a length word below 4 ("upstream message
+ * length below 4"), above PG_LOGIN_MAX_MSG ("upstream message during login longer than 1048576
+ * bytes"), an 'R' shorter than its code ("authentication request without a code"), an
+ * AuthenticationOk with a body other than its code ("AuthenticationOk of wrong length"), a 'K'
+ * whose key is not 4..256 bytes ("BackendKeyData key length outside 4..256"), a 'Z' of another
+ * length than 5 ("ReadyForQuery of wrong length"), a 'Z' before AuthenticationOk
+ * ("ReadyForQuery before AuthenticationOk"). Other message types pass unread. */
+size_t pg_login_watch_feed(struct pg_login_watch *w, const uint8_t *in, size_t len,
+                           enum pg_login_event *ev);
+
 /* The gs2 channel-binding flag (RFC 5802 section 7) of a SCRAM SASLInitialResponse. */
 enum pg_sasl_flag {
     PG_SASL_NEED_MORE,

@@ -681,7 +681,7 @@ static void conn_free(struct px_conn *c)
         log_conn_end(c);
     px_counter_add(&c->wl->stats.conns_by_reason[c->reason], 1);
     if (!c->is_cancel) /* a cancel is the same application's second socket, not a session */
-        px_stats_app(&c->wl->stats, c->application_name);
+        px_stats_app(&c->wl->stats, c->application_name, c->login_ok);
     if (c->prev)
         c->prev->next = c->next;
     else

@@ -63,6 +63,10 @@ struct px_conn {
     uint64_t reset_by_ms; /* abort_client: reset by then even if the client has not read all */
     bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */
     bool quiet;  /* refused before any byte was read: counted, logged at a limited rate */
+    /* The upstream accepted the login (PostgreSQL: ReadyForQuery after AuthenticationOk; MySQL:
+     * the OK that ends authentication). Set by the driver; only such a session's application
+     * name may take a slot of the metrics' application table. */
+    bool login_ok;
     uint64_t connected_ns; /* upstream TCP connected (uv_hrtime): handshake latency */
     void *proto;           /* the driver's startup state */
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dbt_utf8.h"
 #include "px.h"
 #include "px_log.h"
 
@@ -25,7 +26,7 @@ void px_stats_handshake(struct px_listener_stats *s, uint64_t ns)
     px_counter_add(&s->hs_count, 1);
 }
 
-void px_stats_app(struct px_listener_stats *s, const char *app)
+void px_stats_app(struct px_listener_stats *s, const char *app, bool logged_in)
 {
     size_t n = atomic_load_explicit(&s->app_count, memory_order_relaxed); /* we are the writer */
     for (size_t i = 0; i < n; i++) {
@@ -34,11 +35,16 @@ void px_stats_app(struct px_listener_stats *s, const char *app)
             return;
         }
     }
-    if (n == PX_APPS_MAX) {
+    /* Only a session the upstream let in may claim a slot: anyone can send names, but a client
+     * without valid credentials cannot fill the table and push the real applications into
+     * "other" for the life of the process. */
+    if (n == PX_APPS_MAX || !logged_in) {
         px_counter_add(&s->apps_other, 1);
         return;
     }
-    dbt_strlcpy(s->apps[n].name, app, sizeof(s->apps[n].name));
+    /* Names are valid UTF-8 already (sanitised at capture); copying them the same way keeps
+     * the label valid even if a caller's buffer were longer than a slot. */
+    dbt_utf8_copy_cstr(s->apps[n].name, sizeof(s->apps[n].name), app);
     px_counter_add(&s->apps[n].connections, 1);
     /* Release: a reader that sees the new count also sees the name written above. */
     atomic_store_explicit(&s->app_count, n + 1, memory_order_release);
@@ -46,17 +52,29 @@ void px_stats_app(struct px_listener_stats *s, const char *app)
 
 /* ---- Prometheus text format ---- */
 
-/* A label value: backslash, double quote and line feed escaped, as the format requires. */
+/* A label value: backslash, double quote and line feed escaped, as the format requires, and
+ * valid UTF-8 whatever the bytes: Prometheus rejects the whole scrape over one label that is not.
+ * Names peers choose are already clean (sanitised at capture, dbt_utf8.h); this also covers what
+ * comes from elsewhere - certificate subjects, bundle paths, listener names - replacing each
+ * ill-formed part with U+FFFD, as at capture. */
 static void label(FILE *out, const char *v)
 {
+    const uint8_t *p = (const uint8_t *)v;
+    size_t left = strlen(v);
     fputc('"', out);
-    for (; *v; v++) {
-        if (*v == '\\' || *v == '"')
-            fputc('\\', out);
-        if (*v == '\n')
+    while (left > 0) {
+        uint32_t cp;
+        size_t n = dbt_utf8_next(p, left, &cp);
+        if (cp == DBT_UTF8_INVALID)
+            fputs(DBT_UTF8_REPLACEMENT, out);
+        else if (cp == '\\' || cp == '"')
+            fprintf(out, "\\%c", (char)cp);
+        else if (cp == '\n')
             fputs("\\n", out);
         else
-            fputc(*v, out);
+            fwrite(p, 1, n, out);
+        p += n;
+        left -= n;
     }
     fputc('"', out);
 }
@@ -182,7 +200,8 @@ static void applications(struct px_server *srv, FILE *out)
 {
     family(out, "dbtrust_application_connections_total", "counter",
            "Connections ended, by application_name (PostgreSQL) or program_name (MySQL); "
-           "names beyond the first 32 per worker count as other.");
+           "a name gets its own series once a session with it logged in (32 names per "
+           "worker), other connections count as other.");
     for (size_t i = 0; i < srv->listener_count; i++) {
         for (unsigned k = 0; k < srv->worker_count; k++) {
             struct px_listener_stats *s = &srv->workers[k].wls[i].stats;

@@ -6,6 +6,7 @@
 #define PX_METRICS_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -15,7 +16,9 @@
 #define PX_HS_BUCKET_BOUNDS 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 #define PX_HS_BUCKETS       12
 /* Distinct application names counted per worker and listener; later ones count as "other", so
- * a client cannot grow the metrics without bound by inventing names. */
+ * a client cannot grow the metrics without bound by inventing names. A name takes a slot only
+ * when a session with it logged in (px_stats_app), so clients that cannot log in cannot fill
+ * the table either. */
 #define PX_APPS_MAX 32
 #define PX_APP_NAME 64
 
@@ -52,8 +55,10 @@ struct px_listener_stats {
 
 /* Records one verified upstream handshake that took ns nanoseconds. */
 void px_stats_handshake(struct px_listener_stats *s, uint64_t ns);
-/* Counts one ended connection of application app ("" when the client gave none). */
-void px_stats_app(struct px_listener_stats *s, const char *app);
+/* Counts one ended connection of application app ("" when the client gave none; valid UTF-8,
+ * as captured). Under its own name if the name has a slot already, or if logged_in (the upstream
+ * accepted the login) and a slot is free; else under "other". */
+void px_stats_app(struct px_listener_stats *s, const char *app, bool logged_in);
 
 struct px_server;
 /* Writes every metric family in the Prometheus text format (version 0.0.4). */

@@ -114,6 +114,9 @@ static void run(struct px_conn *c, bool from_server, const uint8_t *data, size_t
             }
             if (px_leg_send(client, st.data, st.len) != 0)
                 return;
+            /* The upstream's OK ending authentication (an ERR starts with 0xFF): logged in. */
+            if (st.phase_end && st.len > MY_HEADER && st.data[MY_HEADER] == 0x00)
+                c->login_ok = true;
             if (st.phase_end && c->state == PX_CONN_RELAY) {
                 px_conn_set_timer(c, 0); /* logged in: no phase timer while relaying */
                 px_conn_startup_done(c);

@@ -33,6 +33,11 @@ struct px_pg {
     bool judging_sasl;
     size_t sasl_len;
     uint8_t sasl[PX_PG_SASL_JUDGE];
+    /* The upstream's messages from the StartupMessage on, read by their framing until the
+     * login ends (ReadyForQuery or an error): login_ok, and the BackendKeyData. While it
+     * watches, the relay is framed and server bytes pass through watch_login unchanged. */
+    bool watching;
+    struct pg_login_watch login;
 };
 
 static struct px_pg *pg_of(struct px_conn *c)
@@ -286,15 +291,54 @@ static void on_tls_ready(struct px_conn *c, struct px_leg *leg)
         return;
     }
     c->state = PX_CONN_SERVER_STARTUP;
+    pg_login_watch_init(&pg_of(c)->login);
+    pg_of(c)->watching = true;
     if (px_leg_send(leg, packet, plen) != 0)
         return;
     if (pg->early_len)
         px_leg_send(leg, pg->early, pg->early_len);
 }
 
+/* Feeds the login watcher what the upstream sent, before it goes anywhere. Returns false if the
+ * connection failed (framing no server sends). defer: the startup machine reads the same bytes
+ * next and names the fault in its own words; a fault only the watcher sees is reported when
+ * that machine hands over to the relay (on_server_data). */
+static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len, bool defer)
+{
+    struct px_pg *pg = pg_of(c);
+    while (pg->watching) {
+        enum pg_login_event ev;
+        size_t used = pg_login_watch_feed(&pg->login, data, len, &ev);
+        data += used;
+        len -= used;
+        switch (ev) {
+        case PG_LOGIN_NEED_MORE:
+            return true;
+        case PG_LOGIN_AUTH_OK:
+            continue;
+        case PG_LOGIN_READY:
+        case PG_LOGIN_ERROR: /* the login is over either way */
+            if (ev == PG_LOGIN_READY)
+                c->login_ok = true;
+            pg->watching = false;
+            c->framed = pg->judging_sasl; /* raw again, unless the client's side still is */
+            return true;
+        case PG_LOGIN_INVALID:
+            pg->watching = false;
+            if (defer)
+                return true;
+            px_conn_fail(c, DBT_UPSTREAM_PROTOCOL_ERROR, pg->login.detail);
+            return false;
+        }
+    }
+    return true;
+}
+
 static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
 {
     struct pg_server *ps = &startup_of(c)->server;
+    if (!watch_login(c, data, len, true))
+        return;
     while (!c->closing && c->state == PX_CONN_SERVER_STARTUP) {
         struct pg_step st;
         size_t used = pg_server_feed(ps, data, len, &st);
@@ -308,11 +352,19 @@ static void on_server_data(struct px_conn *c, const uint8_t *data, size_t len)
                 return;
             continue;
         case PG_RELAY:
+            if (pg_of(c)->login.state == PG_L_INVALID) { /* framing the watcher refused */
+                px_conn_fail(c, DBT_UPSTREAM_PROTOCOL_ERROR, pg_of(c)->login.detail);
+                return;
+            }
             /* Over a TLS client leg the first SASL message is judged first (judge_sasl). */
             if (ps->sasl_offered && px_conn_client(c)->tls_up) {
                 pg_of(c)->judging_sasl = true;
                 c->framed = true;
             }
+            /* The login goes on past the first 'R' (a password exchange): the server's
+             * bytes keep passing the watcher until it ends. */
+            if (pg_of(c)->watching)
+                c->framed = true;
             startup_free(c); /* data points into the read buffer, not into the startup state */
             px_conn_start_relay(c, data, len);
             return;
@@ -350,7 +402,7 @@ static void judge_sasl(struct px_conn *c, const uint8_t *data, size_t len)
         return;
     }
     pg->judging_sasl = false;
-    c->framed = false;
+    c->framed = pg->watching; /* the server's side may still be watched */
     struct px_leg *up = px_conn_upstream(c);
     if (px_leg_send(up, pg->sasl, pg->sasl_len) != 0)
         return;
@@ -362,12 +414,13 @@ static void judge_sasl(struct px_conn *c, const uint8_t *data, size_t len)
 
 static void on_bytes(struct px_conn *c, struct px_leg *from, const uint8_t *data, size_t len)
 {
-    if (c->state == PX_CONN_RELAY) { /* framed only while judging the SASL message */
+    if (c->state == PX_CONN_RELAY) { /* framed while judging SASL or watching the login */
         if (from->side == PX_CLIENT && pg_of(c)->judging_sasl)
             judge_sasl(c, data, len);
-        else
-            px_leg_send(from->side == PX_CLIENT ? px_conn_upstream(c) : px_conn_client(c), data,
-                        len);
+        else if (from->side == PX_CLIENT)
+            px_leg_send(px_conn_upstream(c), data, len);
+        else if (watch_login(c, data, len, false)) /* unchanged, once the watcher saw them */
+            px_leg_send(px_conn_client(c), data, len);
         return;
     }
     if (from->side == PX_CLIENT && pg_of(c) == NULL) { /* the first byte */

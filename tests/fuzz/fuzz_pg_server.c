@@ -7,7 +7,13 @@
  * Flags bits 3-7, k: when k > 0, the machine's allocation number k - 1 (one per message, one
  * more for a SASL rewrite) fails; it must become PG_FAIL DBT_INTERNAL_ERROR "out of memory".
  * After every call the machine holds exactly the message being read (its announced length,
- * nothing before its header is complete) or the one just handed out, and its rewrite. */
+ * nothing before its header is complete) or the one just handed out, and its rewrite.
+ *
+ * The same stream, in the same chunks, also goes through the login watcher (pg_login_watch_feed,
+ * issue 15), which reads the whole login by framing only: it must never consume what it was not
+ * given, stop right after each event, repeat its end once finished, keep a key of 4..256 bytes,
+ * and agree with itself however the stream is cut. */
+#include "dbt_util.h"
 #include "fuzz_common.h"
 #include "pg.h"
 #include "wire.h"
@@ -16,7 +22,49 @@ struct outcome {
     struct fuzz_trace t;
     size_t consumed;
     struct pg_server *s;
+    struct pg_login_watch w; /* the watcher at the end */
+    enum pg_login_event events[64];
+    size_t n_events, watch_consumed;
 };
+
+/* The login watcher over the whole input, in the chunks cuts gives. */
+static void watch(const uint8_t *in, size_t len, struct fuzz_cuts cuts, uint8_t fill,
+                  struct outcome *o)
+{
+    struct pg_login_watch *w = &o->w;
+    memset(w, fill, sizeof *w);
+    pg_login_watch_init(w);
+    size_t pos = 0, end = fuzz_cut(&cuts, len);
+    for (size_t guard = 0;; guard++) {
+        FUZZ_CHECK(guard <= 2 * len + 16, "watcher makes no progress");
+        enum pg_login_event ev;
+        size_t n = pg_login_watch_feed(w, in + pos, end - pos, &ev);
+        FUZZ_CHECK(n <= end - pos, "watcher consumed %zu of %zu", n, end - pos);
+        pos += n;
+        FUZZ_CHECK(w->key.len == 0 || (w->key.len >= 4 && w->key.len <= PG_MAX_CANCEL_KEY),
+                   "key of %u bytes", w->key.len);
+        if (ev == PG_LOGIN_NEED_MORE) {
+            FUZZ_CHECK(pos == end, "PG_LOGIN_NEED_MORE left input");
+            if (end == len)
+                break;
+            end += fuzz_cut(&cuts, len - end);
+            continue;
+        }
+        if (o->n_events < DBT_ARRAY_LEN(o->events))
+            o->events[o->n_events++] = ev;
+        if (ev == PG_LOGIN_AUTH_OK) {
+            FUZZ_CHECK(w->auth_ok, "AuthenticationOk not remembered");
+            continue;
+        }
+        FUZZ_CHECK(ev != PG_LOGIN_READY || w->auth_ok, "ready before AuthenticationOk");
+        FUZZ_CHECK(ev != PG_LOGIN_INVALID || w->detail != NULL, "invalid without a detail");
+        enum pg_login_event again;
+        FUZZ_CHECK(pg_login_watch_feed(w, in, len, &again) == 0 && again == ev,
+                   "finished watcher consumed or changed its answer");
+        break;
+    }
+    o->watch_consumed = pos;
+}
 
 /* The AuthenticationSASL the client should see for msg[0, n) ('R', length, code 10, list):
  * written to out, its length returned; 0 if the list is malformed or has no mechanism left. */
@@ -91,6 +139,7 @@ static void run(const uint8_t *in, size_t len, uint8_t flags, struct fuzz_cuts c
     pg_server_init(s);
     memset(o, 0, sizeof *o);
     o->s = s;
+    watch(in, len, cuts, fill, o); /* cuts is a copy: the machine below replays the same */
     wire_alloc_fail_after(fail_at);
 
     size_t pos = 0, msg_start = 0, end = fuzz_cut(&cuts, len);
@@ -166,6 +215,14 @@ static void same(const struct outcome *a, const struct outcome *b, const char *h
     const uint8_t *y = b->s->state == PG_S_BODY ? b->s->msg : b->s->head;
     FUZZ_CHECK(memcmp(x, y, a->s->have) == 0, "%s: buffered bytes", how);
     FUZZ_CHECK(pg_server_allocated(a->s) == pg_server_allocated(b->s), "%s: memory held", how);
+    FUZZ_CHECK(a->n_events == b->n_events &&
+                   memcmp(a->events, b->events, a->n_events * sizeof a->events[0]) == 0,
+               "%s: watcher events", how);
+    FUZZ_CHECK(a->watch_consumed == b->watch_consumed && a->w.state == b->w.state &&
+                   a->w.auth_ok == b->w.auth_ok && a->w.key.len == b->w.key.len &&
+                   a->w.key.pid == b->w.key.pid &&
+                   memcmp(a->w.key.key, b->w.key.key, a->w.key.len) == 0,
+               "%s: watcher state", how);
 }
 
 static void outcome_free(struct outcome *o)

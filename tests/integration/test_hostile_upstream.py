@@ -608,6 +608,10 @@ def pg_peers():
         "pg-oversized-error": (pg_script_after_tls(fx.pg_error_response(
             {"S": "FATAL", "C": "XX000", "M": "x" * 40000})), {}),
         "pg-close-after-tls": (pg_script_after_tls(b"", then_close=True), {}),
+        # Issue 15: the login watcher reads the whole login; a BackendKeyData with a 300-byte key
+        # (the bound is 256, PROTOCOLS.md A2) after AuthenticationOk is refused, not relayed.
+        "pg-bad-backend-key": (pg_script_after_tls(
+            pg_auth(0) + pg_message(b"K", struct.pack("!I", 4242) + b"k" * 300)), {}),
         "pg-renegotiate": (pg_script_renegotiate, {}),
         "pg-key-update": (pg_script_key_update, {}),
         "pg-end-truncate": (pg_script_session_end("truncate"), {}),
@@ -1001,6 +1005,15 @@ class TestPgAfterTls(HostileTestCase):
 
     def test_close_after_tls(self):
         self.assert_pg_refused("pg-close-after-tls", "upstream_reset")
+
+    def test_backend_key_over_256_bytes_after_authentication_ok(self):
+        mark = W.dbtrust.mark()
+        with self.assertRaises(psycopg2.OperationalError) as caught:
+            psycopg2.connect(pg_dsn("pg-bad-backend-key", app=unique("pg-bad-key"))).close()
+        self.assertIn("(upstream_protocol_error)", str(caught.exception))
+        self.assertIn("BackendKeyData key length outside 4..256", str(caught.exception))
+        self.assert_conn_ends("pg-bad-backend-key", "upstream_protocol_error", mark, 1)
+        self.assert_good_listeners_serve()
 
 
 def read_end_of_session(sock):

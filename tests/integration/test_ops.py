@@ -7,11 +7,13 @@ Servers: pg-main (root A -> intermediate A -> leaf), pg-short (a leaf under inte
 expires in 5 days), maria (leaf). The main dbtrust trusts root A plus a root expiring in 10 days
 and an expired root, so every expiry warning has something to say.
 """
+import hashlib
 import json
 import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -227,6 +229,163 @@ class TestAdminUnderManyDescriptors(unittest.TestCase):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+# -- names clients choose (issue 15): valid UTF-8 everywhere, and no table flooding ------------
+
+def shown(raw, cap=64):
+    """What dbtrust keeps of a name a client sent (common/dbt_utf8.h): each ill-formed part and
+    each control character becomes U+FFFD, then the text is cut to cap - 1 bytes on a character
+    boundary."""
+    text = "".join("\ufffd" if ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F else ch
+                   for ch in raw.decode("utf-8", errors="replace"))
+    while len(text.encode()) > cap - 1:
+        text = text[:-1]
+    return text
+
+
+def prom_label(text):
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def logfmt_value(line, key):
+    """The unescaped value of key= in a text log line."""
+    m = re.search(r"(?:^| )" + key + r'=("(?:[^"\\]|\\.)*"|\S*)', line)
+    assert m, f"no {key}= in {line!r}"
+    v = m.group(1)
+    if not v.startswith('"'):
+        return v
+    return re.sub(r"\\(.)", lambda e: e.group(1), v[1:-1])
+
+
+def pg_md5_login(port, app, password=fx.PG_MD5_PASSWORD):
+    """A PostgreSQL login over a raw socket with application_name given as bytes, whatever they
+    are (libpq and psycopg2 only send text). md5 auth. Returns the message types read, ending
+    with 'Z' (logged in) or 'E'."""
+    body = struct.pack("!I", fx.PG_PROTOCOL_3_0)
+    params = ((b"user", fx.PG_MD5_USER.encode()), (b"database", fx.PG_APP_DATABASE.encode()),
+              (b"application_name", app))
+    for name, value in params:
+        body += name + b"\0" + value + b"\0"
+    body += b"\0"
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        seen = []
+        while True:
+            mtype, payload = fx.pg_read_message(sock)
+            seen.append(mtype)
+            if mtype == "R" and fx.pg_auth_code(payload) == 5:
+                inner = hashlib.md5((password + fx.PG_MD5_USER).encode()).hexdigest()
+                digest = "md5" + hashlib.md5(inner.encode() + payload[4:8]).hexdigest()
+                msg = digest.encode() + b"\0"
+                sock.sendall(b"p" + struct.pack("!I", len(msg) + 4) + msg)
+            elif mtype in ("Z", "E"):
+                if mtype == "Z":
+                    sock.sendall(b"X\0\0\0\x04")  # Terminate
+                return seen
+    finally:
+        sock.close()
+
+
+def http_bytes(path, port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+        return resp.read()
+
+
+class TestClientChosenNames(unittest.TestCase):
+    """application_name / program_name are the client's to choose. dbtrust keeps them as valid
+    UTF-8 (cut on a character boundary, anything else replaced), so /metrics stays a scrape
+    Prometheus accepts and the log shows the same text; and a name takes a slot of the per-worker
+    application table (32 names) only once its session logged in, so clients that cannot log in
+    cannot push real applications into "other". One worker: one table."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.admin = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, admin=f"127.0.0.1:{cls.admin}")
+        cls.pg = cfg.add_listener("names", "postgres", f"localhost:{W.pg.port}")
+        cls.my = cfg.add_listener("mynames", "mysql", f"localhost:{W.maria.port}")
+        cls.d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-names").start()
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", cls.admin), 5, what="admin endpoint")
+
+    def scrape(self):
+        """/metrics, decoded strictly (a UnicodeDecodeError fails the test), and linted."""
+        raw = http_bytes("/metrics", self.admin)
+        text = raw.decode("utf-8", errors="strict")
+        lint = subprocess.run(["promtool", "check", "metrics"], input=raw, capture_output=True,
+                              timeout=30)
+        self.assertEqual(lint.returncode, 0, (lint.stdout + lint.stderr).decode(errors="replace"))
+        return text
+
+    def conn_end_lines(self, mark, count):
+        """The conn_end lines of the log since mark (raw bytes, decoded strictly)."""
+        def lines():
+            with open(self.d.log_path, "rb") as f:
+                data = f.read().splitlines()[mark:]
+            return [ln.decode("utf-8", errors="strict") for ln in data if b" conn_end " in ln]
+        fx.wait_for(lambda: len(lines()) >= count, 10, what=f"{count} conn_end lines")
+        return lines()
+
+    def test_names_become_valid_utf8_in_metrics_and_log(self):
+        names = [
+            b"ops-\xff-app",  # a byte no UTF-8 text has
+            b"n" * 62 + "\u20ac".encode() + b"tail",  # a 3-byte character across byte 63
+            # overlong '/', a surrogate, beyond U+10FFFF, a sequence cut short
+            b"bad-\xc0\xaf-\xed\xa0\x80-\xf4\x90\x80\x80-\xe2\x82",
+            b'q"b\\s\x1b[2J\x7f-\xc2\x9b',  # label escapes; C0, DEL and C1 controls
+            "caf\u00e9-\U0001f600".encode(),  # valid text is kept as it is
+        ]
+        mark = self.d.mark()
+        for raw in names:
+            self.assertEqual(pg_md5_login(self.pg.port, raw)[-1], "Z", raw)
+        logged = [logfmt_value(line, "app") for line in self.conn_end_lines(mark, len(names))]
+        text = self.scrape()
+        for raw in names:
+            want = shown(raw)
+            self.assertIn(want, logged, f"conn_end shows {want!r} for {raw!r}")
+            self.assertEqual(metric(text, "dbtrust_application_connections_total",
+                                    listener="names", application=prom_label(want)), 1,
+                             f"series for {raw!r}")
+        self.assertEqual(shown(names[1]), "n" * 62)  # the straddling character dropped whole
+
+    def test_failed_logins_cannot_take_application_slots(self):
+        mark = self.d.mark()
+        for i in range(40):
+            with self.assertRaises(psycopg2.OperationalError):
+                psycopg2.connect(host="127.0.0.1", port=self.pg.port, user=fx.PG_APP_USER,
+                                 password="wrong", dbname=fx.PG_APP_DATABASE, sslmode="disable",
+                                 application_name=f"flood-{i}", connect_timeout=5).close()
+        for i in range(3):
+            with self.assertRaises(pymysql.err.OperationalError):
+                pymysql.connect(host="127.0.0.1", port=self.my.port, user=fx.MY_NATIVE_USER,
+                                password="wrong", database=fx.MY_APP_DATABASE, ssl_disabled=True,
+                                program_name=f"myflood-{i}", connect_timeout=5).close()
+        conn = psycopg2.connect(host="127.0.0.1", port=self.pg.port, user=fx.PG_APP_USER,
+                                password=fx.PG_APP_PASSWORD, dbname=fx.PG_APP_DATABASE,
+                                sslmode="disable", application_name="real-app", connect_timeout=5)
+        conn.cursor().execute("select 1")
+        conn.close()
+        conn = pymysql.connect(host="127.0.0.1", port=self.my.port, user=fx.MY_NATIVE_USER,
+                               password=fx.MY_NATIVE_PASSWORD, database=fx.MY_APP_DATABASE,
+                               ssl_disabled=True, program_name="real-mysql-app")
+        conn.cursor().execute("select 1")
+        conn.close()
+        lines = self.conn_end_lines(mark, 45)
+        self.assertEqual(len([ln for ln in lines if "app=flood-" in ln]), 40)
+        self.assertEqual(len([ln for ln in lines if "app=myflood-" in ln]), 3)
+        text = self.scrape()
+        self.assertEqual(metric(text, "dbtrust_application_connections_total", listener="names",
+                                application="real-app"), 1)
+        self.assertEqual(metric(text, "dbtrust_application_connections_total", listener="mynames",
+                                application="real-mysql-app"), 1)
+        self.assertGreaterEqual(metric(text, "dbtrust_application_connections_total",
+                                       listener="names", application="other"), 40)
+        # (the readiness probes of the fixture, which never log in, count as other too)
+        self.assertGreaterEqual(metric(text, "dbtrust_application_connections_total",
+                                       listener="mynames", application="other"), 3)
+        self.assertNotIn('application="flood-', text)
+        self.assertNotIn('application="myflood-', text)
+
+
 class TestReloadEndpoint(unittest.TestCase):
     """POST /reload applies a change no file event announced (a rewrite through mmap)."""
 
@@ -298,7 +457,9 @@ class TestLogs(unittest.TestCase):
         ends = [r for r in records if r.get("event") == "conn_end" and r.get("listener") == "orders"
                 and r.get("user") == fx.PG_APP_USER]
         self.assertEqual(len(ends), 1, ends)
-        self.assertEqual(ends[0]["app"], app)  # quotes, tab and control byte survive, escaped
+        # Quotes and non-ASCII survive (escaped by JSON); control characters never reach a log:
+        # they are replaced by U+FFFD when the name is read (issue 15, common/dbt_utf8.h).
+        self.assertEqual(ends[0]["app"], 'ops "json"\ufffdapp\ufffd\u00e9')
         self.assertEqual(ends[0]["reason"], "client_closed")
         self.assertTrue(ends[0]["tls"].startswith("TLSv1."))
         text = d.output_text()

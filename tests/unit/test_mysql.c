@@ -2466,3 +2466,34 @@ Test(mysql_memory, wipe_at_every_point)
     expect_wipe_anywhere(&f.cfg, m.e, 7);
     my_rsa_free(f.key);
 }
+
+/* Issue 15: user, database and program_name are kept as valid UTF-8 without control characters
+ * (dbt_utf8.h) for the log and the metric label; the packet itself goes upstream verbatim. */
+Test(mysql, names_sanitised_to_valid_utf8)
+{
+    struct login l;
+    uint8_t p[400];
+    char program[80];
+    memset(program, 'p', 62);
+    memcpy(program + 62, "\xE2\x82\xAC", 4); /* € straddles byte 63 */
+    l.greet_len = pkt(l.greet, 0, mariadb_greeting, sizeof mariadb_greeting);
+    size_t n = response(p, "ap\xFFp", 20, "sh\xC0\xAFop\n", "mysql_native_password", program);
+    l.resp_len = pkt(l.resp, 1, p, n);
+    memcpy(l.resp_out, l.resp, l.resp_len);
+    l.resp_out[3] = 2;
+    l.resp_out[5] |= 0x08;
+    struct ev e[MAX_EVENTS];
+    size_t ne = login_events(e, &l);
+    struct trace t;
+    struct my_session *s;
+
+    run_all(&tcp_nokey, e, ne, &t, &s);
+    cr_assert_eq(t.n, 4);
+    expect(&t, 3, TLS_READY, MY_SEND_SERVER, l.resp_out, l.resp_len); /* verbatim */
+    cr_assert_str_eq(s->user, "ap\xEF\xBF\xBDp");
+    cr_assert_str_eq(s->database, "sh\xEF\xBF\xBD\xEF\xBF\xBDop\xEF\xBF\xBD");
+    cr_assert_eq(strlen(s->program_name), 62, "the straddling character is dropped whole");
+    cr_assert_eq(strncmp(s->program_name, program, 62), 0);
+    trace_free(&t);
+    session_free(s);
+}

@@ -2132,3 +2132,287 @@ Test(pg_server_memory, free_at_every_point)
         }
     }
 }
+
+/* ---- the login watcher (issue 15) ---- */
+
+TestSuite(pg_login);
+
+#define LOGIN_EVENTS 8
+
+struct login_trace {
+    enum pg_login_event ev[LOGIN_EVENTS];
+    size_t n;
+    size_t consumed;
+    struct pg_login_watch w; /* the watcher at the end */
+};
+
+/* Feeds a first chunk of `first` bytes, then chunks of `rest`; records every event but
+ * PG_LOGIN_NEED_MORE, up to the first one that ends the watch. */
+static void login_run(const uint8_t *in, size_t len, size_t first, size_t rest,
+                      struct login_trace *t)
+{
+    size_t pos = 0;
+    size_t end = first < len ? first : len;
+
+    memset(t, 0, sizeof *t);
+    pg_login_watch_init(&t->w);
+    for (int guard = 0; guard < 100000; guard++) {
+        enum pg_login_event ev;
+        size_t n = pg_login_watch_feed(&t->w, in + pos, end - pos, &ev);
+        cr_assert_leq(n, end - pos);
+        pos += n;
+        t->consumed = pos;
+        if (ev == PG_LOGIN_NEED_MORE) {
+            cr_assert_eq(pos, end, "PG_LOGIN_NEED_MORE left input unconsumed");
+        } else {
+            cr_assert_lt(t->n, LOGIN_EVENTS);
+            t->ev[t->n++] = ev;
+            if (ev != PG_LOGIN_AUTH_OK) {
+                /* A finished watch consumes nothing and repeats its end. */
+                enum pg_login_event again;
+                cr_assert_eq(pg_login_watch_feed(&t->w, in, len, &again), 0);
+                cr_assert_eq(again, ev);
+                return;
+            }
+        }
+        if (pos == len)
+            return;
+        if (pos == end)
+            end += rest < len - end ? rest : len - end;
+    }
+    cr_assert_fail("watcher makes no progress");
+}
+
+static void login_same(const struct login_trace *a, const struct login_trace *b, const char *how,
+                       size_t k)
+{
+    cr_assert_eq(a->n, b->n, "%s %zu: %zu events instead of %zu", how, k, b->n, a->n);
+    for (size_t i = 0; i < a->n; i++)
+        cr_assert_eq(a->ev[i], b->ev[i], "%s %zu: event %zu differs", how, k, i);
+    cr_assert_eq(a->consumed, b->consumed, "%s %zu: consumed", how, k);
+    cr_assert_eq(a->w.state, b->w.state, "%s %zu: state", how, k);
+    cr_assert_eq(a->w.auth_ok, b->w.auth_ok, "%s %zu: auth_ok", how, k);
+    cr_assert_eq(a->w.key.pid, b->w.key.pid, "%s %zu: pid", how, k);
+    cr_assert_eq(a->w.key.len, b->w.key.len, "%s %zu: key length", how, k);
+    cr_assert_arr_eq(a->w.key.key, b->w.key.key, a->w.key.len, "%s %zu: key", how, k);
+    if (a->w.detail || b->w.detail)
+        cr_assert_str_eq(a->w.detail, b->w.detail, "%s %zu: detail", how, k);
+}
+
+/* Whole, split at every offset, byte by byte: all agree. Returns the whole run. */
+static void login_all(const uint8_t *in, size_t len, struct login_trace *whole)
+{
+    login_run(in, len, len, len, whole);
+    for (size_t k = 1; k < len; k++) {
+        struct login_trace t;
+        login_run(in, len, k, SIZE_MAX, &t);
+        login_same(whole, &t, "split at", k);
+    }
+    struct login_trace t;
+    login_run(in, len, 1, 1, &t);
+    login_same(whole, &t, "byte by byte", 1);
+}
+
+/* Appends one message: type, length word, body. */
+static size_t msg(uint8_t *b, size_t at, char type, const void *body, size_t n)
+{
+    b[at] = (uint8_t)type;
+    be32(b + at + 1, (uint32_t)(4 + n));
+    return put(b, at + 5, body, n);
+}
+
+static size_t auth(uint8_t *b, size_t at, uint32_t code)
+{
+    uint8_t c[4];
+    be32(c, code);
+    return msg(b, at, 'R', c, 4);
+}
+
+/* BackendKeyData with pid 4242 and a key of key_len bytes 0x10, 0x11, ... */
+static size_t backend_key(uint8_t *b, size_t at, size_t key_len)
+{
+    uint8_t body[4 + 300];
+    be32(body, 4242);
+    for (size_t i = 0; i < key_len; i++)
+        body[4 + i] = (uint8_t)(0x10 + i);
+    return msg(b, at, 'K', body, 4 + key_len);
+}
+
+static size_t after_auth(uint8_t *b, size_t at, size_t key_len)
+{
+    at = msg(b, at, 'S', "application_name\0psql\0", 22);
+    at = msg(b, at, 'S',
+             "server_version\0"
+             "15.8\0",
+             20);
+    at = backend_key(b, at, key_len);
+    return msg(b, at, 'Z', "I", 1);
+}
+
+static void expect_key(const struct pg_login_watch *w, size_t key_len)
+{
+    cr_assert_eq(w->key.pid, 4242);
+    cr_assert_eq(w->key.len, key_len);
+    for (size_t i = 0; i < key_len; i++)
+        cr_assert_eq(w->key.key[i], (uint8_t)(0x10 + i));
+}
+
+Test(pg_login, trust_login_3_0_key)
+{
+    uint8_t in[512];
+    size_t n = after_auth(in, auth(in, 0, 0), 4);
+    n = put(in, n, "Q\0\0\0\x0dselect 1\0", 14); /* the session's first bytes: not read */
+    struct login_trace t;
+    login_all(in, n, &t);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.ev[0], PG_LOGIN_AUTH_OK);
+    cr_assert_eq(t.ev[1], PG_LOGIN_READY);
+    cr_assert_eq(t.consumed, n - 14, "stops right after ReadyForQuery");
+    cr_assert(t.w.auth_ok);
+    expect_key(&t.w, 4);
+}
+
+Test(pg_login, scram_login_3_2_keys)
+{
+    static const size_t keys[] = {32, 256};
+    for (size_t k = 0; k < DBT_ARRAY_LEN(keys); k++) {
+        uint8_t in[1024];
+        size_t n = put(in, 0, neg_version, sizeof neg_version);
+        n = put(in, n, sasl_both, sizeof sasl_both);
+        n = msg(in, n, 'R', "\0\0\0\x0br=nonce,s=salt,i=4096", 26); /* SASLContinue */
+        n = msg(in, n, 'R', "\0\0\0\x0cv=proof", 11);               /* SASLFinal */
+        n = msg(in, n, 'N', "SNOTICE\0Mhello\0\0", 16);
+        n = after_auth(in, auth(in, n, 0), keys[k]);
+        struct login_trace t;
+        login_all(in, n, &t);
+        cr_assert_eq(t.n, 2);
+        cr_assert_eq(t.ev[0], PG_LOGIN_AUTH_OK);
+        cr_assert_eq(t.ev[1], PG_LOGIN_READY);
+        cr_assert_eq(t.consumed, n);
+        expect_key(&t.w, keys[k]);
+    }
+}
+
+Test(pg_login, wrong_password_is_an_error)
+{
+    static const char err[] = "SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed\0\0";
+    uint8_t in[512];
+    size_t n = put(in, 0, md5_req, sizeof md5_req);
+    n = msg(in, n, 'E', err, sizeof err - 1);
+    struct login_trace t;
+    login_all(in, n, &t);
+    cr_assert_eq(t.n, 1);
+    cr_assert_eq(t.ev[0], PG_LOGIN_ERROR);
+    cr_assert_eq(t.consumed, n);
+    cr_assert(!t.w.auth_ok);
+    cr_assert_eq(t.w.key.len, 0);
+}
+
+Test(pg_login, error_after_authentication_ok)
+{
+    /* "database does not exist" comes after AuthenticationOk: not logged in. */
+    static const char err[] = "SFATAL\0C3D000\0Mdatabase \"x\" does not exist\0\0";
+    uint8_t in[256];
+    size_t n = msg(in, auth(in, 0, 0), 'E', err, sizeof err - 1);
+    struct login_trace t;
+    login_all(in, n, &t);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.ev[0], PG_LOGIN_AUTH_OK);
+    cr_assert_eq(t.ev[1], PG_LOGIN_ERROR);
+    cr_assert_eq(t.w.state, PG_L_ERROR);
+}
+
+Test(pg_login, long_messages_pass_unbuffered)
+{
+    /* A NoticeResponse of 64 KiB: read by its length, never held. */
+    size_t body = 65536;
+    uint8_t *in = malloc(body + 64);
+    cr_assert_not_null(in);
+    in[0] = 'N';
+    be32(in + 1, (uint32_t)(4 + body));
+    memset(in + 5, 'x', body);
+    size_t n = 5 + body;
+    n = msg(in, auth(in, n, 0), 'Z', "I", 1);
+    struct login_trace t;
+    login_run(in, n, n, n, &t);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.ev[1], PG_LOGIN_READY);
+    login_run(in, n, 1, 1, &t);
+    cr_assert_eq(t.n, 2);
+    cr_assert_eq(t.ev[1], PG_LOGIN_READY);
+    free(in);
+}
+
+/* Framing no server sends: fail closed with a clear detail, at every cut. */
+static void expect_login_invalid(const uint8_t *in, size_t n, size_t events, const char *detail)
+{
+    struct login_trace t;
+    login_all(in, n, &t);
+    cr_assert_eq(t.n, events + 1);
+    cr_assert_eq(t.ev[events], PG_LOGIN_INVALID);
+    cr_assert_eq(t.w.state, PG_L_INVALID);
+    cr_assert_str_eq(t.w.detail, detail);
+}
+
+Test(pg_login, invalid_framing_fails_closed)
+{
+    uint8_t in[1024];
+    size_t n;
+
+    n = put(in, 0, "S\0\0\0\x03", 5);
+    expect_login_invalid(in, n, 0, "upstream message length below 4");
+    n = put(in, 0, "N\x00\x10\x00\x01", 5); /* 1 MiB + 1 */
+    expect_login_invalid(in, n, 0, "upstream message during login longer than 1048576 bytes");
+    n = put(in, 0, "\x16\x03\x01\x02\x00", 5); /* a TLS record where a message should be */
+    expect_login_invalid(in, n, 0, "upstream message during login longer than 1048576 bytes");
+    n = msg(in, 0, 'R', "\0\0", 2);
+    expect_login_invalid(in, n, 0, "authentication request without a code");
+    n = msg(in, 0, 'R', "\0\0\0\0\0\0\0\0", 8);
+    expect_login_invalid(in, n, 0, "AuthenticationOk of wrong length");
+    n = backend_key(in, auth(in, 0, 0), 3);
+    expect_login_invalid(in, n, 1, "BackendKeyData key length outside 4..256");
+    n = backend_key(in, auth(in, 0, 0), 257);
+    expect_login_invalid(in, n, 1, "BackendKeyData key length outside 4..256");
+    n = msg(in, auth(in, 0, 0), 'Z', "II", 2);
+    expect_login_invalid(in, n, 1, "ReadyForQuery of wrong length");
+    n = msg(in, put(in, 0, md5_req, sizeof md5_req), 'Z', "I", 1);
+    expect_login_invalid(in, n, 0, "ReadyForQuery before AuthenticationOk");
+}
+
+Test(pg_login, largest_message_accepted)
+{
+    /* Exactly PG_LOGIN_MAX_MSG: passes (fed as a header and a body length, not built). */
+    struct pg_login_watch w;
+    enum pg_login_event ev;
+    uint8_t head[5] = {'N'};
+    be32(head + 1, PG_LOGIN_MAX_MSG);
+    pg_login_watch_init(&w);
+    cr_assert_eq(pg_login_watch_feed(&w, head, 5, &ev), 5);
+    cr_assert_eq(ev, PG_LOGIN_NEED_MORE);
+    cr_assert_eq(w.state, PG_L_BODY);
+    cr_assert_eq(w.body, PG_LOGIN_MAX_MSG - 4);
+}
+
+/* ---- names from the StartupMessage are kept as valid UTF-8 (issue 15) ---- */
+
+Test(pg_client, idents_sanitised_to_valid_utf8)
+{
+    char app[80];
+    memset(app, 'a', 62);
+    memcpy(app + 62, "\xE2\x82\xAC", 4); /* € straddles byte 63, then the NUL */
+    const char *const kv[] = {
+        "user", "bob\xFF", "database", "d\xC3\xA9j\xC3\xA0\x1B[2J", "application_name", app, NULL};
+    uint8_t m[600];
+    size_t mlen = startup(m, 0x00030000u, kv);
+    struct trace t;
+    struct pg_client *c;
+
+    run_all(CLIENT, m, mlen, &t, (void **)&c);
+    expect_data(&t, 0, PG_DIAL_UPSTREAM, m, mlen); /* the packet itself goes on verbatim */
+    cr_assert_str_eq(c->user, "bob\xEF\xBF\xBD");
+    cr_assert_str_eq(c->database, "d\xC3\xA9j\xC3\xA0\xEF\xBF\xBD[2J");
+    cr_assert_eq(strlen(c->application_name), 62, "the straddling character is dropped whole");
+    cr_assert_eq(strncmp(c->application_name, app, 62), 0);
+    trace_free(&t);
+    client_free(c);
+}
