@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "px_cancel.h"
 #include "px_conn.h"
 #include "px_drivers.h"
 #include "px_log.h"
@@ -38,6 +39,10 @@ struct px_pg {
      * watches, the relay is framed and server bytes pass through watch_login unchanged. */
     bool watching;
     struct pg_login_watch login;
+    /* This session in the process's cancel map (px_cancel.c) from its login to its end. */
+    struct px_cancel_entry *cancel_entry;
+    /* A cancel: the server of its session, when this process knows it. */
+    struct px_cancel_route cancel_route;
 };
 
 static struct px_pg *pg_of(struct px_conn *c)
@@ -71,6 +76,7 @@ static void pg_free(struct px_conn *c)
     if (!pg)
         return;
     startup_free(c);
+    px_cancel_forget(c->w->srv->cancels, pg->cancel_entry);
     dbt_wipe(pg, sizeof(*pg)); /* the judged bytes hold a SCRAM client nonce */
     free(pg);
     c->proto = NULL;
@@ -193,6 +199,44 @@ static void refuse_read(struct px_conn *c, const uint8_t *data, size_t len)
     }
 }
 
+static size_t listener_index(const struct px_conn *c)
+{
+    return (size_t)(c->wl->l - c->w->srv->listeners);
+}
+
+/* The session is established: a CancelRequest naming its BackendKeyData - to whichever worker
+ * it comes - goes to the server that holds it. */
+static void remember_session(struct px_conn *c)
+{
+    struct px_pg *pg = pg_of(c);
+    struct pg_backend_key *k = &pg->login.key;
+    struct px_cancel_route route = {.upstream_idx = c->upstream_idx};
+    int len = sizeof(route.addr);
+    if (k->len > 0 &&
+        uv_tcp_getpeername(&px_conn_upstream(c)->s.tcp, (struct sockaddr *)&route.addr, &len) == 0)
+        pg->cancel_entry = px_cancel_remember(c->w->srv->cancels, listener_index(c), k->pid, k->key,
+                                              k->len, &route);
+    dbt_wipe(k, sizeof(*k)); /* the map has it; the key cancels this session's queries */
+}
+
+/* A CancelRequest (Int32 length, Int32 code, Int32 pid, the key): to the server of its session
+ * when this process knows it; else (a session of another dbtrust replica, or one that ended) to
+ * the listener's upstreams in order - the first reachable one. */
+static void dial_for_cancel(struct px_conn *c)
+{
+    struct px_pg *pg = pg_of(c);
+    size_t plen = 0;
+    const uint8_t *p = pg_client_packet(&pg->su->client, &plen);
+    if (p != NULL && plen > 12 &&
+        px_cancel_find(c->w->srv->cancels, listener_index(c), wire_be32(p + 8), p + 12, plen - 12,
+                       &pg->cancel_route)) {
+        px_upstream_dial_pinned(c, pg->cancel_route.upstream_idx,
+                                (const struct sockaddr *)&pg->cancel_route.addr);
+        return;
+    }
+    px_upstream_dial(c);
+}
+
 static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
 {
     struct pg_client *pc = &startup_of(c)->client;
@@ -228,7 +272,7 @@ static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
         case PG_CANCEL:
             c->is_cancel = true;
             px_leg_stop_reading(client);
-            px_upstream_dial(c);
+            dial_for_cancel(c);
             return;
         case PG_FAIL:
             /* Before a StartupMessage there is nobody to address an ErrorResponse to that
@@ -318,8 +362,10 @@ static bool watch_login(struct px_conn *c, const uint8_t *data, size_t len, bool
             continue;
         case PG_LOGIN_READY:
         case PG_LOGIN_ERROR: /* the login is over either way */
-            if (ev == PG_LOGIN_READY)
+            if (ev == PG_LOGIN_READY) {
                 c->login_ok = true;
+                remember_session(c);
+            }
             pg->watching = false;
             c->framed = pg->judging_sasl; /* raw again, unless the client's side still is */
             return true;
