@@ -1269,6 +1269,28 @@ Test(pg_server, negotiate_version_then_md5_forwarded_unchanged)
     trace_free(&t);
 }
 
+/* What PostgreSQL 18 answers a greasing SCRAM client (3.9999 plus one unknown _pq_ option): 'v'
+ * naming 3.2 and the option, then AuthenticationSASL. The 'v' must reach the client byte for byte
+ * (libpq checks both the version and the option list); the SASL list loses -PLUS as always. */
+Test(pg_server, negotiate_3_2_then_sasl_stripped)
+{
+    static const uint8_t neg_3_2[] = "v\x00\x00\x00\x23\x00\x03\x00\x02\x00\x00\x00\x01"
+                                     "_pq_.something_unknown"; /* + implicit NUL */
+    uint8_t in[128];
+    size_t n = put(in, 0, neg_3_2, sizeof neg_3_2);
+    n = put(in, n, sasl_both, sizeof sasl_both);
+    struct trace t;
+
+    cr_assert_eq(sizeof neg_3_2, 36);
+    run_all(SERVER, in, n, &t, NULL);
+    cr_assert_eq(t.n, 3);
+    expect_data(&t, 0, PG_SEND_CLIENT, neg_3_2, sizeof neg_3_2);
+    expect_data(&t, 1, PG_SEND_CLIENT, sasl_stripped, sizeof sasl_stripped);
+    cr_assert_eq(t.step[2].action, PG_RELAY);
+    cr_assert_eq(t.consumed, n);
+    trace_free(&t);
+}
+
 Test(pg_server, error_forwarded_then_relay)
 {
     static const uint8_t err[] = "E\x00\x00\x00\x17SFATAL\0C28000\0Mno\0"; /* + final NUL */
