@@ -884,6 +884,76 @@ def run_psql(conninfo, *commands, password=None, timeout=30):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def pg_connect(dsn):
+    """A psycopg2 connection in autocommit mode: a COPY or a cancelled statement then leaves no
+    open transaction holding locks behind."""
+    import psycopg2  # Debian's, under /usr/bin/python3; only the PG suites need it
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def pg_query_one(conn, sql, args=None):
+    """The first row of `sql` on a DB-API connection."""
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()
+
+
+class PgHashSink:
+    """File-like COPY OUT target that keeps only a sha256 and a byte count (tens of MB)."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        data = data.encode() if isinstance(data, str) else data
+        self.sha.update(data)
+        self.size += len(data)
+
+
+def pg_copy_out_digest(conn, sql):
+    """(sha256 hex, size) of a COPY ... TO STDOUT run on a psycopg2 connection."""
+    sink = PgHashSink()
+    with conn.cursor() as cur:
+        cur.copy_expert(sql, sink)
+    return sink.sha.hexdigest(), sink.size
+
+
+def pg_copy_rows(n):
+    """Deterministic COPY text rows (id, md5, payload), ~105 bytes each."""
+    return "".join(f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\t"
+                   f"{'payload-' * 7}{i % 9973:05d}\n" for i in range(1, n + 1)).encode()
+
+
+def pg_cancel_running_sleep(conn, wait_until_running, join_timeout=7):
+    """Run `select pg_sleep(30)` on psycopg2 `conn` in a thread, call wait_until_running() (it
+    returns once the server runs the statement), then conn.cancel() (libpq's PQcancel: a new
+    plaintext connection carrying the CancelRequest). Returns (what the query raised or None,
+    seconds from the cancel to the query's end; None if it still runs after join_timeout)."""
+    outcome = {}
+
+    def run_sleep():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select pg_sleep(30)")
+            outcome["error"] = None
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on it
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    worker = threading.Thread(target=run_sleep, daemon=True)
+    worker.start()
+    wait_until_running()
+    started = time.monotonic()
+    conn.cancel()
+    worker.join(join_timeout)
+    if worker.is_alive():
+        return None, None
+    return outcome["error"], outcome["ended"] - started
+
+
 # --------------------------------------------------------------------------------------------
 # PostgreSQL scripted upstreams (PG-specific scripts for ScriptedUpstream)
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ import secrets
 import socket
 import struct
 import sys
-import threading
 import time
 import types
 import unittest
@@ -87,8 +86,7 @@ def setUpModule():
     fx.start_postgres_servers(list(W.servers.values()) + [W.impostor])
     W.admin = {}
     for v, server in W.servers.items():
-        W.admin[v] = psycopg2.connect(server.admin_dsn())
-        W.admin[v].autocommit = True
+        W.admin[v] = fx.pg_connect(server.admin_dsn())
     W.recorder = fx.PgTlsUpstream(W.pki.leaf, "pg-recorder").start()
     W.bundle_dir = fx.BundleDirectory()
     W.bundle_dir.install(fx.pem_of(W.pki.root))
@@ -144,22 +142,15 @@ def dsn(v, user=APP, password=APP_PW, sslmode="prefer", app=None, listener=None,
 
 
 def connect(v, **kw):
-    conn = psycopg2.connect(dsn(v, **kw))
-    conn.autocommit = True
-    return conn
+    return fx.pg_connect(dsn(v, **kw))
 
 
 def connect_direct(v):
     """Straight to the server with verify-full: the reference path."""
-    conn = psycopg2.connect(W.servers[v].direct_dsn(bundle=W.pki.bundle))
-    conn.autocommit = True
-    return conn
+    return fx.pg_connect(W.servers[v].direct_dsn(bundle=W.pki.bundle))
 
 
-def query_one(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()
+query_one = fx.pg_query_one
 
 
 def wait_until_query_active(v, app, timeout=5):
@@ -171,27 +162,7 @@ def wait_until_query_active(v, app, timeout=5):
     fx.wait_for(active, timeout, what=f"pg_sleep to run for {app} on PostgreSQL {v}")
 
 
-def copy_out_digest(conn, sql):
-    """(sha256 hex, size) of a COPY ... TO STDOUT."""
-    sha, size = hashlib.sha256(), 0
-
-    class Sink:
-        @staticmethod
-        def write(data):
-            nonlocal size
-            data = data.encode() if isinstance(data, str) else data
-            sha.update(data)
-            size += len(data)
-
-    with conn.cursor() as cur:
-        cur.copy_expert(sql, Sink())
-    return sha.hexdigest(), size
-
-
-def generated_copy_rows(n):
-    """Deterministic COPY text rows (id, md5, payload), ~105 bytes each."""
-    return "".join(f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\t"
-                   f"{'payload-' * 7}{i % 9973:05d}\n" for i in range(1, n + 1)).encode()
+copy_out_digest = fx.pg_copy_out_digest
 
 
 def server_major(conn):
@@ -326,7 +297,7 @@ class MatrixChecks:
         self.assertEqual(through, reference, f"PostgreSQL {v}: COPY OUT differs from direct")
 
     def check_copy_in(self, v):
-        data = generated_copy_rows(COPY_ROWS)
+        data = fx.pg_copy_rows(COPY_ROWS)
         conn, direct = connect(v, app=unique_app(f"copy-in-{v}")), connect_direct(v)
         try:
             with conn.cursor() as cur:
@@ -349,26 +320,12 @@ class MatrixChecks:
         connection, which dbtrust forwards over TLS."""
         app = unique_app(f"cancel-{v}")
         conn = connect(v, app=app)
-        outcome = {}
-
-        def run_sleep():
-            try:
-                query_one(conn, "select pg_sleep(30)")
-                outcome["error"] = None
-            except Exception as exc:  # noqa: BLE001 - asserted below
-                outcome["error"] = exc
-            outcome["ended"] = time.monotonic()
-
-        worker = threading.Thread(target=run_sleep, daemon=True)
-        worker.start()
         try:
-            wait_until_query_active(v, app)
-            started = time.monotonic()
-            conn.cancel()
-            worker.join(CANCEL_DEADLINE_S + 5)
-            self.assertFalse(worker.is_alive(), f"PostgreSQL {v}: query still runs after cancel")
-            self.assertIsInstance(outcome["error"], psycopg2.errors.QueryCanceled)
-            self.assertLess(outcome["ended"] - started, CANCEL_DEADLINE_S)
+            error, took = fx.pg_cancel_running_sleep(
+                conn, lambda: wait_until_query_active(v, app), CANCEL_DEADLINE_S + 5)
+            self.assertIsNotNone(took, f"PostgreSQL {v}: query still runs after cancel")
+            self.assertIsInstance(error, psycopg2.errors.QueryCanceled)
+            self.assertLess(took, CANCEL_DEADLINE_S)
             self.assertEqual(query_one(conn, "select 1"), (1,))
         finally:
             conn.close()
@@ -449,16 +406,23 @@ class MatrixChecks:
                                 since=mark)
 
 
+def add_tests(cls, cases):
+    """Add a test method per (name, docstring, function, args): test(self) = function(self,
+    *args). Generated rather than subtests, so a failure's name says which case failed."""
+    for name, doc, function, args in cases:
+        def test(self, function=function, args=args):
+            function(self, *args)
+        test.__name__, test.__doc__ = name, doc
+        setattr(cls, name, test)
+    return cls
+
+
 def generate_per_major(cls):
     """test_<name>_pg<v> for each check_<name> and major, so -k pg13 runs one major."""
-    for name in [n for n in vars(MatrixChecks) if n.startswith("check_")]:
-        for v in VERSIONS:
-            def test(self, check=getattr(MatrixChecks, name), v=v):
-                check(self, v)
-            test.__name__ = f"test_{name[len('check_'):]}_pg{v}"
-            test.__doc__ = f"PostgreSQL {v}: " + (getattr(MatrixChecks, name).__doc__ or name)
-            setattr(cls, test.__name__, test)
-    return cls
+    checks = [(n, f) for n, f in vars(MatrixChecks).items() if n.startswith("check_")]
+    return add_tests(cls, [(f"test_{n[len('check_'):]}_pg{v}",
+                            f"PostgreSQL {v}: {f.__doc__ or n}", f, (v,))
+                           for n, f in checks for v in VERSIONS])
 
 
 @generate_per_major
@@ -528,14 +492,9 @@ class LibpqClientChecks:
 
 
 def generate_client_pairs(cls):
-    for client in LIBPQ_CLIENTS:
-        for server in LIBPQ_CLIENT_SERVERS:
-            def test(self, client=client, server=server):
-                self.check_libpq_client(client, server)
-            test.__name__ = f"test_libpq{client}_client_pg{server}"
-            test.__doc__ = f"libpq {client} client, PostgreSQL {server} server"
-            setattr(cls, test.__name__, test)
-    return cls
+    return add_tests(cls, [(f"test_libpq{c}_client_pg{v}", f"libpq {c} client, PostgreSQL {v}",
+                            LibpqClientChecks.check_libpq_client, (c, v))
+                           for c in LIBPQ_CLIENTS for v in LIBPQ_CLIENT_SERVERS])
 
 
 @generate_client_pairs
