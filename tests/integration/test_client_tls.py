@@ -311,15 +311,10 @@ def pg_tls_dsn(listener, user=APP, password=APP_PW, sslmode="verify-full", host=
 
 
 def pg_connect(listener, **kw):
-    conn = psycopg2.connect(pg_tls_dsn(listener, **kw))
-    conn.autocommit = True
-    return conn
+    return fx.pg_connect(pg_tls_dsn(listener, **kw))
 
 
-def pg_query_one(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()
+pg_query_one = fx.pg_query_one
 
 
 def psql(dsn, *commands, password=None):

@@ -120,15 +120,10 @@ def dsn(listener="orders", user=APP, password=APP_PW, sslmode="prefer", app=None
 
 
 def connect(listener="orders", **kw):
-    conn = psycopg2.connect(dsn(listener, **kw))
-    conn.autocommit = True
-    return conn
+    return fx.pg_connect(dsn(listener, **kw))
 
 
-def query_one(conn, sql, args=None):
-    with conn.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()
+query_one = fx.pg_query_one
 
 
 SERVER_SAW_TLS = "select ssl from pg_stat_ssl where pid = pg_backend_pid()"
@@ -147,38 +142,14 @@ def wait_until_query_active(app, timeout=5):
         timeout, what=f"pg_sleep to run for {app}")
 
 
-class HashSink:
-    """File-like COPY OUT target that keeps only a sha256 and a byte count (30 MB streams)."""
-
-    def __init__(self):
-        self.sha = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data):
-        data = data.encode() if isinstance(data, str) else data
-        self.sha.update(data)
-        self.size += len(data)
-
-
 def connect_direct():
     """Straight to the server with verify-full: the reference path. Autocommit, so a COPY
     leaves no open transaction holding locks that a later DROP TABLE would wait for."""
-    conn = psycopg2.connect(W.pg.direct_dsn(bundle=W.pki.bundle))
-    conn.autocommit = True
-    return conn
+    return fx.pg_connect(W.pg.direct_dsn(bundle=W.pki.bundle))
 
 
-def copy_out_digest(conn, sql):
-    sink = HashSink()
-    with conn.cursor() as cur:
-        cur.copy_expert(sql, sink)
-    return sink.sha.hexdigest(), sink.size
-
-
-def generated_copy_rows(n):
-    """Deterministic COPY text rows (id, md5, payload), ~105 bytes each."""
-    return "".join(f"{i}\t{hashlib.md5(str(i).encode()).hexdigest()}\t"
-                   f"{'payload-' * 7}{i % 9973:05d}\n" for i in range(1, n + 1)).encode()
+copy_out_digest = fx.pg_copy_out_digest
+generated_copy_rows = fx.pg_copy_rows
 
 
 class DbTrustTestCase(unittest.TestCase):
@@ -414,26 +385,12 @@ class TestCancel(DbTrustTestCase):
     def test_psycopg2_cancel(self):
         app = unique_app("cancel")
         conn = connect(app=app)
-        outcome = {}
-
-        def run_sleep():
-            try:
-                query_one(conn, "select pg_sleep(30)")
-                outcome["error"] = None
-            except Exception as exc:  # noqa: BLE001 - asserted below
-                outcome["error"] = exc
-            outcome["ended"] = time.monotonic()
-
-        worker = threading.Thread(target=run_sleep, daemon=True)
-        worker.start()
         try:
-            wait_until_query_active(app)
-            started = time.monotonic()
-            conn.cancel()
-            worker.join(CANCEL_DEADLINE_S + 5)
-            self.assertFalse(worker.is_alive(), "query still running after cancel")
-            self.assertIsInstance(outcome["error"], psycopg2.errors.QueryCanceled)
-            self.assertLess(outcome["ended"] - started, CANCEL_DEADLINE_S)
+            error, took = fx.pg_cancel_running_sleep(conn, lambda: wait_until_query_active(app),
+                                                     CANCEL_DEADLINE_S + 5)
+            self.assertIsNotNone(took, "query still running after cancel")
+            self.assertIsInstance(error, psycopg2.errors.QueryCanceled)
+            self.assertLess(took, CANCEL_DEADLINE_S)
             self.assertEqual(query_one(conn, "select 1"), (1,))
         finally:
             conn.close()

@@ -1252,21 +1252,43 @@ Test(pg_server, sasl_malformed_lists_fail)
     expect_server_fail(no_code, sizeof no_code, 0, "authentication request without a code");
 }
 
-Test(pg_server, negotiate_version_then_md5_forwarded_unchanged)
+/* A NegotiateProtocolVersion then the first 'R' from the server: the 'v' reaches the client
+ * byte for byte, the 'R' as `auth_out`, then the machine relays. */
+static void expect_negotiate_then_auth(const uint8_t *neg, size_t neg_len, const uint8_t *auth,
+                                       size_t auth_len, const uint8_t *auth_out, size_t out_len)
 {
     uint8_t in[128];
-    size_t n = put(in, 0, neg_version, sizeof neg_version);
-    n = put(in, n, md5_req, sizeof md5_req);
+    size_t n = put(in, 0, neg, neg_len);
+    n = put(in, n, auth, auth_len);
     struct trace t;
 
-    cr_assert_eq(sizeof neg_version, 22);
     run_all(SERVER, in, n, &t, NULL);
     cr_assert_eq(t.n, 3);
-    expect_data(&t, 0, PG_SEND_CLIENT, neg_version, sizeof neg_version);
-    expect_data(&t, 1, PG_SEND_CLIENT, md5_req, sizeof md5_req);
+    expect_data(&t, 0, PG_SEND_CLIENT, neg, neg_len);
+    expect_data(&t, 1, PG_SEND_CLIENT, auth_out, out_len);
     cr_assert_eq(t.step[2].action, PG_RELAY);
     cr_assert_eq(t.consumed, n);
     trace_free(&t);
+}
+
+Test(pg_server, negotiate_version_then_md5_forwarded_unchanged)
+{
+    cr_assert_eq(sizeof neg_version, 22);
+    expect_negotiate_then_auth(neg_version, sizeof neg_version, md5_req, sizeof md5_req, md5_req,
+                               sizeof md5_req);
+}
+
+/* What PostgreSQL 18 answers a greasing SCRAM client (3.9999 plus one unknown _pq_ option): 'v'
+ * naming 3.2 and the option, then AuthenticationSASL. The 'v' must reach the client byte for byte
+ * (libpq checks both the version and the option list); the SASL list loses -PLUS as always. */
+Test(pg_server, negotiate_3_2_then_sasl_stripped)
+{
+    static const uint8_t neg_3_2[] = "v\x00\x00\x00\x23\x00\x03\x00\x02\x00\x00\x00\x01"
+                                     "_pq_.something_unknown"; /* + implicit NUL */
+
+    cr_assert_eq(sizeof neg_3_2, 36);
+    expect_negotiate_then_auth(neg_3_2, sizeof neg_3_2, sasl_both, sizeof sasl_both, sasl_stripped,
+                               sizeof sasl_stripped);
 }
 
 Test(pg_server, error_forwarded_then_relay)
