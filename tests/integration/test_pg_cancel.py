@@ -12,10 +12,8 @@ Run: /usr/bin/python3 test_pg_cancel.py --dbtrust build/dbtrust
 
 import os
 import secrets
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -34,16 +32,11 @@ DBTRUST_BIN = None
 W = types.SimpleNamespace()
 
 
-class RestartablePostgres(fx.ConfigurablePostgresServer):
-    """A server that can be stopped and started again on its data directory and port."""
+class RestartablePostgres(fx.PostgresServer):
+    """A server that is stopped and started again on its data directory and port."""
 
     def relaunch(self, timeout=60):
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [f"{self.bin_dir}/postgres", "-D", self.data], stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, cwd=self.dir, start_new_session=True, env=self._env(),
-                **self._user_kwargs())
-        self._wait_ready(timeout)
+        self.launch().wait_ready(timeout)
 
     def log_size(self):
         return os.path.getsize(self.log_path)
