@@ -811,7 +811,9 @@ class TestGracefulShutdown(unittest.TestCase):
         self.assertLess(time.monotonic() - start, 5)
         self.assertEqual(d.proc.returncode, 0)
         line = d.wait_for_line("conn_end", "app=ops-finish")
-        self.assertIn("reason=client_closed", line)
+        # The client's Terminate makes the server close too: either side's end may be read
+        # first under load. What matters: the session ended, not the drain.
+        self.assertRegex(line, r"reason=(client_closed|upstream_closed) ")
         d.check_clean_exit()
 
 
