@@ -44,7 +44,8 @@
     X(CLIENT_NOT_ALLOWED, "client_not_allowed", DBT_CLASS_CLIENT_REFUSED)                          \
     X(CLIENT_CHANNEL_BINDING, "client_channel_binding", DBT_CLASS_CLIENT_REFUSED)                  \
     X(OVERLOADED, "overloaded", DBT_CLASS_LIMIT)                                                   \
-    X(CLIENT_STARTUP_LIMIT, "client_startup_limit", DBT_CLASS_LIMIT)
+    X(CLIENT_STARTUP_LIMIT, "client_startup_limit", DBT_CLASS_LIMIT)                               \
+    X(UPSTREAM_NO_DIRECT_TLS, "upstream_no_direct_tls", DBT_CLASS_TLS)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */
