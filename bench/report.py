@@ -440,6 +440,28 @@ def tls2tls_lines(section, settings):
     return out + [""]
 
 
+def sslneg_lines(section):
+    """sslnegotiation = postgres vs direct, per server major: tps and the ratio."""
+    header = ["server", "postgres tps", "direct tps", "direct/postgres", "postgres connect ms",
+              "direct connect ms", "postgres CPU µs/tx", "direct CPU µs/tx", "runs (tps)"]
+    lines = []
+    for major, r in section["majors"].items():
+        p, d = r["postgres"], r["direct"]
+
+        def num(value, fmt):
+            return fmt.format(value) if value is not None else "-"
+        runs = "postgres " + "/".join(f"{t:.0f}" for t in p["runs_tps"]) + \
+            ", direct " + "/".join(f"{t:.0f}" for t in d["runs_tps"])
+        lines.append([f"PostgreSQL {major}", num(p["tps"], "{:.1f}"), num(d["tps"], "{:.1f}"),
+                      num(r["ratio"], "{:.2f}x"), num(p["connect_ms"], "{:.2f}"),
+                      num(d["connect_ms"], "{:.2f}"), num(p["proxy_cpu_us_per_tx"], "{:.0f}"),
+                      num(d["proxy_cpu_us_per_tx"], "{:.0f}"), runs])
+    return [f"-- sslnegotiation: pgbench -S -C -c {section['clients']} through dbtrust "
+            f"(plaintext client leg, md5 user), {section['seconds']} s per run, two runs per "
+            "mode in alternating order; postgres = SSLRequest then TLS, direct = ClientHello "
+            "first --", format_table(header, lines, notes_last=True), ""]
+
+
 def render(results, settings, targets, problems):
     out = ["== dbtrust bench: one run ==", *machine_lines(results["machine"], settings), ""]
     rows = build_rows(results, settings)
@@ -453,6 +475,8 @@ def render(results, settings, targets, problems):
                 "exited --", scaling_table(results["scaling"]), ""]
     if "tls2tls" in results:
         out += tls2tls_lines(results["tls2tls"], settings)
+    if "sslneg" in results:
+        out += sslneg_lines(results["sslneg"])
     if targets:
         passed = sum(t.passed for t in targets)
         out.append(f"targets: {passed} of {len(targets)} met")

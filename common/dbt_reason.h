@@ -51,7 +51,8 @@
      * PostgreSQL would say 57P03), while the MySQL client sees the server's own code. */          \
     X(UPSTREAM_TOO_MANY_CONNECTIONS, "upstream_too_many_connections", DBT_CLASS_UNREACHABLE)       \
     X(UPSTREAM_HOST_BLOCKED, "upstream_host_blocked", DBT_CLASS_UNREACHABLE)                       \
-    X(UPSTREAM_REFUSED, "upstream_refused", DBT_CLASS_UNREACHABLE)
+    X(UPSTREAM_REFUSED, "upstream_refused", DBT_CLASS_UNREACHABLE)                                 \
+    X(UPSTREAM_NO_DIRECT_TLS, "upstream_no_direct_tls", DBT_CLASS_TLS)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */

@@ -165,6 +165,12 @@ int cfg_listener_complete(struct cfg *c, size_t idx, const char **key, char *why
         *key = "mysql_rsa_key";
         return fail(why, n, "only valid with protocol = mysql");
     }
+    /* Even "postgres" is refused: MySQL has no such choice, and a key that cannot take effect
+     * would suggest it does. */
+    if (l->sslnegotiation_line && l->protocol != CFG_PROTO_POSTGRES) {
+        *key = "sslnegotiation";
+        return fail(why, n, "only valid with protocol = postgres");
+    }
     if (check_client_leg(l, key, why, n) != 0)
         return -1;
     for (size_t i = 0; i < idx; i++) {

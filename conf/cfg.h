@@ -19,6 +19,12 @@ enum cfg_log_level { CFG_LOG_DEBUG, CFG_LOG_INFO, CFG_LOG_WARN, CFG_LOG_ERROR };
  * for it, plaintext otherwise; require = plaintext clients are refused. */
 enum cfg_client_tls { CFG_CLIENT_TLS_OFF, CFG_CLIENT_TLS_ALLOW, CFG_CLIENT_TLS_REQUIRE };
 
+/* How a PostgreSQL listener starts TLS toward its upstream (libpq's sslnegotiation): postgres =
+ * SSLRequest, 'S', then the handshake (every server); direct = the ClientHello first, ALPN
+ * "postgresql" (PostgreSQL 17+ only, one round trip less). Never a fallback from one to the
+ * other. */
+enum cfg_sslnegotiation { CFG_SSLNEG_POSTGRES, CFG_SSLNEG_DIRECT };
+
 #define CFG_MAX_UPSTREAMS    8
 #define CFG_MAX_CLIENT_ALLOW 64
 
@@ -53,6 +59,8 @@ struct cfg_listener {
     uint32_t upstream_connect_limit; /* upstream legs being set up at once (px_dial.c) */
     uint32_t max_startup_per_client; /* pre-login connections per source address, 0 = off */
     char mysql_rsa_key[4096];
+    enum cfg_sslnegotiation sslnegotiation; /* postgres listeners only */
+    int sslnegotiation_line;                /* where it was set; 0 = not from a file */
     /* The client leg (client_tls). The paths are only checked for length here: the proxy loads
      * them with OpenSSL and reports a failure at the key's line. */
     enum cfg_client_tls client_tls;

@@ -35,6 +35,7 @@ struct cfg_key {
 _Static_assert(sizeof(enum cfg_protocol) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_client_tls) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_sslnegotiation) == sizeof(int), "enum size");
 _Static_assert(sizeof(unsigned) == sizeof(uint32_t), "workers is stored as uint32_t");
 
 static const struct cfg_choice log_formats[] = {
@@ -53,6 +54,8 @@ static const struct cfg_choice client_tls_modes[] = {{"off", CFG_CLIENT_TLS_OFF}
                                                      {"allow", CFG_CLIENT_TLS_ALLOW},
                                                      {"require", CFG_CLIENT_TLS_REQUIRE},
                                                      {NULL, 0}};
+static const struct cfg_choice sslnegotiations[] = {
+    {"postgres", CFG_SSLNEG_POSTGRES}, {"direct", CFG_SSLNEG_DIRECT}, {NULL, 0}};
 
 #define C(f) offsetof(struct cfg, f), sizeof(((struct cfg *)0)->f)
 #define L(f) offsetof(struct cfg_listener, f), sizeof(((struct cfg_listener *)0)->f)
@@ -87,6 +90,7 @@ static const struct cfg_key keys[] = {
     {"upstream_connect_limit", CFG_SEC_LISTENER, K_UINT, L(upstream_connect_limit), 1, 100000,
      NULL},
     {"mysql_rsa_key", CFG_SEC_LISTENER, K_PATH, L(mysql_rsa_key), 0, 0, NULL},
+    {"sslnegotiation", CFG_SEC_LISTENER, K_CHOICE, L(sslnegotiation), 0, 0, sslnegotiations},
     {"max_startup_per_client", CFG_SEC_LISTENER, K_UINT, L(max_startup_per_client), 0, 100000,
      NULL},
     {"client_tls", CFG_SEC_LISTENER, K_CHOICE, L(client_tls), 0, 0, client_tls_modes},
@@ -108,6 +112,8 @@ static const struct {
     {"client_cert", offsetof(struct cfg_listener, client_cert_line)},
     {"client_key", offsetof(struct cfg_listener, client_key_line)},
     {"client_ca", offsetof(struct cfg_listener, client_ca_line)},
+    /* Not loaded later, but its presence matters: a mysql listener may not carry it at all. */
+    {"sslnegotiation", offsetof(struct cfg_listener, sslnegotiation_line)},
 };
 _Static_assert(DBT_ARRAY_LEN(keys) <= CFG_KEY_MAX, "raise CFG_KEY_MAX");
 

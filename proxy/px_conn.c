@@ -13,6 +13,7 @@
 #include "px_relay.h"
 #include "px_admit.h"
 #include "px_hello.h"
+#include "px_probe.h"
 
 uint64_t px_now_ms(void)
 {
@@ -20,6 +21,7 @@ uint64_t px_now_ms(void)
 }
 
 static void on_timer(uv_timer_t *t);
+static bool direct_unanswered(struct px_conn *c);
 static void set_detail(struct px_conn *c, const char *detail);
 static void on_client_closed(struct px_leg *l);
 static void on_client_tls_done(struct px_leg *l);
@@ -233,6 +235,15 @@ static void on_timer(uv_timer_t *t)
         break;
     case PX_CONN_SSL_ANSWER:
     case PX_CONN_TLS_HANDSHAKE:
+        if (direct_unanswered(c)) {
+            char detail[512];
+            px_no_direct_tls_detail(c->wl->l->cfg,
+                                    "upstream did not answer a direct TLS ClientHello within "
+                                    "handshake_timeout",
+                                    detail, sizeof(detail));
+            px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT, detail);
+            break;
+        }
         px_conn_fail(c, DBT_TLS_HANDSHAKE_TIMEOUT,
                      "upstream did not complete the TLS handshake in time");
         break;
@@ -393,9 +404,33 @@ static void truncated(struct px_conn *c)
     end_with_reset(c, DBT_UPSTREAM_CLOSED, "no close_notify");
 }
 
+/* Direct TLS (sslnegotiation = direct): the ClientHello was the connection's first byte and the
+ * server has not sent a single TLS record yet. A server that does not speak direct TLS never
+ * will: PostgreSQL 16 and older read the ClientHello as a startup packet length and hang up
+ * ("invalid length of startup packet"), other servers answer in plaintext. That is said as
+ * such, and never retried with an SSLRequest: the operator chose direct, and a silent fallback
+ * would hide the hop that does not speak it. */
+static bool direct_unanswered(struct px_conn *c)
+{
+    return c->upstream_direct && c->state == PX_CONN_TLS_HANDSHAKE &&
+           px_conn_upstream(c)->expect_record;
+}
+
+static void fail_no_direct_tls(struct px_conn *c, const char *what)
+{
+    char detail[512];
+    px_no_direct_tls_detail(c->wl->l->cfg, what, detail, sizeof(detail));
+    px_conn_fail(c, DBT_UPSTREAM_NO_DIRECT_TLS, detail);
+}
+
 /* The upstream will send no more: close_notify (clean) or TCP EOF. */
 static void upstream_eof(struct px_conn *c, bool clean)
 {
+    if (direct_unanswered(c)) {
+        fail_no_direct_tls(c, "upstream closed the connection instead of answering a direct TLS "
+                              "ClientHello");
+        return;
+    }
     switch (c->state) {
     case PX_CONN_RELAY:
         if (c->reason == DBT_NONE && client_hung_up(c))
@@ -433,6 +468,14 @@ static void upstream_read_end(struct px_conn *c, int status)
         px_conn_close(c, c->reason, NULL); /* it hung up first: nothing left to end */
     } else if (status == 0 || status == UV_EOF) {
         upstream_eof(c, status == 0);
+    } else if (direct_unanswered(c)) {
+        /* PostgreSQL 16 hangs up with most of the ClientHello unread: the kernel resets. */
+        char what[160];
+        snprintf(what, sizeof(what),
+                 "upstream broke the connection (%s) instead of answering a direct TLS "
+                 "ClientHello",
+                 uv_strerror(status));
+        fail_no_direct_tls(c, what);
     } else if (c->state == PX_CONN_RELAY && px_conn_client(c)->eof) {
         /* The client already said goodbye (COM_QUIT, Terminate): a server that closes hard
          * after it, before our close_notify lands, is a normal end, not a broken leg. */
@@ -469,6 +512,13 @@ void px_conn_leg_tls_error(struct px_leg *l, enum dbt_reason r, const char *deta
         if (r == DBT_NONE)
             r = l->tls_up ? DBT_CLIENT_RESET : DBT_CLIENT_TLS_HANDSHAKE_FAILED;
         px_conn_close(c, r, detail);
+        return;
+    }
+    /* Direct TLS answered in plaintext, or by a TLS server that is not PostgreSQL 17+ (no ALPN
+     * "postgresql"): the server does not speak direct TLS (direct_unanswered). */
+    if (c->upstream_direct && !l->tls_up &&
+        (r == DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE || r == DBT_UPSTREAM_NO_DIRECT_TLS)) {
+        fail_no_direct_tls(c, detail);
         return;
     }
     if (!l->tls_up)

@@ -59,6 +59,9 @@ struct px_conn {
     bool closing;
     struct px_admission adm; /* decided at accept (px_admit.c) */
     bool is_cancel;
+    /* PostgreSQL direct TLS (sslnegotiation = direct): the upstream leg began with our
+     * ClientHello, not an upgrade request the server agreed to (px_conn.c: direct_unanswered). */
+    bool upstream_direct;
     bool abort_client;    /* close the client leg with a reset, not a FIN (a truncated upstream) */
     uint64_t reset_by_ms; /* abort_client: reset by then even if the client has not read all */
     bool framed; /* relay through the driver (MySQL always; PostgreSQL while judging SASL) */

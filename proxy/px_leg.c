@@ -181,8 +181,11 @@ static bool check_first_record(struct px_leg *l, uint8_t first)
         return true;
     char detail[160];
     bool client = l->side == PX_CLIENT;
-    snprintf(detail, sizeof(detail), "%s sent unencrypted data (first byte 0x%02x) after %s TLS",
-             client ? "client" : "upstream", first, client ? "asking for" : "agreeing to");
+    /* "Where its handshake was due": the upstream may have agreed to TLS ('S') or been sent a
+     * direct TLS ClientHello; the owner knows which. */
+    snprintf(detail, sizeof(detail), "%s sent unencrypted data (first byte 0x%02x) %s",
+             client ? "client" : "upstream", first,
+             client ? "after asking for TLS" : "where its TLS handshake was due");
     l->ev->on_tls_error(
         l, client ? DBT_CLIENT_PROTOCOL_ERROR : DBT_UPSTREAM_PLAINTEXT_AFTER_SSL_RESPONSE, detail);
     return false;

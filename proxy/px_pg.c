@@ -297,6 +297,14 @@ static void on_client_data(struct px_conn *c, const uint8_t *data, size_t len)
 
 static void on_connected(struct px_conn *c)
 {
+    /* Direct TLS (PostgreSQL 17+, PROTOCOLS.md A3): the ClientHello is the first byte, with
+     * ALPN "postgresql"; sessions and CancelRequests alike. A server that does not speak it is
+     * a failure (upstream_no_direct_tls), never a retry with an SSLRequest. */
+    if (c->wl->l->cfg->sslnegotiation == CFG_SSLNEG_DIRECT) {
+        c->upstream_direct = true;
+        px_upstream_start_tls(c);
+        return;
+    }
     /* The SSLRequest goes alone; nothing may be pipelined behind it (PROTOCOLS.md A1). */
     c->state = PX_CONN_SSL_ANSWER;
     px_conn_set_timer(c, c->wl->l->cfg->handshake_timeout_ms);
@@ -502,7 +510,11 @@ static size_t build_error(struct px_conn *c, enum dbt_reason reason, const char 
 {
     (void)c;
     const char *hint = NULL;
-    if (dbt_reason_class(reason) == DBT_CLASS_TLS)
+    if (reason == DBT_UPSTREAM_NO_DIRECT_TLS)
+        hint = "sslnegotiation = direct needs PostgreSQL 17 or newer on every hop to the server "
+               "(and any pooler or proxy in front of it); dbtrust never falls back to the "
+               "SSLRequest";
+    else if (dbt_reason_class(reason) == DBT_CLASS_TLS)
         hint = "dbtrust verifies the upstream against its CA bundle; check the bundle and the "
                "upstream host name (see dbtrust's log)";
     return pg_build_error(buf, cap, pg_sqlstate_for(reason), message, NULL, hint);

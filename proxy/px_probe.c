@@ -25,6 +25,8 @@ struct probe {
     int64_t deadline_ms;
     const atomic_bool *cancel;
     struct px_probe_result *out;
+    const struct cfg_listener *l;
+    bool direct; /* PostgreSQL sslnegotiation = direct: the ClientHello goes first */
 };
 
 const char *px_verify_name(const struct cfg_listener *l, size_t upstream_idx)
@@ -33,6 +35,17 @@ const char *px_verify_name(const struct cfg_listener *l, size_t upstream_idx)
         return l->server_name;
     size_t i = upstream_idx < l->upstream_count ? upstream_idx : l->upstream_count - 1;
     return l->upstream[i].host;
+}
+
+void px_no_direct_tls_detail(const struct cfg_listener *l, const char *what, char *buf, size_t cap)
+{
+    /* What happened is cut short rather than the advice, which is the point of the text. */
+    int n = snprintf(buf, cap,
+                     "%.240s (PostgreSQL 16 and older speak only sslnegotiation = postgres): set "
+                     "sslnegotiation = postgres for listener %s",
+                     what, l->name);
+    if (n < 0 && cap > 0)
+        buf[0] = '\0';
 }
 
 bool px_probe_is_verify_failure(enum dbt_reason r)
@@ -261,6 +274,38 @@ static int flush_tls(struct probe *p, struct tlsw_conn *tls)
     return 0;
 }
 
+/* The server did not answer a direct TLS ClientHello with TLS: the words connections use
+ * (px_conn.c, direct_unanswered), so a guard line and `dbtrust check` say what a client hears. */
+static int no_direct_tls(struct probe *p, const char *what)
+{
+    char detail[sizeof(p->out->detail)];
+    px_no_direct_tls_detail(p->l, what, detail, sizeof(detail));
+    return fail(p, DBT_UPSTREAM_NO_DIRECT_TLS, "%s", detail);
+}
+
+/* Before the server's first byte under direct TLS, a close, a reset or plaintext all mean the
+ * server does not speak it. */
+static int first_answer_failed(struct probe *p, ssize_t n, uint8_t first)
+{
+    char what[200];
+    if (n == 0)
+        return no_direct_tls(p, "upstream closed the connection instead of answering a direct "
+                                "TLS ClientHello");
+    if (n < 0 && p->out->reason == DBT_UPSTREAM_RESET) {
+        snprintf(what, sizeof(what),
+                 "upstream broke the connection (%.80s) instead of answering a direct TLS "
+                 "ClientHello",
+                 p->out->detail);
+        return no_direct_tls(p, what);
+    }
+    if (n < 0)
+        return -1; /* a timeout or a cancel says so itself */
+    snprintf(what, sizeof(what),
+             "upstream sent unencrypted data (first byte 0x%02x) where its TLS handshake was due",
+             first);
+    return no_direct_tls(p, what);
+}
+
 static int handshake(struct probe *p, struct tlsw_conn *tls, bool pg)
 {
     uint8_t buf[16384];
@@ -270,6 +315,11 @@ static int handshake(struct probe *p, struct tlsw_conn *tls, bool pg)
         if (st == TLSW_ERROR) {
             enum dbt_reason r = tlsw_conn_failure(tls, p->out->detail, sizeof(p->out->detail));
             p->out->reason = r;
+            if (r == DBT_UPSTREAM_NO_DIRECT_TLS) { /* a TLS server without ALPN "postgresql" */
+                char what[sizeof(p->out->detail)];
+                dbt_strlcpy(what, p->out->detail, sizeof(what));
+                return no_direct_tls(p, what);
+            }
             return -1;
         }
         if (flush_tls(p, tls) != 0)
@@ -277,6 +327,8 @@ static int handshake(struct probe *p, struct tlsw_conn *tls, bool pg)
         if (st == TLSW_OK)
             return 0;
         ssize_t n = recv_some(p, buf, sizeof(buf), DBT_TLS_HANDSHAKE_TIMEOUT);
+        if (p->direct && first && (n <= 0 || !pg_is_tls_record_start(buf[0])))
+            return first_answer_failed(p, n, n > 0 ? buf[0] : 0);
         if (n < 0)
             return -1;
         if (n == 0)
@@ -318,17 +370,23 @@ void px_probe(const struct cfg_listener *l, size_t upstream_idx, struct tlsw_gen
 {
     memset(out, 0, sizeof(*out));
     out->reason = DBT_NONE;
-    struct probe p = {.fd = -1, .cancel = cancel, .out = out};
     bool pg = l->protocol == CFG_PROTO_POSTGRES;
+    struct probe p = {.fd = -1,
+                      .cancel = cancel,
+                      .out = out,
+                      .l = l,
+                      .direct = pg && l->sslnegotiation == CFG_SSLNEG_DIRECT};
     if (dial(&p, &l->upstream[upstream_idx], l->connect_timeout_ms) != 0)
         return;
     p.deadline_ms = now_ms() + l->handshake_timeout_ms;
     struct tlsw_conn *tls = NULL;
-    if ((pg ? upgrade_pg(&p) : upgrade_mysql(&p)) != 0)
+    /* The listener's own negotiation: a direct listener's probe sends no SSLRequest, so a
+     * verdict holds for the connections it speaks for. */
+    if (!p.direct && (pg ? upgrade_pg(&p) : upgrade_mysql(&p)) != 0)
         goto out;
     tls = tlsw_conn_new(g, px_verify_name(l, upstream_idx), pg ? pg_alpn : NULL,
                         pg ? sizeof(pg_alpn) : 0);
-    if (!tls) {
+    if (!tls || (p.direct && tlsw_conn_require_alpn(tls) != 0)) {
         fail(&p, DBT_INTERNAL_ERROR, "could not create a TLS session");
         goto out;
     }

@@ -1,5 +1,6 @@
-/* A one-off live check of one upstream: dial, protocol upgrade (PostgreSQL SSLRequest, MySQL
- * greeting + SSLRequest), TLS handshake verified against a given trust generation, close.
+/* A one-off live check of one upstream: dial, protocol upgrade as the listener's connections
+ * do it (PostgreSQL SSLRequest, or none with sslnegotiation = direct; MySQL greeting +
+ * SSLRequest), TLS handshake verified against a given trust generation, close.
  * Sends no credentials and no startup packet. Blocking with deadlines, so it runs on a thread
  * of its own, never on a worker loop: the rotation guard uses it, `dbtrust check` will too. */
 #ifndef PX_PROBE_H
@@ -25,6 +26,10 @@ struct px_probe_result {
 
 /* The name an upstream's certificate must carry: server_name when configured, else its host. */
 const char *px_verify_name(const struct cfg_listener *l, size_t upstream_idx);
+
+/* The detail of DBT_UPSTREAM_NO_DIRECT_TLS (sslnegotiation = direct): what happened, then
+ * what to change, the same words for connections, the rotation guard and `dbtrust check`. */
+void px_no_direct_tls_detail(const struct cfg_listener *l, const char *what, char *buf, size_t cap);
 
 /* Probes upstream number upstream_idx of listener l with trust generation g, within the
  * listener's connect_timeout and handshake_timeout. cancel (may be NULL) is polled at least every

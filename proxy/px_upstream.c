@@ -348,6 +348,13 @@ void px_upstream_start_tls(struct px_conn *c)
         px_conn_fail(c, DBT_INTERNAL_ERROR, "could not create a TLS session");
         return;
     }
+    /* Direct TLS: the server's ALPN "postgresql" is what shows it is a PostgreSQL 17+ server
+     * and not some TLS terminator in front of who knows what (libpq insists on it too). */
+    if (c->upstream_direct && tlsw_conn_require_alpn(tls) != 0) {
+        tlsw_conn_free(tls);
+        px_conn_fail(c, DBT_INTERNAL_ERROR, "direct TLS without an ALPN protocol to require");
+        return;
+    }
     struct px_worker_listener *wl = c->wl;
     tlsw_conn_prefer_group(tls, wl->tls_group);
     struct tlsw_session *s = px_resume_take(wl, c->gen, c->upstream_idx);

@@ -89,6 +89,14 @@ void tlsw_conn_trim(struct tlsw_conn *c);
  * HelloRetryRequest, one more round trip per connection (PostgreSQL only takes P-256 by
  * default, OpenSSL offers X25519 first). Before the handshake; 0 = OpenSSL's order. */
 void tlsw_conn_prefer_group(struct tlsw_conn *c, int nid);
+
+/* Client role, before the handshake: the server must select one of the ALPN protocols offered
+ * to tlsw_conn_new, else the handshake fails after verification with
+ * DBT_UPSTREAM_NO_DIRECT_TLS. PostgreSQL direct TLS: libpq refuses a direct connection the
+ * server answered without ALPN "postgresql", since only that proves the TLS server is a
+ * PostgreSQL 17+ server rather than something terminating TLS for another protocol. -1 when
+ * nothing (or a list longer than 63 bytes) was offered. */
+DBT_MUST_USE int tlsw_conn_require_alpn(struct tlsw_conn *c);
 int tlsw_conn_group(const struct tlsw_conn *c); /* the group negotiated (NID), 0 if unknown */
 
 /* Resumption (MySQL/MariaDB send TLS 1.3 tickets; PostgreSQL disables them). A session is

@@ -19,6 +19,11 @@
  * idle connection does not carry 1.4 KiB of names. */
 struct tlsw_handshake_state {
     struct tlsw_verify_rec vrec;
+    /* client role: the ALPN list offered (wire format), kept when the server must pick from it
+     * (tlsw_conn_require_alpn) */
+    uint8_t offered_alpn[64];
+    uint8_t offered_alpn_len;
+    bool alpn_required;
     union {
         char host[256];            /* client role: the name verified and sent as SNI */
         struct tlsw_server_hs srv; /* server role */
@@ -40,6 +45,7 @@ struct tlsw_conn {
     bool failed;
     const char *out_of_memory; /* NULL, or what could not get memory (the failure detail) */
     bool pin_mismatch;
+    bool alpn_unselected; /* client role: alpn_required, and the server selected none offered */
     char *error;     /* OpenSSL's reason, captured when the failure happened (NULL until then) */
     char *peer_name; /* server role: the client certificate's name (NULL without one) */
 };
@@ -157,12 +163,24 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
     if (alpn != NULL && alpn_len > 0 &&
         (alpn_len > UINT_MAX || SSL_set_alpn_protos(c->ssl, alpn, (unsigned)alpn_len) != 0))
         goto fail;
+    if (alpn != NULL && alpn_len > 0 && alpn_len <= sizeof(c->hs->offered_alpn)) {
+        memcpy(c->hs->offered_alpn, alpn, alpn_len);
+        c->hs->offered_alpn_len = (uint8_t)alpn_len;
+    }
     ERR_clear_error();
     return c;
 fail:
     ERR_clear_error();
     tlsw_conn_free(c);
     return NULL;
+}
+
+int tlsw_conn_require_alpn(struct tlsw_conn *c)
+{
+    if (c->server != NULL || c->hs == NULL || c->hs->offered_alpn_len == 0)
+        return -1;
+    c->hs->alpn_required = true;
+    return 0;
 }
 
 /* One protocol name in wire format (a length byte, then as many bytes), or none at all. */
@@ -291,11 +309,48 @@ static bool chain_pinned(struct tlsw_conn *c)
     return false;
 }
 
-/* Client role: the handshake verified the chain; the pins are checked on top. A resumed
- * session was verified and pin-checked when it was made, under the same generation (same
- * pins); a resumption carries no certificates to check again. */
+/* True when the server selected one of the protocols offered. OpenSSL only refuses a
+ * selection when nothing was offered at all, so the list is checked here. */
+static bool alpn_selected_offered(const struct tlsw_conn *c, char *selected, size_t cap)
+{
+    const unsigned char *proto = NULL;
+    unsigned int len = 0;
+    SSL_get0_alpn_selected(c->ssl, &proto, &len);
+    tlsw_printable(selected, cap, proto, proto != NULL ? len : 0);
+    const uint8_t *list = c->hs->offered_alpn;
+    for (size_t i = 0; proto != NULL && len > 0 && i < c->hs->offered_alpn_len;
+         i += 1 + (size_t)list[i])
+        if (list[i] == len && i + 1 + len <= c->hs->offered_alpn_len &&
+            memcmp(list + i + 1, proto, len) == 0)
+            return true;
+    return false;
+}
+
+/* tlsw_conn_require_alpn: refused after verification, so a certificate failure still names
+ * itself first. Runs for resumed sessions too: ALPN is negotiated in every handshake. */
+static bool client_alpn_ok(struct tlsw_conn *c)
+{
+    char selected[64], offered[64];
+    if (!c->hs->alpn_required || alpn_selected_offered(c, selected, sizeof(selected)))
+        return true;
+    c->alpn_unselected = true;
+    tlsw_printable(offered, sizeof(offered), c->hs->offered_alpn + 1, c->hs->offered_alpn[0]);
+    char *buf = error_buf(c);
+    if (buf != NULL && selected[0] == '\0')
+        snprintf(buf, TLSW_ERROR_MAX,
+                 "the server completed the TLS handshake without selecting ALPN '%s'", offered);
+    else if (buf != NULL)
+        snprintf(buf, TLSW_ERROR_MAX, "the server selected ALPN '%s', not '%s'", selected, offered);
+    return false;
+}
+
+/* Client role: the handshake verified the chain; the ALPN answer and the pins are checked on
+ * top. A resumed session was verified and pin-checked when it was made, under the same
+ * generation (same pins); a resumption carries no certificates to check again. */
 static bool client_finish(struct tlsw_conn *c)
 {
+    if (!client_alpn_ok(c))
+        return false;
     if (SSL_session_reused(c->ssl) || chain_pinned(c))
         return true;
     c->pin_mismatch = true;
@@ -499,6 +554,10 @@ enum dbt_reason tlsw_conn_failure(const struct tlsw_conn *c, char *detail, size_
     if (c->pin_mismatch) {
         dbt_strlcpy(detail, error, cap);
         return DBT_TLS_PIN_MISMATCH;
+    }
+    if (c->alpn_unselected) {
+        dbt_strlcpy(detail, error, cap);
+        return DBT_UPSTREAM_NO_DIRECT_TLS;
     }
     long v = SSL_get_verify_result(c->ssl);
     if (v != X509_V_OK && c->hs != NULL) /* hs stays until a handshake succeeded */

@@ -252,6 +252,7 @@ Test(conf, defaults)
     cr_assert_eq(l.upstream_connect_limit, 64);
     cr_assert_eq(l.client_tls, CFG_CLIENT_TLS_OFF);
     cr_assert_eq(l.client_allow_count, 0);
+    cr_assert_eq(l.sslnegotiation, CFG_SSLNEG_POSTGRES);
     cfg_free(&c);
 }
 
@@ -1278,4 +1279,68 @@ Test(conf, max_startup_per_client)
     cfg_free(&c);
     expect_error("[listener.x]\nmax_startup_per_client = -1\n",
                  ":2: key 'max_startup_per_client': invalid number '-1'");
+}
+
+/* sslnegotiation (issue 16): postgres | direct on postgres listeners, postgres by default; a
+ * mysql listener refuses the key whatever its value, at the key's line. */
+Test(conf, sslnegotiation_values_default_and_protocol)
+{
+    static const char head[] = "[listener.pg]\nprotocol = postgres\nlisten = 127.0.0.1:5432\n"
+                               "upstream = a\n";
+    char text[512];
+    struct cfg c;
+
+    expect_load(&c, head);
+    cr_assert_eq(c.listeners[0].sslnegotiation, CFG_SSLNEG_POSTGRES);
+    cr_assert_eq(c.listeners[0].sslnegotiation_line, 0);
+    cfg_free(&c);
+
+    snprintf(text, sizeof text, "%ssslnegotiation = direct\n", head);
+    expect_load(&c, text);
+    cr_assert_eq(c.listeners[0].sslnegotiation, CFG_SSLNEG_DIRECT);
+    cr_assert_eq(c.listeners[0].sslnegotiation_line, 5);
+    cfg_free(&c);
+
+    snprintf(text, sizeof text, "%ssslnegotiation = Postgres\n", head);
+    expect_load(&c, text);
+    cr_assert_eq(c.listeners[0].sslnegotiation, CFG_SSLNEG_POSTGRES);
+    cfg_free(&c);
+
+    /* Two listeners: each keeps its own choice. */
+    expect_load(&c, "[listener.a]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = a\n"
+                    "sslnegotiation = direct\n"
+                    "[listener.b]\nprotocol = postgresql\nlisten = 127.0.0.1:2\nupstream = b\n");
+    cr_assert_eq(c.listeners[0].sslnegotiation, CFG_SSLNEG_DIRECT);
+    cr_assert_eq(c.listeners[1].sslnegotiation, CFG_SSLNEG_POSTGRES);
+    cfg_free(&c);
+
+    snprintf(text, sizeof text, "%s\nsslnegotiation = auto\n", head);
+    expect_error(
+        text, ":6: key 'sslnegotiation': invalid sslnegotiation 'auto' (use postgres or direct)");
+    expect_error("[listener.pg]\nsslnegotiation = \n",
+                 ":2: key 'sslnegotiation': empty value (remove the line for the default)");
+    snprintf(text, sizeof text, "%ssslnegotiation = direct\nsslnegotiation = postgres\n", head);
+    expect_error(text, ":6: key 'sslnegotiation': already set at line 5");
+    expect_error("[listener.my]\nprotocol = mysql\nlisten = 127.0.0.1:3306\nupstream = a\n"
+                 "sslnegotiation = direct\n",
+                 ":5: key 'sslnegotiation': only valid with protocol = postgres");
+    expect_error("[listener.my]\nsslnegotiation = postgres\nprotocol = mysql\n"
+                 "listen = 127.0.0.1:3306\nupstream = a\n",
+                 ":2: key 'sslnegotiation': only valid with protocol = postgres");
+}
+
+/* The one-listener command line has no flag for it: such a listener negotiates as every
+ * server understands. */
+Test(conf, sslnegotiation_cli_listener_is_postgres)
+{
+    struct cfg c;
+    char err[512] = "";
+
+    cfg_init(&c);
+    cr_assert_eq(cfg_add_cli_listener(&c, "127.0.0.1:5432", "db:5432", "postgres", "/b.pem", NULL,
+                                      err, sizeof err),
+                 0, "%s", err);
+    cr_assert_eq(c.listeners[0].sslnegotiation, CFG_SSLNEG_POSTGRES);
+    cr_assert_eq(c.listeners[0].sslnegotiation_line, 0);
+    cfg_free(&c);
 }

@@ -137,6 +137,7 @@ struct scenario {
     int server_max;
     const char *alpn;
     size_t alpn_len;
+    bool require_alpn; /* tlsw_conn_require_alpn (PostgreSQL direct TLS) */
 };
 
 struct run {
@@ -184,6 +185,8 @@ static void run_scenario(struct run *r, const struct scenario *sc)
     server_start(&r->s, &r->pki.leaf, chain, 1, sc->server_max);
     r->c = tlsw_conn_new(r->gen, sc->host, (const uint8_t *)sc->alpn, sc->alpn_len);
     cr_assert_not_null(r->c);
+    if (sc->require_alpn)
+        cr_assert_eq(tlsw_conn_require_alpn(r->c), 0);
     r->st = pump_handshake(r->c, &r->s);
     r->reason = tlsw_conn_failure(r->c, r->detail, sizeof(r->detail));
 }
@@ -578,6 +581,67 @@ Test(tls, alpn_postgresql)
     expect_ok(&r);
     cr_assert_str_eq(r.s.alpn, "postgresql");
     run_free(&r);
+}
+
+/* Direct TLS: the server selected what was offered. */
+Test(tls, required_alpn_selected)
+{
+    struct run r;
+    static const char alpn[] = "\x0apostgresql";
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF,
+                                        .host = "localhost",
+                                        .alpn = alpn,
+                                        .alpn_len = sizeof(alpn) - 1,
+                                        .require_alpn = true});
+    expect_ok(&r);
+    cr_assert_str_eq(r.s.alpn, "postgresql");
+    run_free(&r);
+}
+
+/* A server that verifies but selects no ALPN (the test server only knows "postgresql"): not a
+ * direct-TLS PostgreSQL server, refused after the handshake. Without the requirement the same
+ * handshake passes. */
+Test(tls, required_alpn_not_selected)
+{
+    struct run r;
+    static const char alpn[] = "\x05other";
+    struct scenario sc = {
+        .leaf = CG_LEAF, .host = "localhost", .alpn = alpn, .alpn_len = sizeof(alpn) - 1};
+    run_scenario(&r, &sc);
+    expect_ok(&r);
+    run_free(&r);
+    sc.require_alpn = true;
+    run_scenario(&r, &sc);
+    expect_failure(&r, DBT_UPSTREAM_NO_DIRECT_TLS);
+    cr_assert_str_eq(r.detail,
+                     "the server completed the TLS handshake without selecting ALPN 'other'");
+    run_free(&r);
+}
+
+/* A certificate failure is named first: the ALPN check runs only on a verified peer. */
+Test(tls, required_alpn_after_verification)
+{
+    struct run r;
+    static const char alpn[] = "\x05other";
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF,
+                                        .host = "wrong.example.org",
+                                        .alpn = alpn,
+                                        .alpn_len = sizeof(alpn) - 1,
+                                        .require_alpn = true});
+    expect_failure(&r, DBT_TLS_HOSTNAME_MISMATCH);
+    run_free(&r);
+}
+
+Test(tls, require_alpn_needs_an_offer)
+{
+    struct cg_pki p;
+    struct tlsw_gen *g = gen_of_root(&p);
+    struct tlsw_conn *c = tlsw_conn_new(g, "localhost", NULL, 0);
+    cr_assert_not_null(c);
+    cr_assert_eq(tlsw_conn_require_alpn(c), -1);
+    tlsw_conn_free(c);
+    tlsw_gen_unref(g);
+    cg_pki_free(&p);
 }
 
 Test(tls, no_alpn_by_default)
