@@ -727,11 +727,12 @@ static void log_conn_end(struct px_conn *c)
 static void conn_free(struct px_conn *c)
 {
     struct px_worker *w = c->w;
-    if (!c->quiet)
-        log_conn_end(c);
+    /* Counted before the line is logged: whoever reads the line finds the metrics counted. */
     px_counter_add(&c->wl->stats.conns_by_reason[c->reason], 1);
     if (!c->is_cancel) /* a cancel is the same application's second socket, not a session */
         px_stats_app(&c->wl->stats, c->application_name, c->login_ok);
+    if (!c->quiet)
+        log_conn_end(c);
     if (c->prev)
         c->prev->next = c->next;
     else
