@@ -150,6 +150,7 @@ static int load_trust(struct px_server *srv)
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg_listener_bundle(cfg, srv->listeners[j].cfg), path) == 0) {
                 l->gen = srv->listeners[j].gen;
+                l->gen_since = srv->listeners[j].gen_since;
                 tlsw_gen_ref(l->gen);
                 break;
             }
@@ -161,6 +162,7 @@ static int load_trust(struct px_server *srv)
             px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
             return -1;
         }
+        l->gen_since = px_unix_now();
         char certs[16];
         snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(l->gen));
         px_log_event(CFG_LOG_INFO, "bundle_loaded", "listener", l->cfg->name, "path", path,

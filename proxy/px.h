@@ -39,6 +39,7 @@ struct px_listener {
     const struct cfg_listener *cfg;
     const struct px_driver *drv; /* the protocol driver (px_driver.h), chosen at start */
     struct tlsw_gen *gen; /* generation in force (workers hold their own ref); srv->trust_lock */
+    double gen_since;     /* Unix time gen went into force (loaded or reloaded); trust_lock */
     struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
     int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
     atomic_uint active;           /* live connections across workers, for max_connections */

@@ -817,6 +817,64 @@ class TestGracefulShutdown(unittest.TestCase):
         d.check_clean_exit()
 
 
+# -- fleet view (issue 18): which pods run which bundle ---------------------------------------
+
+class TestFleetMetrics(unittest.TestCase):
+    def scrape(self, port):
+        status, _, text = http("/metrics", port=port)
+        self.assertEqual(status, 200)
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(lint.returncode, 0, lint.stdout + lint.stderr)
+        return text
+
+    def test_bundle_info_and_loaded_timestamp_follow_a_reload(self):
+        bundle_dir = fx.BundleDirectory()
+        old_text = fx.pem_of(W.pki.root)
+        bundle_dir.install(old_text)
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(bundle_dir.path, workers=1, admin=f"127.0.0.1:{port}",
+                               trust_options={"reload_interval": "1h"})
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        cfg.add_listener("edge", "postgres", f"localhost:{W.pg.port}",
+                         **fx.client_tls_options("allow", serving=W.pki.leaf))
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-fleet").start()
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        path = bundle_dir.path
+        old_sha = hashlib.sha256(old_text.encode()).hexdigest()
+
+        text = self.scrape(port)
+        (entry,) = json.loads(http("/bundle", port=port)[2])["bundles"]
+        self.assertEqual(entry["sha256"], old_sha)
+        self.assertEqual(samples(text, "dbtrust_bundle_info"),
+                         [f'dbtrust_bundle_info{{bundle="{path}",sha256="{old_sha}"}} 1'])
+        loaded = metric(text, "dbtrust_bundle_loaded_timestamp_seconds", bundle=path)
+        self.assertAlmostEqual(loaded, time.time(), delta=5)
+        self.assertEqual(len(samples(text, "dbtrust_bundle_loaded_timestamp_seconds")), 1)
+        # The serving certificate of the client_tls listener, by the fingerprint of its DER.
+        self.assertEqual(samples(text, "dbtrust_client_cert_info"),
+                         [f'dbtrust_client_cert_info{{listener="edge",'
+                          f'sha256="{fingerprint(W.pki.leaf)}"}} 1'])
+
+        time.sleep(1.2)  # the next load is measurably later
+        new_text = fx.pem_of(W.pki.root, W.soon_root)
+        new_sha = hashlib.sha256(new_text.encode()).hexdigest()
+        mark = d.mark()
+        bundle_dir.install(new_text)
+        self.assertEqual(http("/reload", method="POST", port=port)[0], 202)
+        d.wait_for_line("bundle_reload", "result=ok", f"sha256={new_sha}", since=mark)
+        text = self.scrape(port)
+        self.assertEqual(samples(text, "dbtrust_bundle_info"),
+                         [f'dbtrust_bundle_info{{bundle="{path}",sha256="{new_sha}"}} 1'])
+        self.assertNotIn(old_sha, "\n".join(samples(text, "dbtrust_bundle_info")))
+        self.assertEqual(json.loads(http("/bundle", port=port)[2])["bundles"][0]["sha256"],
+                         new_sha)
+        reloaded = metric(text, "dbtrust_bundle_loaded_timestamp_seconds", bundle=path)
+        self.assertGreater(reloaded, loaded + 1)
+        self.assertAlmostEqual(reloaded, time.time(), delta=5)
+
+
 if __name__ == "__main__":
     sys.argv_dbtrust = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     program = unittest.main(verbosity=2, exit=False)
