@@ -43,6 +43,9 @@ static const char usage_text[] =
     "                                             live handshake to every upstream (see --help)\n"
     "  dbtrust bundle inspect FILE...              certificates, expiry, fingerprints, warnings\n"
     "  dbtrust bundle merge -o OUT FILE...         combined, de-duplicated bundle (atomic)\n"
+    "  dbtrust wait --admin HOST:PORT [--timeout 30s]\n"
+    "                                             exit 0 once that dbtrust's /readyz answers\n"
+    "                                             200, 1 on timeout (entrypoints, init order)\n"
     "  dbtrust --version | --help\n"
     "\n"
     "Applications connect in plaintext to a listener; dbtrust upgrades the upstream leg to TLS\n"
@@ -387,6 +390,8 @@ int main(int argc, char **argv)
         return px_cmd_check(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "bundle") == 0)
         return px_cmd_bundle(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "wait") == 0)
+        return px_cmd_wait(argc - 1, argv + 1);
     struct cli cli = {0};
     if (parse_cli(argc, argv, &cli) != 0)
         return 2;

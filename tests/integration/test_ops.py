@@ -817,6 +817,62 @@ class TestGracefulShutdown(unittest.TestCase):
         d.check_clean_exit()
 
 
+
+# -- `dbtrust wait` (issue 18): entrypoints where native sidecars are not available -----------
+
+def run_wait(*args, timeout=30):
+    return subprocess.run([sys.argv_dbtrust, "wait"] + list(args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class TestWaitCommand(unittest.TestCase):
+    def test_returns_0_once_ready(self):
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, admin=f"127.0.0.1:{port}")
+        spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        waiter = subprocess.Popen([sys.argv_dbtrust, "wait", "--admin", f"127.0.0.1:{port}",
+                                   "--timeout", "30s"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: waiter.poll() is None and waiter.kill())
+        time.sleep(0.7)
+        self.assertIsNone(waiter.poll(), "returned while nothing listened")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-wait").start()
+        self.addCleanup(d.stop)
+        out, err = waiter.communicate(timeout=15)
+        self.assertEqual(waiter.returncode, 0, err)
+        self.assertEqual((out, err), ("", ""))
+        self.assertEqual(http("/readyz", port=port)[0], 200)
+        self.assertEqual(pg_query(spec), 42)
+        # Ready already: at once.
+        start = time.monotonic()
+        self.assertEqual(run_wait("--admin", f"localhost:{port}", "--timeout", "5s").returncode, 0)
+        self.assertLess(time.monotonic() - start, 2)
+
+    def test_timeout_exits_1(self):
+        port = fx.free_port()  # nobody listens there
+        start = time.monotonic()
+        out = run_wait("--admin", f"127.0.0.1:{port}", "--timeout", "1s")
+        took = time.monotonic() - start
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertGreaterEqual(took, 1.0)
+        self.assertLess(took, 1.6)
+        self.assertEqual(out.stderr, f"dbtrust wait: 127.0.0.1:{port} not ready after 1000 ms: "
+                                     "Connection refused\n")
+
+    def test_bad_arguments_exit_2_with_usage(self):
+        for args in ([], ["--admin"], ["--admin", "localhost"], ["--admin", "::1:9187"],
+                     ["--admin", "127.0.0.1:9187", "--timeout", "soon"],
+                     ["--admin", "127.0.0.1:9187", "extra"], ["--bogus"]):
+            out = run_wait(*args)
+            self.assertEqual(out.returncode, 2, args)
+            self.assertIn("Usage: dbtrust wait --admin HOST:PORT [--timeout DURATION]", out.stderr,
+                          args)
+        out = run_wait("--help")
+        self.assertEqual(out.returncode, 0)
+        self.assertIn("Exit status: 0 ready; 1 not ready within the timeout", out.stdout)
+        out = subprocess.run([sys.argv_dbtrust, "--help"], capture_output=True, text=True)
+        self.assertIn("dbtrust wait --admin HOST:PORT [--timeout 30s]", out.stdout)
+
 # -- fleet view (issue 18): which pods run which bundle ---------------------------------------
 
 class TestFleetMetrics(unittest.TestCase):
