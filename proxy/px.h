@@ -84,6 +84,7 @@ struct px_server {
     uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
     atomic_bool reload_requested, chain_seen;
     atomic_bool force_reload_requested; /* POST /reload?force=1 */
+    atomic_bool quit_requested;         /* POST /quitquitquit: the SIGTERM path, from main */
     struct px_admin *admin;
     struct px_expiry *expiry;
     struct px_trim *trim;
