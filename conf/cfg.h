@@ -82,6 +82,10 @@ struct cfg {
     enum cfg_log_format log_format;
     enum cfg_log_level log_level;
     uint32_t drain_timeout_ms;
+    /* After SIGTERM (or POST /quitquitquit): /readyz says 503 at once, but listeners keep
+     * accepting this long before the drain, so an application stopping in the same pod can
+     * still open connections. 0 = drain at once. */
+    uint32_t shutdown_delay_ms;
     char user[64];
     /* Overload budget in bytes: > 0 a limit, 0 off; CFG_MEMORY_AUTO (the default) becomes 90 %
      * of the cgroup memory limit in cfg_finish, or 0 without one. */

@@ -66,6 +66,7 @@ static const struct cfg_key keys[] = {
     {"log_format", CFG_SEC_DBTRUST, K_CHOICE, C(log_format), 0, 0, log_formats},
     {"log_level", CFG_SEC_DBTRUST, K_CHOICE, C(log_level), 0, 0, log_levels},
     {"drain_timeout", CFG_SEC_DBTRUST, K_DURATION, C(drain_timeout_ms), 0, 0, NULL},
+    {"shutdown_delay", CFG_SEC_DBTRUST, K_DURATION, C(shutdown_delay_ms), 0, 0, NULL},
     {"user", CFG_SEC_DBTRUST, K_USER, C(user), 0, 0, NULL},
     {"memory_limit", CFG_SEC_DBTRUST, K_SIZE, C(memory_limit), 0, 0, NULL},
 

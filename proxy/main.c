@@ -43,6 +43,9 @@ static const char usage_text[] =
     "                                             live handshake to every upstream (see --help)\n"
     "  dbtrust bundle inspect FILE...              certificates, expiry, fingerprints, warnings\n"
     "  dbtrust bundle merge -o OUT FILE...         combined, de-duplicated bundle (atomic)\n"
+    "  dbtrust wait --admin HOST:PORT [--timeout 30s]\n"
+    "                                             exit 0 once that dbtrust's /readyz answers\n"
+    "                                             200, 1 on timeout (entrypoints, init order)\n"
     "  dbtrust --version | --help\n"
     "\n"
     "Applications connect in plaintext to a listener; dbtrust upgrades the upstream leg to TLS\n"
@@ -62,6 +65,10 @@ static const char usage_text[] =
     "  client_ca = FILE                 optional: clients must present a certificate from it\n"
     "  client_names = NAME, CN=NAME     optional: accepted client certificate names\n"
     "  client_allow = CIDR, ...         optional: client source addresses allowed\n"
+    "\n"
+    "Stopping: SIGTERM, SIGINT or POST /quitquitquit (admin endpoint, loopback callers) make\n"
+    "/readyz answer 503 at once; listeners keep accepting for shutdown_delay (in [dbtrust],\n"
+    "default 0s; a second signal ends it), then close, and live connections get drain_timeout.\n"
     "\n"
     "Memory and limits: max_connections counts from accept; max_startup_per_client = N\n"
     "(per listener) bounds pre-login connections per source address; memory_limit = SIZE\n"
@@ -155,6 +162,7 @@ static int load_trust(struct px_server *srv)
         for (size_t j = 0; j < i; j++) {
             if (strcmp(cfg_listener_bundle(cfg, srv->listeners[j].cfg), path) == 0) {
                 l->gen = srv->listeners[j].gen;
+                l->gen_since = srv->listeners[j].gen_since;
                 tlsw_gen_ref(l->gen);
                 break;
             }
@@ -166,6 +174,7 @@ static int load_trust(struct px_server *srv)
             px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
             return -1;
         }
+        l->gen_since = px_unix_now();
         char certs[16];
         snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(l->gen));
         px_log_event(CFG_LOG_INFO, "bundle_loaded", "listener", l->cfg->name, "path", path,
@@ -260,25 +269,32 @@ static int drop_privileges(const char *user)
     return 0;
 }
 
-struct signals {
+/* The process's way out (README "Shutdown"): RUNNING, then DELAYING for shutdown_delay (not
+ * ready, still accepting), then STOPPED once stop_services ran (drained, or draining). */
+enum stop_phase { RUNNING, DELAYING, STOPPED };
+
+struct lifecycle {
     uv_signal_t term, intr, hup, usr2;
+    uv_timer_t delay; /* shutdown_delay */
     struct px_server *srv;
-    bool stopped;
+    enum stop_phase phase;
+    unsigned stop_signals; /* SIGTERM/SIGINT received: the second one cuts the delay short */
 };
 
 /* Stops everything the main loop started, in the order that keeps metrics scrapable while
  * connections drain; also the way out when starting failed half-way (each step is a no-op for
  * what never started). Idempotent. */
-static void stop_services(struct signals *sig)
+static void stop_services(struct lifecycle *lc)
 {
-    if (sig->stopped)
+    if (lc->phase == STOPPED)
         return;
-    sig->stopped = true;
-    uv_close((uv_handle_t *)&sig->term, NULL);
-    uv_close((uv_handle_t *)&sig->intr, NULL);
-    uv_close((uv_handle_t *)&sig->hup, NULL);
-    uv_close((uv_handle_t *)&sig->usr2, NULL);
-    struct px_server *srv = sig->srv;
+    lc->phase = STOPPED;
+    uv_close((uv_handle_t *)&lc->term, NULL);
+    uv_close((uv_handle_t *)&lc->intr, NULL);
+    uv_close((uv_handle_t *)&lc->hup, NULL);
+    uv_close((uv_handle_t *)&lc->usr2, NULL);
+    uv_close((uv_handle_t *)&lc->delay, NULL);
+    struct px_server *srv = lc->srv;
     atomic_store(&srv->ready, false); /* /readyz: take this pod out of rotation while draining */
     px_reload_stop(srv);
     px_client_id_stop(srv);
@@ -290,12 +306,56 @@ static void stop_services(struct signals *sig)
     uv_close((uv_handle_t *)&srv->main_wakeup, NULL); /* no thread can send to it any more */
 }
 
+static void drain_now(struct lifecycle *lc, const char *why)
+{
+    px_log(CFG_LOG_INFO, "%s: no new connections, draining up to %u ms", why,
+           lc->srv->cfg->drain_timeout_ms);
+    stop_services(lc);
+}
+
+static void on_delay_over(uv_timer_t *t)
+{
+    drain_now(t->data, "shutdown_delay over");
+}
+
+/* A stop request: SIGTERM, SIGINT or POST /quitquitquit (by_signal false). /readyz turns 503
+ * at once so the pod leaves the Service endpoints; with a shutdown_delay the listeners keep
+ * accepting meanwhile (an application stopping in the same pod still reaches its database),
+ * then the drain. A second signal during the delay means "now" (a second Ctrl-C, a repeated
+ * kill). Another POST, or the first signal after a POST, does not: kubelet sends SIGTERM right
+ * after a preStop hook that posted, and that must not cut the delay short. */
+static void request_stop(struct lifecycle *lc, const char *what, bool by_signal)
+{
+    struct px_server *srv = lc->srv;
+    if (by_signal)
+        lc->stop_signals++;
+    if (lc->phase == STOPPED)
+        return;
+    if (lc->phase == DELAYING) {
+        if (by_signal && lc->stop_signals >= 2) {
+            char why[96];
+            snprintf(why, sizeof why, "%s again during shutdown_delay", what);
+            uv_timer_stop(&lc->delay);
+            drain_now(lc, why);
+        }
+        return;
+    }
+    atomic_store(&srv->ready, false);
+    uint32_t delay = srv->cfg->shutdown_delay_ms;
+    if (delay == 0) {
+        drain_now(lc, what);
+        return;
+    }
+    lc->phase = DELAYING;
+    px_log(CFG_LOG_INFO,
+           "%s: not ready; still accepting for %u ms (shutdown_delay), then draining up to %u ms",
+           what, delay, srv->cfg->drain_timeout_ms);
+    uv_timer_start(&lc->delay, on_delay_over, delay, 0);
+}
+
 static void on_stop_signal(uv_signal_t *s, int signum)
 {
-    struct signals *sig = s->data;
-    px_log(CFG_LOG_INFO, "received %s: no new connections, draining up to %u ms",
-           signum == SIGTERM ? "SIGTERM" : "SIGINT", sig->srv->cfg->drain_timeout_ms);
-    stop_services(sig);
+    request_stop(s->data, signum == SIGTERM ? "received SIGTERM" : "received SIGINT", true);
 }
 
 /* Everything that runs beside the listeners: workers, reload triggers, the admin endpoint.
@@ -338,10 +398,12 @@ static int start_services(struct px_server *srv, uv_loop_t *loop)
     return 0;
 }
 
-/* Requests from other threads: POST /reload (admin), a new upstream chain (workers). */
+/* Requests from other threads: POST /reload and /quitquitquit (admin), a new upstream chain
+ * (workers). */
 static void on_main_wakeup(uv_async_t *a)
 {
-    struct px_server *srv = a->data;
+    struct lifecycle *lc = a->data;
+    struct px_server *srv = lc->srv;
     /* Before an ordinary reload that came with it: that one then finds the content in force
      * instead of starting a guard run the force would cancel. */
     if (atomic_exchange(&srv->force_reload_requested, false))
@@ -352,23 +414,26 @@ static void on_main_wakeup(uv_async_t *a)
     }
     if (atomic_exchange(&srv->chain_seen, false))
         px_expiry_check(srv);
+    /* Last: a stop without delay stops the reload triggers the requests above use. */
+    if (atomic_exchange(&srv->quit_requested, false))
+        request_stop(lc, "POST /quitquitquit", false);
 }
 
 static void on_hup(uv_signal_t *s, int signum)
 {
-    struct signals *sig = s->data;
+    struct lifecycle *lc = s->data;
     (void)signum;
-    px_reload_all(sig->srv, "sighup");
-    px_client_id_reload_all(sig->srv, "sighup");
+    px_reload_all(lc->srv, "sighup");
+    px_client_id_reload_all(lc->srv, "sighup");
 }
 
 /* The rotation guard's override (README "Removing a compromised CA"); the bundle only: the
  * serving identity has no guard to override. */
 static void on_usr2(uv_signal_t *s, int signum)
 {
-    struct signals *sig = s->data;
+    struct lifecycle *lc = s->data;
     (void)signum;
-    px_reload_force_all(sig->srv, "sigusr2");
+    px_reload_force_all(lc->srv, "sigusr2");
 }
 
 static void log_started(const struct px_server *srv)
@@ -390,6 +455,8 @@ int main(int argc, char **argv)
         return px_cmd_check(argc - 1, argv + 1);
     if (argc > 1 && strcmp(argv[1], "bundle") == 0)
         return px_cmd_bundle(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "wait") == 0)
+        return px_cmd_wait(argc - 1, argv + 1);
     struct cli cli = {0};
     if (parse_cli(argc, argv, &cli) != 0)
         return 2;
@@ -438,22 +505,23 @@ int main(int argc, char **argv)
                uv_strerror(log_rc));
 
     uv_loop_t *loop = uv_default_loop();
-    struct signals sig = {.srv = &srv};
-    uv_signal_init(loop, &sig.term);
-    uv_signal_init(loop, &sig.intr);
-    uv_signal_init(loop, &sig.hup);
-    uv_signal_init(loop, &sig.usr2);
-    sig.term.data = sig.intr.data = sig.hup.data = sig.usr2.data = &sig;
-    uv_signal_start(&sig.term, on_stop_signal, SIGTERM);
-    uv_signal_start(&sig.intr, on_stop_signal, SIGINT);
-    uv_signal_start(&sig.hup, on_hup, SIGHUP);
-    uv_signal_start(&sig.usr2, on_usr2, SIGUSR2);
+    struct lifecycle lc = {.srv = &srv, .phase = RUNNING};
+    uv_signal_init(loop, &lc.term);
+    uv_signal_init(loop, &lc.intr);
+    uv_signal_init(loop, &lc.hup);
+    uv_signal_init(loop, &lc.usr2);
+    uv_timer_init(loop, &lc.delay);
+    lc.term.data = lc.intr.data = lc.hup.data = lc.usr2.data = lc.delay.data = &lc;
+    uv_signal_start(&lc.term, on_stop_signal, SIGTERM);
+    uv_signal_start(&lc.intr, on_stop_signal, SIGINT);
+    uv_signal_start(&lc.hup, on_hup, SIGHUP);
+    uv_signal_start(&lc.usr2, on_usr2, SIGUSR2);
     uv_async_init(loop, &srv.main_wakeup, on_main_wakeup);
-    srv.main_wakeup.data = &srv;
+    srv.main_wakeup.data = &lc;
 
     if (start_services(&srv, loop) != 0) {
         /* Worker threads may run already: stop and join them before anything is freed. */
-        stop_services(&sig);
+        stop_services(&lc);
         uv_run(loop, UV_RUN_DEFAULT); /* the close callbacks of what was started */
         (void)uv_loop_close(loop);
         goto out;

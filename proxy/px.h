@@ -39,6 +39,7 @@ struct px_listener {
     const struct cfg_listener *cfg;
     const struct px_driver *drv; /* the protocol driver (px_driver.h), chosen at start */
     struct tlsw_gen *gen; /* generation in force (workers hold their own ref); srv->trust_lock */
+    double gen_since;     /* Unix time gen went into force (loaded or reloaded); trust_lock */
     struct px_seen_chain seen;    /* under srv->seen_lock: written when a new leaf appears */
     int fds[PX_MAX_WORKERS];      /* one SO_REUSEPORT listening socket per worker (-1 = none) */
     atomic_uint active;           /* live connections across workers, for max_connections */
@@ -83,6 +84,7 @@ struct px_server {
     uv_async_t main_wakeup; /* from other threads to the main loop: reload requests, new chains */
     atomic_bool reload_requested, chain_seen;
     atomic_bool force_reload_requested; /* POST /reload?force=1 */
+    atomic_bool quit_requested;         /* POST /quitquitquit: the SIGTERM path, from main */
     struct px_admin *admin;
     struct px_expiry *expiry;
     struct px_trim *trim;

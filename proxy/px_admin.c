@@ -1,11 +1,13 @@
 /* The admin HTTP endpoint: libmicrohttpd with its own polling thread, so a slow scraper never
  * touches a worker loop. It only reads (counters, the generations in force under trust_lock) and
- * asks the main loop for a reload; it never changes proxy state itself. */
+ * asks the main loop for a reload or a stop; it never changes proxy state itself. */
 #include "px_admin.h"
 
 #include <jansson.h>
 #include <microhttpd.h>
+#include <arpa/inet.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,6 +176,40 @@ static enum MHD_Result reload(struct px_admin *a, struct MHD_Connection *conn)
                                   "dbtrust_bundle_reloads_total"));
 }
 
+/* Only a caller in this host's network namespace (a container of the same pod, a local
+ * script) may stop the proxy: the admin endpoint often listens on the pod IP for probes and
+ * scrapers, and none of them should be able to take a pod's database path away. */
+static bool from_loopback(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (!sa)
+        return false;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family != AF_INET6)
+        return false;
+    const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(a6) || (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+}
+
+/* The SIGTERM path (shutdown_delay, then the drain), for Kubernetes Jobs whose main container
+ * must stop its sidecar; the main loop does the work (on_main_wakeup). */
+static enum MHD_Result quit(struct px_admin *a, struct MHD_Connection *conn)
+{
+    if (!from_loopback(conn))
+        return respond_text(conn, MHD_HTTP_FORBIDDEN,
+                            "POST /quitquitquit is accepted from loopback addresses only\n");
+    const struct cfg *cfg = a->srv->cfg;
+    atomic_store(&a->srv->quit_requested, true);
+    uv_async_send(&a->srv->main_wakeup);
+    return respond_json(conn, MHD_HTTP_ACCEPTED,
+                        json_pack("{s:s, s:I, s:I}", "status", "shutdown requested",
+                                  "shutdown_delay_ms", (json_int_t)cfg->shutdown_delay_ms,
+                                  "drain_timeout_ms", (json_int_t)cfg->drain_timeout_ms));
+}
+
 static enum MHD_Result method_not_allowed(struct MHD_Connection *conn, const char *allow)
 {
     struct MHD_Response *r = MHD_create_response_from_buffer(
@@ -206,14 +242,17 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *conn, const char
     }
     bool get =
         strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
     if (strcmp(url, "/reload") == 0)
-        return strcmp(method, MHD_HTTP_METHOD_POST) == 0 ? reload(a, conn)
-                                                         : method_not_allowed(conn, "POST");
+        return post ? reload(a, conn) : method_not_allowed(conn, "POST");
+    if (strcmp(url, "/quitquitquit") == 0)
+        return post ? quit(a, conn) : method_not_allowed(conn, "POST");
     bool known = strcmp(url, "/metrics") == 0 || strcmp(url, "/healthz") == 0 ||
                  strcmp(url, "/readyz") == 0 || strcmp(url, "/bundle") == 0;
     if (!known)
         return respond_text(conn, MHD_HTTP_NOT_FOUND,
-                            "not found: /metrics /healthz /readyz /bundle, POST /reload\n");
+                            "not found: /metrics /healthz /readyz /bundle, "
+                            "POST /reload /quitquitquit\n");
     if (!get)
         return method_not_allowed(conn, "GET, HEAD");
     if (strcmp(url, "/metrics") == 0)

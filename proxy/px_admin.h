@@ -1,4 +1,5 @@
-/* Admin HTTP endpoint (admin = host:port): GET /metrics /healthz /readyz /bundle, POST /reload.
+/* Admin HTTP endpoint (admin = host:port): GET /metrics /healthz /readyz /bundle, POST /reload
+ * and /quitquitquit.
  * Served by libmicrohttpd on a thread of its own (px_admin.c). */
 #ifndef PX_ADMIN_H
 #define PX_ADMIN_H

@@ -233,8 +233,16 @@ static void applications(struct px_server *srv, FILE *out)
     }
 }
 
-/* The distinct generations in force, one per bundle path, each referenced (unref after use). */
-static size_t bundles_in_force(struct px_server *srv, struct tlsw_gen **gens, const char **paths)
+/* One distinct bundle in force: its path, its generation (referenced: unref after use) and
+ * when that generation went into force. */
+struct bundle_in_force {
+    const char *path;
+    struct tlsw_gen *gen;
+    double since;
+};
+
+/* The distinct generations in force, one per bundle path. */
+static size_t bundles_in_force(struct px_server *srv, struct bundle_in_force *out)
 {
     size_t n = 0;
     uv_mutex_lock(&srv->trust_lock);
@@ -242,15 +250,38 @@ static size_t bundles_in_force(struct px_server *srv, struct tlsw_gen **gens, co
         const char *path = cfg_listener_bundle(srv->cfg, srv->listeners[i].cfg);
         bool seen = false;
         for (size_t j = 0; j < n; j++)
-            seen = seen || strcmp(paths[j], path) == 0;
+            seen = seen || strcmp(out[j].path, path) == 0;
         if (seen)
             continue;
-        paths[n] = path;
-        gens[n] = srv->listeners[i].gen;
-        tlsw_gen_ref(gens[n++]);
+        out[n] = (struct bundle_in_force){path, srv->listeners[i].gen, srv->listeners[i].gen_since};
+        tlsw_gen_ref(out[n++].gen);
     }
     uv_mutex_unlock(&srv->trust_lock);
     return n;
+}
+
+/* What each pod runs, as one series per bundle whose labels change with the content: "which pods
+ * still run the old bundle" is then a query on sha256 (the bundle's content hash, as in /bundle)
+ * rather than a diff of certificate lists. */
+static void bundle_identities(FILE *out, const struct bundle_in_force *b, size_t n)
+{
+    family(out, "dbtrust_bundle_info", "gauge",
+           "The bundle in force, by path and SHA-256 of its content (as in /bundle); always 1.");
+    for (size_t i = 0; i < n; i++) {
+        fputs("dbtrust_bundle_info{bundle=", out);
+        label(out, b[i].path);
+        fprintf(out, ",sha256=\"%s\"} 1\n", tlsw_gen_sha256(b[i].gen));
+    }
+    family(out, "dbtrust_bundle_loaded_timestamp_seconds", "gauge",
+           "When the bundle in force was loaded: at start or by the reload that applied it "
+           "(Unix time).");
+    for (size_t i = 0; i < n; i++) {
+        fputs("dbtrust_bundle_loaded_timestamp_seconds{bundle=", out);
+        label(out, b[i].path);
+        fprintf(out, "} %.3f\n", b[i].since);
+    }
+    /* CRLs get the same pair (dbtrust_crl_info{crl,sha256}, a loaded timestamp) once they are
+     * loaded and reloaded like bundles. */
 }
 
 /* The serving certificates of client_tls listeners: what clients see, and when it expires. */
@@ -262,25 +293,39 @@ static void client_identities(struct px_server *srv, FILE *out)
             atomic_load(&srv->client_id_reloads_ok));
     fprintf(out, "dbtrust_client_cert_reloads_total{result=\"refused\"} %u\n",
             atomic_load(&srv->client_id_reloads_failed));
+    size_t n = 0;
+    struct tlsw_server **ids = calloc(srv->listener_count, sizeof(*ids));
+    const char **names = calloc(srv->listener_count, sizeof(*names));
+    uv_mutex_lock(&srv->trust_lock);
+    for (size_t i = 0; ids && names && i < srv->listener_count; i++) {
+        if (!srv->listeners[i].client_id)
+            continue;
+        names[n] = srv->listeners[i].cfg->name;
+        ids[n] = srv->listeners[i].client_id;
+        tlsw_server_ref(ids[n++]);
+    }
+    uv_mutex_unlock(&srv->trust_lock);
     family(out, "dbtrust_client_cert_expiry_timestamp_seconds", "gauge",
            "notAfter of the certificate a client_tls listener presents (Unix time).");
-    for (size_t i = 0; i < srv->listener_count; i++) {
-        struct px_listener *l = &srv->listeners[i];
-        uv_mutex_lock(&srv->trust_lock);
-        struct tlsw_server *id = l->client_id;
-        if (id)
-            tlsw_server_ref(id);
-        uv_mutex_unlock(&srv->trust_lock);
-        if (!id)
-            continue;
-        const struct tlsw_cert_info *leaf = tlsw_server_leaf(id);
+    for (size_t i = 0; i < n; i++) {
+        const struct tlsw_cert_info *leaf = tlsw_server_leaf(ids[i]);
         fputs("dbtrust_client_cert_expiry_timestamp_seconds{listener=", out);
-        label(out, l->cfg->name);
+        label(out, names[i]);
         fputs(",subject=", out);
         label(out, leaf->subject);
         fprintf(out, ",sha256=\"%s\"} %lld\n", leaf->sha256, (long long)leaf->not_after);
-        tlsw_server_unref(id);
     }
+    /* Like dbtrust_bundle_info: which pods present the old serving certificate. */
+    family(out, "dbtrust_client_cert_info", "gauge",
+           "The certificate a client_tls listener presents, by SHA-256 of its DER; always 1.");
+    for (size_t i = 0; i < n; i++) {
+        fputs("dbtrust_client_cert_info{listener=", out);
+        label(out, names[i]);
+        fprintf(out, ",sha256=\"%s\"} 1\n", tlsw_server_leaf(ids[i])->sha256);
+        tlsw_server_unref(ids[i]);
+    }
+    free(ids);
+    free(names);
 }
 
 static void trust(struct px_server *srv, FILE *out)
@@ -294,30 +339,29 @@ static void trust(struct px_server *srv, FILE *out)
     fprintf(out, "dbtrust_bundle_reloads_total{result=\"refused\"} %u\n",
             atomic_load(&srv->reloads_failed));
 
-    struct tlsw_gen **gens = calloc(srv->listener_count, sizeof(*gens));
-    const char **paths = calloc(srv->listener_count, sizeof(*paths));
-    size_t n = gens && paths ? bundles_in_force(srv, gens, paths) : 0;
+    struct bundle_in_force *b = calloc(srv->listener_count, sizeof(*b));
+    size_t n = b ? bundles_in_force(srv, b) : 0;
+    bundle_identities(out, b, n);
     family(out, "dbtrust_bundle_certificates", "gauge", "Certificates in the bundle in force.");
-    for (size_t b = 0; b < n; b++) {
+    for (size_t i = 0; i < n; i++) {
         fputs("dbtrust_bundle_certificates{bundle=", out);
-        label(out, paths[b]);
-        fprintf(out, "} %zu\n", tlsw_gen_cert_count(gens[b]));
+        label(out, b[i].path);
+        fprintf(out, "} %zu\n", tlsw_gen_cert_count(b[i].gen));
     }
     family(out, "dbtrust_bundle_expiry_timestamp_seconds", "gauge",
            "notAfter of each certificate of the bundle in force (Unix time).");
-    for (size_t b = 0; b < n; b++) {
-        for (size_t c = 0; c < tlsw_gen_cert_count(gens[b]); c++) {
-            const struct tlsw_cert_info *ci = tlsw_gen_cert(gens[b], c);
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < tlsw_gen_cert_count(b[i].gen); c++) {
+            const struct tlsw_cert_info *ci = tlsw_gen_cert(b[i].gen, c);
             fputs("dbtrust_bundle_expiry_timestamp_seconds{bundle=", out);
-            label(out, paths[b]);
+            label(out, b[i].path);
             fputs(",subject=", out);
             label(out, ci->subject);
             fprintf(out, ",sha256=\"%s\"} %lld\n", ci->sha256, (long long)ci->not_after);
         }
-        tlsw_gen_unref(gens[b]);
+        tlsw_gen_unref(b[i].gen);
     }
-    free(gens);
-    free(paths);
+    free(b);
     client_identities(srv, out);
 
     family(out, "dbtrust_upstream_cert_expiry_timestamp_seconds", "gauge",

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "px_expiry.h"
 #include "px_guard.h"
@@ -32,6 +33,13 @@ struct px_bundle_watch {
     uint64_t guard_refused_at;
     char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
+
+double px_unix_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)(ts.tv_nsec / 1000000) / 1e3;
+}
 
 int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out, char *err,
                   size_t errlen)
@@ -64,6 +72,7 @@ int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out
 static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
 {
     struct px_server *srv = bw->srv;
+    double now = px_unix_now();
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
         if (strcmp(cfg_listener_bundle(srv->cfg, l->cfg), bw->path) != 0)
@@ -72,6 +81,7 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
         uv_mutex_lock(&srv->trust_lock); /* the admin thread reads l->gen */
         struct tlsw_gen *old_gen = l->gen;
         l->gen = g;
+        l->gen_since = now;
         uv_mutex_unlock(&srv->trust_lock);
         tlsw_gen_unref(old_gen);
         for (unsigned k = 0; k < srv->worker_count; k++) {

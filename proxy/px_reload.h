@@ -12,6 +12,10 @@
 DBT_MUST_USE int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out,
                                char *err, size_t errlen);
 
+/* The wall clock as Unix time in seconds (ms precision): when a generation went into force, for
+ * dbtrust_bundle_loaded_timestamp_seconds. */
+double px_unix_now(void);
+
 /* Starts the triggers for every distinct bundle: a watch on its directory (sees a Kubernetes
  * ConfigMap "..data" symlink swap, rename-over and in-place writes) and a content-hash poll every
  * reload_interval. Call after the workers started. Returns 0 or a negative uv error. */

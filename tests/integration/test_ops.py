@@ -817,6 +817,265 @@ class TestGracefulShutdown(unittest.TestCase):
         d.check_clean_exit()
 
 
+# -- sidecar lifecycle (issue 18): shutdown_delay and POST /quitquitquit ----------------------
+
+def non_loopback_address():
+    """An IPv4 address of this host that is not loopback (connecting from it to it keeps it as
+    the source address), or None."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                         capture_output=True, text=True).stdout
+    found = re.findall(r"\binet (\d+\.\d+\.\d+\.\d+)/", out)
+    return found[0] if found else None
+
+
+class TestSidecarLifecycle(unittest.TestCase):
+    """The Cloud SQL Auth Proxy's sidecar ergonomics: after SIGTERM /readyz says 503 at once but
+    the listeners keep accepting for shutdown_delay (an application stopping in the same pod
+    still reaches its database), then the drain; POST /quitquitquit starts the same stop."""
+
+    def start(self, delay, drain="10s", admin_host="127.0.0.1"):
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=2, drain_timeout=drain,
+                               shutdown_delay=delay, admin=f"{admin_host}:{port}")
+        spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
+                                   name=f"dbtrust-life-{self.id().split('.')[-1]}").start()
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        fx.wait_for(lambda: http("/readyz", port=port)[0] == 200, 5, what="/readyz 200")
+        return d, spec, port
+
+    def assert_not_ready_within(self, port, seconds):
+        fx.wait_for(lambda: http("/readyz", port=port)[0] == 503, seconds, interval=0.02,
+                    what=f"/readyz 503 within {seconds}s")
+
+    def test_sigterm_keeps_accepting_for_the_delay_then_drains(self):
+        d, spec, port = self.start("2s")
+        live = pg_connect(spec, app="ops-delay-live")
+        mark = d.mark()
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        self.assert_not_ready_within(port, 0.5)
+        self.assertEqual(http("/readyz", port=port)[2], "not ready (starting or draining)\n")
+        # Not ready is what `dbtrust wait` sees too, while the listener still serves.
+        out = run_wait("--admin", f"127.0.0.1:{port}", "--timeout", "300ms")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("/readyz answered 503", out.stderr)
+        time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
+        # One second after SIGTERM: a new session, with a real query through dbtrust.
+        self.assertEqual(pg_query(spec, app="ops-delay-new"), 42)
+        self.assertTrue(d.alive())
+        fx.wait_for(lambda: not fx.tcp_accepts("127.0.0.1", spec.port), 3, interval=0.02,
+                    what="listener closed once the delay is over")
+        self.assertGreater(time.monotonic() - t0, 1.8, "the listener closed before the delay")
+        # The drain: the live session still works, and the process waits for it.
+        cur = live.cursor()
+        cur.execute("select 5")
+        self.assertEqual(cur.fetchone(), (5,))
+        self.assertTrue(d.alive())
+        live.close()
+        d.proc.wait(5)  # drain_timeout is 10s: it exits because the last session ended
+        self.assertLess(time.monotonic() - t0, 6)
+        self.assertEqual(d.proc.returncode, 0)
+        line = d.wait_for_line("received SIGTERM", since=mark)
+        self.assertIn("still accepting for 2000 ms (shutdown_delay), then draining up to 10000 ms",
+                      line)
+        d.wait_for_line("shutdown_delay over: no new connections, draining up to 10000 ms",
+                        since=mark)
+        end = d.wait_for_line("conn_end", "app=ops-delay-live", since=mark)
+        self.assertRegex(end, r"reason=(client_closed|upstream_closed) ")
+        d.check_clean_exit()
+
+    def test_second_signal_ends_the_delay_and_sigint_delays_like_sigterm(self):
+        d, spec, port = self.start("30s")
+        mark = d.mark()
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGINT)
+        self.assert_not_ready_within(port, 0.5)
+        self.assertEqual(pg_query(spec, app="ops-delay-sigint"), 42)
+        d.wait_for_line("received SIGINT", "shutdown_delay", since=mark)
+        d.proc.send_signal(signal.SIGTERM)  # a second stop signal: drain now
+        d.proc.wait(5)
+        self.assertLess(time.monotonic() - t0, 5)
+        self.assertEqual(d.proc.returncode, 0)
+        d.wait_for_line("received SIGTERM again during shutdown_delay: no new connections",
+                        since=mark)
+        d.check_clean_exit()
+
+    def test_quitquitquit_stops_like_sigterm(self):
+        d, spec, port = self.start("0s")
+        status, headers, _ = http("/quitquitquit", port=port)
+        self.assertEqual(status, 405)
+        self.assertEqual(headers["Allow"], "POST")
+        self.assertEqual(http("/quitquitquit", method="PUT", port=port)[0], 405)
+        self.assertTrue(d.alive())
+        self.assertEqual(http("/readyz", port=port)[0], 200, "a GET must not stop anything")
+        live = pg_connect(spec, app="ops-quit")
+        mark = d.mark()
+        status, _, body = http("/quitquitquit", method="POST", port=port)
+        self.assertEqual(status, 202)
+        self.assertEqual(json.loads(body), {"status": "shutdown requested",
+                                            "shutdown_delay_ms": 0, "drain_timeout_ms": 10000})
+        fx.wait_for(lambda: not fx.tcp_accepts("127.0.0.1", spec.port), 2, interval=0.02,
+                    what="listener closed")
+        self.assertEqual(http("/readyz", port=port)[0], 503)
+        cur = live.cursor()
+        cur.execute("select 3")  # drained like SIGTERM: the live session goes on
+        self.assertEqual(cur.fetchone(), (3,))
+        live.close()
+        d.proc.wait(5)
+        self.assertEqual(d.proc.returncode, 0)
+        d.wait_for_line("POST /quitquitquit: no new connections, draining up to 10000 ms",
+                        since=mark)
+        d.check_clean_exit()
+
+    def test_quitquitquit_keeps_the_delay_when_sigterm_follows(self):
+        """kubelet sends SIGTERM right after a preStop hook that posted /quitquitquit: that
+        SIGTERM is the first signal, not a second one, and must not cut the delay short."""
+        d, spec, port = self.start("2s")
+        t0 = time.monotonic()
+        self.assertEqual(http("/quitquitquit", method="POST", port=port)[0], 202)
+        self.assertEqual(http("/quitquitquit", method="POST", port=port)[0], 202)
+        d.proc.send_signal(signal.SIGTERM)
+        self.assert_not_ready_within(port, 0.5)
+        time.sleep(max(0.0, t0 + 1.0 - time.monotonic()))
+        self.assertEqual(pg_query(spec, app="ops-quit-delay"), 42)
+        d.proc.wait(6)
+        self.assertGreater(time.monotonic() - t0, 1.8)
+        self.assertEqual(d.proc.returncode, 0)
+        d.check_clean_exit()
+
+    def test_quitquitquit_from_another_host_is_refused(self):
+        """The admin endpoint listens on the pod IP in Kubernetes (probes, scrapers): only a
+        caller on loopback - a container of the same pod - may stop the proxy."""
+        address = non_loopback_address()
+        if address is None:
+            self.skipTest("no non-loopback IPv4 address on this host")
+        d, spec, port = self.start("0s", admin_host="0.0.0.0")
+        req = urllib.request.Request(f"http://{address}:{port}/quitquitquit", method="POST")
+        with self.assertRaises(urllib.error.HTTPError) as ctx:
+            urllib.request.urlopen(req, timeout=5)
+        self.assertEqual(ctx.exception.code, 403)
+        self.assertIn("loopback", ctx.exception.read().decode())
+        time.sleep(0.3)
+        self.assertTrue(d.alive())
+        self.assertEqual(http("/readyz", port=port)[0], 200)
+        self.assertEqual(pg_query(spec), 42)
+
+
+# -- `dbtrust wait` (issue 18): entrypoints where native sidecars are not available -----------
+
+def run_wait(*args, timeout=30):
+    return subprocess.run([sys.argv_dbtrust, "wait"] + list(args), capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+class TestWaitCommand(unittest.TestCase):
+    def test_returns_0_once_ready(self):
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(W.pki.bundle, workers=1, admin=f"127.0.0.1:{port}")
+        spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        waiter = subprocess.Popen([sys.argv_dbtrust, "wait", "--admin", f"127.0.0.1:{port}",
+                                   "--timeout", "30s"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        self.addCleanup(lambda: waiter.poll() is None and waiter.kill())
+        time.sleep(0.7)
+        self.assertIsNone(waiter.poll(), "returned while nothing listened")
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-wait").start()
+        self.addCleanup(d.stop)
+        out, err = waiter.communicate(timeout=15)
+        self.assertEqual(waiter.returncode, 0, err)
+        self.assertEqual((out, err), ("", ""))
+        self.assertEqual(http("/readyz", port=port)[0], 200)
+        self.assertEqual(pg_query(spec), 42)
+        # Ready already: at once.
+        start = time.monotonic()
+        self.assertEqual(run_wait("--admin", f"localhost:{port}", "--timeout", "5s").returncode, 0)
+        self.assertLess(time.monotonic() - start, 2)
+
+    def test_timeout_exits_1(self):
+        port = fx.free_port()  # nobody listens there
+        start = time.monotonic()
+        out = run_wait("--admin", f"127.0.0.1:{port}", "--timeout", "1s")
+        took = time.monotonic() - start
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertGreaterEqual(took, 1.0)
+        self.assertLess(took, 1.6)
+        self.assertEqual(out.stderr, f"dbtrust wait: 127.0.0.1:{port} not ready after 1000 ms: "
+                                     "Connection refused\n")
+
+    def test_bad_arguments_exit_2_with_usage(self):
+        for args in ([], ["--admin"], ["--admin", "localhost"], ["--admin", "::1:9187"],
+                     ["--admin", "127.0.0.1:9187", "--timeout", "soon"],
+                     ["--admin", "127.0.0.1:9187", "extra"], ["--bogus"]):
+            out = run_wait(*args)
+            self.assertEqual(out.returncode, 2, args)
+            self.assertIn("Usage: dbtrust wait --admin HOST:PORT [--timeout DURATION]", out.stderr,
+                          args)
+        out = run_wait("--help")
+        self.assertEqual(out.returncode, 0)
+        self.assertIn("Exit status: 0 ready; 1 not ready within the timeout", out.stdout)
+        out = subprocess.run([sys.argv_dbtrust, "--help"], capture_output=True, text=True)
+        self.assertIn("dbtrust wait --admin HOST:PORT [--timeout 30s]", out.stdout)
+
+# -- fleet view (issue 18): which pods run which bundle ---------------------------------------
+
+class TestFleetMetrics(unittest.TestCase):
+    def scrape(self, port):
+        status, _, text = http("/metrics", port=port)
+        self.assertEqual(status, 200)
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                              text=True, timeout=30)
+        self.assertEqual(lint.returncode, 0, lint.stdout + lint.stderr)
+        return text
+
+    def test_bundle_info_and_loaded_timestamp_follow_a_reload(self):
+        bundle_dir = fx.BundleDirectory()
+        old_text = fx.pem_of(W.pki.root)
+        bundle_dir.install(old_text)
+        port = fx.free_port()
+        cfg = fx.DbTrustConfig(bundle_dir.path, workers=1, admin=f"127.0.0.1:{port}",
+                               trust_options={"reload_interval": "1h"})
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        cfg.add_listener("edge", "postgres", f"localhost:{W.pg.port}",
+                         **fx.client_tls_options("allow", serving=W.pki.leaf))
+        d = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp, name="dbtrust-fleet").start()
+        self.addCleanup(d.stop)
+        fx.wait_for(lambda: fx.tcp_accepts("127.0.0.1", port), 5, what="admin endpoint")
+        path = bundle_dir.path
+        old_sha = hashlib.sha256(old_text.encode()).hexdigest()
+
+        text = self.scrape(port)
+        (entry,) = json.loads(http("/bundle", port=port)[2])["bundles"]
+        self.assertEqual(entry["sha256"], old_sha)
+        self.assertEqual(samples(text, "dbtrust_bundle_info"),
+                         [f'dbtrust_bundle_info{{bundle="{path}",sha256="{old_sha}"}} 1'])
+        loaded = metric(text, "dbtrust_bundle_loaded_timestamp_seconds", bundle=path)
+        self.assertAlmostEqual(loaded, time.time(), delta=5)
+        self.assertEqual(len(samples(text, "dbtrust_bundle_loaded_timestamp_seconds")), 1)
+        # The serving certificate of the client_tls listener, by the fingerprint of its DER.
+        self.assertEqual(samples(text, "dbtrust_client_cert_info"),
+                         [f'dbtrust_client_cert_info{{listener="edge",'
+                          f'sha256="{fingerprint(W.pki.leaf)}"}} 1'])
+
+        time.sleep(1.2)  # the next load is measurably later
+        new_text = fx.pem_of(W.pki.root, W.soon_root)
+        new_sha = hashlib.sha256(new_text.encode()).hexdigest()
+        mark = d.mark()
+        bundle_dir.install(new_text)
+        self.assertEqual(http("/reload", method="POST", port=port)[0], 202)
+        d.wait_for_line("bundle_reload", "result=ok", f"sha256={new_sha}", since=mark)
+        text = self.scrape(port)
+        self.assertEqual(samples(text, "dbtrust_bundle_info"),
+                         [f'dbtrust_bundle_info{{bundle="{path}",sha256="{new_sha}"}} 1'])
+        self.assertNotIn(old_sha, "\n".join(samples(text, "dbtrust_bundle_info")))
+        self.assertEqual(json.loads(http("/bundle", port=port)[2])["bundles"][0]["sha256"],
+                         new_sha)
+        reloaded = metric(text, "dbtrust_bundle_loaded_timestamp_seconds", bundle=path)
+        self.assertGreater(reloaded, loaded + 1)
+        self.assertAlmostEqual(reloaded, time.time(), delta=5)
+
+
 if __name__ == "__main__":
     sys.argv_dbtrust = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     program = unittest.main(verbosity=2, exit=False)

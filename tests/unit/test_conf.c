@@ -135,6 +135,7 @@ Test(conf, design_example_parses_to_expected_values)
     cr_assert_eq(c.log_format, CFG_LOG_TEXT);
     cr_assert_eq(c.log_level, CFG_LOG_INFO);
     cr_assert_eq(c.drain_timeout_ms, 30000);
+    cr_assert_eq(c.shutdown_delay_ms, 0, "no delay unless asked for");
     cr_assert_str_eq(c.user, "dbtrust");
     cr_assert_str_eq(c.bundle, "/etc/dbtrust/ca-bundle.pem");
     cr_assert_eq(c.verify, CFG_VERIFY_FULL);
@@ -183,7 +184,7 @@ Test(conf, every_key_with_non_default_values)
 
     snprintf(text, sizeof text,
              "[dbtrust]\nadmin = [::1]:9999\nworkers = 4\nlog_format = JSON\nlog_level = debug\n"
-             "drain_timeout = 0\nuser = nobody\n"
+             "drain_timeout = 0\nshutdown_delay = 5s\nuser = nobody\n"
              "[trust]\nbundle = /b.pem\nverify = ca\nmin_tls = 1.3\nreload_interval = 500ms\n"
              "guard = off\npin = %s, %s\n"
              "[listener.a_1.x]\nprotocol = postgresql\nlisten = [::]:6432\n"
@@ -199,6 +200,7 @@ Test(conf, every_key_with_non_default_values)
     cr_assert_eq(c.log_format, CFG_LOG_JSON);
     cr_assert_eq(c.log_level, CFG_LOG_DEBUG);
     cr_assert_eq(c.drain_timeout_ms, 0);
+    cr_assert_eq(c.shutdown_delay_ms, 5000);
     cr_assert_str_eq(c.user, "nobody");
     cr_assert_str_eq(c.bundle, "/b.pem");
     cr_assert_eq(c.verify, CFG_VERIFY_CA);
@@ -237,6 +239,7 @@ Test(conf, defaults)
     cr_assert_eq(c.log_format, CFG_LOG_TEXT);
     cr_assert_eq(c.log_level, CFG_LOG_INFO);
     cr_assert_eq(c.drain_timeout_ms, 30000);
+    cr_assert_eq(c.shutdown_delay_ms, 0);
     cr_assert_str_eq(c.user, "");
     cr_assert_eq(c.verify, CFG_VERIFY_FULL);
     cr_assert_eq(c.min_tls, 12);
@@ -322,6 +325,31 @@ Test(conf, unknown_key_and_section_have_line_numbers)
                  ":5: unknown section [tls] (expected [dbtrust], [trust] or [listener.NAME])");
     expect_error("[Trust]\n", ":1: unknown section [Trust] (expected [dbtrust], [trust] or "
                               "[listener.NAME])");
+}
+
+/* shutdown_delay: a duration like drain_timeout; 0 (the default) keeps the old behaviour of
+ * draining as soon as SIGTERM arrives, so it is allowed explicitly too. */
+Test(conf, shutdown_delay_values)
+{
+    static const struct {
+        const char *text;
+        uint32_t ms;
+    } ok[] = {{"0", 0}, {"0s", 0}, {"500ms", 500}, {"5s", 5000}, {"2m", 120000}};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char text[256];
+        struct cfg c;
+        snprintf(text, sizeof text, "[dbtrust]\nshutdown_delay = %s\n[trust]\nbundle = /b.pem\n",
+                 ok[i].text);
+        expect_load(&c, text);
+        cr_assert_eq(c.shutdown_delay_ms, ok[i].ms, "%s", ok[i].text);
+        cfg_free(&c);
+    }
+    expect_error("[dbtrust]\n\nshutdown_delay = soon\n",
+                 ":3: key 'shutdown_delay': invalid duration 'soon' (use e.g. 5s, 500ms)");
+    expect_error("[dbtrust]\nshutdown_delay = -1s\n",
+                 ":2: key 'shutdown_delay': invalid duration '-1s' (use e.g. 5s, 500ms)");
+    expect_error("[listener.x]\nshutdown_delay = 5s\n",
+                 ":2: unknown key 'shutdown_delay' in [listener.x]");
 }
 
 Test(conf, bad_values_name_key_and_line)
