@@ -190,18 +190,18 @@ static int load_bundles(struct check *ck, struct tlsw_gen **gens)
 {
     char err[512];
     for (size_t i = 0; i < ck->cfg.listener_count; i++) {
-        const char *path =
-            ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, &ck->cfg.listeners[i]);
+        const struct cfg_listener *l = &ck->cfg.listeners[i];
+        const char *path = ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, l);
+        const char *crl = cfg_listener_crl(&ck->cfg, l);
         for (size_t j = 0; j < i && !gens[i]; j++) {
-            const char *other = ck->candidate
-                                    ? ck->candidate
-                                    : cfg_listener_bundle(&ck->cfg, &ck->cfg.listeners[j]);
-            if (strcmp(other, path) == 0) {
+            const struct cfg_listener *o = &ck->cfg.listeners[j];
+            const char *other = ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, o);
+            if (strcmp(other, path) == 0 && strcmp(cfg_listener_crl(&ck->cfg, o), crl) == 0) {
                 gens[i] = gens[j];
                 tlsw_gen_ref(gens[i]);
             }
         }
-        if (!gens[i] && px_trust_load(&ck->cfg, path, &gens[i], err, sizeof(err)) != 0) {
+        if (!gens[i] && px_trust_load(&ck->cfg, path, crl, &gens[i], err, sizeof(err)) != 0) {
             fprintf(stderr, "dbtrust check: bundle refused: %s\n", err);
             return -1;
         }
