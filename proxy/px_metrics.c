@@ -314,6 +314,21 @@ static void trust(struct px_server *srv, FILE *out)
             label(out, ci->subject);
             fprintf(out, ",sha256=\"%s\"} %lld\n", ci->sha256, (long long)ci->not_after);
         }
+    }
+    family(out, "dbtrust_crl_next_update_timestamp_seconds", "gauge",
+           "nextUpdate of each CRL in force, by bundle and issuer (Unix time; a CRL past it is "
+           "still enforced unless crl_stale = refuse).");
+    for (size_t b = 0; b < n; b++) {
+        for (size_t c = 0; c < tlsw_gen_crl_count(gens[b]); c++) {
+            const struct tlsw_crl_info *ci = tlsw_gen_crl(gens[b], c);
+            if (ci->next_update == (time_t)-1 || ci->delta)
+                continue; /* none to wait for; a delta's base carries the issuer's date */
+            fputs("dbtrust_crl_next_update_timestamp_seconds{bundle=", out);
+            label(out, paths[b]);
+            fputs(",issuer=", out);
+            label(out, ci->issuer);
+            fprintf(out, "} %lld\n", (long long)ci->next_update);
+        }
         tlsw_gen_unref(gens[b]);
     }
     free(gens);

@@ -10,6 +10,8 @@ symlink swap per update) and given to dbtrust as [trust] crl. The rotation guard
 where a test is about it: revoking the certificate a live upstream presents is exactly what the
 guard refuses until forced.
 """
+import datetime
+import json
 import os
 import signal
 import sys
@@ -69,17 +71,23 @@ class CrlCase(unittest.TestCase):
         cfg = fx.DbTrustConfig(W.bundle, workers=2, drain_timeout="1s",
                                admin=f"127.0.0.1:{self.admin_port}",
                                trust_options={"reload_interval": "1h", "guard": self.guard,
-                                              "crl": self.crl_path()})
+                                              "crl": self.crl_path(), **self.trust_options()})
         self.pg_spec = cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}",
                                         handshake_timeout="3s")
         self.my_spec = cfg.add_listener("shop", "mysql", f"localhost:{W.maria.port}",
                                         handshake_timeout="3s")
+        name = "-".join(self.id().split(".")[-2:])
         self.dbtrust = fx.DbTrust.from_config(sys.argv_dbtrust, cfg, W.tmp,
-                                              name=f"dbtrust-{self.id().split('.')[-1]}").start()
+                                              name=f"dbtrust-{name}").start()
         self.addCleanup(self.dbtrust.stop)
+        # The listeners accept before the watches start: "ready" comes after both.
+        self.dbtrust.wait_for_line(" ready: ")
 
     def crl_path(self):
         return self.crl_dir.dir
+
+    def trust_options(self):
+        return {}
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -212,6 +220,96 @@ class TestRevocation(CrlCase):
         self.assertEqual(self.dbtrust.find_lines("bundle_reload", since=mark), [])
         self.install_crl(W.leaf_revoked_crl)
         self.assertIn("(tls_cert_revoked)", self.pg_error() or "")
+
+
+def crl_next_update(path):
+    from cryptography import x509
+    with open(path, "rb") as f:
+        crl = x509.load_pem_x509_crl(f.read())
+    return int(crl.next_update.replace(tzinfo=datetime.timezone.utc).timestamp())
+
+
+def crl_dir_text(*paths):
+    """One file holding several CRLs (PEM blocks concatenate)."""
+    return "".join(read(p) for p in paths)
+
+
+class TestStaleness(CrlCase):
+    """Intermediate A's CRL is past its nextUpdate (revoking nothing), root A's is due in two
+    days. Staleness is warned about like certificate expiry and never breaks connections unless
+    crl_stale = refuse."""
+
+    crl_stale = "warn"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.stale = W.pki.make_crl("inter-stale.crl", W.pki.intermediate, this_update_days=-10,
+                                   next_update_days=-2)
+        cls.due = W.pki.make_crl("root-due.crl", W.pki.root, this_update_days=-5,
+                                 next_update_days=2.5)
+
+    def setUp(self):
+        super().setUp()
+        mark = self.dbtrust.mark()
+        self.crl_dir.install(crl_dir_text(self.stale, self.due))
+        self.dbtrust.wait_for_line("bundle_reload", "result=ok", since=mark)
+
+    def trust_options(self):
+        return {"crl_stale": self.crl_stale}
+
+    def test_warnings_metric_and_bundle_endpoint(self):
+        past = self.dbtrust.wait_for_line("crl_next_update", "threshold_days=past")
+        fields = fx.parse_logfmt(past)
+        self.assertEqual(past.split()[1], "error", past)
+        self.assertEqual(fields["issuer"], "CN=dbtrust test intermediate A,O=dbtrust tests")
+        self.assertEqual(fields["bundle"], W.bundle)
+        self.assertIn("still enforced", fields["detail"])
+        due = self.dbtrust.wait_for_line("crl_next_update", "threshold_days=3")
+        self.assertEqual(due.split()[1], "warn", due)
+        self.assertIn("CN=dbtrust test root A", due)
+        # Once each: an hourly check or another reload of the same CRLs says nothing new.
+        os.kill(self.dbtrust.proc.pid, signal.SIGHUP)
+        time.sleep(0.5)
+        self.assertEqual(len(self.dbtrust.find_lines("crl_next_update", "threshold_days=past")), 1)
+
+        samples = fx.scrape_metrics(self.admin_port)
+        for path, issuer in ((self.stale, "CN=dbtrust test intermediate A,O=dbtrust tests"),
+                             (self.due, "CN=dbtrust test root A,O=dbtrust tests")):
+            self.assertEqual(fx.metric_value(samples, "dbtrust_crl_next_update_timestamp_seconds",
+                                             bundle=W.bundle, issuer=issuer),
+                             crl_next_update(path))
+
+        status, body = fx.http_get(self.admin_port, "/bundle")
+        self.assertEqual(status, 200)
+        entry = json.loads(body)["bundles"][0]
+        self.assertEqual(entry["crl_path"], self.crl_dir.dir)
+        self.assertEqual(len(entry["crl_sha256"]), 64)
+        crls = {c["issuer"]: c for c in entry["crls"]}
+        stale = crls["CN=dbtrust test intermediate A,O=dbtrust tests"]
+        self.assertTrue(stale["stale"])
+        self.assertEqual(stale["verified_by"], "CN=dbtrust test intermediate A,O=dbtrust tests")
+        self.assertEqual(stale["entries"], 0)
+        self.assertFalse(crls["CN=dbtrust test root A,O=dbtrust tests"]["stale"])
+        self.assertEqual(crls["CN=dbtrust test root A,O=dbtrust tests"]["days_left"], 2)
+
+        # warn: the stale CRL does not stop anyone.
+        self.assertIsNone(self.pg_error())
+        self.assertIsNone(self.my_error())
+
+
+class TestStaleRefuse(TestStaleness):
+    crl_stale = "refuse"
+
+    # The warnings, metric and /bundle are those of warn; this class is about the connections.
+    test_warnings_metric_and_bundle_endpoint = None
+
+    def test_stale_crl_fails_closed(self):
+        pg = self.pg_error() or ""
+        self.assertIn("(tls_crl_stale)", pg)
+        self.assertIn("CRL of CN=dbtrust test intermediate A,O=dbtrust tests, nextUpdate", pg)
+        self.assertIn("(tls_crl_stale)", self.my_error() or "")
+        line = self.dbtrust.wait_for_line("crl_next_update", "threshold_days=past")
+        self.assertIn("chains it covers fail with tls_crl_stale", line)
 
 
 class TestGuard(CrlCase):
