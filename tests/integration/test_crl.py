@@ -346,6 +346,88 @@ class TestCrlFile(CrlCase):
         self.assertIn("(tls_cert_revoked)", self.pg_error() or "")
 
 
+class TestTools(unittest.TestCase):
+    """dbtrust check and bundle inspect|merge with CRLs (no daemon)."""
+
+    def check(self, crl_dir):
+        cfg = fx.DbTrustConfig(W.bundle, workers=1, trust_options={"crl": crl_dir})
+        cfg.add_listener("orders", "postgres", f"localhost:{W.pg.port}")
+        cfg.add_listener("shop", "mysql", f"localhost:{W.maria.port}")
+        path = cfg.write(os.path.join(W.tmp, f"check-{self.id().split('.')[-1]}.ini"))
+        return fx.run([sys.argv_dbtrust, "check", "--config", path], check=False)
+
+    def crl_dir(self, *paths):
+        d = fx.make_temp_dir("crl-tools")
+        for i, p in enumerate(paths):
+            with open(os.path.join(d, f"{i}.crl"), "w") as f:
+                f.write(read(p))
+        return d
+
+    def test_check_prints_revocation_per_chain_element(self):
+        root_crl = W.pki.make_crl("root-empty.crl", W.pki.root)
+        proc = self.check(self.crl_dir(W.empty_inter_crl, root_crl))
+        self.assertEqual(proc.returncode, 0, proc.stdout + proc.stderr)
+        lines = proc.stdout.splitlines()
+        for listener in ("orders", "shop"):
+            start = next(i for i, line in enumerate(lines) if line.startswith(f"listener {listener}"))
+            self.assertIn("verified", lines[start])
+            self.assertIn("depth 0: CN=localhost", lines[start + 1])
+            self.assertEqual(lines[start + 3].strip(), "revocation: not revoked (CRL of its issuer, "
+                             "0 entries, nextUpdate " + lines[start + 3].split("nextUpdate ")[1])
+            self.assertIn("depth 1: CN=dbtrust test intermediate A", lines[start + 4])
+            self.assertIn("revocation: not revoked (CRL of its issuer", lines[start + 6])
+            self.assertIn("depth 2: CN=dbtrust test root A", lines[start + 7])
+            self.assertEqual(lines[start + 9].strip(), "revocation: root of the bundle, no CRL "
+                             "applies")
+
+        proc = self.check(self.crl_dir(W.leaf_revoked_crl))
+        self.assertEqual(proc.returncode, 1, proc.stdout + proc.stderr)
+        self.assertEqual(proc.stdout.count("FAILED tls_cert_revoked: certificate revoked (depth 0, "
+                                           "CN=localhost"), 2, proc.stdout)
+        self.assertIn(f"serial {W.pki.serial_hex(W.pki.leaf)}", proc.stdout)
+
+    def test_inspect_lists_crls_and_merge_keeps_the_newest(self):
+        older = W.pki.make_crl("tools-older.crl", W.pki.intermediate, revoked=[W.pki.leaf],
+                               this_update_days=-3)
+        newer = W.pki.make_crl("tools-newer.crl", W.pki.intermediate, this_update_days=-1,
+                               number=9)
+        proc = fx.run([sys.argv_dbtrust, "bundle", "inspect", "--json", W.bundle, older, newer,
+                       W.forged_crl], check=False)
+        self.assertEqual(proc.returncode, 1, proc.stderr)  # warnings
+        doc = json.loads(proc.stdout)
+        self.assertEqual(doc["summary"]["crls"], 3)
+        crls = doc["crls"]
+        self.assertEqual([c["file"] for c in crls], [older, newer, W.forged_crl])
+        self.assertEqual(crls[0]["entries"], 1)
+        self.assertEqual(crls[0]["superseded_by"], {"file": newer, "index": 1})
+        self.assertEqual(crls[1]["number"], "09")
+        self.assertEqual(crls[1]["verified_by"], "CN=dbtrust test intermediate A,O=dbtrust tests")
+        self.assertIsNone(crls[2]["verified_by"])
+        kinds = sorted((w["kind"], w["file"]) for w in doc["warnings"])
+        self.assertEqual(kinds, [("crl_superseded", older), ("crl_unverified", W.forged_crl)])
+
+        text = fx.run([sys.argv_dbtrust, "bundle", "inspect", W.bundle, newer], check=False).stdout
+        self.assertIn(f"{newer} CRL #1 (line 1)\n  issuer:       CN=dbtrust test intermediate A,"
+                      "O=dbtrust tests\n", text)
+        self.assertIn("  verified by:  CN=dbtrust test intermediate A,O=dbtrust tests (sha256 ",
+                      text)
+        self.assertIn("2 certificates in 2 files (2 unique), 1 CRL: no warnings", text)
+
+        # merge refuses a CRL nothing verifies, keeps the newest per issuer otherwise.
+        out = os.path.join(W.tmp, "merged-crl.pem")
+        proc = fx.run([sys.argv_dbtrust, "bundle", "merge", "-o", out, W.bundle, W.forged_crl],
+                      check=False)
+        self.assertEqual(proc.returncode, 2, proc.stdout + proc.stderr)
+        self.assertIn("signature does not verify", proc.stderr)
+        proc = fx.run([sys.argv_dbtrust, "bundle", "merge", "-o", out, W.bundle, older, newer],
+                      check=False)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("wrote 2 certificates and 1 CRL (newest per issuer)", proc.stdout)
+        merged = json.loads(fx.run([sys.argv_dbtrust, "bundle", "inspect", "--json", out]).stdout)
+        self.assertEqual([(c["number"], c["entries"]) for c in merged["crls"]], [("09", 0)])
+        self.assertEqual(merged["warnings"], [])
+
+
 if __name__ == "__main__":
     sys.argv_dbtrust = os.path.abspath(fx.parse_dbtrust_arg(sys.argv))
     program = unittest.main(verbosity=2, exit=False)

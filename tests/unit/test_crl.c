@@ -513,3 +513,74 @@ Test(crl, reason_names)
     cr_assert_str_eq(tlsw_crl_reason_name(11), "?");
     cr_assert_str_eq(tlsw_crl_reason_name(-1), "?");
 }
+
+/* ---- `dbtrust bundle inspect|merge` ------------------------------------------------------------
+ */
+
+#include "tlsw_bundle.h"
+
+static size_t count_kind(const struct tlsw_bundle *b, enum tlsw_bundle_warn kind)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < tlsw_bundle_warning_count(b); i++)
+        n += tlsw_bundle_warning(b, i)->kind == kind;
+    return n;
+}
+
+Test(crl, inspect_agrees_with_the_daemon_and_merge_keeps_the_newest)
+{
+    struct fx f;
+    char merged[256], err[512];
+    fx_make(&f);
+    struct cg_crl_spec older = CG_CRL, stale = CG_CRL;
+    older.this_days = -3;
+    stale.this_days = -10;
+    stale.next_days = -1;
+    X509_CRL *c[3] = {fx_crl(&f, &f.pki.inter, f.pki.leaf.cert, &older),
+                      fx_crl(&f, &f.pki.inter, NULL, &CG_CRL),
+                      fx_crl(&f, &f.pki.root, NULL, &stale)};
+    fx_bundle(&f, false, c, 3);
+    struct tlsw_gen *g = fx_load_ok(&f, NULL);
+    struct tlsw_bundle *b = NULL;
+    const char *paths[] = {f.bundle};
+    cr_assert_eq(tlsw_bundle_load(paths, 1, time(NULL), &b), 0);
+    cr_assert_eq(tlsw_bundle_crl_count(b), 3);
+    cr_assert_eq(tlsw_bundle_crl_kept_count(b), tlsw_gen_crl_count(g));
+    cr_assert_eq(tlsw_bundle_crl(b, 0)->newer, 1, "the older CRL of the intermediate");
+    cr_assert_eq(tlsw_bundle_crl(b, 0)->info.entries, 1);
+    cr_assert_str_eq(tlsw_bundle_crl(b, 2)->info.verified_by, "CN=Test Root,O=dbtrust test");
+    cr_assert_eq(count_kind(b, TLSW_BUNDLE_CRL_SUPERSEDED), 1);
+    cr_assert_eq(count_kind(b, TLSW_BUNDLE_CRL_STALE), 1);
+    cr_assert_eq(count_kind(b, TLSW_BUNDLE_NOT_CERTIFICATE), 0, "CRLs are no longer ignored");
+    cr_assert_not(tlsw_bundle_has_errors(b));
+
+    tmp_path(merged, sizeof(merged), "merged.pem");
+    cr_assert_eq(tlsw_bundle_write(b, merged, err, sizeof(err)), 0, "%s", err);
+    tlsw_bundle_free(b);
+    paths[0] = merged;
+    cr_assert_eq(tlsw_bundle_load(paths, 1, time(NULL), &b), 0);
+    cr_assert_eq(tlsw_bundle_crl_count(b), 2);
+    cr_assert_eq(tlsw_bundle_crl(b, 0)->info.entries, 0, "the newer CRL of the intermediate");
+    cr_assert_eq(count_kind(b, TLSW_BUNDLE_CRL_SUPERSEDED), 0);
+    tlsw_bundle_free(b);
+    tlsw_gen_unref(g);
+    fx_free(&f);
+}
+
+Test(crl, inspect_reports_a_broken_crl_block_as_an_error)
+{
+    struct fx f;
+    fx_make(&f);
+    fx_bundle(&f, false, NULL, 0);
+    FILE *fp = fopen(f.bundle, "a");
+    cr_assert_not_null(fp);
+    fputs("-----BEGIN X509 CRL-----\nMIIBAAAAAAAAAAAA\n-----END X509 CRL-----\n", fp);
+    fclose(fp);
+    struct tlsw_bundle *b = NULL;
+    const char *paths[] = {f.bundle};
+    cr_assert_eq(tlsw_bundle_load(paths, 1, time(NULL), &b), 0);
+    cr_assert_eq(count_kind(b, TLSW_BUNDLE_BAD_CRL), 1);
+    cr_assert(tlsw_bundle_has_errors(b), "the daemon refuses this bundle");
+    tlsw_bundle_free(b);
+    fx_free(&f);
+}
