@@ -52,7 +52,13 @@
     X(UPSTREAM_TOO_MANY_CONNECTIONS, "upstream_too_many_connections", DBT_CLASS_UNREACHABLE)       \
     X(UPSTREAM_HOST_BLOCKED, "upstream_host_blocked", DBT_CLASS_UNREACHABLE)                       \
     X(UPSTREAM_REFUSED, "upstream_refused", DBT_CLASS_UNREACHABLE)                                 \
-    X(UPSTREAM_NO_DIRECT_TLS, "upstream_no_direct_tls", DBT_CLASS_TLS)
+    X(UPSTREAM_NO_DIRECT_TLS, "upstream_no_direct_tls", DBT_CLASS_TLS)                             \
+    /* Revocation (CRLs of the trust generation): a certificate of the chain is on its issuer's    \
+     * CRL; crl_required = on and an issuer of the chain has no CRL; crl_stale = refuse and the    \
+     * CRL in force is past its nextUpdate (or before its thisUpdate). */                          \
+    X(TLS_CERT_REVOKED, "tls_cert_revoked", DBT_CLASS_TLS)                                         \
+    X(TLS_CRL_MISSING, "tls_crl_missing", DBT_CLASS_TLS)                                           \
+    X(TLS_CRL_STALE, "tls_crl_stale", DBT_CLASS_TLS)
 
 enum dbt_reason_class {
     DBT_CLASS_OK,          /* a normal end of a connection */

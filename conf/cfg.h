@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h> /* AF_INET, AF_INET6 of struct cfg_cidr */
 
 #include "dbt_util.h"
@@ -24,6 +25,9 @@ enum cfg_client_tls { CFG_CLIENT_TLS_OFF, CFG_CLIENT_TLS_ALLOW, CFG_CLIENT_TLS_R
  * "postgresql" (PostgreSQL 17+ only, one round trip less). Never a fallback from one to the
  * other. */
 enum cfg_sslnegotiation { CFG_SSLNEG_POSTGRES, CFG_SSLNEG_DIRECT };
+/* A CRL past its nextUpdate: warn = still enforced, connections go on, a warning is logged;
+ * refuse = chains it covers fail with tls_crl_stale. */
+enum cfg_crl_stale { CFG_CRL_STALE_WARN, CFG_CRL_STALE_REFUSE };
 
 #define CFG_MAX_UPSTREAMS    8
 #define CFG_MAX_CLIENT_ALLOW 64
@@ -51,6 +55,7 @@ struct cfg_listener {
     size_t upstream_count;
     char server_name[256]; /* "" = verify the upstream host itself */
     char bundle[4096];     /* "" = [trust] bundle */
+    char crl[4096];        /* "" = [trust] crl */
     uint32_t connect_timeout_ms;
     uint32_t handshake_timeout_ms;
     uint32_t upstream_dead_timeout_ms;
@@ -98,6 +103,9 @@ struct cfg {
     uint32_t reload_interval_ms;
     bool guard;
     char pins[2048]; /* raw comma-separated sha256/BASE64 list */
+    char crl[4096];  /* "" = only the bundle's own CRL blocks; a file or a directory */
+    bool crl_required;
+    enum cfg_crl_stale crl_stale;
     /* [listener.NAME] */
     struct cfg_listener *listeners;
     size_t listener_count;
@@ -135,6 +143,22 @@ const char *cfg_protocol_name(enum cfg_protocol p);
 static inline const char *cfg_listener_bundle(const struct cfg *c, const struct cfg_listener *l)
 {
     return l->bundle[0] ? l->bundle : c->bundle;
+}
+
+/* The CRL path a listener uses besides its bundle's CRL blocks: its own override, else
+ * [trust] crl; "" when none. */
+static inline const char *cfg_listener_crl(const struct cfg *c, const struct cfg_listener *l)
+{
+    return l->crl[0] ? l->crl : c->crl;
+}
+
+/* Whether two listeners trust the same material (bundle and CRL path): one generation, one
+ * watch, one guard run serve them both. */
+static inline bool cfg_listener_same_trust(const struct cfg *c, const struct cfg_listener *a,
+                                           const struct cfg_listener *b)
+{
+    return strcmp(cfg_listener_bundle(c, a), cfg_listener_bundle(c, b)) == 0 &&
+           strcmp(cfg_listener_crl(c, a), cfg_listener_crl(c, b)) == 0;
 }
 
 /* True when the listener has no client_allow, or addr (family AF_INET/AF_INET6, 4 or 16 bytes,

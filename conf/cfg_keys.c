@@ -36,6 +36,7 @@ _Static_assert(sizeof(enum cfg_protocol) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_log_level) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_client_tls) == sizeof(int), "enum size");
 _Static_assert(sizeof(enum cfg_sslnegotiation) == sizeof(int), "enum size");
+_Static_assert(sizeof(enum cfg_crl_stale) == sizeof(int), "enum size");
 _Static_assert(sizeof(unsigned) == sizeof(uint32_t), "workers is stored as uint32_t");
 
 static const struct cfg_choice log_formats[] = {
@@ -45,6 +46,8 @@ static const struct cfg_choice log_levels[] = {{"debug", CFG_LOG_DEBUG}, {"info"
                                                {"error", CFG_LOG_ERROR}, {NULL, 0}};
 static const struct cfg_choice verifies[] = {
     {"full", CFG_VERIFY_FULL}, {"ca", CFG_VERIFY_CA}, {NULL, 0}};
+static const struct cfg_choice crl_stale_modes[] = {
+    {"warn", CFG_CRL_STALE_WARN}, {"refuse", CFG_CRL_STALE_REFUSE}, {NULL, 0}};
 static const struct cfg_choice tls_versions[] = {{"1.2", 12}, {"1.3", 13}, {NULL, 0}};
 static const struct cfg_choice protocols[] = {{"postgres", CFG_PROTO_POSTGRES},
                                               {"postgresql", CFG_PROTO_POSTGRES},
@@ -76,12 +79,16 @@ static const struct cfg_key keys[] = {
     {"reload_interval", CFG_SEC_TRUST, K_DURATION, C(reload_interval_ms), 1, 0, NULL},
     {"guard", CFG_SEC_TRUST, K_BOOL, C(guard), 0, 0, NULL},
     {"pin", CFG_SEC_TRUST, K_PINS, C(pins), 0, 0, NULL},
+    {"crl", CFG_SEC_TRUST, K_PATH, C(crl), 0, 0, NULL},
+    {"crl_required", CFG_SEC_TRUST, K_BOOL, C(crl_required), 0, 0, NULL},
+    {"crl_stale", CFG_SEC_TRUST, K_CHOICE, C(crl_stale), 0, 0, crl_stale_modes},
 
     {"protocol", CFG_SEC_LISTENER, K_CHOICE, L(protocol), 0, 0, protocols},
     {"listen", CFG_SEC_LISTENER, K_LISTEN, L(listen), 0, 0, NULL},
     {"upstream", CFG_SEC_LISTENER, K_UPSTREAM, L(upstream), 0, 0, NULL},
     {"server_name", CFG_SEC_LISTENER, K_HOST, L(server_name), 0, 0, NULL},
     {"bundle", CFG_SEC_LISTENER, K_PATH, L(bundle), 0, 0, NULL},
+    {"crl", CFG_SEC_LISTENER, K_PATH, L(crl), 0, 0, NULL},
     {"connect_timeout", CFG_SEC_LISTENER, K_DURATION, L(connect_timeout_ms), 1, 0, NULL},
     {"handshake_timeout", CFG_SEC_LISTENER, K_DURATION, L(handshake_timeout_ms), 1, 0, NULL},
     {"upstream_dead_timeout", CFG_SEC_LISTENER, K_DURATION, L(upstream_dead_timeout_ms), 1, 0,

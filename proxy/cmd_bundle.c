@@ -24,13 +24,17 @@ enum {
 static const char bundle_usage[] =
     "Usage:\n"
     "  dbtrust bundle inspect [--json] FILE...   every certificate (subject, issuer, validity,\n"
-    "                                            SHA-256, SPKI pin, CA or not), then warnings\n"
-    "  dbtrust bundle merge -o OUT FILE...       one de-duplicated bundle, written atomically\n"
+    "                                            SHA-256, SPKI pin, CA or not), every CRL\n"
+    "                                            (issuer, thisUpdate, nextUpdate, entries, the\n"
+    "                                            CA of the input that verifies it), then warnings\n"
+    "  dbtrust bundle merge -o OUT FILE...       one de-duplicated bundle, written atomically,\n"
+    "                                            with the newest CRL per issuer\n"
     "\n"
     "inspect exit status: 0 no warnings, 1 warnings printed, 2 usage error or a file that\n"
     "cannot be read or parsed.\n"
     "merge exit status: 0 written, 1 OUT could not be written, 2 usage error or an input\n"
-    "refused (unreadable, not PEM, text between blocks that is not a comment, no certificate);\n"
+    "refused (unreadable, not PEM, text between blocks that is not a comment, no certificate,\n"
+    "a CRL no certificate of the input verifies);\n"
     "OUT is untouched unless the exit status is 0.\n";
 
 static int usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -106,6 +110,32 @@ static void print_cert(FILE *out, const struct tlsw_bundle *b, const struct tlsw
     fputc('\n', out);
 }
 
+static void print_crl(FILE *out, const struct tlsw_bundle *b, const struct tlsw_bundle_crl *c,
+                      time_t now)
+{
+    char tu[32], nu[32];
+    iso_time(c->info.this_update, tu, sizeof(tu));
+    fprintf(out, "%s CRL #%zu (line %u)\n", tlsw_bundle_file_path(b, c->file), c->index, c->line);
+    fprintf(out, "  issuer:       %s\n", c->info.issuer);
+    fprintf(out, "  thisUpdate:   %s\n", tu);
+    if (c->info.next_update == (time_t)-1) {
+        fprintf(out, "  nextUpdate:   none\n");
+    } else {
+        iso_time(c->info.next_update, nu, sizeof(nu));
+        fprintf(out, "  nextUpdate:   %s\n", nu);
+        fprintf(out, "  days left:    %ld\n", tlsw_bundle_days_left(c->info.next_update, now));
+    }
+    fprintf(out, "  entries:      %zu\n", c->info.entries);
+    fprintf(out, "  number:       %s%s\n", c->info.number[0] ? c->info.number : "none",
+            c->info.delta ? " (delta CRL)" : "");
+    if (c->info.verified_by[0] != '\0')
+        fprintf(out, "  verified by:  %s (sha256 %.16s...)\n", c->info.verified_by,
+                c->info.verified_by_sha256);
+    else
+        fprintf(out, "  verified by:  nothing in the input\n");
+    fputc('\n', out);
+}
+
 /* "warning [expired] ca.pem #3 (CN=Old Root): expired on ..." or, about a whole file,
  * "error [unreadable] missing.pem: cannot read: No such file or directory". */
 static void print_warning(FILE *out, const struct tlsw_bundle *b,
@@ -116,6 +146,10 @@ static void print_warning(FILE *out, const struct tlsw_bundle *b,
     if (w->cert != TLSW_BUNDLE_NONE) {
         const struct tlsw_bundle_cert *c = tlsw_bundle_cert(b, w->cert);
         fprintf(out, " #%zu (%s)", c->index, c->info.subject);
+    }
+    if (w->crl != TLSW_BUNDLE_NONE) {
+        const struct tlsw_bundle_crl *c = tlsw_bundle_crl(b, w->crl);
+        fprintf(out, " CRL #%zu (%s)", c->index, c->info.issuer);
     }
     fprintf(out, ": %s\n", w->detail);
 }
@@ -130,9 +164,13 @@ static void print_summary(FILE *out, const struct tlsw_bundle *b)
 {
     size_t certs = tlsw_bundle_cert_count(b), files = tlsw_bundle_file_count(b);
     size_t errors = count_errors(b), warnings = tlsw_bundle_warning_count(b) - errors;
-    fprintf(out, "%zu %s in %zu %s (%zu unique): ", certs,
+    size_t crls = tlsw_bundle_crl_count(b);
+    fprintf(out, "%zu %s in %zu %s (%zu unique)", certs,
             plural(certs, "certificate", "certificates"), files, plural(files, "file", "files"),
             tlsw_bundle_unique_count(b));
+    if (crls > 0)
+        fprintf(out, ", %zu %s", crls, plural(crls, "CRL", "CRLs"));
+    fputs(": ", out);
     if (errors + warnings == 0)
         fputs("no warnings\n", out);
     else
@@ -144,6 +182,8 @@ static void print_text(const struct tlsw_bundle *b, time_t now)
 {
     for (size_t i = 0; i < tlsw_bundle_cert_count(b); i++)
         print_cert(stdout, b, tlsw_bundle_cert(b, i), now);
+    for (size_t i = 0; i < tlsw_bundle_crl_count(b); i++)
+        print_crl(stdout, b, tlsw_bundle_crl(b, i), now);
     print_warnings(stdout, b);
     print_summary(stdout, b);
 }
@@ -192,6 +232,31 @@ static json_t *cert_json(const struct tlsw_bundle *b, const struct tlsw_bundle_c
                      c->dup_of != TLSW_BUNDLE_NONE ? cert_ref_json(b, c->dup_of) : json_null());
 }
 
+static json_t *crl_json(const struct tlsw_bundle *b, const struct tlsw_bundle_crl *c, time_t now)
+{
+    char tu[32], nu[32];
+    iso_time(c->info.this_update, tu, sizeof(tu));
+    iso_time(c->info.next_update, nu, sizeof(nu));
+    bool has_next = c->info.next_update != (time_t)-1;
+    const struct tlsw_bundle_crl *newer =
+        c->newer != TLSW_BUNDLE_NONE ? tlsw_bundle_crl(b, c->newer) : NULL;
+    return json_pack(
+        "{s:o, s:I, s:I, s:o, s:s, s:o, s:o, s:I, s:o, s:b, s:o, s:o, s:o}", "file",
+        jstr(tlsw_bundle_file_path(b, c->file)), "index", (json_int_t)c->index, "line",
+        (json_int_t)c->line, "issuer", jstr(c->info.issuer), "this_update", tu, "next_update",
+        has_next ? json_string(nu) : json_null(), "days_left",
+        has_next ? json_integer(tlsw_bundle_days_left(c->info.next_update, now)) : json_null(),
+        "entries", (json_int_t)c->info.entries, "number",
+        c->info.number[0] ? json_string(c->info.number) : json_null(), "delta", (int)c->info.delta,
+        "verified_by", c->info.verified_by[0] ? jstr(c->info.verified_by) : json_null(),
+        "verified_by_sha256",
+        c->info.verified_by[0] ? json_string(c->info.verified_by_sha256) : json_null(),
+        "superseded_by",
+        newer != NULL ? json_pack("{s:o, s:I}", "file", jstr(tlsw_bundle_file_path(b, newer->file)),
+                                  "index", (json_int_t)newer->index)
+                      : json_null());
+}
+
 static json_t *warning_json(const struct tlsw_bundle *b, const struct tlsw_bundle_warning *w)
 {
     const struct tlsw_bundle_cert *c =
@@ -205,6 +270,19 @@ static json_t *warning_json(const struct tlsw_bundle *b, const struct tlsw_bundl
                      c != NULL ? jstr(c->info.subject) : json_null(), "duplicate_of",
                      w->other != TLSW_BUNDLE_NONE ? cert_ref_json(b, w->other) : json_null(),
                      "message", jstr(w->detail));
+}
+
+/* The CRL a warning is about, added to its JSON object when there is one. */
+static json_t *with_crl_ref(json_t *o, const struct tlsw_bundle *b,
+                            const struct tlsw_bundle_warning *w)
+{
+    if (o != NULL && w->crl != TLSW_BUNDLE_NONE) {
+        const struct tlsw_bundle_crl *c = tlsw_bundle_crl(b, w->crl);
+        json_object_set_new(
+            o, "crl",
+            json_pack("{s:I, s:o}", "index", (json_int_t)c->index, "issuer", jstr(c->info.issuer)));
+    }
+    return o;
 }
 
 /* The arrays of the document; each NULL when memory runs out (json_pack then fails too). */
@@ -238,7 +316,20 @@ static json_t *warnings_json(const struct tlsw_bundle *b)
 {
     json_t *a = json_array();
     for (size_t i = 0; a != NULL && i < tlsw_bundle_warning_count(b); i++)
-        if (json_array_append_new(a, warning_json(b, tlsw_bundle_warning(b, i))) != 0)
+        if (json_array_append_new(a, with_crl_ref(warning_json(b, tlsw_bundle_warning(b, i)), b,
+                                                  tlsw_bundle_warning(b, i))) != 0)
+            goto fail;
+    return a;
+fail:
+    json_decref(a);
+    return NULL;
+}
+
+static json_t *crls_json(const struct tlsw_bundle *b, time_t now)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a != NULL && i < tlsw_bundle_crl_count(b); i++)
+        if (json_array_append_new(a, crl_json(b, tlsw_bundle_crl(b, i), now)) != 0)
             goto fail;
     return a;
 fail:
@@ -249,13 +340,13 @@ fail:
 static int print_json(const struct tlsw_bundle *b, time_t now)
 {
     size_t errors = count_errors(b);
-    json_t *doc = json_pack("{s:o, s:o, s:o, s:{s:I, s:I, s:I, s:I, s:I}}", "files", files_json(b),
-                            "certificates", certs_json(b, now), "warnings", warnings_json(b),
-                            "summary", "files", (json_int_t)tlsw_bundle_file_count(b),
-                            "certificates", (json_int_t)tlsw_bundle_cert_count(b), "unique",
-                            (json_int_t)tlsw_bundle_unique_count(b), "warnings",
-                            (json_int_t)(tlsw_bundle_warning_count(b) - errors), "errors",
-                            (json_int_t)errors);
+    json_t *doc = json_pack(
+        "{s:o, s:o, s:o, s:o, s:{s:I, s:I, s:I, s:I, s:I, s:I}}", "files", files_json(b),
+        "certificates", certs_json(b, now), "crls", crls_json(b, now), "warnings", warnings_json(b),
+        "summary", "files", (json_int_t)tlsw_bundle_file_count(b), "certificates",
+        (json_int_t)tlsw_bundle_cert_count(b), "unique", (json_int_t)tlsw_bundle_unique_count(b),
+        "crls", (json_int_t)tlsw_bundle_crl_count(b), "warnings",
+        (json_int_t)(tlsw_bundle_warning_count(b) - errors), "errors", (json_int_t)errors);
     if (doc == NULL || json_dumpf(doc, stdout, JSON_INDENT(2)) != 0) {
         json_decref(doc);
         fputs("dbtrust bundle inspect: cannot build the JSON document (out of memory)\n", stderr);
@@ -333,9 +424,12 @@ static int merge_into(const struct tlsw_bundle *b, const char *out)
         fprintf(stderr, "dbtrust bundle merge: %s\n", err);
         return EXIT_WARNINGS;
     }
-    printf("wrote %zu %s from %zu %s to %s, %zu %s dropped\n", unique,
-           plural(unique, "certificate", "certificates"), files, plural(files, "file", "files"),
-           out, dups, plural(dups, "duplicate", "duplicates"));
+    size_t crls = tlsw_bundle_crl_kept_count(b);
+    printf("wrote %zu %s", unique, plural(unique, "certificate", "certificates"));
+    if (tlsw_bundle_crl_count(b) > 0)
+        printf(" and %zu %s (newest per issuer)", crls, plural(crls, "CRL", "CRLs"));
+    printf(" from %zu %s to %s, %zu %s dropped\n", files, plural(files, "file", "files"), out, dups,
+           plural(dups, "duplicate", "duplicates"));
     return EXIT_CLEAN;
 }
 

@@ -71,6 +71,35 @@ static void print_cert(const struct check *ck, const char *prefix, const struct 
            ci->subject, ck->tap ? "# " : "", ci->issuer, date, days_left(ci->not_after, now));
 }
 
+/* Under a verified chain's certificate, with CRLs in force: the CRL that was checked for it
+ * (the chain verified, so it is not on it), or why none was. Nothing without CRLs, so the
+ * output of a bundle without any stays as it was. */
+static void print_revocation(const struct check *ck, struct tlsw_gen *g,
+                             const struct tlsw_cert_info *ci, bool top, time_t now)
+{
+    const struct tlsw_crl_info *crl = NULL;
+    if (tlsw_gen_crl_count(g) == 0)
+        return;
+    for (size_t i = 0; i < tlsw_gen_crl_count(g); i++)
+        if (!tlsw_gen_crl(g, i)->delta && strcmp(tlsw_gen_crl(g, i)->issuer, ci->issuer) == 0)
+            crl = tlsw_gen_crl(g, i);
+    const char *tap = ck->tap ? "# " : "";
+    if (top && strcmp(ci->subject, ci->issuer) == 0) {
+        printf("%s    revocation: root of the bundle, no CRL applies\n", tap);
+    } else if (crl == NULL) {
+        printf("%s    revocation: not checked, no CRL for its issuer%s\n", tap,
+               ck->cfg.crl_required ? " (crl_required)" : "");
+    } else {
+        char next[32] = "none";
+        struct tm tm;
+        if (crl->next_update != (time_t)-1 && gmtime_r(&crl->next_update, &tm) != NULL)
+            strftime(next, sizeof(next), "%Y-%m-%d", &tm);
+        bool stale = crl->next_update != (time_t)-1 && crl->next_update < now;
+        printf("%s    revocation: not revoked (CRL of its issuer, %zu entries, nextUpdate %s%s)\n",
+               tap, crl->entries, next, stale ? ", STALE" : "");
+    }
+}
+
 /* The first certificate in certs expiring within --min-days, or NULL. */
 static const struct tlsw_cert_info *
 expiring(const struct check *ck, const struct tlsw_cert_info *certs, size_t n, time_t now)
@@ -109,6 +138,7 @@ static void check_upstream(struct check *ck, const struct cfg_listener *l, size_
             char prefix[32];
             snprintf(prefix, sizeof(prefix), "  depth %zu: ", d);
             print_cert(ck, prefix, &r.chain[d], now);
+            print_revocation(ck, g, &r.chain[d], d + 1 == r.chain_len, now);
         }
         worsen(ck, soon ? EXIT_EXPIRING : EXIT_VERIFIED);
         return;
@@ -190,18 +220,18 @@ static int load_bundles(struct check *ck, struct tlsw_gen **gens)
 {
     char err[512];
     for (size_t i = 0; i < ck->cfg.listener_count; i++) {
-        const char *path =
-            ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, &ck->cfg.listeners[i]);
+        const struct cfg_listener *l = &ck->cfg.listeners[i];
+        const char *path = ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, l);
+        const char *crl = cfg_listener_crl(&ck->cfg, l);
         for (size_t j = 0; j < i && !gens[i]; j++) {
-            const char *other = ck->candidate
-                                    ? ck->candidate
-                                    : cfg_listener_bundle(&ck->cfg, &ck->cfg.listeners[j]);
-            if (strcmp(other, path) == 0) {
+            const struct cfg_listener *o = &ck->cfg.listeners[j];
+            const char *other = ck->candidate ? ck->candidate : cfg_listener_bundle(&ck->cfg, o);
+            if (strcmp(other, path) == 0 && strcmp(cfg_listener_crl(&ck->cfg, o), crl) == 0) {
                 gens[i] = gens[j];
                 tlsw_gen_ref(gens[i]);
             }
         }
-        if (!gens[i] && px_trust_load(&ck->cfg, path, &gens[i], err, sizeof(err)) != 0) {
+        if (!gens[i] && px_trust_load(&ck->cfg, path, crl, &gens[i], err, sizeof(err)) != 0) {
             fprintf(stderr, "dbtrust check: bundle refused: %s\n", err);
             return -1;
         }

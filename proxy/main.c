@@ -159,8 +159,9 @@ static int load_trust(struct px_server *srv)
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
         const char *path = cfg_listener_bundle(cfg, l->cfg);
+        const char *crl = cfg_listener_crl(cfg, l->cfg);
         for (size_t j = 0; j < i; j++) {
-            if (strcmp(cfg_listener_bundle(cfg, srv->listeners[j].cfg), path) == 0) {
+            if (cfg_listener_same_trust(cfg, l->cfg, srv->listeners[j].cfg)) {
                 l->gen = srv->listeners[j].gen;
                 l->gen_since = srv->listeners[j].gen_since;
                 tlsw_gen_ref(l->gen);
@@ -170,15 +171,18 @@ static int load_trust(struct px_server *srv)
         if (l->gen)
             continue;
         char err[512];
-        if (px_trust_load(cfg, path, &l->gen, err, sizeof(err)) != 0) {
+        if (px_trust_load(cfg, path, crl, &l->gen, err, sizeof(err)) != 0) {
             px_log(CFG_LOG_ERROR, "listener %s: refusing to start: %s", l->cfg->name, err);
             return -1;
         }
         l->gen_since = px_unix_now();
-        char certs[16];
+        char certs[16], crls[16];
         snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(l->gen));
+        snprintf(crls, sizeof(crls), "%zu", tlsw_gen_crl_count(l->gen));
+        bool any_crl = crl[0] != '\0' || tlsw_gen_crl_count(l->gen) > 0;
         px_log_event(CFG_LOG_INFO, "bundle_loaded", "listener", l->cfg->name, "path", path,
-                     "sha256", tlsw_gen_sha256(l->gen), "certificates", certs, NULL);
+                     "sha256", tlsw_gen_sha256(l->gen), "certificates", certs,
+                     any_crl ? "crls" : NULL, crls, "crl_path", crl, NULL);
         /* One line per certificate: a system bundle holds ~150, so only at debug level (the
          * admin endpoint's /bundle and `dbtrust bundle inspect` list them on demand). */
         for (size_t k = 0; k < tlsw_gen_cert_count(l->gen); k++) {

@@ -95,6 +95,28 @@ static json_t *cert_json(const struct tlsw_cert_info *ci, time_t now)
                      (json_int_t)((ci->not_after - now) / 86400), "is_ca", ci->is_ca);
 }
 
+static json_t *crl_json(const struct tlsw_crl_info *ci, time_t now)
+{
+    json_t *issuer = json_string(ci->issuer), *by = json_string(ci->verified_by);
+    json_t *o = json_pack("{s:o, s:o, s:s, s:o, s:I, s:b, s:s}", "issuer",
+                          issuer ? issuer : json_string("(not UTF-8)"), "verified_by",
+                          by ? by : json_string("(not UTF-8)"), "source", ci->source, "this_update",
+                          iso_time(ci->this_update), "entries", (json_int_t)ci->entries, "delta",
+                          ci->delta, "number", ci->number);
+    if (o == NULL)
+        return json_null();
+    if (ci->next_update == (time_t)-1) {
+        json_object_set_new(o, "next_update", json_null());
+        json_object_set_new(o, "stale", json_false());
+    } else {
+        json_object_set_new(o, "next_update", iso_time(ci->next_update));
+        json_object_set_new(o, "days_left",
+                            json_integer((json_int_t)((ci->next_update - now) / 86400)));
+        json_object_set_new(o, "stale", json_boolean(ci->next_update <= now));
+    }
+    return o;
+}
+
 static enum MHD_Result bundle(struct px_admin *a, struct MHD_Connection *conn)
 {
     struct px_server *srv = a->srv;
@@ -116,8 +138,16 @@ static enum MHD_Result bundle(struct px_admin *a, struct MHD_Connection *conn)
             json_t *certs = json_array();
             for (size_t c = 0; c < tlsw_gen_cert_count(g); c++)
                 json_array_append_new(certs, cert_json(tlsw_gen_cert(g, c), now));
-            entry = json_pack("{s:s, s:s, s:[], s:o}", "path", path, "sha256", tlsw_gen_sha256(g),
-                              "listeners", "certificates", certs);
+            json_t *crls = json_array();
+            for (size_t c = 0; c < tlsw_gen_crl_count(g); c++)
+                json_array_append_new(crls, crl_json(tlsw_gen_crl(g, c), now));
+            entry = json_pack("{s:s, s:s, s:[], s:o, s:o}", "path", path, "sha256",
+                              tlsw_gen_sha256(g), "listeners", "certificates", certs, "crls", crls);
+            const char *crl_path = cfg_listener_crl(srv->cfg, srv->listeners[i].cfg);
+            if (crl_path[0] != '\0') {
+                json_object_set_new(entry, "crl_path", json_string(crl_path));
+                json_object_set_new(entry, "crl_sha256", json_string(tlsw_gen_crl_sha256(g)));
+            }
             json_array_append_new(bundles, entry);
         }
         json_array_append_new(json_object_get(entry, "listeners"),

@@ -1,7 +1,9 @@
 /* Certificate expiry warnings: every certificate of a bundle in force and of the last chain each
  * upstream presented is checked at start, after each reload, when a new upstream chain is seen
  * and hourly. A certificate is reported once per threshold it crosses (30, 14, 7 days, expired),
- * so a log reader sees the countdown without a line per hour. Runs on the main loop. */
+ * so a log reader sees the countdown without a line per hour. CRLs in force get the same
+ * countdown toward their nextUpdate on a shorter scale (7, 3, 1 day, past), as CRLs are
+ * reissued every few days. Runs on the main loop. */
 #include "px_expiry.h"
 
 #include <stdio.h>
@@ -13,10 +15,11 @@
 
 #define CHECK_EVERY_MS (60 * 60 * 1000)
 
-static const int thresholds[] = {30, 14, 7, 0}; /* 0 = expired */
+static const int thresholds[] = {30, 14, 7, 0};   /* 0 = expired */
+static const int crl_thresholds[] = {7, 3, 1, 0}; /* 0 = past nextUpdate */
 
 struct warned {
-    char sha256[65];
+    char sha256[160]; /* a certificate's fingerprint, or a CRL's identity (crl_key) */
     int threshold;
 };
 
@@ -27,17 +30,23 @@ struct px_expiry {
     size_t count, cap;
 };
 
-/* The smallest threshold reached, or -1 when the certificate has more than 30 days left. */
-static int threshold_of(time_t not_after, time_t now)
+/* The smallest threshold of list (descending, ending with 0) reached, or -1 when more than the
+ * first one is left. */
+static int threshold_in(const int *list, size_t n, time_t not_after, time_t now)
 {
     if (not_after <= now)
         return 0;
     int days = (int)((not_after - now) / 86400);
     int reached = -1;
-    for (size_t i = 0; i + 1 < DBT_ARRAY_LEN(thresholds); i++)
-        if (days < thresholds[i])
-            reached = thresholds[i];
+    for (size_t i = 0; i + 1 < n; i++)
+        if (days < list[i])
+            reached = list[i];
     return reached;
+}
+
+static int threshold_of(time_t not_after, time_t now)
+{
+    return threshold_in(thresholds, DBT_ARRAY_LEN(thresholds), not_after, now);
 }
 
 /* True the first time (sha256, threshold) is seen. */
@@ -77,6 +86,33 @@ static void check_cert(struct px_expiry *e, const struct tlsw_cert_info *ci, tim
                  date, "days_left", days, "threshold_days", t == 0 ? "expired" : threshold, NULL);
 }
 
+/* A CRL in force, warned once per threshold. Identified by who signed it and its nextUpdate:
+ * the next CRL of the same issuer starts its own countdown. */
+static void check_crl(struct px_expiry *e, const struct tlsw_crl_info *ci, time_t now,
+                      const char *bundle, bool refuse)
+{
+    if (ci->next_update == (time_t)-1)
+        return; /* no nextUpdate: it never goes stale */
+    int t = threshold_in(crl_thresholds, DBT_ARRAY_LEN(crl_thresholds), ci->next_update, now);
+    char key[160];
+    snprintf(key, sizeof(key), "crl:%s:%s:%lld", ci->verified_by_sha256, ci->delta ? "d" : "",
+             (long long)ci->next_update);
+    if (t < 0 || !first_time(e, key, t))
+        return;
+    char date[32], days[24], threshold[16];
+    struct tm tm;
+    gmtime_r(&ci->next_update, &tm);
+    strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(days, sizeof(days), "%lld", (long long)((ci->next_update - now) / 86400));
+    snprintf(threshold, sizeof(threshold), "%d", t);
+    const char *effect = t != 0   ? "a fresh CRL is due before then"
+                         : refuse ? "crl_stale = refuse: chains it covers fail with tls_crl_stale"
+                                  : "crl_stale = warn: still enforced, connections go on";
+    px_log_event(t == 0 ? CFG_LOG_ERROR : CFG_LOG_WARN, "crl_next_update", "bundle", bundle,
+                 "issuer", ci->issuer, "source", ci->source, "next_update", date, "days_left", days,
+                 "threshold_days", t == 0 ? "past" : threshold, "detail", effect, NULL);
+}
+
 void px_expiry_check(struct px_server *srv)
 {
     struct px_expiry *e = srv->expiry;
@@ -89,6 +125,9 @@ void px_expiry_check(struct px_server *srv)
         const struct tlsw_gen *g = srv->listeners[i].gen;
         for (size_t c = 0; c < tlsw_gen_cert_count(g); c++)
             check_cert(e, tlsw_gen_cert(g, c), now, "bundle", "bundle", path, "");
+        for (size_t c = 0; c < tlsw_gen_crl_count(g); c++)
+            check_crl(e, tlsw_gen_crl(g, c), now, path,
+                      srv->cfg->crl_stale == CFG_CRL_STALE_REFUSE);
         /* The certificate clients of a client_tls listener verify: an expiry there locks
          * every TLS client out, so it is warned about like the rest. */
         if (srv->listeners[i].client_id)

@@ -76,13 +76,15 @@ static void on_done(uv_async_t *a)
 }
 
 struct px_guard *px_guard_start(uv_loop_t *loop, const struct px_server *srv,
-                                const char *bundle_path, struct tlsw_gen *candidate,
-                                struct tlsw_gen *current, px_guard_done_cb done, void *arg)
+                                const char *bundle_path, const char *crl_path,
+                                struct tlsw_gen *candidate, struct tlsw_gen *current,
+                                px_guard_done_cb done, void *arg)
 {
     size_t n = 0;
     for (size_t i = 0; i < srv->listener_count; i++) {
         const struct cfg_listener *l = srv->listeners[i].cfg;
-        if (strcmp(cfg_listener_bundle(srv->cfg, l), bundle_path) == 0)
+        if (strcmp(cfg_listener_bundle(srv->cfg, l), bundle_path) == 0 &&
+            strcmp(cfg_listener_crl(srv->cfg, l), crl_path) == 0)
             n += l->upstream_count;
     }
     struct px_guard *gd = calloc(1, sizeof(*gd) + n * sizeof(gd->targets[0]));
@@ -90,7 +92,8 @@ struct px_guard *px_guard_start(uv_loop_t *loop, const struct px_server *srv,
         return NULL;
     for (size_t i = 0; i < srv->listener_count; i++) {
         const struct cfg_listener *l = srv->listeners[i].cfg;
-        if (strcmp(cfg_listener_bundle(srv->cfg, l), bundle_path) != 0)
+        if (strcmp(cfg_listener_bundle(srv->cfg, l), bundle_path) != 0 ||
+            strcmp(cfg_listener_crl(srv->cfg, l), crl_path) != 0)
             continue;
         for (size_t u = 0; u < l->upstream_count; u++)
             gd->targets[gd->target_count++] = (struct target){.l = l, .upstream_idx = u};

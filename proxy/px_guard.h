@@ -15,12 +15,14 @@
 struct px_guard;
 typedef void (*px_guard_done_cb)(struct px_guard *gd, void *arg);
 
-/* Starts a run for the listeners whose bundle is bundle_path, comparing candidate with current
+/* Starts a run for the listeners whose bundle is bundle_path and CRL path crl_path ("" for none),
+ * comparing candidate with current
  * (both referenced by the run). done is called once on loop; then read the verdict and free the
  * run. Returns NULL if the run could not start (out of memory, no thread). */
 struct px_guard *px_guard_start(uv_loop_t *loop, const struct px_server *srv,
-                                const char *bundle_path, struct tlsw_gen *candidate,
-                                struct tlsw_gen *current, px_guard_done_cb done, void *arg);
+                                const char *bundle_path, const char *crl_path,
+                                struct tlsw_gen *candidate, struct tlsw_gen *current,
+                                px_guard_done_cb done, void *arg);
 /* Logs one bundle_guard line per upstream (refusals as errors, naming the upstream and the
  * missing issuer) and returns true when the candidate may be published. When it may not,
  * writes a one-line summary into why. quiet: log refusals at debug level (a recheck of a bundle

@@ -361,6 +361,22 @@ static void trust(struct px_server *srv, FILE *out)
         }
         tlsw_gen_unref(b[i].gen);
     }
+    family(out, "dbtrust_crl_next_update_timestamp_seconds", "gauge",
+           "nextUpdate of each CRL in force, by bundle and issuer (Unix time; a CRL past it is "
+           "still enforced unless crl_stale = refuse).");
+    for (size_t i = 0; i < n; i++) {
+        for (size_t c = 0; c < tlsw_gen_crl_count(b[i].gen); c++) {
+            const struct tlsw_crl_info *ci = tlsw_gen_crl(b[i].gen, c);
+            if (ci->next_update == (time_t)-1 || ci->delta)
+                continue; /* none to wait for; a delta's base carries the issuer's date */
+            fputs("dbtrust_crl_next_update_timestamp_seconds{bundle=", out);
+            label(out, b[i].path);
+            fputs(",issuer=", out);
+            label(out, ci->issuer);
+            fprintf(out, "} %lld\n", (long long)ci->next_update);
+        }
+        tlsw_gen_unref(b[i].gen);
+    }
     free(b);
     client_identities(srv, out);
 

@@ -52,8 +52,13 @@ bool px_probe_is_verify_failure(enum dbt_reason r)
 {
     /* A pin mismatch too: the pins stay, but the bundle decides which path verifies, and a new
      * one (a cross-signed intermediate, another root) can route it around every pinned key. */
+    /* Revocation too: a CRL that revokes the certificate a live upstream presents would fail
+     * every new connection to it, which is what the guard exists to say before it happens
+     * (force the reload to revoke anyway). tls_crl_missing and tls_crl_stale are the bundle's
+     * policy refusing the chain, the same verdict. */
     return r == DBT_TLS_UNTRUSTED_CHAIN || r == DBT_TLS_CERT_EXPIRED ||
-           r == DBT_TLS_CERT_NOT_YET_VALID || r == DBT_TLS_PIN_MISMATCH;
+           r == DBT_TLS_CERT_NOT_YET_VALID || r == DBT_TLS_PIN_MISMATCH ||
+           r == DBT_TLS_CERT_REVOKED || r == DBT_TLS_CRL_MISSING || r == DBT_TLS_CRL_STALE;
 }
 
 static int64_t now_ms(void)

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 
 #include "px_expiry.h"
 #include "px_guard.h"
@@ -15,10 +16,11 @@
  * but not more often than this: each check is a handshake the server may count as aborted. */
 #define GUARD_RECHECK_MS 60000
 
-/* One watched bundle file, shared by the listeners that use it. */
+/* One watched bundle file and CRL path, shared by the listeners that use both. */
 struct px_bundle_watch {
     struct px_server *srv;
     char path[4096];
+    char crl[4096];           /* "" when the listeners have no CRL path */
     uv_loop_t *loop;          /* the main loop */
     struct px_watch watch;    /* its triggers; bw is freed when they have closed */
     struct tlsw_gen *current; /* main loop's reference to the generation in force */
@@ -28,8 +30,8 @@ struct px_bundle_watch {
     const char *guard_trigger;
     bool guard_quiet;          /* rechecking a bundle already refused and reported */
     const char *rerun_trigger; /* a trigger that fired during the run: reload once more after */
-    char guard_refused_sha256[65];
-    char guard_refused_why[1024]; /* that refusal's summary, for a forced reload's log line */
+    char guard_refused_sha256[132]; /* content_id of the refused generation */
+    char guard_refused_why[1024];   /* that refusal's summary, for a forced reload's log line */
     uint64_t guard_refused_at;
     char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
@@ -41,13 +43,17 @@ double px_unix_now(void)
     return (double)ts.tv_sec + (double)(ts.tv_nsec / 1000000) / 1e3;
 }
 
-int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out, char *err,
-                  size_t errlen)
+int px_trust_load(const struct cfg *cfg, const char *path, const char *crl, struct tlsw_gen **out,
+                  char *err, size_t errlen)
 {
     struct tlsw_gen_opts opts = {
         .verify = cfg->verify == CFG_VERIFY_CA ? TLSW_VERIFY_CA : TLSW_VERIFY_FULL,
         .min_tls_version = cfg->min_tls == 13 ? TLS1_3_VERSION : TLS1_2_VERSION,
         .pins = cfg->pins,
+        .crl_path = crl,
+        .crl_required = cfg->crl_required,
+        .crl_stale =
+            cfg->crl_stale == CFG_CRL_STALE_REFUSE ? TLSW_CRL_STALE_REFUSE : TLSW_CRL_STALE_WARN,
     };
     struct tlsw_gen *g = NULL;
     if (tlsw_gen_load(path, &opts, &g, err, errlen) != 0)
@@ -67,6 +73,21 @@ int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out
     return 0;
 }
 
+/* The bundle's hash, and the CRL path's after a colon when there is one: what "the same
+ * content" means for a reload, and what the guard remembers of a refused candidate. */
+static const char *content_id(const struct tlsw_gen *g, char *buf, size_t cap)
+{
+    const char *crl = tlsw_gen_crl_sha256(g);
+    snprintf(buf, cap, "%s%s%s", tlsw_gen_sha256(g), crl[0] ? ":" : "", crl);
+    return buf;
+}
+
+static bool same_content(const struct tlsw_gen *a, const struct tlsw_gen *b)
+{
+    return strcmp(tlsw_gen_sha256(a), tlsw_gen_sha256(b)) == 0 &&
+           strcmp(tlsw_gen_crl_sha256(a), tlsw_gen_crl_sha256(b)) == 0;
+}
+
 /* Hands g to every worker for every listener on this bundle. Each worker swaps it in from its
  * own loop (px_worker_take_trust), so nothing on the data path waits for a lock. */
 static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
@@ -75,7 +96,8 @@ static void publish(struct px_bundle_watch *bw, struct tlsw_gen *g)
     double now = px_unix_now();
     for (size_t i = 0; i < srv->listener_count; i++) {
         struct px_listener *l = &srv->listeners[i];
-        if (strcmp(cfg_listener_bundle(srv->cfg, l->cfg), bw->path) != 0)
+        if (strcmp(cfg_listener_bundle(srv->cfg, l->cfg), bw->path) != 0 ||
+            strcmp(cfg_listener_crl(srv->cfg, l->cfg), bw->crl) != 0)
             continue;
         tlsw_gen_ref(g);
         uv_mutex_lock(&srv->trust_lock); /* the admin thread reads l->gen */
@@ -107,13 +129,17 @@ static void take_over(struct px_bundle_watch *bw, struct tlsw_gen *g)
 /* The generation g (validated, and passed by the guard if on) goes into force. */
 static void apply(struct px_bundle_watch *bw, struct tlsw_gen *g, const char *trigger)
 {
-    char certs[16];
+    char certs[16], crls[16];
     snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(g));
+    snprintf(crls, sizeof(crls), "%zu", tlsw_gen_crl_count(g));
+    bool any_crl = bw->crl[0] != '\0' || tlsw_gen_crl_count(g) > 0;
     publish(bw, g);
     atomic_fetch_add(&bw->srv->reloads_ok, 1);
+    /* The CRL fields last: without CRLs the line is what it always was. */
     px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "ok", "trigger", trigger, "path",
                  bw->path, "sha256", tlsw_gen_sha256(g), "previous_sha256",
-                 tlsw_gen_sha256(bw->current), "certificates", certs, NULL);
+                 tlsw_gen_sha256(bw->current), "certificates", certs, any_crl ? "crls" : NULL, crls,
+                 "crl_path", bw->crl, "crl_sha256", tlsw_gen_crl_sha256(g), NULL);
     take_over(bw, g);
 }
 
@@ -125,7 +151,8 @@ static void apply_overriding_guard(struct px_bundle_watch *bw, struct tlsw_gen *
 {
     char certs[16], total[16]; /* total: dbtrust_bundle_reloads_total{result="overridden"} */
     snprintf(certs, sizeof(certs), "%zu", tlsw_gen_cert_count(g));
-    const char *detail = strcmp(tlsw_gen_sha256(g), bw->guard_refused_sha256) == 0
+    char id[132];
+    const char *detail = strcmp(content_id(g, id, sizeof(id)), bw->guard_refused_sha256) == 0
                              ? bw->guard_refused_why
                              : "the rotation guard has not checked this bundle";
     publish(bw, g);
@@ -162,7 +189,9 @@ static void on_guard_done(struct px_guard *gd, void *arg)
     } else {
         if (!bw->guard_quiet)
             refuse(bw, bw->guard_trigger, why);
-        dbt_strlcpy(bw->guard_refused_sha256, tlsw_gen_sha256(g), sizeof(bw->guard_refused_sha256));
+        char id[132];
+        dbt_strlcpy(bw->guard_refused_sha256, content_id(g, id, sizeof(id)),
+                    sizeof(bw->guard_refused_sha256));
         dbt_strlcpy(bw->guard_refused_why, why, sizeof(bw->guard_refused_why));
         bw->guard_refused_at = uv_now(bw->loop);
         tlsw_gen_unref(g);
@@ -184,7 +213,7 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
     }
     char err[512];
     struct tlsw_gen *g = NULL;
-    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
+    if (px_trust_load(srv->cfg, bw->path, bw->crl, &g, err, sizeof(err)) != 0) {
         /* A change (watch), a signal or a request always reports; the poll only news. */
         if (strcmp(trigger, "poll") != 0 || strcmp(err, bw->last_refusal) != 0)
             refuse(bw, trigger, err);
@@ -192,8 +221,8 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
         return;
     }
     bw->last_refusal[0] = '\0';
-    const char *sha = tlsw_gen_sha256(g);
-    if (strcmp(sha, tlsw_gen_sha256(bw->current)) == 0) {
+    char id[132];
+    if (same_content(g, bw->current)) {
         tlsw_gen_unref(g); /* same content: nothing to do */
         bw->guard_refused_sha256[0] = '\0';
         return;
@@ -202,7 +231,7 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
         apply(bw, g, trigger);
         return;
     }
-    bool recheck = strcmp(sha, bw->guard_refused_sha256) == 0;
+    bool recheck = strcmp(content_id(g, id, sizeof(id)), bw->guard_refused_sha256) == 0;
     uint64_t now = uv_now(bw->loop);
     if (recheck && strcmp(trigger, "poll") == 0 && now - bw->guard_refused_at < GUARD_RECHECK_MS) {
         tlsw_gen_unref(g);
@@ -211,7 +240,7 @@ static void reload_one(struct px_bundle_watch *bw, const char *trigger)
     bw->candidate = g;
     bw->guard_trigger = trigger;
     bw->guard_quiet = recheck && strcmp(trigger, "poll") == 0;
-    bw->guard = px_guard_start(bw->loop, srv, bw->path, g, bw->current, on_guard_done, bw);
+    bw->guard = px_guard_start(bw->loop, srv, bw->path, bw->crl, g, bw->current, on_guard_done, bw);
     if (!bw->guard) {
         bw->candidate = NULL;
         tlsw_gen_unref(g);
@@ -246,13 +275,13 @@ static void force_one(struct px_bundle_watch *bw, const char *trigger)
     char err[512];
     struct tlsw_gen *g = NULL;
     /* Force skips the guard only: an invalid bundle is refused as always. */
-    if (px_trust_load(srv->cfg, bw->path, &g, err, sizeof(err)) != 0) {
+    if (px_trust_load(srv->cfg, bw->path, bw->crl, &g, err, sizeof(err)) != 0) {
         refuse(bw, trigger, err);
         dbt_strlcpy(bw->last_refusal, err, sizeof(bw->last_refusal));
         return;
     }
     bw->last_refusal[0] = '\0';
-    if (strcmp(tlsw_gen_sha256(g), tlsw_gen_sha256(bw->current)) == 0) {
+    if (same_content(g, bw->current)) {
         /* Said, not silent as for the other triggers: the operator expects an override. */
         px_log_event(CFG_LOG_INFO, "bundle_reload", "result", "unchanged", "trigger", trigger,
                      "path", bw->path, "sha256", tlsw_gen_sha256(g), "detail",
@@ -262,6 +291,18 @@ static void force_one(struct px_bundle_watch *bw, const char *trigger)
         return;
     }
     apply_overriding_guard(bw, g, trigger);
+}
+
+/* What to watch for a CRL path: a file is watched through its directory like the bundle; a
+ * directory through itself ("dir/." has dirname "dir"), where a ConfigMap swaps "..data" and
+ * where new CRL files appear. "" when there is no CRL path. */
+static const char *crl_watch_path(const char *crl, char *buf, size_t cap)
+{
+    struct stat st;
+    if (crl[0] == '\0' || stat(crl, &st) != 0 || !S_ISDIR(st.st_mode))
+        return crl;
+    snprintf(buf, cap, "%s/.", crl);
+    return buf;
 }
 
 static void on_trigger(void *arg, const char *trigger)
@@ -276,9 +317,11 @@ int px_reload_start(struct px_server *srv, uv_loop_t *loop)
         return UV_ENOMEM;
     for (size_t i = 0; i < srv->listener_count; i++) {
         const char *path = cfg_listener_bundle(srv->cfg, srv->listeners[i].cfg);
+        const char *crl = cfg_listener_crl(srv->cfg, srv->listeners[i].cfg);
         bool seen = false;
         for (size_t j = 0; j < srv->watch_count; j++)
-            seen = seen || strcmp(srv->watches[j]->path, path) == 0;
+            seen = seen || (strcmp(srv->watches[j]->path, path) == 0 &&
+                            strcmp(srv->watches[j]->crl, crl) == 0);
         if (seen)
             continue;
         struct px_bundle_watch *bw = calloc(1, sizeof(*bw));
@@ -287,11 +330,13 @@ int px_reload_start(struct px_server *srv, uv_loop_t *loop)
         srv->watches[srv->watch_count++] = bw;
         bw->srv = srv;
         dbt_strlcpy(bw->path, path, sizeof(bw->path));
+        dbt_strlcpy(bw->crl, crl, sizeof(bw->crl));
         bw->loop = loop;
         bw->current = srv->listeners[i].gen;
         tlsw_gen_ref(bw->current);
-        const char *files[] = {bw->path};
-        px_watch_start(&bw->watch, loop, files, 1, srv->cfg->reload_interval_ms, on_trigger, bw);
+        char crl_watch[4096 + 2];
+        const char *files[] = {bw->path, crl_watch_path(bw->crl, crl_watch, sizeof(crl_watch))};
+        px_watch_start(&bw->watch, loop, files, 2, srv->cfg->reload_interval_ms, on_trigger, bw);
     }
     return 0;
 }

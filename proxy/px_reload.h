@@ -6,11 +6,13 @@
 
 #include "px.h"
 
-/* Loads and validates a bundle into a new generation (refcount 1). Refuses what tlsw refuses
- * (unreadable, empty, garbage, no certificate, all expired) and a bundle without any CA
- * certificate. Returns 0, or -1 with the reason in err. */
-DBT_MUST_USE int px_trust_load(const struct cfg *cfg, const char *path, struct tlsw_gen **out,
-                               char *err, size_t errlen);
+/* Loads and validates a bundle and its CRLs (crl: a file or directory, "" for none besides
+ * the bundle's CRL blocks) into a new generation (refcount 1). Refuses what tlsw refuses
+ * (unreadable, empty, garbage, no certificate, all expired, a CRL that does not parse or whose
+ * signature no CA of the bundle verifies) and a bundle without any CA certificate. Returns 0,
+ * or -1 with the reason in err. */
+DBT_MUST_USE int px_trust_load(const struct cfg *cfg, const char *path, const char *crl,
+                               struct tlsw_gen **out, char *err, size_t errlen);
 
 /* The wall clock as Unix time in seconds (ms precision): when a generation went into force, for
  * dbtrust_bundle_loaded_timestamp_seconds. */

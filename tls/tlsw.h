@@ -15,12 +15,24 @@
 
 enum tlsw_verify { TLSW_VERIFY_FULL, TLSW_VERIFY_CA };
 
+/* A CRL past its nextUpdate (or before its thisUpdate): WARN still enforces it (its entries stay
+ * revoked, the chain otherwise verifies: an unreachable CRL distribution point must not become an
+ * outage); REFUSE fails the chain with tls_crl_stale. */
+enum tlsw_crl_stale { TLSW_CRL_STALE_WARN, TLSW_CRL_STALE_REFUSE };
+
 struct tlsw_gen_opts {
     enum tlsw_verify verify; /* FULL: chain + host name/IP; CA: chain only */
     int min_tls_version;     /* TLS1_2_VERSION or TLS1_3_VERSION */
     /* NULL or "sha256/BASE64, ...": in addition to the chain, some certificate of the verified
      * chain must have one of these SPKI pins, else the handshake fails with tls_pin_mismatch. */
     const char *pins;
+    /* NULL or "": no CRL source besides the bundle's own X509 CRL blocks; else a file (PEM
+     * blocks or one DER CRL) or a directory of such files (hidden entries skipped). */
+    const char *crl_path;
+    /* An issuer of the chain (the root aside) without a CRL fails it with tls_crl_missing;
+     * otherwise only issuers that have a CRL are checked. */
+    bool crl_required;
+    enum tlsw_crl_stale crl_stale;
 };
 
 /* Metadata of one certificate of a bundle (or of a peer chain). */
@@ -32,6 +44,19 @@ struct tlsw_cert_info {
     char sha256[65];   /* hex fingerprint of the DER */
     char spki_pin[64]; /* base64 SHA-256 of the SubjectPublicKeyInfo */
     bool is_ca;
+};
+
+/* One CRL of a generation, or of `dbtrust bundle inspect`. */
+struct tlsw_crl_info {
+    char issuer[256];      /* RFC 2253 one-line */
+    char verified_by[256]; /* subject of the CA whose key verified it; "" when none did */
+    char verified_by_sha256[65];
+    char source[512]; /* the file it was read from */
+    time_t this_update;
+    time_t next_update; /* (time_t)-1: the CRL has none (it never goes stale) */
+    size_t entries;     /* revoked certificates listed */
+    bool delta;         /* a delta CRL (deltaCRLIndicator): applied on top of its base */
+    char number[80];    /* crlNumber in hex, "" when absent */
 };
 
 /* An immutable trust generation: the parsed bundle, its certificates' metadata and the SSL_CTX
@@ -48,6 +73,16 @@ void tlsw_gen_unref(struct tlsw_gen *g);
 size_t tlsw_gen_cert_count(const struct tlsw_gen *g);
 const struct tlsw_cert_info *tlsw_gen_cert(const struct tlsw_gen *g, size_t i);
 const char *tlsw_gen_sha256(const struct tlsw_gen *g); /* hex hash of the bundle content */
+/* The CRLs in force (the newest per issuer; bundle blocks and the crl path together), each
+ * verified at load time by a CA of the bundle. Reading them refuses the whole generation when
+ * one cannot be parsed or its signature does not verify. */
+size_t tlsw_gen_crl_count(const struct tlsw_gen *g);
+const struct tlsw_crl_info *tlsw_gen_crl(const struct tlsw_gen *g, size_t i);
+/* Hex hash over the files of the crl path (names and bytes), "" without one: with the bundle's
+ * hash, what tells a reload whether anything changed. */
+const char *tlsw_gen_crl_sha256(const struct tlsw_gen *g);
+/* Name of a CRL reason code (RFC 5280 5.3.1), "unspecified" style; "?" when unknown. */
+const char *tlsw_crl_reason_name(int code);
 
 /* TLS engine for one leg of a connection: client role toward the upstream (tlsw_conn_new), or
  * server role toward the client (tlsw_conn_new_server, below). */
@@ -178,10 +213,11 @@ bool tlsw_is_ip_literal(const char *s);
  *   tlsw_conn.c          the engine, top of tls/: calls gen, server, verify, certinfo, util
  *   tlsw_gen.c           trust generations: verify (tlsw_verify_cb), certinfo, util
  *   tlsw_server.c        serving identities: verify (tlsw_verify_cb), certinfo, util
- *   tlsw_verify.c        verify callback, failure wording: certinfo, util
+ *   tlsw_verify.c        verify callback, failure wording: crl, certinfo, util
  *   tlsw_bundle_merge.c  `dbtrust bundle` writing: bundle, util
- *   tlsw_bundle.c        `dbtrust bundle` reading: bundle_text, certinfo, util
+ *   tlsw_bundle.c        `dbtrust bundle` reading: bundle_text, crl, certinfo, util
  *   tlsw_bundle_text.c   nothing of tls/
+ *   tlsw_crl.c           CRLs: reading, checking signatures, metadata: certinfo, util
  *   tlsw_certinfo.c      util
  *   tlsw_util.c          nothing of tls/
  *
@@ -189,6 +225,7 @@ bool tlsw_is_ip_literal(const char *s);
  * by gen and server, below the engine. They reach the connection's state through the SSL's app
  * data, a struct tlsw_app_data that tlsw_conn.c fills, and never call back into tlsw_conn.c. */
 #ifdef TLSW_INTERNAL
+#include <openssl/evp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -205,6 +242,16 @@ struct tlsw_verify_rec {
     /* Client role: "a.example, 10.0.0.5", the DNS/IP SANs in order, or the CN if none. Server
      * role, for a refused name: the client certificate's DNS/URI SANs, or "CN=x" if none. */
     char leaf_names[512];
+    /* Revocation policy of the generation, set before the handshake (tlsw_conn.c). */
+    bool crl_required;
+    bool crl_stale_refuse;
+    /* X509_V_ERR_CERT_REVOKED: the entry of the failing certificate. */
+    char serial[80]; /* hex */
+    time_t revoked_at;
+    int revoke_reason; /* RFC 5280 reason code, -1 when the entry gives none */
+    /* X509_V_ERR_CRL_HAS_EXPIRED / CRL_NOT_YET_VALID: the CRL at fault. */
+    char crl_issuer[256];
+    time_t crl_this_update, crl_next_update;
 };
 
 /* Server role: what the handshake callbacks of tlsw_server.c learn about one client and
@@ -236,6 +283,8 @@ struct tlsw_app_data {
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);
 const char *tlsw_gen_pins(const struct tlsw_gen *g); /* "" when none are configured */
 enum tlsw_verify tlsw_gen_verify_mode(const struct tlsw_gen *g);
+bool tlsw_gen_crl_required(const struct tlsw_gen *g);
+bool tlsw_gen_crl_stale_refuse(const struct tlsw_gen *g);
 
 /* Serving identities (tlsw_server.c). */
 SSL_CTX *tlsw_server_ctx(const struct tlsw_server *s);
@@ -260,6 +309,38 @@ enum dbt_reason tlsw_verify_describe_client(long verify_result, const struct tls
 DBT_MUST_USE int tlsw_cert_info_fill(X509 *x, struct tlsw_cert_info *out);
 void tlsw_name_oneline(const X509_NAME *name, char *buf, size_t cap);
 time_t tlsw_asn1_time(const ASN1_TIME *t); /* (time_t)-1 when unparsable */
+
+/* CRLs (tlsw_crl.c). */
+
+/* CRLs read from their files, each with the file it came from. */
+struct tlsw_crl_item {
+    X509_CRL *crl;
+    char source[512];
+};
+struct tlsw_crl_list {
+    struct tlsw_crl_item *items;
+    size_t count, cap;
+};
+/* Takes crl (freed on failure). */
+DBT_MUST_USE int tlsw_crl_list_push(struct tlsw_crl_list *l, X509_CRL *crl, const char *source);
+void tlsw_crl_list_free(struct tlsw_crl_list *l);
+/* Every CRL of path: a file (X509 CRL PEM blocks, or one DER CRL) or a directory of such files
+ * (entries starting with '.' are skipped: a Kubernetes volume's "..data" and its timestamped
+ * copies). A file that holds no CRL, or one that does not parse, refuses the whole source: -1
+ * with why in err, naming the file. hash, when not NULL, is fed each file's name and bytes. */
+DBT_MUST_USE int tlsw_crl_read_path(const char *path, struct tlsw_crl_list *out, EVP_MD_CTX *hash,
+                                    char *err, size_t errlen);
+/* The certificate of cas that signed crl: its subject is the CRL's issuer, it is a CA allowed to
+ * sign CRLs (keyUsage cRLSign when it has a keyUsage) and its key verifies the signature. NULL
+ * with why otherwise ("not in the bundle", "signature does not verify..."). */
+X509 *tlsw_crl_signer(X509_CRL *crl, STACK_OF(X509) * cas, char *why, size_t cap);
+/* Metadata; verified_by is filled from signer when not NULL. */
+void tlsw_crl_info_fill(X509_CRL *crl, X509 *signer, const char *source, struct tlsw_crl_info *out);
+/* One PEM block as a CRL: 1 with *out, 0 when the block is no CRL, -1 when it is an X509 CRL
+ * block that does not decode. */
+int tlsw_pem_crl(const char *name, const unsigned char *der, long derlen, X509_CRL **out);
+/* Hex of an ASN1 INTEGER (serial numbers, CRL numbers) into buf; "?" when unreadable. */
+void tlsw_asn1_int_hex(const ASN1_INTEGER *i, char *buf, size_t cap);
 
 /* Helpers shared by the files of tls/ (tlsw_util.c). */
 
@@ -287,6 +368,11 @@ DBT_MUST_USE int tlsw_read_file(const char *path, unsigned char **out, size_t *o
  * Zero certificates is not an error here; callers word that themselves. */
 DBT_MUST_USE STACK_OF(X509) * tlsw_read_certs(const unsigned char *data, size_t len,
                                               const char *path, char *err, size_t errlen);
+/* The same, keeping the X509 CRL blocks in crls (NULL: skipped); a CRL block that does not decode
+ * refuses the file like a broken certificate. */
+DBT_MUST_USE STACK_OF(X509) * tlsw_read_certs_crls(const unsigned char *data, size_t len,
+                                                   const char *path, struct tlsw_crl_list *crls,
+                                                   char *err, size_t errlen);
 /* Peer-supplied bytes (SANs, ALPN names) for a log line: anything outside printable ASCII
  * becomes '?', cut to cap - 1 bytes. */
 void tlsw_printable(char *dst, size_t cap, const unsigned char *src, size_t len);

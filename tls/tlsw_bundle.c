@@ -56,7 +56,12 @@ static void add_warning(struct tlsw_bundle *b, enum tlsw_bundle_warn kind, size_
     }
     struct bundle_warning *w = &b->warns[b->warn_count];
     *w = (struct bundle_warning){
-        .pub = {.kind = kind, .file = file, .cert = cert, .other = other, .line = line},
+        .pub = {.kind = kind,
+                .file = file,
+                .crl = TLSW_BUNDLE_NONE,
+                .cert = cert,
+                .other = other,
+                .line = line},
         .seq = b->warn_count,
     };
     va_list ap;
@@ -129,18 +134,64 @@ static int push_cert(struct tlsw_bundle *b, size_t file, X509 *x, bool trusted, 
     return 0;
 }
 
-/* One decoded PEM block: a certificate is kept, anything else (a key pasted along, a CRL) is
+static int push_crl(struct tlsw_bundle *b, size_t file, X509_CRL *crl, unsigned line)
+{
+    if (b->crl_count == b->crl_cap) {
+        size_t ncap = b->crl_cap == 0 ? 8 : 2 * b->crl_cap;
+        struct bundle_crl *n = realloc(b->crls, ncap * sizeof(*n));
+        if (n == NULL)
+            return -1;
+        b->crls = n;
+        b->crl_cap = ncap;
+    }
+    struct bundle_crl *e = &b->crls[b->crl_count++];
+    memset(e, 0, sizeof(*e));
+    e->crl = crl;
+    e->signer = TLSW_BUNDLE_NONE;
+    e->pub.file = file;
+    e->pub.index = ++b->file_crl_count[file];
+    e->pub.line = line;
+    e->pub.newer = TLSW_BUNDLE_NONE;
+    return 0;
+}
+
+/* An X509 CRL block: kept for the checks across files (the daemon uses it); one that does not
+ * decode refuses the file, as it does in the daemon. Returns false for any other block. */
+static bool take_crl_block(struct tlsw_bundle *b, size_t file, const char *name,
+                           const unsigned char *der, long derlen, unsigned line)
+{
+    char ebuf[256];
+    X509_CRL *crl = NULL;
+    int rc = tlsw_pem_crl(name, der, derlen, &crl);
+    if (rc == 0)
+        return false;
+    if (rc < 0) {
+        add_warning(b, TLSW_BUNDLE_BAD_CRL, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, line,
+                    "line %u: %s block does not hold a valid CRL: %s", line, name,
+                    tlsw_openssl_reason(ebuf, sizeof(ebuf), NULL));
+        return true;
+    }
+    if (push_crl(b, file, crl, line) != 0) {
+        X509_CRL_free(crl);
+        b->oom = true;
+    }
+    return true;
+}
+
+/* One decoded PEM block: a certificate or a CRL is kept, anything else (a key pasted along) is
  * reported, as the daemon ignores it and merge drops it. */
 static void take_block(struct tlsw_bundle *b, size_t file, const char *name, const char *header,
                        const unsigned char *der, long derlen, unsigned line)
 {
     char ebuf[256];
     X509 *x = NULL;
+    if (take_crl_block(b, file, name, der, derlen, line))
+        return;
     enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
     if (kind == TLSW_PEM_NOT_CERT) {
         add_warning(b, TLSW_BUNDLE_NOT_CERTIFICATE, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, line,
-                    "line %u: %s block is not a certificate (ignored by dbtrust, dropped by "
-                    "merge)",
+                    "line %u: %s block is neither a certificate nor a CRL (ignored by dbtrust, "
+                    "dropped by merge)",
                     line, name);
         return;
     }
@@ -233,8 +284,9 @@ static void load_file(struct tlsw_bundle *b, size_t file)
     bool refused = false;
     for (size_t i = before; i < b->warn_count; i++)
         refused |= tlsw_bundle_warn_is_error(b->warns[i].pub.kind);
-    /* A file that failed to parse already says so; "no certificate" would only add noise. */
-    if (b->files[file].cert_count == 0 && !refused)
+    /* A file that failed to parse already says so; "no certificate" would only add noise. A
+     * file of CRLs alone is what a CRL file is (inspected or merged with its bundle). */
+    if (b->files[file].cert_count == 0 && b->file_crl_count[file] == 0 && !refused)
         add_warning(b, TLSW_BUNDLE_NO_CERTIFICATE, file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, 0,
                     "no certificate in the file");
 }
@@ -330,6 +382,129 @@ static void check_certs(struct tlsw_bundle *b, time_t now)
     }
 }
 
+/* ---- checks of the CRLs ------------------------------------------------------------------- */
+
+static bool crl_is_delta(X509_CRL *c)
+{
+    ASN1_INTEGER *d = X509_CRL_get_ext_d2i(c, NID_delta_crl, NULL, NULL);
+    bool delta = d != NULL;
+    ASN1_INTEGER_free(d);
+    return delta;
+}
+
+/* The CA among the unique certificates of every file that signed CRL i (as the daemon judges
+ * it, tlsw_crl_signer), filling its metadata; a warning when there is none. */
+static void verify_crl(struct tlsw_bundle *b, size_t i)
+{
+    char why[512];
+    struct bundle_crl *c = &b->crls[i];
+    STACK_OF(X509) *cas = sk_X509_new_null();
+    if (cas == NULL) {
+        b->oom = true;
+        return;
+    }
+    for (size_t j = 0; j < b->cert_count; j++)
+        if (b->certs[j].pub.dup_of == TLSW_BUNDLE_NONE && sk_X509_push(cas, b->certs[j].x509) <= 0)
+            b->oom = true;
+    X509 *signer = tlsw_crl_signer(c->crl, cas, why, sizeof(why));
+    sk_X509_free(cas); /* the certificates stay b's */
+    for (size_t j = 0; signer != NULL && j < b->cert_count; j++)
+        if (b->certs[j].x509 == signer)
+            c->signer = j;
+    tlsw_crl_info_fill(c->crl, signer, b->files[c->pub.file].path, &c->pub.info);
+    if (signer == NULL) {
+        size_t before = b->warn_count;
+        add_warning(b, TLSW_BUNDLE_CRL_UNVERIFIED, c->pub.file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE,
+                    c->pub.line, "%s: dbtrust refuses a bundle with it", why);
+        if (b->warn_count > before)
+            b->warns[before].pub.crl = i;
+    }
+}
+
+static void check_crl_dates(struct tlsw_bundle *b, size_t i, time_t now)
+{
+    const struct tlsw_bundle_crl *c = &b->crls[i].pub;
+    char day[32];
+    size_t before = b->warn_count;
+    if (c->info.next_update != (time_t)-1 && c->info.next_update < now) {
+        tlsw_format_iso(c->info.next_update, day, sizeof(day));
+        add_warning(b, TLSW_BUNDLE_CRL_STALE, c->file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, c->line,
+                    "past its nextUpdate %s (%ld days ago): still enforced with crl_stale = warn, "
+                    "chains it covers fail with crl_stale = refuse",
+                    day, tlsw_bundle_days_left(now, c->info.next_update));
+    } else if (c->info.this_update != (time_t)-1 && c->info.this_update > now) {
+        tlsw_format_iso(c->info.this_update, day, sizeof(day));
+        add_warning(b, TLSW_BUNDLE_CRL_STALE, c->file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE, c->line,
+                    "thisUpdate %s is in the future (a clock off?)", day);
+    }
+    if (b->warn_count > before)
+        b->warns[before].pub.crl = i;
+}
+
+/* Whether CRL j is preferred over CRL i of the same scope: newer, or as new and read first (the
+ * daemon's rule, so merge writes what the daemon would use). */
+static bool crl_preferred(const struct tlsw_bundle *b, size_t j, size_t i)
+{
+    const struct bundle_crl *cj = &b->crls[j], *ci = &b->crls[i];
+    if (cj->signer == TLSW_BUNDLE_NONE || cj->signer != ci->signer ||
+        crl_is_delta(cj->crl) != crl_is_delta(ci->crl) ||
+        X509_NAME_cmp(X509_CRL_get_issuer(cj->crl), X509_CRL_get_issuer(ci->crl)) != 0)
+        return false;
+    int cmp =
+        ASN1_TIME_compare(X509_CRL_get0_lastUpdate(cj->crl), X509_CRL_get0_lastUpdate(ci->crl));
+    return cmp > 0 || (cmp == 0 && j < i);
+}
+
+static void check_superseded(struct tlsw_bundle *b, size_t i)
+{
+    struct bundle_crl *c = &b->crls[i];
+    if (c->signer == TLSW_BUNDLE_NONE)
+        return;
+    for (size_t j = 0; j < b->crl_count; j++)
+        if (j != i && crl_preferred(b, j, i) &&
+            (c->pub.newer == TLSW_BUNDLE_NONE || crl_preferred(b, j, c->pub.newer)))
+            c->pub.newer = j;
+    if (c->pub.newer == TLSW_BUNDLE_NONE)
+        return;
+    const struct tlsw_bundle_crl *n = &b->crls[c->pub.newer].pub;
+    size_t before = b->warn_count;
+    add_warning(b, TLSW_BUNDLE_CRL_SUPERSEDED, c->pub.file, TLSW_BUNDLE_NONE, TLSW_BUNDLE_NONE,
+                c->pub.line,
+                "superseded by CRL #%zu of %s (same issuer, thisUpdate not older): not used by "
+                "dbtrust, dropped by merge",
+                n->index, b->files[n->file].path);
+    if (b->warn_count > before)
+        b->warns[before].pub.crl = i;
+}
+
+static void check_crls(struct tlsw_bundle *b, time_t now)
+{
+    for (size_t i = 0; i < b->crl_count; i++)
+        verify_crl(b, i);
+    for (size_t i = 0; i < b->crl_count; i++) {
+        check_crl_dates(b, i, now);
+        check_superseded(b, i);
+    }
+}
+
+size_t tlsw_bundle_crl_count(const struct tlsw_bundle *b)
+{
+    return b->crl_count;
+}
+
+const struct tlsw_bundle_crl *tlsw_bundle_crl(const struct tlsw_bundle *b, size_t i)
+{
+    return i < b->crl_count ? &b->crls[i].pub : NULL;
+}
+
+size_t tlsw_bundle_crl_kept_count(const struct tlsw_bundle *b)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < b->crl_count; i++)
+        n += b->crls[i].signer != TLSW_BUNDLE_NONE && b->crls[i].pub.newer == TLSW_BUNDLE_NONE;
+    return n;
+}
+
 /* File order, then position in the file, then the order found: a report reads top to bottom. */
 static int cmp_warning(const void *pa, const void *pb)
 {
@@ -349,7 +524,8 @@ int tlsw_bundle_load(const char *const *paths, size_t path_count, time_t now,
     if (b == NULL)
         return -1;
     b->files = calloc(path_count > 0 ? path_count : 1, sizeof(*b->files));
-    if (b->files == NULL)
+    b->file_crl_count = calloc(path_count > 0 ? path_count : 1, sizeof(*b->file_crl_count));
+    if (b->files == NULL || b->file_crl_count == NULL)
         goto fail;
     for (size_t i = 0; i < path_count; i++) {
         b->files[i].path = strdup(paths[i]);
@@ -360,6 +536,7 @@ int tlsw_bundle_load(const char *const *paths, size_t path_count, time_t now,
     for (size_t i = 0; i < path_count && !b->oom; i++)
         load_file(b, i);
     check_certs(b, now);
+    check_crls(b, now);
     if (b->oom)
         goto fail;
     if (b->warn_count > 1)
@@ -377,6 +554,10 @@ void tlsw_bundle_free(struct tlsw_bundle *b)
         return;
     for (size_t i = 0; i < b->cert_count; i++)
         X509_free(b->certs[i].x509);
+    for (size_t i = 0; i < b->crl_count; i++)
+        X509_CRL_free(b->crls[i].crl);
+    free(b->crls);
+    free(b->file_crl_count);
     for (size_t i = 0; i < b->file_count; i++)
         free(b->files[i].path);
     free(b->certs);

@@ -24,6 +24,12 @@ struct bundle_entry {
     bool trusted; /* came as TRUSTED CERTIFICATE: its trust settings are kept by merge */
 };
 
+struct bundle_crl {
+    struct tlsw_bundle_crl pub;
+    X509_CRL *crl;
+    size_t signer; /* index of the certificate that verifies it, or TLSW_BUNDLE_NONE */
+};
+
 struct bundle_warning {
     struct tlsw_bundle_warning pub;
     size_t seq; /* insertion order: keeps the report order stable when sorting by position */
@@ -34,6 +40,9 @@ struct tlsw_bundle {
     size_t file_count;
     struct bundle_entry *certs;
     size_t cert_count, cert_cap;
+    struct bundle_crl *crls;
+    size_t crl_count, crl_cap;
+    size_t *file_crl_count; /* per file */
     struct bundle_warning *warns;
     size_t warn_count, warn_cap;
     size_t unique;

@@ -27,7 +27,7 @@ int tlsw_bundle_mergeable(const struct tlsw_bundle *b, char *err, size_t errlen)
         /* Garbage refuses too: text OpenSSL skipped may be a certificate with a broken BEGIN
          * line, and a merge would silently drop it from the bundle. */
         if (tlsw_bundle_warn_is_error(w->kind) || w->kind == TLSW_BUNDLE_NO_CERTIFICATE ||
-            w->kind == TLSW_BUNDLE_GARBAGE) {
+            w->kind == TLSW_BUNDLE_GARBAGE || w->kind == TLSW_BUNDLE_CRL_UNVERIFIED) {
             tlsw_set_err(err, errlen, "%s: %s", b->files[w->file].path, w->detail);
             return -1;
         }
@@ -48,6 +48,21 @@ static int write_entry(BIO *mem, const struct bundle_entry *e, bool first)
         return -1;
     int ok = e->trusted ? PEM_write_bio_X509_AUX(mem, e->x509) : PEM_write_bio_X509(mem, e->x509);
     return ok == 1 ? 0 : -1;
+}
+
+/* One CRL with its comment lines; merge keeps the newest per issuer. */
+static int write_crl(BIO *mem, const struct bundle_crl *c, bool first)
+{
+    char tu[32], nu[32];
+    tlsw_format_iso(c->pub.info.this_update, tu, sizeof(tu));
+    if (c->pub.info.next_update == (time_t)-1)
+        dbt_strlcpy(nu, "none", sizeof(nu));
+    else
+        tlsw_format_iso(c->pub.info.next_update, nu, sizeof(nu));
+    if (BIO_printf(mem, "%s# CRL issuer: %s\n# thisUpdate: %s\n# nextUpdate: %s\n# entries: %zu\n",
+                   first ? "" : "\n", c->pub.info.issuer, tu, nu, c->pub.info.entries) <= 0)
+        return -1;
+    return PEM_write_bio_X509_CRL(mem, c->crl) == 1 ? 0 : -1;
 }
 
 static int write_all(int fd, const char *data, size_t len)
@@ -158,6 +173,17 @@ int tlsw_bundle_write(const struct tlsw_bundle *b, const char *path, char *err, 
         if (write_entry(mem, &b->certs[i], first) != 0) {
             tlsw_set_err(err, errlen, "cannot encode certificate %s: %s",
                          b->certs[i].pub.info.subject,
+                         tlsw_openssl_reason(ebuf, sizeof(ebuf), NULL));
+            goto out;
+        }
+        first = false;
+    }
+    for (size_t i = 0; i < b->crl_count; i++) {
+        const struct bundle_crl *c = &b->crls[i];
+        if (c->signer == TLSW_BUNDLE_NONE || c->pub.newer != TLSW_BUNDLE_NONE)
+            continue;
+        if (write_crl(mem, c, first) != 0) {
+            tlsw_set_err(err, errlen, "cannot encode the CRL of %s: %s", c->pub.info.issuer,
                          tlsw_openssl_reason(ebuf, sizeof(ebuf), NULL));
             goto out;
         }

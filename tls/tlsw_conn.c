@@ -147,6 +147,9 @@ struct tlsw_conn *tlsw_conn_new(struct tlsw_gen *g, const char *host, const uint
     c->gen = g;
     if (attach_ssl(c, tlsw_gen_ctx(g)) != 0)
         goto fail;
+    /* The verify callback is shared by every generation: the policy travels with the record. */
+    c->hs->vrec.crl_required = tlsw_gen_crl_required(g);
+    c->hs->vrec.crl_stale_refuse = tlsw_gen_crl_stale_refuse(g);
     if (host != NULL) {
         char *h = c->hs->host;
         size_t n = strlen(host);

@@ -12,6 +12,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 
 struct tlsw_gen {
     atomic_size_t refs;
@@ -21,6 +22,11 @@ struct tlsw_gen {
     size_t cert_count;
     char sha256[65];
     char pins[2048];
+    struct tlsw_crl_info *crls;
+    size_t crl_count;
+    char crl_sha256[65];
+    bool crl_required;
+    bool crl_stale_refuse;
 };
 
 static int sha256_hex(const unsigned char *data, size_t len, char out[65])
@@ -33,13 +39,15 @@ static int sha256_hex(const unsigned char *data, size_t len, char out[65])
     return 0;
 }
 
-/* The bundle's certificates into store and g->certs. */
+/* The bundle's certificates into store and g->certs; its CRL blocks into crls, and the
+ * certificates themselves into *out_certs (the issuers CRLs are checked against). */
 static int load_certs(struct tlsw_gen *g, X509_STORE *store, const unsigned char *data, size_t len,
-                      const char *path, char *err, size_t errlen)
+                      const char *path, struct tlsw_crl_list *crls, STACK_OF(X509) * *out_certs,
+                      char *err, size_t errlen)
 {
     int ret = -1;
     char ebuf[256];
-    STACK_OF(X509) *certs = tlsw_read_certs(data, len, path, err, errlen);
+    STACK_OF(X509) *certs = tlsw_read_certs_crls(data, len, path, crls, err, errlen);
     if (certs == NULL)
         return -1;
     size_t n = (size_t)sk_X509_num(certs);
@@ -87,7 +95,145 @@ static int load_certs(struct tlsw_gen *g, X509_STORE *store, const unsigned char
     }
     ret = 0;
 out:
-    sk_X509_pop_free(certs, X509_free); /* the store holds its own references */
+    if (ret == 0) {
+        *out_certs = certs; /* the store holds its own references */
+        return 0;
+    }
+    sk_X509_pop_free(certs, X509_free);
+    return ret;
+}
+
+static bool is_delta(X509_CRL *c)
+{
+    ASN1_INTEGER *d = X509_CRL_get_ext_d2i(c, NID_delta_crl, NULL, NULL);
+    bool delta = d != NULL;
+    ASN1_INTEGER_free(d);
+    return delta;
+}
+
+/* Index into kept of the CRL that c would replace or lose to: same issuer, same signing key,
+ * same kind (a delta CRL never replaces its base). SIZE_MAX when none. */
+static size_t same_scope(const struct tlsw_crl_list *kept, X509 *const *signers, X509_CRL *c,
+                         X509 *signer, bool delta)
+{
+    for (size_t i = 0; i < kept->count; i++) {
+        X509_CRL *k = kept->items[i].crl;
+        if (is_delta(k) == delta && signers[i] == signer &&
+            X509_NAME_cmp(X509_CRL_get_issuer(k), X509_CRL_get_issuer(c)) == 0)
+            return i;
+    }
+    return SIZE_MAX;
+}
+
+/* Checks every CRL against the bundle's CAs (one that cannot be verified refuses the
+ * generation: a forged or mis-delivered CRL must not fail connections later) and keeps the
+ * newest per issuer (thisUpdate), as OpenSSL would prefer it anyway, so metrics and warnings
+ * speak of the CRL actually in force. */
+static int load_crls(struct tlsw_gen *g, X509_STORE *store, struct tlsw_crl_list *all,
+                     STACK_OF(X509) * cas, char *err, size_t errlen)
+{
+    int ret = -1;
+    char why[512], ebuf[256];
+    struct tlsw_crl_list kept = {0};
+    X509 **signers = calloc(all->count + 1, sizeof(*signers));
+    if (signers == NULL) {
+        tlsw_set_err(err, errlen, "out of memory loading CRLs");
+        return -1;
+    }
+    for (size_t i = 0; i < all->count; i++) {
+        X509_CRL *c = all->items[i].crl;
+        X509 *signer = tlsw_crl_signer(c, cas, why, sizeof(why));
+        if (signer == NULL) {
+            tlsw_set_err(err, errlen, "CRL %zu (from %s) refused: %s", i + 1, all->items[i].source,
+                         why);
+            goto out;
+        }
+        size_t k = same_scope(&kept, signers, c, signer, is_delta(c));
+        if (k != SIZE_MAX) {
+            /* Equal thisUpdate: the first one read stays (bundle before the crl path). */
+            if (ASN1_TIME_compare(X509_CRL_get0_lastUpdate(c),
+                                  X509_CRL_get0_lastUpdate(kept.items[k].crl)) <= 0)
+                continue;
+            X509_CRL_free(kept.items[k].crl);
+            kept.items[k] = all->items[i];
+        } else {
+            signers[kept.count] = signer;
+            if (tlsw_crl_list_push(&kept, c, all->items[i].source) != 0) {
+                all->items[i].crl = NULL;
+                tlsw_set_err(err, errlen, "out of memory loading CRLs");
+                goto out;
+            }
+        }
+        all->items[i].crl = NULL; /* moved to kept */
+    }
+    g->crls = calloc(kept.count + 1, sizeof(*g->crls));
+    if (g->crls == NULL) {
+        tlsw_set_err(err, errlen, "out of memory loading CRLs");
+        goto out;
+    }
+    for (size_t i = 0; i < kept.count; i++) {
+        if (X509_STORE_add_crl(store, kept.items[i].crl) != 1) {
+            tlsw_set_err(err, errlen, "cannot add CRL from %s: %s", kept.items[i].source,
+                         tlsw_openssl_reason(ebuf, sizeof(ebuf), NULL));
+            goto out;
+        }
+        tlsw_crl_info_fill(kept.items[i].crl, signers[i], kept.items[i].source,
+                           &g->crls[g->crl_count++]);
+    }
+    ret = 0;
+out:
+    tlsw_crl_list_free(&kept);
+    free(signers);
+    return ret;
+}
+
+/* With CRLs (or crl_required) every element of the chain is checked (CRL_CHECK_ALL: the leaf
+ * alone would miss a revoked intermediate); delta CRLs are applied on top of their base. Without
+ * either, nothing changes: no lookup per handshake. */
+static void set_crl_flags(struct tlsw_gen *g, X509_STORE *store)
+{
+    if (g->crl_count == 0 && !g->crl_required)
+        return;
+    unsigned long flags = X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL;
+    for (size_t i = 0; i < g->crl_count; i++)
+        if (g->crls[i].delta)
+            flags |= X509_V_FLAG_USE_DELTAS;
+    X509_VERIFY_PARAM_set_flags(X509_STORE_get0_param(store), flags);
+}
+
+/* The CRLs of the bundle and of the crl path into store; hash of the crl path's files. */
+static int load_revocation(struct tlsw_gen *g, X509_STORE *store, struct tlsw_crl_list *crls,
+                           STACK_OF(X509) * cas, const struct tlsw_gen_opts *opts, char *err,
+                           size_t errlen)
+{
+    int ret = -1;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    const char *path = opts != NULL ? opts->crl_path : NULL;
+    EVP_MD_CTX *hash = NULL;
+
+    g->crl_required = opts != NULL && opts->crl_required;
+    g->crl_stale_refuse = opts != NULL && opts->crl_stale == TLSW_CRL_STALE_REFUSE;
+    if (path != NULL && path[0] != '\0') {
+        hash = EVP_MD_CTX_new();
+        if (hash == NULL || EVP_DigestInit_ex(hash, EVP_sha256(), NULL) != 1) {
+            tlsw_set_err(err, errlen, "cannot hash CRLs");
+            goto out;
+        }
+        if (tlsw_crl_read_path(path, crls, hash, err, errlen) != 0)
+            goto out;
+        if (EVP_DigestFinal_ex(hash, md, &mdlen) != 1 || mdlen != 32) {
+            tlsw_set_err(err, errlen, "cannot hash CRLs");
+            goto out;
+        }
+        tlsw_hex_encode(md, mdlen, g->crl_sha256);
+    }
+    if (load_crls(g, store, crls, cas, err, errlen) != 0)
+        goto out;
+    set_crl_flags(g, store);
+    ret = 0;
+out:
+    EVP_MD_CTX_free(hash);
     return ret;
 }
 
@@ -149,6 +295,8 @@ int tlsw_gen_load(const char *bundle_path, const struct tlsw_gen_opts *opts, str
     X509_STORE *store = NULL;
     struct tlsw_gen *g = NULL;
     char ebuf[256];
+    struct tlsw_crl_list crls = {0};
+    STACK_OF(X509) *cas = NULL;
 
     *out = NULL;
     if (err != NULL && errlen > 0)
@@ -194,7 +342,8 @@ int tlsw_gen_load(const char *bundle_path, const struct tlsw_gen_opts *opts, str
      * left in the bundle would become a trust anchor on its own. It is off by default; clearing
      * it says so and guards against a default changing under us. */
     X509_VERIFY_PARAM_clear_flags(X509_STORE_get0_param(store), X509_V_FLAG_PARTIAL_CHAIN);
-    if (load_certs(g, store, data, len, bundle_path, err, errlen) != 0)
+    if (load_certs(g, store, data, len, bundle_path, &crls, &cas, err, errlen) != 0 ||
+        load_revocation(g, store, &crls, cas, opts, err, errlen) != 0)
         goto out;
 
     X509_STORE *owned = store;
@@ -211,8 +360,11 @@ out:
     if (g != NULL) {
         SSL_CTX_free(g->ctx);
         free(g->certs);
+        free(g->crls);
         free(g);
     }
+    tlsw_crl_list_free(&crls);
+    sk_X509_pop_free(cas, X509_free);
     X509_STORE_free(store);
     free(data);
     ERR_clear_error();
@@ -234,7 +386,33 @@ void tlsw_gen_unref(struct tlsw_gen *g)
         return;
     SSL_CTX_free(g->ctx);
     free(g->certs);
+    free(g->crls);
     free(g);
+}
+
+size_t tlsw_gen_crl_count(const struct tlsw_gen *g)
+{
+    return g->crl_count;
+}
+
+const struct tlsw_crl_info *tlsw_gen_crl(const struct tlsw_gen *g, size_t i)
+{
+    return i < g->crl_count ? &g->crls[i] : NULL;
+}
+
+const char *tlsw_gen_crl_sha256(const struct tlsw_gen *g)
+{
+    return g->crl_sha256;
+}
+
+bool tlsw_gen_crl_required(const struct tlsw_gen *g)
+{
+    return g->crl_required;
+}
+
+bool tlsw_gen_crl_stale_refuse(const struct tlsw_gen *g)
+{
+    return g->crl_stale_refuse;
 }
 
 size_t tlsw_gen_cert_count(const struct tlsw_gen *g)

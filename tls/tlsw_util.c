@@ -142,10 +142,73 @@ enum tlsw_pem_block tlsw_pem_cert(const char *name, const char *header, const un
     return *out != NULL ? TLSW_PEM_CERT : TLSW_PEM_BAD_CERT;
 }
 
-/* OpenSSL's PEM reader, never a hand-rolled one. Keys and CRLs are not trust anchors and are
- * skipped, as `bundle inspect` says. */
+int tlsw_pem_crl(const char *name, const unsigned char *der, long derlen, X509_CRL **out)
+{
+    *out = NULL;
+    if (strcmp(name, PEM_STRING_X509_CRL) != 0)
+        return 0;
+    const unsigned char *p = der;
+    *out = d2i_X509_CRL(NULL, &p, derlen);
+    return *out != NULL ? 1 : -1;
+}
+
+int tlsw_crl_list_push(struct tlsw_crl_list *l, X509_CRL *crl, const char *source)
+{
+    if (l->count == l->cap) {
+        size_t ncap = l->cap == 0 ? 8 : 2 * l->cap;
+        struct tlsw_crl_item *n = realloc(l->items, ncap * sizeof(*n));
+        if (n == NULL) {
+            X509_CRL_free(crl);
+            return -1;
+        }
+        l->items = n;
+        l->cap = ncap;
+    }
+    l->items[l->count].crl = crl;
+    dbt_strlcpy(l->items[l->count].source, source, sizeof(l->items[0].source));
+    l->count++;
+    return 0;
+}
+
+void tlsw_crl_list_free(struct tlsw_crl_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        X509_CRL_free(l->items[i].crl);
+    free(l->items);
+    memset(l, 0, sizeof(*l));
+}
+
 STACK_OF(X509) * tlsw_read_certs(const unsigned char *data, size_t len, const char *path, char *err,
                                  size_t errlen)
+{
+    return tlsw_read_certs_crls(data, len, path, NULL, err, errlen);
+}
+
+/* A CRL block of a bundle: kept when the caller wants CRLs, else skipped like a key. */
+static int take_crl(struct tlsw_crl_list *crls, const char *name, const unsigned char *der,
+                    long derlen, const char *path, size_t block, char *err, size_t errlen)
+{
+    char ebuf[256];
+    X509_CRL *crl = NULL;
+    if (crls == NULL)
+        return 0;
+    int rc = tlsw_pem_crl(name, der, derlen, &crl);
+    if (rc < 0) {
+        tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
+                     tlsw_openssl_reason(ebuf, sizeof(ebuf), "not a valid CRL"));
+        return -1;
+    }
+    if (rc > 0 && tlsw_crl_list_push(crls, crl, path) != 0) {
+        tlsw_set_err(err, errlen, "out of memory loading %s", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* OpenSSL's PEM reader, never a hand-rolled one. Keys are not trust anchors and are skipped, as
+ * `bundle inspect` says; CRLs are kept for callers that check revocation. */
+STACK_OF(X509) * tlsw_read_certs_crls(const unsigned char *data, size_t len, const char *path,
+                                      struct tlsw_crl_list *crls, char *err, size_t errlen)
 {
     char ebuf[256];
     STACK_OF(X509) *certs = sk_X509_new_null();
@@ -171,9 +234,14 @@ STACK_OF(X509) * tlsw_read_certs(const unsigned char *data, size_t len, const ch
         }
         X509 *x = NULL;
         enum tlsw_pem_block kind = tlsw_pem_cert(name, header, der, derlen, &x);
+        int crl_rc = kind == TLSW_PEM_NOT_CERT
+                         ? take_crl(crls, name, der, derlen, path, block, err, errlen)
+                         : 0;
         OPENSSL_free(name);
         OPENSSL_free(header);
         OPENSSL_free(der);
+        if (crl_rc != 0)
+            goto fail;
         if (kind == TLSW_PEM_ENCRYPTED || kind == TLSW_PEM_BAD_CERT) {
             tlsw_set_err(err, errlen, "cannot parse %s: PEM block %zu: %s", path, block,
                          kind == TLSW_PEM_ENCRYPTED

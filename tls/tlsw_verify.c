@@ -54,6 +54,54 @@ static void leaf_names(X509 *x, char *list, size_t cap)
     }
 }
 
+/* What a revocation failure needs in its message: the entry (serial, date, reason) or the CRL
+ * at fault. */
+static void record_revocation(struct tlsw_verify_rec *r, X509_STORE_CTX *sctx, X509 *cert, int err)
+{
+    X509_CRL *crl = X509_STORE_CTX_get0_current_crl(sctx);
+    if (err == X509_V_ERR_CERT_REVOKED && cert != NULL) {
+        X509_REVOKED *rev = NULL;
+        tlsw_asn1_int_hex(X509_get0_serialNumber(cert), r->serial, sizeof(r->serial));
+        r->revoked_at = (time_t)-1;
+        r->revoke_reason = -1;
+        if (crl != NULL && X509_CRL_get0_by_cert(crl, &rev, cert) == 1 && rev != NULL) {
+            r->revoked_at = tlsw_asn1_time(X509_REVOKED_get0_revocationDate(rev));
+            ASN1_ENUMERATED *code = X509_REVOKED_get_ext_d2i(rev, NID_crl_reason, NULL, NULL);
+            if (code != NULL)
+                r->revoke_reason = (int)ASN1_ENUMERATED_get(code);
+            ASN1_ENUMERATED_free(code);
+        }
+    }
+    if (crl != NULL) {
+        tlsw_name_oneline(X509_CRL_get_issuer(crl), r->crl_issuer, sizeof(r->crl_issuer));
+        r->crl_this_update = tlsw_asn1_time(X509_CRL_get0_lastUpdate(crl));
+        const ASN1_TIME *next = X509_CRL_get0_nextUpdate(crl);
+        r->crl_next_update = next != NULL ? tlsw_asn1_time(next) : (time_t)-1;
+    }
+}
+
+/* Revocation errors the generation's policy lets pass (PROTOCOLS.md part D). A root has no
+ * issuer whose CRL could list it, so its missing CRL never counts; an issuer without a CRL only
+ * counts with crl_required; a stale CRL is still applied (its entries stay revoked) and only
+ * fails the chain with crl_stale = refuse. */
+static bool revocation_tolerated(const struct tlsw_verify_rec *r, X509_STORE_CTX *sctx, X509 *cert,
+                                 int err, int depth)
+{
+    switch (err) {
+    case X509_V_ERR_UNABLE_TO_GET_CRL: {
+        STACK_OF(X509) *chain = X509_STORE_CTX_get0_chain(sctx);
+        bool top = chain != NULL && depth == sk_X509_num(chain) - 1;
+        bool root = top && cert != NULL && X509_self_signed(cert, 0) == 1;
+        return root || !r->crl_required;
+    }
+    case X509_V_ERR_CRL_HAS_EXPIRED:
+    case X509_V_ERR_CRL_NOT_YET_VALID:
+        return !r->crl_stale_refuse;
+    default:
+        return false;
+    }
+}
+
 int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(sctx, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -68,9 +116,12 @@ int tlsw_verify_cb(int ok, X509_STORE_CTX *sctx)
         leaf_names(cert, r->leaf_names, sizeof(r->leaf_names));
         r->have_leaf = true;
     }
-    /* The first error is the one verification stops at (we never override ok). */
+    if (!ok && revocation_tolerated(r, sctx, cert, X509_STORE_CTX_get_error(sctx), depth))
+        return 1;
+    /* The first error is the one verification stops at (we never override ok otherwise). */
     if (!ok && r->err == X509_V_OK) {
         r->err = X509_STORE_CTX_get_error(sctx);
+        record_revocation(r, sctx, cert, r->err);
         r->depth = depth;
         if (cert != NULL) {
             tlsw_name_oneline(X509_get_subject_name(cert), r->subject, sizeof(r->subject));
@@ -100,6 +151,21 @@ static bool is_missing_issuer(long v)
     return v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT ||
            v == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY ||
            v == X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE;
+}
+
+static enum dbt_reason describe_revoked(const struct tlsw_verify_rec *r, bool have, int depth,
+                                        const char *subject, char *detail, size_t cap)
+{
+    char when[32], reason[48];
+    tlsw_format_iso(have ? r->revoked_at : (time_t)-1, when, sizeof(when));
+    if (!have || r->revoke_reason < 0)
+        dbt_strlcpy(reason, "none given", sizeof(reason));
+    else
+        snprintf(reason, sizeof(reason), "%s (%d)", tlsw_crl_reason_name(r->revoke_reason),
+                 r->revoke_reason);
+    snprintf(detail, cap, "certificate revoked (depth %d, %s, serial %s, revoked %s, reason %s)",
+             depth, subject, have && r->serial[0] != '\0' ? r->serial : "?", when, reason);
+    return DBT_TLS_CERT_REVOKED;
 }
 
 enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, const char *host,
@@ -133,6 +199,24 @@ enum dbt_reason tlsw_verify_describe(long v, const struct tlsw_verify_rec *r, co
         tlsw_format_day(have ? r->not_before : (time_t)-1, day, sizeof(day));
         snprintf(detail, cap, "%s (depth %d, %s, notBefore %s)", what, depth, subject, day);
         return DBT_TLS_CERT_NOT_YET_VALID;
+    case X509_V_ERR_CERT_REVOKED:
+        return describe_revoked(r, have, depth, subject, detail, cap);
+    case X509_V_ERR_UNABLE_TO_GET_CRL:
+        snprintf(detail, cap,
+                 "no CRL for the issuer of depth %d, %s (issuer %s) and crl_required = on", depth,
+                 subject, have && r->issuer[0] != '\0' ? r->issuer : "?");
+        return DBT_TLS_CRL_MISSING;
+    case X509_V_ERR_CRL_HAS_EXPIRED:
+    case X509_V_ERR_CRL_NOT_YET_VALID:
+        tlsw_format_iso(
+            have ? (v == X509_V_ERR_CRL_HAS_EXPIRED ? r->crl_next_update : r->crl_this_update)
+                 : (time_t)-1,
+            day, sizeof(day));
+        snprintf(detail, cap, "%s (CRL of %s, %s %s; checking depth %d, %s) and crl_stale = refuse",
+                 what, have && r->crl_issuer[0] != '\0' ? r->crl_issuer : "?",
+                 v == X509_V_ERR_CRL_HAS_EXPIRED ? "nextUpdate" : "thisUpdate", day, depth,
+                 subject);
+        return DBT_TLS_CRL_STALE;
     case X509_V_ERR_OUT_OF_MEM:
     case X509_V_ERR_UNSPECIFIED:
     case X509_V_ERR_APPLICATION_VERIFICATION:

@@ -71,7 +71,25 @@ static void files_close(struct files *f)
 static bool refuses_merge(enum tlsw_bundle_warn k)
 {
     return tlsw_bundle_warn_is_error(k) || k == TLSW_BUNDLE_NO_CERTIFICATE ||
-           k == TLSW_BUNDLE_GARBAGE;
+           k == TLSW_BUNDLE_GARBAGE || k == TLSW_BUNDLE_CRL_UNVERIFIED;
+}
+
+static void check_crls(const struct tlsw_bundle *b, const struct files *f)
+{
+    for (size_t i = 0; i < tlsw_bundle_crl_count(b); i++) {
+        const struct tlsw_bundle_crl *c = tlsw_bundle_crl(b, i);
+        FUZZ_CHECK(c->file < f->n && c->index >= 1 && c->line >= 1, "CRL %zu: file %zu", i,
+                   c->file);
+        FUZZ_CHECK_CSTR(c->info.issuer);
+        FUZZ_CHECK_CSTR(c->info.verified_by);
+        FUZZ_CHECK_CSTR(c->info.number);
+        FUZZ_CHECK(c->newer == TLSW_BUNDLE_NONE ||
+                       (c->newer < tlsw_bundle_crl_count(b) && c->newer != i &&
+                        tlsw_bundle_crl(b, c->newer)->newer == TLSW_BUNDLE_NONE),
+                   "CRL %zu: superseded by %zu, which is not in force", i, c->newer);
+        FUZZ_CHECK(c->newer == TLSW_BUNDLE_NONE || c->info.verified_by[0] != '\0',
+                   "CRL %zu: superseded without being verified", i);
+    }
 }
 
 static void check_report(const struct tlsw_bundle *b, const struct files *f)
@@ -117,6 +135,8 @@ static void check_report(const struct tlsw_bundle *b, const struct files *f)
         FUZZ_CHECK(strcmp(tlsw_bundle_warn_name(w->kind), "unknown") != 0, "kind %d", w->kind);
         FUZZ_CHECK(w->file < f->n, "warning %zu: file %zu", i, w->file);
         FUZZ_CHECK(w->cert == TLSW_BUNDLE_NONE || w->cert < certs, "warning %zu: cert", i);
+        FUZZ_CHECK(w->crl == TLSW_BUNDLE_NONE || w->crl < tlsw_bundle_crl_count(b),
+                   "warning %zu: crl", i);
         FUZZ_CHECK(w->other == TLSW_BUNDLE_NONE || w->other < certs, "warning %zu: other", i);
         FUZZ_CHECK_CSTR(w->detail);
         if (w->kind == TLSW_BUNDLE_DUPLICATE)
@@ -134,6 +154,7 @@ static void check_report(const struct tlsw_bundle *b, const struct files *f)
         refused |= refuses_merge(w->kind);
     }
     FUZZ_CHECK(errors == tlsw_bundle_has_errors(b), "has_errors");
+    check_crls(b, f);
 
     char err[512];
     memset(err, 0xEE, sizeof err);
@@ -166,9 +187,12 @@ static void check_daemon_agrees(const struct tlsw_bundle *b, const char *path)
         FUZZ_CHECK(g == NULL && memchr(err, '\0', sizeof err) && err[0], "failed load, no why");
         if (strstr(err, "have expired") || strstr(err, "out of memory"))
             return;
-        bool refused = tlsw_bundle_has_errors(b);
+        /* A file of CRLs alone has no certificate, and a CRL no CA of the file verifies is
+         * refused: warnings for inspect, which may be given the bundle in another file. */
+        bool refused = tlsw_bundle_has_errors(b) || tlsw_bundle_cert_count(b) == 0;
         for (size_t i = 0; i < tlsw_bundle_warning_count(b); i++)
-            refused |= tlsw_bundle_warning(b, i)->kind == TLSW_BUNDLE_NO_CERTIFICATE;
+            refused |= tlsw_bundle_warning(b, i)->kind == TLSW_BUNDLE_NO_CERTIFICATE ||
+                       tlsw_bundle_warning(b, i)->kind == TLSW_BUNDLE_CRL_UNVERIFIED;
         FUZZ_CHECK(refused || known("bundle-daemon-refuses"),
                    "the daemon refuses a bundle inspect passes: %s", err);
         return;
@@ -180,6 +204,10 @@ static void check_daemon_agrees(const struct tlsw_bundle *b, const char *path)
     for (size_t i = 0; i < tlsw_gen_cert_count(g); i++)
         FUZZ_CHECK(strcmp(tlsw_gen_cert(g, i)->sha256, tlsw_bundle_cert(b, i)->info.sha256) == 0,
                    "certificate %zu differs between the daemon and inspect", i);
+    /* Both keep the newest CRL per issuer and key: merge writes what the daemon uses. */
+    FUZZ_CHECK(tlsw_gen_crl_count(g) == tlsw_bundle_crl_kept_count(b),
+               "the daemon uses %zu CRLs, inspect keeps %zu", tlsw_gen_crl_count(g),
+               tlsw_bundle_crl_kept_count(b));
     tlsw_gen_unref(g);
 }
 
@@ -211,6 +239,11 @@ static void check_merge(const struct tlsw_bundle *b)
                "merged bundle has %zu certificates, not %zu", tlsw_bundle_cert_count(m),
                tlsw_bundle_unique_count(b));
     FUZZ_CHECK(tlsw_bundle_unique_count(m) == tlsw_bundle_cert_count(m), "merged duplicates");
+    FUZZ_CHECK(tlsw_bundle_crl_count(m) == tlsw_bundle_crl_kept_count(b) &&
+                   tlsw_bundle_crl_kept_count(m) == tlsw_bundle_crl_count(m),
+               "merged bundle has %zu CRLs (%zu in force), not the %zu kept",
+               tlsw_bundle_crl_count(m), tlsw_bundle_crl_kept_count(m),
+               tlsw_bundle_crl_kept_count(b));
     for (size_t i = 0, k = 0; i < tlsw_bundle_cert_count(b); i++) {
         const struct tlsw_bundle_cert *c = tlsw_bundle_cert(b, i);
         if (c->dup_of != TLSW_BUNDLE_NONE)

@@ -385,10 +385,47 @@ def make_certs():
     trusted = subprocess.run(["openssl", "x509", "-in", str(CERTS / "root2.pem"), "-trustout",
                               "-addtrust", "serverAuth"], check=True, capture_output=True).stdout
     (CERTS / "trusted.pem").write_bytes(trusted)
+    make_crls(out, keys, name)
+
+
+def make_crls(certs, keys, name):
+    """CRLs for the bundle seeds (issue 17): the root's revoking the intermediate, the
+    intermediate's revoking the leaf, a stale one (nextUpdate before the harness's NOW), one with
+    the intermediate's name signed by another key (the daemon refuses it), a delta CRL."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    d = datetime.datetime
+
+    def crl(issuer, key, revoked, this, nxt, number, delta_of=None):
+        b = (x509.CertificateRevocationListBuilder().issuer_name(name(issuer))
+             .last_update(this).next_update(nxt)
+             .add_extension(x509.CRLNumber(number), critical=False))
+        if delta_of is not None:
+            b = b.add_extension(x509.DeltaCRLIndicator(delta_of), critical=True)
+        for c in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(c.serial_number)
+                .revocation_date(d(2025, 6, 1))
+                .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False)
+                .build())
+        return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    fresh = (d(2025, 12, 1), d(2034, 1, 1))
+    crls = {
+        "root-crl": crl("Fuzz Root CA", keys["root"], [certs["inter"]], *fresh, 1),
+        "inter-crl": crl("Fuzz Intermediate", keys["inter"], [certs["leaf"]], *fresh, 2),
+        "stale-crl": crl("Fuzz Intermediate", keys["inter"], [], d(2025, 5, 1), d(2025, 6, 1), 1),
+        "forged-crl": crl("Fuzz Intermediate", keys["root2"], [certs["leaf"]], *fresh, 3),
+        "delta-crl": crl("Fuzz Intermediate", keys["inter"], [certs["leaf"]], *fresh, 4,
+                         delta_of=2),
+    }
+    for n, data in crls.items():
+        (CERTS / f"{n}.pem").write_bytes(data)
 
 
 def bundle_seeds(regen):
-    if regen or not (CERTS / "root.pem").exists():
+    if regen or not (CERTS / "inter-crl.pem").exists():
         if CERTS.exists():
             shutil.rmtree(CERTS)
         make_certs()
@@ -433,6 +470,14 @@ def bundle_seeds(regen):
         # Not here: blocks inspect passes and the daemon refuses (an encrypted certificate, a
         # malformed CRL or key) are reproducers of a reported bug, in regressions/bundle/.
         root.replace(b"CERTIFICATE", b"X509 CERTIFICATE"),
+        # CRLs (issue 17): checked against the CAs of the input, newest per issuer kept
+        root + inter + c["root-crl"] + c["inter-crl"],
+        root + inter + c["inter-crl"] + c["stale-crl"] + c["delta-crl"],
+        root + inter + c["forged-crl"],
+        root + c["inter-crl"],
+        root + inter + FILE_SEP + c["inter-crl"] + c["inter-crl"],
+        root + c["root-crl"].replace(b"\n", b"\r\n"),
+        root + c["root-crl"][:len(c["root-crl"]) // 2],
     ]
 
 

@@ -348,6 +348,53 @@ class TestPKI:
         self._concat(path, [r.cert for r in roots])
         return path
 
+    def make_crl(self, filename, issuer, revoked=(), this_update_days=-1, next_update_days=7,
+                 reason="key_compromise", number=1, signer=None, der=False):
+        """A CRL in the name of issuer listing the `revoked` certificates (revoked an hour ago,
+        with that reason; None: no reason extension), written as PEM (or DER) to filename in
+        the PKI directory. signer: another Cert whose key signs it instead (a forged CRL).
+        Built with python3-cryptography: `openssl ca -gencrl` needs a CA database."""
+        import datetime
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        def load_cert(c):
+            with open(c.cert, "rb") as f:
+                return x509.load_pem_x509_certificate(f.read())
+
+        def load_key(c):
+            with open(c.key, "rb") as f:
+                return serialization.load_pem_private_key(f.read(), password=None)
+
+        now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(load_cert(issuer).subject)
+                   .last_update(now + datetime.timedelta(days=this_update_days))
+                   .next_update(now + datetime.timedelta(days=next_update_days))
+                   .add_extension(x509.CRLNumber(number), critical=False))
+        for cert in revoked:
+            entry = (x509.RevokedCertificateBuilder()
+                     .serial_number(load_cert(cert).serial_number)
+                     .revocation_date(now - datetime.timedelta(hours=1)))
+            if reason is not None:
+                entry = entry.add_extension(x509.CRLReason(getattr(x509.ReasonFlags, reason)),
+                                            critical=False)
+            builder = builder.add_revoked_certificate(entry.build())
+        crl = builder.sign(load_key(signer or issuer), hashes.SHA256())
+        path = self._path(filename)
+        with open(path, "wb") as f:
+            f.write(crl.public_bytes(serialization.Encoding.DER if der
+                                     else serialization.Encoding.PEM))
+        return path
+
+    @staticmethod
+    def serial_hex(cert):
+        """The serial number as dbtrust prints it (OpenSSL's hex, even number of digits)."""
+        from cryptography import x509
+        with open(cert.cert, "rb") as f:
+            text = "%X" % x509.load_pem_x509_certificate(f.read()).serial_number
+        return text if len(text) % 2 == 0 else "0" + text
+
     @staticmethod
     def _concat(path, files):
         with open(path, "w") as out:

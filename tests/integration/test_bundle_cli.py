@@ -249,7 +249,8 @@ class TestInspectJson(unittest.TestCase):
         self.assertEqual(rc, EXIT_WARNINGS, out + err)
         doc = json.loads(out)
         self.assertEqual(doc["summary"], {"files": 2, "certificates": 4, "unique": 3,
-                                          "warnings": 2, "errors": 0})
+                                          "crls": 0, "warnings": 2, "errors": 0})
+        self.assertEqual(doc["crls"], [])  # CRLs: test_crl.py
         self.assertEqual(doc["files"], [{"path": first, "certificates": 2},
                                         {"path": second, "certificates": 2}])
         root = doc["certificates"][0]

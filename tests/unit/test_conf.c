@@ -1372,3 +1372,47 @@ Test(conf, sslnegotiation_cli_listener_is_postgres)
     cr_assert_eq(c.listeners[0].sslnegotiation_line, 0);
     cfg_free(&c);
 }
+
+/* ---- revocation (CRLs) ---- */
+
+Test(conf, crl_keys_trust_and_listener_override)
+{
+    struct cfg c;
+    char err[1024] = "";
+
+    cfg_init(&c);
+    cr_assert_str_eq(c.crl, "");
+    cr_assert_not(c.crl_required);
+    cr_assert_eq(c.crl_stale, CFG_CRL_STALE_WARN);
+    cfg_free(&c);
+
+    int rc = load(&c,
+                  "[trust]\nbundle = /etc/dbtrust/ca.pem\ncrl = /etc/dbtrust/crls\n"
+                  "crl_required = on\ncrl_stale = refuse\n"
+                  "[listener.a]\nprotocol = postgres\nlisten = 127.0.0.1:1\nupstream = db\n"
+                  "[listener.b]\nprotocol = mysql\nlisten = 127.0.0.1:2\nupstream = db\n"
+                  "crl = /etc/dbtrust/b.crl\n"
+                  "[listener.c]\nprotocol = mysql\nlisten = 127.0.0.1:3\nupstream = db\n",
+                  err, sizeof err);
+    cr_assert_eq(rc, 0, "%s", err);
+    cr_assert_str_eq(c.crl, "/etc/dbtrust/crls");
+    cr_assert(c.crl_required);
+    cr_assert_eq(c.crl_stale, CFG_CRL_STALE_REFUSE);
+    cr_assert_str_eq(cfg_listener_crl(&c, &c.listeners[0]), "/etc/dbtrust/crls");
+    cr_assert_str_eq(cfg_listener_crl(&c, &c.listeners[1]), "/etc/dbtrust/b.crl");
+    /* Same bundle, another CRL path: not the same trust, so not one generation. */
+    cr_assert_not(cfg_listener_same_trust(&c, &c.listeners[0], &c.listeners[1]));
+    cr_assert(cfg_listener_same_trust(&c, &c.listeners[0], &c.listeners[2]));
+    cfg_free(&c);
+}
+
+Test(conf, crl_bad_values_name_key_and_line)
+{
+    expect_error("[trust]\n\ncrl_stale = ignore\n",
+                 ":3: key 'crl_stale': invalid crl_stale 'ignore' (use warn or refuse)");
+    expect_error("[trust]\ncrl_required = sometimes\n",
+                 ":2: key 'crl_required': invalid boolean 'sometimes' (use on/off, true/false, "
+                 "yes/no, 1/0)");
+    /* crl_required and crl_stale are trust-wide: a listener cannot relax them. */
+    expect_error("[listener.x]\ncrl_stale = warn\n", ":2: unknown key 'crl_stale' in [listener.x]");
+}

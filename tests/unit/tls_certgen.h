@@ -149,6 +149,106 @@ static inline int cg_write_bundle(const char *path, X509 *const *certs, size_t n
     return ret;
 }
 
+/* ---- CRLs ----------------------------------------------------------------------------------- */
+
+struct cg_crl_spec {
+    long this_days;               /* thisUpdate relative to now (days, may be negative) */
+    long next_days;               /* nextUpdate relative to now */
+    bool no_next;                 /* no nextUpdate at all */
+    long number;                  /* crlNumber, 0 = none */
+    long delta_base;              /* > 0: a delta CRL on top of the CRL with this number */
+    int reason;                   /* reason code of every entry, -1 = no reason extension */
+    const struct cg_cert *signer; /* NULL: the issuer's own key; else this key forges it */
+    /* A Freshest CRL extension: OpenSSL applies delta CRLs only to a base (or certificate) that
+     * points at them with one. */
+    bool freshest;
+};
+
+/* The usual fresh CRL: issued yesterday, next one due in 7 days, entries keyCompromise. */
+static const struct cg_crl_spec CG_CRL = {
+    .this_days = -1, .next_days = 7, .number = 1, .reason = 1};
+
+static inline int cg_crl_add_int_ext(X509_CRL *crl, int nid, long v, int crit)
+{
+    ASN1_INTEGER *i = ASN1_INTEGER_new();
+    int ok = i != NULL && ASN1_INTEGER_set(i, v) == 1 &&
+             X509_CRL_add1_ext_i2d(crl, nid, i, crit, 0) == 1;
+    ASN1_INTEGER_free(i);
+    return ok ? 0 : -1;
+}
+
+/* A CRL in the name of issuer listing the n certificates of revoked (revoked an hour ago). */
+static inline X509_CRL *cg_crl(const struct cg_cert *issuer, X509 *const *revoked, size_t n,
+                               const struct cg_crl_spec *spec)
+{
+    X509_CRL *crl = X509_CRL_new();
+    ASN1_TIME *t = NULL;
+    if (crl == NULL || X509_CRL_set_version(crl, X509_CRL_VERSION_2) != 1 ||
+        X509_CRL_set_issuer_name(crl, X509_get_subject_name(issuer->cert)) != 1)
+        goto fail;
+    t = X509_gmtime_adj(NULL, spec->this_days * CG_DAY);
+    if (t == NULL || X509_CRL_set1_lastUpdate(crl, t) != 1)
+        goto fail;
+    ASN1_TIME_free(t);
+    t = NULL;
+    if (!spec->no_next) {
+        t = X509_gmtime_adj(NULL, spec->next_days * CG_DAY);
+        if (t == NULL || X509_CRL_set1_nextUpdate(crl, t) != 1)
+            goto fail;
+        ASN1_TIME_free(t);
+        t = NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        X509_REVOKED *r = X509_REVOKED_new();
+        ASN1_TIME *when = X509_gmtime_adj(NULL, -3600);
+        int ok = r != NULL && when != NULL &&
+                 X509_REVOKED_set_serialNumber(
+                     r, (ASN1_INTEGER *)X509_get0_serialNumber(revoked[i])) == 1 &&
+                 X509_REVOKED_set_revocationDate(r, when) == 1;
+        ASN1_TIME_free(when);
+        if (ok && spec->reason >= 0) {
+            ASN1_ENUMERATED *e = ASN1_ENUMERATED_new();
+            ok = e != NULL && ASN1_ENUMERATED_set(e, spec->reason) == 1 &&
+                 X509_REVOKED_add1_ext_i2d(r, NID_crl_reason, e, 0, 0) == 1;
+            ASN1_ENUMERATED_free(e);
+        }
+        if (!ok || X509_CRL_add0_revoked(crl, r) != 1) {
+            X509_REVOKED_free(r);
+            goto fail;
+        }
+    }
+    if (spec->number > 0 && cg_crl_add_int_ext(crl, NID_crl_number, spec->number, 0) != 0)
+        goto fail;
+    if (spec->delta_base > 0 && cg_crl_add_int_ext(crl, NID_delta_crl, spec->delta_base, 1) != 0)
+        goto fail;
+    if (spec->freshest) {
+        X509_EXTENSION *ext =
+            X509V3_EXT_conf_nid(NULL, NULL, NID_freshest_crl, "URI:http://crl.invalid/delta.crl");
+        int ok = ext != NULL && X509_CRL_add_ext(crl, ext, -1) == 1;
+        X509_EXTENSION_free(ext);
+        if (!ok)
+            goto fail;
+    }
+    const struct cg_cert *signer = spec->signer != NULL ? spec->signer : issuer;
+    if (X509_CRL_sort(crl) != 1 || X509_CRL_sign(crl, signer->key, EVP_sha256()) <= 0)
+        goto fail;
+    return crl;
+fail:
+    ASN1_TIME_free(t);
+    X509_CRL_free(crl);
+    return NULL;
+}
+
+/* Appends the CRL to path as PEM (der: writes the file as one DER CRL instead). */
+static inline int cg_write_crl(const char *path, X509_CRL *crl, bool append, bool der)
+{
+    FILE *f = fopen(path, der ? "wb" : append ? "a" : "w");
+    if (f == NULL)
+        return -1;
+    int ok = der ? i2d_X509_CRL_fp(f, crl) : PEM_write_X509_CRL(f, crl);
+    return fclose(f) == 0 && ok == 1 ? 0 : -1;
+}
+
 static inline int cg_write_text(const char *path, const void *data, size_t len)
 {
     FILE *f = fopen(path, "w");
