@@ -10,6 +10,8 @@ PromQL about metrics dbtrust exports.
    replaced by durations, and `promtool check rules` must parse it.
 4. Every metric name in those expressions is an exported family (histogram series _bucket,
    _sum, _count included) or Prometheus' own `up`.
+5. Every alert has a summary, a description and a `runbook` annotation naming a heading that
+   exists (docs/runbook.md#...).
 
 A self-test runs first: the name extraction on known expressions, and a dashboard with a
 misspelt metric and one with a broken expression, both of which must be refused.
@@ -180,6 +182,38 @@ def dashboard_exprs(dash, errors):
     return exprs
 
 
+def slug(heading):
+    """The anchor GitHub and most Markdown renderers give a heading."""
+    s = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return s.replace(" ", "-")
+
+
+def check_runbook_links(rules_path, errors):
+    """Every alert's `runbook` annotation names a file under the repository and a heading in it."""
+    with open(rules_path, encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    for g in doc["groups"]:
+        for r in g["rules"]:
+            if "alert" not in r:
+                continue
+            link = r.get("annotations", {}).get("runbook")
+            for key in ("summary", "description"):
+                if not r.get("annotations", {}).get(key):
+                    errors.append(f"alert {r['alert']}: no {key} annotation")
+            if not link:
+                errors.append(f"alert {r['alert']}: no runbook annotation")
+                continue
+            path, _, anchor = link.partition("#")
+            try:
+                with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+                    anchors = {slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", f.read(), re.M)}
+            except OSError:
+                errors.append(f"alert {r['alert']}: runbook {path} does not exist")
+                continue
+            if anchor not in anchors:
+                errors.append(f"alert {r['alert']}: no heading #{anchor} in {path}")
+
+
 def alert_exprs(rules_path):
     with open(rules_path, encoding="utf-8") as f:
         doc = yaml.safe_load(f)
@@ -223,6 +257,7 @@ def check(dashboard, rules_path, listed, proxy, promtool):
     exprs = dashboard_exprs(dashboard, errors)
     if rules_path:
         exprs += alert_exprs(rules_path)
+        check_runbook_links(rules_path, errors)
     promtool_parse(exprs, promtool, errors)
     check_names(exprs, series_names(listed), errors)
     return errors, exprs
