@@ -2,7 +2,9 @@
 # after GNUInstallDirs and the binary's install rule).
 #   <prefix>/lib/systemd/system/dbtrust.service
 #   <sysconf>/dbtrust/dbtrust.ini.example   (never dbtrust.ini: a real config is not overwritten)
-#   <prefix>/share/doc/dbtrust/             README.md, kubernetes/*.yaml, Dockerfile
+#   <prefix>/share/man/man8/dbtrust.8.gz    docs/dbtrust.8, compressed as Debian ships man pages
+#   <prefix>/share/doc/dbtrust/             README.md, docs/*.md, monitoring/ (alerts, dashboard),
+#                                           kubernetes/*.yaml, Dockerfile
 
 # Unit directory: lib/systemd/system under the prefix, NOT ${CMAKE_INSTALL_LIBDIR}, which is
 # the multiarch lib/x86_64-linux-gnu on Debian where systemd never looks. With prefix /usr this
@@ -49,3 +51,19 @@ install(FILES "${CMAKE_SOURCE_DIR}/README.md" "${CMAKE_SOURCE_DIR}/docker/Docker
         DESTINATION "${CMAKE_INSTALL_DOCDIR}")
 install(DIRECTORY "${CMAKE_SOURCE_DIR}/docker/kubernetes/"
         DESTINATION "${CMAKE_INSTALL_DOCDIR}/kubernetes" FILES_MATCHING PATTERN "*.yaml")
+install(FILES ${CMAKE_SOURCE_DIR}/docs/architecture.md ${CMAKE_SOURCE_DIR}/docs/runbook.md
+              ${CMAKE_SOURCE_DIR}/docs/central-trust-point.md
+        DESTINATION "${CMAKE_INSTALL_DOCDIR}")
+install(FILES "${CMAKE_SOURCE_DIR}/docker/monitoring/dbtrust-alerts.yaml"
+              "${CMAKE_SOURCE_DIR}/docker/monitoring/dbtrust-dashboard.json"
+              "${CMAKE_SOURCE_DIR}/docker/monitoring/prometheus.yml"
+        DESTINATION "${CMAKE_INSTALL_DOCDIR}/monitoring")
+
+# The man page, gzipped without a name or time stamp (-n) so the package is reproducible.
+set(dbtrust_man "${CMAKE_BINARY_DIR}/dbtrust.8.gz")
+add_custom_command(OUTPUT "${dbtrust_man}"
+                   COMMAND sh -c "gzip -9n -c \"$0\" > \"$1\"" "${CMAKE_SOURCE_DIR}/docs/dbtrust.8"
+                           "${dbtrust_man}"
+                   DEPENDS "${CMAKE_SOURCE_DIR}/docs/dbtrust.8" VERBATIM)
+add_custom_target(dbtrust_man ALL DEPENDS "${dbtrust_man}")
+install(FILES "${dbtrust_man}" DESTINATION "${CMAKE_INSTALL_MANDIR}/man8")
