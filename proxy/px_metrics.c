@@ -280,8 +280,19 @@ static void bundle_identities(FILE *out, const struct bundle_in_force *b, size_t
         label(out, b[i].path);
         fprintf(out, "} %.3f\n", b[i].since);
     }
-    /* CRLs get the same pair (dbtrust_crl_info{crl,sha256}, a loaded timestamp) once they are
-     * loaded and reloaded like bundles. */
+    /* The CRLs of a `crl =` path travel in the same generation as their bundle (CRL blocks
+     * inside the bundle are covered by its sha256): which pods run which CRL files. */
+    family(out, "dbtrust_crl_info", "gauge",
+           "The CRL files in force with a bundle, by bundle path and SHA-256 over the files of "
+           "the crl path (as crl_sha256 in /bundle); always 1. Absent without a crl path.");
+    for (size_t i = 0; i < n; i++) {
+        const char *sha = tlsw_gen_crl_sha256(b[i].gen);
+        if (sha == NULL || sha[0] == '\0')
+            continue;
+        fputs("dbtrust_crl_info{bundle=", out);
+        label(out, b[i].path);
+        fprintf(out, ",sha256=\"%s\"} 1\n", sha);
+    }
 }
 
 /* The serving certificates of client_tls listeners: what clients see, and when it expires. */

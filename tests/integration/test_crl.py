@@ -284,6 +284,9 @@ class TestStaleness(CrlCase):
         entry = json.loads(body)["bundles"][0]
         self.assertEqual(entry["crl_path"], self.crl_dir.dir)
         self.assertEqual(len(entry["crl_sha256"]), 64)
+        # Fleet view (issue 18): which CRL files each pod runs, as /bundle says.
+        self.assertEqual(fx.metric_value(samples, "dbtrust_crl_info", bundle=W.bundle,
+                                         sha256=entry["crl_sha256"]), 1)
         crls = {c["issuer"]: c for c in entry["crls"]}
         stale = crls["CN=dbtrust test intermediate A,O=dbtrust tests"]
         self.assertTrue(stale["stale"])
