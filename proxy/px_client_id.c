@@ -18,6 +18,13 @@ struct px_id_watch {
     char last_refusal[512]; /* the poll reports a refusal once, not every interval */
 };
 
+/* A message cut to fit ends in "..." (the file, line and key come first, the why last). */
+static void mark_cut(char *err, size_t errlen)
+{
+    if (errlen >= 4)
+        memcpy(err + errlen - 4, "...", 4);
+}
+
 static const char *key_at_fault(const struct cfg_listener *l, const char *err, int *line)
 {
     if (l->client_key[0] && strstr(err, l->client_key) != NULL) {
@@ -47,10 +54,13 @@ int px_client_id_load(const struct cfg *cfg, const struct cfg_listener *l, struc
         return 0;
     int line = 0;
     const char *key = key_at_fault(l, why, &line);
+    int n;
     if (line > 0)
-        snprintf(err, errlen, "%s:%d: key '%s': %s", cfg->source, line, key, why);
+        n = snprintf(err, errlen, "%s:%d: key '%s': %s", cfg->source, line, key, why);
     else
-        snprintf(err, errlen, "listener %s: %s: %s", l->name, key, why);
+        n = snprintf(err, errlen, "listener %s: %s: %s", l->name, key, why);
+    if (n < 0 || (size_t)n >= errlen)
+        mark_cut(err, errlen);
     return -1;
 }
 
