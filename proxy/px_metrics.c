@@ -370,7 +370,6 @@ static void trust(struct px_server *srv, FILE *out)
             label(out, ci->subject);
             fprintf(out, ",sha256=\"%s\"} %lld\n", ci->sha256, (long long)ci->not_after);
         }
-        tlsw_gen_unref(b[i].gen);
     }
     family(out, "dbtrust_crl_next_update_timestamp_seconds", "gauge",
            "nextUpdate of each CRL in force, by bundle and issuer (Unix time; a CRL past it is "
@@ -386,7 +385,7 @@ static void trust(struct px_server *srv, FILE *out)
             label(out, ci->issuer);
             fprintf(out, "} %lld\n", (long long)ci->next_update);
         }
-        tlsw_gen_unref(b[i].gen);
+        tlsw_gen_unref(b[i].gen); /* the reference bundles_in_force took */
     }
     free(b);
     client_identities(srv, out);
