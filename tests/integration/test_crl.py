@@ -349,6 +349,61 @@ class TestCrlFile(CrlCase):
         self.assertIn("(tls_cert_revoked)", self.pg_error() or "")
 
 
+class TestCrlTriggers(CrlCase):
+    """A CRL change the directory watch cannot see - the file rewritten in place through a hard
+    link in another directory (inotify reports a change to the directory the write went
+    through) - is applied by each of the other triggers: SIGHUP, POST /reload, the poll."""
+    crl_layout = "plain"
+    poll = "1h"
+
+    def crl_path(self):
+        return self.crl_dir.path
+
+    def trust_options(self):
+        return {"reload_interval": self.poll}
+
+    def rewrite_unseen(self, text):
+        link = os.path.join(fx.make_temp_dir("crl-link"), "crl.pem")
+        os.link(self.crl_dir.path, link)
+        mark = self.dbtrust.mark()
+        with open(link, "w") as f:
+            f.write(text)
+        return mark
+
+    def revoke_and_expect(self, trigger, act=None):
+        mark = self.rewrite_unseen(read(W.leaf_revoked_crl))
+        if trigger != "poll":
+            time.sleep(1)
+            self.assertEqual(self.dbtrust.find_lines("bundle_reload", since=mark), [],
+                             "the watch saw the in-place rewrite: the test proves nothing")
+            self.assertIsNone(self.pg_error())
+            act()
+        self.dbtrust.wait_for_line("bundle_reload", "result=ok", f"trigger={trigger}",
+                                   since=mark, timeout=RELOAD_DEADLINE_S + 2)
+        self.assertIn("(tls_cert_revoked)", self.pg_error() or "")
+
+    def test_sighup_applies_a_crl_change(self):
+        self.revoke_and_expect("sighup", lambda: os.kill(self.dbtrust.proc.pid, signal.SIGHUP))
+
+    def test_post_reload_applies_a_crl_change(self):
+        def post():
+            import urllib.request
+            req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}/reload",
+                                         method="POST")
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                self.assertEqual(resp.status, 202)
+        self.revoke_and_expect("admin", post)
+
+
+class TestCrlPoll(TestCrlTriggers):
+    poll = "1s"
+    test_sighup_applies_a_crl_change = None
+    test_post_reload_applies_a_crl_change = None
+
+    def test_poll_applies_a_crl_change(self):
+        self.revoke_and_expect("poll")
+
+
 class TestTools(unittest.TestCase):
     """dbtrust check and bundle inspect|merge with CRLs (no daemon)."""
 
