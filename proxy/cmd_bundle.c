@@ -285,56 +285,50 @@ static json_t *with_crl_ref(json_t *o, const struct tlsw_bundle *b,
     return o;
 }
 
+/* Appends item (taken) to a; when that fails a is dropped and NULL returned, which ends the
+ * caller's loop. */
+static json_t *append(json_t *a, json_t *item)
+{
+    if (a != NULL && json_array_append_new(a, item) != 0) {
+        json_decref(a);
+        return NULL;
+    }
+    return a;
+}
+
 /* The arrays of the document; each NULL when memory runs out (json_pack then fails too). */
 static json_t *files_json(const struct tlsw_bundle *b)
 {
     json_t *a = json_array();
     for (size_t i = 0; a != NULL && i < tlsw_bundle_file_count(b); i++)
-        if (json_array_append_new(a, json_pack("{s:o, s:I}", "path",
-                                               jstr(tlsw_bundle_file_path(b, i)), "certificates",
-                                               (json_int_t)tlsw_bundle_file_cert_count(b, i))) != 0)
-            goto fail;
+        a = append(a, json_pack("{s:o, s:I}", "path", jstr(tlsw_bundle_file_path(b, i)),
+                                "certificates", (json_int_t)tlsw_bundle_file_cert_count(b, i)));
     return a;
-fail:
-    json_decref(a);
-    return NULL;
 }
 
 static json_t *certs_json(const struct tlsw_bundle *b, time_t now)
 {
     json_t *a = json_array();
     for (size_t i = 0; a != NULL && i < tlsw_bundle_cert_count(b); i++)
-        if (json_array_append_new(a, cert_json(b, tlsw_bundle_cert(b, i), now)) != 0)
-            goto fail;
+        a = append(a, cert_json(b, tlsw_bundle_cert(b, i), now));
     return a;
-fail:
-    json_decref(a);
-    return NULL;
 }
 
 static json_t *warnings_json(const struct tlsw_bundle *b)
 {
     json_t *a = json_array();
     for (size_t i = 0; a != NULL && i < tlsw_bundle_warning_count(b); i++)
-        if (json_array_append_new(a, with_crl_ref(warning_json(b, tlsw_bundle_warning(b, i)), b,
-                                                  tlsw_bundle_warning(b, i))) != 0)
-            goto fail;
+        a = append(a, with_crl_ref(warning_json(b, tlsw_bundle_warning(b, i)), b,
+                                   tlsw_bundle_warning(b, i)));
     return a;
-fail:
-    json_decref(a);
-    return NULL;
 }
 
 static json_t *crls_json(const struct tlsw_bundle *b, time_t now)
 {
     json_t *a = json_array();
     for (size_t i = 0; a != NULL && i < tlsw_bundle_crl_count(b); i++)
-        if (json_array_append_new(a, crl_json(b, tlsw_bundle_crl(b, i), now)) != 0)
-            goto fail;
+        a = append(a, crl_json(b, tlsw_bundle_crl(b, i), now));
     return a;
-fail:
-    json_decref(a);
-    return NULL;
 }
 
 static int print_json(const struct tlsw_bundle *b, time_t now)

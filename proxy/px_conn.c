@@ -23,6 +23,7 @@ uint64_t px_now_ms(void)
 static void on_timer(uv_timer_t *t);
 static bool direct_unanswered(struct px_conn *c);
 static void set_detail(struct px_conn *c, const char *detail);
+static void enter_failing(struct px_conn *c, enum dbt_reason reason, const char *detail);
 static void on_client_closed(struct px_leg *l);
 static void on_client_tls_done(struct px_leg *l);
 
@@ -382,11 +383,7 @@ static void end_with_reset(struct px_conn *c, enum dbt_reason r, const char *det
 {
     struct px_leg *client = px_conn_client(c);
     c->abort_client = true;
-    c->reason = r;
-    set_detail(c, detail);
-    px_leg_halt(client);
-    px_leg_halt(px_conn_upstream(c));
-    c->state = PX_CONN_FAILING; /* the reason is settled; ends once the client has its bytes */
+    enter_failing(c, r, detail); /* ends once the client has its bytes */
     c->reset_by_ms = px_now_ms() + PX_RESET_WAIT_MS;
     if (client->queued == 0)
         reset_when_sent(c);
@@ -666,6 +663,17 @@ static void set_detail(struct px_conn *c, const char *detail)
     c->detail = strdup(detail); /* NULL on ENOMEM: the line goes out without it */
 }
 
+/* FAILING: the reason is settled and both legs deliver nothing more; the connection closes
+ * once what the client is owed is written, or when its timer runs out. */
+static void enter_failing(struct px_conn *c, enum dbt_reason reason, const char *detail)
+{
+    c->reason = reason;
+    set_detail(c, detail);
+    px_leg_halt(px_conn_client(c));
+    px_leg_halt(px_conn_upstream(c));
+    c->state = PX_CONN_FAILING;
+}
+
 void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *detail,
                        const uint8_t *pkt, size_t len)
 {
@@ -676,8 +684,6 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
         return;
     }
     px_dial_release(&c->dial);
-    c->reason = reason;
-    set_detail(c, detail);
     struct px_leg *client = px_conn_client(c);
     /* A cancel's client expects silence and a close (PROTOCOLS.md A4); a client whose TLS
      * handshake is not done cannot read an error. */
@@ -686,9 +692,7 @@ void px_conn_fail_with(struct px_conn *c, enum dbt_reason reason, const char *de
         px_conn_close(c, reason, detail);
         return;
     }
-    px_leg_halt(client);
-    px_leg_halt(px_conn_upstream(c));
-    c->state = PX_CONN_FAILING;
+    enter_failing(c, reason, detail);
     px_leg_send(client, pkt, len);
     if (c->closing)
         return;
