@@ -152,9 +152,11 @@ struct px_worker {
     unsigned conn_count;
     uint64_t fd_limit;     /* RLIMIT_NOFILE (0 = unlimited), for the EMFILE warning */
     uint64_t fd_warned_ms; /* last "descriptors nearly exhausted" warning */
+    /* What a read callback got: plaintext, or ciphertext the TLS engine reads straight from
+     * here (lent for the callback, tlsw_conn_lend). */
     uint8_t read_buf[PX_READ_CHUNK];
-    /* TLS records on their way to an upstream: taken from the engine, then written. */
-    uint8_t tls_out[PX_READ_CHUNK];
+    /* Plaintext decrypted from read_buf, handed on in one piece. */
+    uint8_t plain_buf[PX_READ_CHUNK];
     struct px_wreq *free_wreqs; /* write blocks kept for reuse (px_io.c) */
     /* client_allow refusals logged lately, by address hash: a scan must not flood the log */
     struct px_refusal_note {

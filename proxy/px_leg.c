@@ -77,21 +77,33 @@ static int write_raw(struct px_leg *l, const uint8_t *data, size_t len)
     return -1;
 }
 
+/* The TLS engine's output: each record straight from OpenSSL's write buffer to the socket (or
+ * the leg's queue), no copy in between. Called from inside the engine, so a failure is only
+ * noted here and reported by px_leg_flush once the engine returned. */
+static void on_tls_output(void *arg, const uint8_t *data, size_t len)
+{
+    struct px_leg *l = arg;
+    if (l->state != PX_LEG_OPEN || l->tls_write_error != 0)
+        return;
+    struct px_io_target t = {l->w, &l->s.stream, &l->queued, on_written, l};
+    l->tls_write_error = px_io_send(&t, data, len);
+}
+
 int px_leg_flush(struct px_leg *l)
 {
-    while (l->tls && l->state == PX_LEG_OPEN && tlsw_conn_pending(l->tls) > 0) {
-        size_t n = tlsw_conn_take(l->tls, l->w->tls_out, sizeof(l->w->tls_out));
-        if (write_raw(l, l->w->tls_out, n) != 0)
-            return -1;
-    }
-    return 0;
+    int rc = l->tls_write_error;
+    if (rc == 0 || rc == 1)
+        return rc == 0 ? 0 : -1;
+    l->tls_write_error = 1; /* reported: later records are dropped, and nothing more said */
+    l->ev->on_write_done(l, rc);
+    return -1;
 }
 
 static void report_tls_error(struct px_leg *l)
 {
     char detail[512];
     enum dbt_reason r = tlsw_conn_failure(l->tls, detail, sizeof(detail));
-    px_leg_flush(l); /* an alert tells the peer why */
+    /* The alert that tells the peer why went out with the failing call. */
     if (l->state == PX_LEG_OPEN)
         l->ev->on_tls_error(l, r, detail);
 }
@@ -112,13 +124,12 @@ int px_leg_send(struct px_leg *l, const uint8_t *data, size_t len)
     return px_leg_flush(l);
 }
 
-/* Decrypts what the engine holds, into the read buffer (free again: its ciphertext was copied
- * into the engine), handed on in one piece when full: one write to the other side per read,
- * not one per TLS record. */
+/* Decrypts what the engine holds into the plaintext buffer, handed on in one piece when full:
+ * one write to the other side per read, not one per TLS record. */
 static void drain(struct px_leg *l)
 {
-    uint8_t *buf = l->w->read_buf;
-    size_t cap = sizeof(l->w->read_buf), have = 0;
+    uint8_t *buf = l->w->plain_buf;
+    size_t cap = sizeof(l->w->plain_buf), have = 0;
     for (;;) {
         size_t n = 0;
         enum tlsw_status st = tlsw_conn_read(l->tls, buf + have, cap - have, &n);
@@ -154,6 +165,7 @@ static void drain(struct px_leg *l)
             tlsw_session_free(s);
     }
     px_leg_flush(l); /* post-handshake messages may have queued an answer (KeyUpdate) */
+    tlsw_conn_release_buffers(l->tls); /* all read: an idle leg keeps no record buffer */
 }
 
 static void handshake_step(struct px_leg *l)
@@ -191,6 +203,20 @@ static bool check_first_record(struct px_leg *l, uint8_t first)
     return false;
 }
 
+/* Ciphertext for the engine, lent for this call only: the record layer copies it straight into
+ * its own buffer, and whatever it did not read (a handshake that paused, a leg that stopped
+ * delivering) is kept by the engine when the call ends. */
+static void feed_tls(struct px_leg *l, const uint8_t *data, size_t len)
+{
+    struct tlsw_conn *tls = l->tls;
+    tlsw_conn_lend(tls, data, len);
+    if (!l->tls_up)
+        handshake_step(l);
+    else
+        drain(l);
+    tlsw_conn_lend_end(tls);
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct px_leg *l = s->data;
@@ -208,11 +234,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (l->expect_record && !check_first_record(l, data[0]))
         return;
-    tlsw_conn_feed(l->tls, data, (size_t)nread);
-    if (!l->tls_up)
-        handshake_step(l);
-    else
-        drain(l);
+    feed_tls(l, data, (size_t)nread);
 }
 
 void px_leg_start_reading(struct px_leg *l)
@@ -241,16 +263,18 @@ void px_leg_start_tls_with(struct px_leg *l, struct tlsw_conn *tls, const uint8_
 {
     l->tls = tls;
     l->tls_up = false;
+    l->tls_write_error = 0;
     l->expect_record = true;
+    tlsw_conn_set_output(tls, on_tls_output, l);
     if (len > 0) {
-        if (!check_first_record(l, data[0]))
-            return;
-        tlsw_conn_feed(tls, data, len);
+        if (check_first_record(l, data[0]))
+            feed_tls(l, data, len);
+        return;
     }
     /* The client role speaks first. A server has nothing to say before the ClientHello, and
      * asking OpenSSL early would allocate its 16 KiB record buffer for a client that may never
      * send one (a stalled handshake must stay small). */
-    if (l->side == PX_UPSTREAM || len > 0)
+    if (l->side == PX_UPSTREAM)
         handshake_step(l);
 }
 
@@ -292,13 +316,6 @@ void px_leg_close(struct px_leg *l)
 {
     if (l->state != PX_LEG_OPEN)
         return;
-    /* Be polite: a pending TLS alert tells the peer why (best effort, no wait). */
-    if (l->tls && l->queued == 0 && tlsw_conn_pending(l->tls) > 0) {
-        uint8_t alert[512];
-        size_t n = tlsw_conn_take(l->tls, alert, sizeof(alert));
-        uv_buf_t b = uv_buf_init((char *)alert, (unsigned)n);
-        (void)uv_try_write(&l->s.stream, &b, 1);
-    }
     l->state = PX_LEG_CLOSING;
     l->reading = false;
     uv_close(&l->s.handle, on_handle_closed);

@@ -54,12 +54,14 @@ struct px_leg {
     px_counter *stat_in, *stat_out; /* the listener's byte counters, or NULL */
     uv_shutdown_t shutdown_req;
     bool reading;
-    bool halted;        /* the owner ends the connection: deliver nothing more */
-    bool eof;           /* the peer will send no more */
-    bool shut_sent;     /* our write side is shut (close_notify and FIN) */
-    bool tls_up;        /* handshake completed */
-    bool expect_record; /* the next byte read must start a TLS record (CVE-2021-23214/23222) */
-    bool recent_io;     /* bytes moved since the worker's last idle sweep */
+    bool halted;         /* the owner ends the connection: deliver nothing more */
+    bool eof;            /* the peer will send no more */
+    bool shut_sent;      /* our write side is shut (close_notify and FIN) */
+    bool tls_up;         /* handshake completed */
+    bool expect_record;  /* the next byte read must start a TLS record (CVE-2021-23214/23222) */
+    bool recent_io;      /* bytes moved since the worker's last idle sweep */
+    int tls_write_error; /* a TLS record could not be handed to the socket (uv error), not yet
+                            reported: the engine's output callback cannot report it itself */
 };
 
 /* Sets a leg up before its handle exists. */
@@ -77,7 +79,8 @@ void px_leg_halt(struct px_leg *l);
 /* Sends plaintext (encrypted when the leg has TLS). Returns 0, or -1 after reporting the
  * failure (on_write_done or on_tls_error). Dropped silently when the leg is not open. */
 int px_leg_send(struct px_leg *l, const uint8_t *data, size_t len);
-/* Writes the TLS engine's pending ciphertext (handshake messages, alerts). 0 or -1 as above. */
+/* After the TLS engine ran: reports a record it wrote that the socket refused. 0 or -1 as
+ * above. */
 int px_leg_flush(struct px_leg *l);
 
 /* Attaches a TLS engine (the leg owns it from now) and starts its handshake: the next byte

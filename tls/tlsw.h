@@ -1,7 +1,7 @@
 /* OpenSSL behind a small API (DESIGN.md "tls/"): trust generations built from a CA bundle,
- * serving identities, and a TLS engine over memory BIOs that never sees a socket, client role
- * upstream and server role toward clients. Ciphertext and plaintext never share a buffer (h2o's
- * model). */
+ * serving identities, and a TLS engine over its own transport BIO that never sees a socket, client
+ * role upstream and server role toward clients. Ciphertext and plaintext never share a buffer
+ * (h2o's model). */
 #ifndef TLSW_H
 #define TLSW_H
 
@@ -103,21 +103,34 @@ void tlsw_conn_free(struct tlsw_conn *c);
 
 /* Drives the handshake; call after every feed. */
 enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c);
-/* Ciphertext from the peer. Always accepts everything (memory BIO). */
+/* Ciphertext from the peer, copied: the engine reads it during the calls that follow. */
 void tlsw_conn_feed(struct tlsw_conn *c, const uint8_t *data, size_t len);
-/* Ciphertext to send to the peer: bytes available, and a copy-out that drains them. */
+/* Ciphertext from the peer, lent without a copy: the engine reads it straight from data during
+ * the calls that follow, until tlsw_conn_lend_end, which copies what it did not read (so data
+ * may be reused afterwards). The proxy lends its read buffer for one read callback. */
+void tlsw_conn_lend(struct tlsw_conn *c, const uint8_t *data, size_t len);
+void tlsw_conn_lend_end(struct tlsw_conn *c);
+/* Where ciphertext for the peer goes: called with each record as the engine writes it, straight
+ * from OpenSSL's buffer, and must take all of it (copying what it cannot send at once). Without
+ * one, ciphertext waits in the engine: tlsw_conn_pending and tlsw_conn_take. */
+typedef void (*tlsw_output_fn)(void *arg, const uint8_t *data, size_t len);
+void tlsw_conn_set_output(struct tlsw_conn *c, tlsw_output_fn fn, void *arg);
+/* Ciphertext waiting for the peer (no output set): bytes available, and a copy-out. */
 size_t tlsw_conn_pending(const struct tlsw_conn *c);
 size_t tlsw_conn_take(struct tlsw_conn *c, uint8_t *buf, size_t cap);
 /* Decrypted application data. *n = bytes written into buf. Returns TLSW_OK with *n > 0,
  * TLSW_WANT_IO with *n == 0 when more ciphertext is needed, TLSW_CLOSED on close_notify. */
 enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, size_t *n);
-/* Encrypts all of data (memory BIO grows); ciphertext is then pending. */
+/* Encrypts all of data: the records go to the output (or wait in the engine without one). */
 enum tlsw_status tlsw_conn_write(struct tlsw_conn *c, const uint8_t *data, size_t len);
-/* Queues a close_notify alert (pending ciphertext afterwards). */
+/* Writes a close_notify alert (to the output, or pending without one). */
 void tlsw_conn_shutdown(struct tlsw_conn *c);
-/* For idle connections: releases ciphertext buffers that are empty (a memory BIO keeps the
- * largest size it ever held, e.g. the handshake's certificate flight or a 64 KiB read). */
+/* For idle connections: releases buffers that are empty (ciphertext kept or waiting, which keep
+ * the largest size they ever held, e.g. the handshake's certificate flight). */
 void tlsw_conn_trim(struct tlsw_conn *c);
+/* Gives OpenSSL's record buffers back unless a record is half read or written (after a read
+ * that emptied the engine: idle connections hold none). */
+void tlsw_conn_release_buffers(struct tlsw_conn *c);
 
 /* Key exchange: offer a key share for this group (an OpenSSL NID, e.g. what the server chose
  * last time) before the others. A server that wants another group answers with a
@@ -210,7 +223,8 @@ bool tlsw_is_ip_literal(const char *s);
  * Layering: dependencies point one way, down this list. A file calls (or hands OpenSSL as a
  * callback) only functions of files listed below it, and no file calls into one above it:
  *
- *   tlsw_conn.c          the engine, top of tls/: calls gen, server, verify, certinfo, util
+ *   tlsw_conn.c          the engine, top of tls/: calls bio, gen, server, verify, certinfo, util
+ *   tlsw_bio.c           the engine's transport BIO: nothing of tls/
  *   tlsw_gen.c           trust generations: verify (tlsw_verify_cb), certinfo, util
  *   tlsw_server.c        serving identities: verify (tlsw_verify_cb), certinfo, util
  *   tlsw_verify.c        verify callback, failure wording: crl, certinfo, util
@@ -278,6 +292,17 @@ struct tlsw_app_data {
     SSL_SESSION *ticket;        /* client role: referenced, the newest resumable session not
                                    yet handed out by tlsw_conn_new_session */
 };
+
+/* The engine's transport (tlsw_bio.c): one BIO is an SSL's read and write side. Input is
+ * lent for one call (no copy) or kept (copied); output goes to a sink, or waits without one. */
+BIO *tlsw_bio_new(void);
+DBT_MUST_USE int tlsw_bio_keep(BIO *b, const uint8_t *data, size_t len);
+void tlsw_bio_lend(BIO *b, const uint8_t *data, size_t len);
+DBT_MUST_USE int tlsw_bio_lend_end(BIO *b); /* -1: out of memory keeping the unread rest */
+void tlsw_bio_set_sink(BIO *b, tlsw_output_fn sink, void *arg);
+size_t tlsw_bio_out_pending(BIO *b);
+size_t tlsw_bio_out_take(BIO *b, uint8_t *dst, size_t cap);
+void tlsw_bio_trim(BIO *b); /* releases empty buffers */
 
 /* Trust generations (tlsw_gen.c). */
 SSL_CTX *tlsw_gen_ctx(const struct tlsw_gen *g);

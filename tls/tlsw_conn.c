@@ -1,6 +1,7 @@
-/* TLS engine over two memory BIOs (h2o's model), one type for both roles: the client role on the
- * upstream leg, the server role on the client leg (client_tls). The proxy feeds ciphertext read
- * from the socket and takes ciphertext to write to it; plaintext only crosses SSL_read/SSL_write.
+/* TLS engine over a transport BIO (h2o's model), one type for both roles: the client role on the
+ * upstream leg, the server role on the client leg (client_tls). The proxy lends ciphertext read
+ * from the socket and receives ciphertext to write to it (tlsw_bio.c); plaintext only crosses
+ * SSL_read/SSL_write.
  * No socket, no event loop here, so every path is testable in memory. Only the constructors, the
  * checks at the end of the handshake and the failure mapping differ between the roles. */
 #define TLSW_INTERNAL
@@ -37,8 +38,7 @@ struct tlsw_conn {
     struct tlsw_gen *gen;       /* client role: the trust generation */
     struct tlsw_server *server; /* server role: the serving identity */
     SSL *ssl;
-    BIO *net_in;                     /* ciphertext from the peer; the SSL's rbio */
-    BIO *net_out;                    /* ciphertext for the peer; the SSL's wbio */
+    BIO *net;                        /* the SSL's rbio and wbio: ciphertext both ways */
     struct tlsw_handshake_state *hs; /* NULL after a successful handshake */
     struct tlsw_app_data app;        /* the SSL's app data: what the callbacks write into */
     bool handshake_done;
@@ -109,7 +109,7 @@ static int set_peer_identity(struct tlsw_conn *c, enum tlsw_verify verify)
     return SSL_set_tlsext_host_name(c->ssl, host) == 1 ? 0 : -1;
 }
 
-/* What both roles share: the handshake record, and the SSL over two memory BIOs with c->app as
+/* What both roles share: the handshake record, and the SSL over the transport BIO with c->app as
  * its app data (the callbacks of both roles find their part of the connection there). */
 DBT_MUST_USE static int attach_ssl(struct tlsw_conn *c, SSL_CTX *ctx)
 {
@@ -122,17 +122,10 @@ DBT_MUST_USE static int attach_ssl(struct tlsw_conn *c, SSL_CTX *ctx)
     c->ssl = SSL_new(ctx);
     if (c->ssl == NULL)
         return -1;
-    c->net_in = BIO_new(BIO_s_mem());
-    c->net_out = BIO_new(BIO_s_mem());
-    if (c->net_in == NULL || c->net_out == NULL) {
-        BIO_free(c->net_in);
-        BIO_free(c->net_out);
-        c->net_in = c->net_out = NULL;
+    c->net = tlsw_bio_new();
+    if (c->net == NULL)
         return -1;
-    }
-    /* An empty input BIO means "more to come", never EOF: EOF is the socket's to report. */
-    BIO_set_mem_eof_return(c->net_in, -1);
-    SSL_set_bio(c->ssl, c->net_in, c->net_out); /* the SSL owns both BIOs from here */
+    SSL_set_bio(c->ssl, c->net, c->net); /* the SSL owns the BIO (one reference for both) */
     SSL_set_app_data(c->ssl, &c->app);
     return 0;
 }
@@ -222,7 +215,7 @@ void tlsw_conn_free(struct tlsw_conn *c)
 {
     if (c == NULL)
         return;
-    SSL_free(c->ssl); /* frees both BIOs */
+    SSL_free(c->ssl); /* frees the BIO */
     SSL_SESSION_free(c->app.ticket);
     tlsw_gen_unref(c->gen);
     tlsw_server_unref(c->server);
@@ -242,32 +235,21 @@ static void handshake_succeeded(struct tlsw_conn *c)
     c->hs = NULL;
 }
 
-/* A memory BIO keeps the largest size it ever held; swap an empty one for a fresh one. */
-static void trim_bio(struct tlsw_conn *c, BIO *bio, bool input)
-{
-    BUF_MEM *mem = NULL;
-    if (BIO_ctrl_pending(bio) != 0 || BIO_get_mem_ptr(bio, &mem) != 1 || mem == NULL ||
-        mem->max == 0)
-        return;
-    BIO *fresh = BIO_new(BIO_s_mem());
-    if (fresh == NULL)
-        return; /* keep the old one: it still works */
-    if (input) {
-        BIO_set_mem_eof_return(fresh, -1);
-        SSL_set0_rbio(c->ssl, fresh); /* frees the old one */
-        c->net_in = fresh;
-    } else {
-        SSL_set0_wbio(c->ssl, fresh);
-        c->net_out = fresh;
-    }
-}
-
 void tlsw_conn_trim(struct tlsw_conn *c)
 {
     if (c == NULL || c->failed)
         return;
-    trim_bio(c, c->net_in, true);
-    trim_bio(c, c->net_out, false);
+    tlsw_bio_trim(c->net);
+    tlsw_conn_release_buffers(c);
+}
+
+void tlsw_conn_release_buffers(struct tlsw_conn *c)
+{
+    /* SSL_MODE_RELEASE_BUFFERS gives the record buffers back after application data only: a
+     * connection whose last record was something else (a session ticket) keeps 16 KiB for its
+     * life. Refused, harmlessly, while a record is half read or written. */
+    if (c != NULL && !c->failed)
+        (void)SSL_free_buffers(c->ssl);
 }
 
 /* True when pin (base64) is one of the "sha256/BASE64" items of the comma-separated list. */
@@ -414,33 +396,54 @@ enum tlsw_status tlsw_conn_handshake(struct tlsw_conn *c)
     return TLSW_ERROR;
 }
 
+static void out_of_memory_keeping(struct tlsw_conn *c)
+{
+    c->out_of_memory = "out of memory buffering ciphertext";
+    fail(c, SSL_ERROR_SSL);
+}
+
 void tlsw_conn_feed(struct tlsw_conn *c, const uint8_t *data, size_t len)
 {
-    while (len > 0 && !c->failed) {
-        int chunk = len > INT_MAX ? INT_MAX : (int)len;
-        int n = BIO_write(c->net_in, data, chunk);
-        if (n <= 0) {
-            /* A memory BIO refuses only when it cannot grow. */
-            c->out_of_memory = "out of memory buffering ciphertext";
-            fail(c, SSL_ERROR_SSL);
-            return;
-        }
-        data += n;
-        len -= (size_t)n;
-    }
+    if (!c->failed && tlsw_bio_keep(c->net, data, len) != 0)
+        out_of_memory_keeping(c);
+}
+
+void tlsw_conn_lend(struct tlsw_conn *c, const uint8_t *data, size_t len)
+{
+    tlsw_bio_lend(c->net, data, len);
+}
+
+void tlsw_conn_lend_end(struct tlsw_conn *c)
+{
+    /* After a failure nothing will be read: the rest is dropped, not kept. */
+    if (c->failed)
+        tlsw_bio_lend(c->net, NULL, 0);
+    if (tlsw_bio_lend_end(c->net) != 0)
+        out_of_memory_keeping(c);
+}
+
+void tlsw_conn_set_output(struct tlsw_conn *c, tlsw_output_fn fn, void *arg)
+{
+    tlsw_bio_set_sink(c->net, fn, arg);
 }
 
 size_t tlsw_conn_pending(const struct tlsw_conn *c)
 {
-    return BIO_ctrl_pending(c->net_out);
+    return tlsw_bio_out_pending(c->net);
 }
 
 size_t tlsw_conn_take(struct tlsw_conn *c, uint8_t *buf, size_t cap)
 {
-    if (cap == 0)
-        return 0;
-    int n = BIO_read(c->net_out, buf, cap > INT_MAX ? INT_MAX : (int)cap);
-    return n > 0 ? (size_t)n : 0;
+    return tlsw_bio_out_take(c->net, buf, cap);
+}
+
+/* OpenSSL wants the thread's error queue empty before an I/O call. ERR_clear_error walks all
+ * of its slots every time, a cost per record on the relay path; the queue is empty nearly
+ * always (every failure path clears it), which one look at its top tells. */
+static void clear_error_queue(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
 }
 
 enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, size_t *n)
@@ -450,7 +453,7 @@ enum tlsw_status tlsw_conn_read(struct tlsw_conn *c, uint8_t *buf, size_t cap, s
         return TLSW_ERROR;
     if (cap == 0)
         return TLSW_OK;
-    ERR_clear_error();
+    clear_error_queue();
     size_t got = 0;
     if (SSL_read_ex(c->ssl, buf, cap, &got) == 1) {
         if (!c->handshake_done && SSL_is_init_finished(c->ssl) && !finish_handshake(c))
@@ -479,11 +482,11 @@ enum tlsw_status tlsw_conn_write(struct tlsw_conn *c, const uint8_t *data, size_
     size_t off = 0;
     if (c->failed)
         return TLSW_ERROR;
-    /* Partial writes are on, so each call may stop at a record boundary; the memory BIO always
-     * takes the record, so looping finishes the buffer. */
+    /* Partial writes are on, so each call may stop at a record boundary; the transport BIO
+     * always takes the record, so looping finishes the buffer. */
     while (off < len) {
         size_t written = 0;
-        ERR_clear_error();
+        clear_error_queue();
         if (SSL_write_ex(c->ssl, data + off, len - off, &written) == 1) {
             off += written;
             continue;

@@ -273,8 +273,9 @@ static int build_ctx(struct tlsw_gen *g, X509_STORE *store, int min_version, cha
      * mid-connection after we verified the first one. Tickets stay on: MySQL servers resume. */
     SSL_CTX_set_options(g->ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     SSL_CTX_clear_options(g->ctx, SSL_OP_NO_TICKET);
-    /* Memory BIOs never refuse a write, so a write may be split across records and retried
-     * from a moved buffer; idle connections should not hold 2x16 KiB of record buffers. */
+    /* The transport BIO never refuses a write, so a write may be split across records and
+     * retried from a moved buffer; idle connections should not hold 2x16 KiB of record
+     * buffers. */
     SSL_CTX_set_mode(g->ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |
                                  SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     /* Sessions to resume are kept by the proxy, per listener, upstream and generation (a new

@@ -292,7 +292,7 @@ DBT_MUST_USE static int build_ctx(struct tlsw_server *s, int min_version, char *
      * would skip that. */
     SSL_CTX_set_num_tickets(s->ctx, 0);
     SSL_CTX_set_session_cache_mode(s->ctx, SSL_SESS_CACHE_OFF);
-    /* As on the client contexts: memory BIOs never refuse a write, so writes may be split
+    /* As on the client contexts: the transport BIO never refuses a write, so writes may be split
      * across records and retried from a moved buffer; idle connections hold no record
      * buffers. */
     SSL_CTX_set_mode(s->ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE |

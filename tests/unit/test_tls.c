@@ -310,6 +310,83 @@ Test(tls, large_writes_both_ways)
     run_free(&r);
 }
 
+/* The proxy's transport: records go to the output callback as they are made, nothing waits in
+ * the engine; lent ciphertext is read in place, and what the engine did not read when the lend
+ * ends is its own copy (the lender reuses its buffer at once). */
+struct sink {
+    uint8_t data[64 * 1024];
+    size_t len;
+    unsigned calls;
+};
+
+static void sink_append(void *arg, const uint8_t *data, size_t len)
+{
+    struct sink *k = arg;
+    cr_assert_leq(k->len + len, sizeof(k->data));
+    memcpy(k->data + k->len, data, len);
+    k->len += len;
+    k->calls++;
+}
+
+Test(tls, output_callback_and_lent_ciphertext)
+{
+    struct run r;
+    run_scenario(&r, &(struct scenario){.leaf = CG_LEAF, .host = "localhost"});
+    expect_ok(&r);
+    struct sink *k = calloc(1, sizeof(*k));
+    cr_assert_not_null(k);
+    tlsw_conn_set_output(r.c, sink_append, k);
+    cr_assert_eq(tlsw_conn_write(r.c, (const uint8_t *)"ping", 4), TLSW_OK);
+    cr_assert_eq(k->calls, 1, "one record, handed over at once");
+    cr_assert_eq(tlsw_conn_pending(r.c), 0, "nothing waits in the engine");
+    cr_assert_eq(BIO_write(r.s.in, k->data, (int)k->len), (int)k->len);
+    char sbuf[16];
+    size_t sn = 0;
+    cr_assert_eq(SSL_read_ex(r.s.ssl, sbuf, sizeof(sbuf), &sn), 1);
+    cr_assert_eq(sn, 4);
+    cr_assert_eq(memcmp(sbuf, "ping", 4), 0);
+
+    /* Two records from the server (after its session tickets), lent in one buffer: a read
+     * stops after the first, so the second is still unread when the lend ends. */
+    cr_assert_eq(SSL_write_ex(r.s.ssl, "first", 5, &sn), 1);
+    cr_assert_eq(SSL_write_ex(r.s.ssl, "second", 6, &sn), 1);
+    uint8_t wire[8192];
+    int wn = BIO_read(r.s.out, wire, sizeof(wire));
+    cr_assert_gt(wn, 0);
+    tlsw_conn_lend(r.c, wire, (size_t)wn);
+    uint8_t cbuf[16];
+    size_t cn = 0;
+    cr_assert_eq(read_some(r.c, cbuf, sizeof(cbuf), &cn), TLSW_OK);
+    cr_assert_eq(cn, 5);
+    cr_assert_eq(memcmp(cbuf, "first", 5), 0);
+    tlsw_conn_lend_end(r.c);
+    memset(wire, 0xAA, sizeof(wire)); /* the lender reuses its buffer */
+    cr_assert_eq(read_some(r.c, cbuf, sizeof(cbuf), &cn), TLSW_OK, "the rest was kept");
+    cr_assert_eq(cn, 6);
+    cr_assert_eq(memcmp(cbuf, "second", 6), 0);
+
+    /* A record lent in two halves: the first half waits inside the record layer. */
+    cr_assert_eq(SSL_write_ex(r.s.ssl, "split", 5, &sn), 1);
+    wn = BIO_read(r.s.out, wire, sizeof(wire));
+    cr_assert_gt(wn, 8);
+    tlsw_conn_lend(r.c, wire, 8);
+    cr_assert_eq(tlsw_conn_read(r.c, cbuf, sizeof(cbuf), &cn), TLSW_WANT_IO);
+    tlsw_conn_lend_end(r.c);
+    tlsw_conn_lend(r.c, wire + 8, (size_t)wn - 8);
+    cr_assert_eq(read_some(r.c, cbuf, sizeof(cbuf), &cn), TLSW_OK);
+    tlsw_conn_lend_end(r.c);
+    cr_assert_eq(cn, 5);
+    cr_assert_eq(memcmp(cbuf, "split", 5), 0);
+
+    /* close_notify goes to the output too. */
+    size_t before = k->len;
+    tlsw_conn_shutdown(r.c);
+    cr_assert_gt(k->len, before);
+    cr_assert_eq(tlsw_conn_pending(r.c), 0);
+    free(k);
+    run_free(&r);
+}
+
 Test(tls, client_close_notify_reaches_server)
 {
     struct run r;
