@@ -7,7 +7,6 @@ authentication method everywhere keeps the connect-per-transaction numbers compa
 """
 
 import glob
-import math
 import os
 import re
 import subprocess
@@ -108,18 +107,29 @@ def check_route(route):
 
 # -- pgbench -------------------------------------------------------------------------------
 
+def pgbench_threads(clients):
+    return min(clients, os.cpu_count() or 2)
+
+
+class NoTransactions(RuntimeError):
+    """pgbench ran but completed no transaction: connecting its clients used up all of -T."""
+
+
 def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_log=False,
-                end_times=None):
+                end_times=None, allowance=None):
     """pgbench -S (-C) on a route -> {tps, failed, connect_ms[, p50_us, p99_us, mean_us,
     samples]}. end_times: a list that gets each transaction's end (epoch seconds; implies
     the latency log).
 
     pgbench's -T clock starts before its clients connect, and each thread connects its clients
     one after the other (~40 ms per TLS backend start here): 1000 clients would use up a 15 s
-    run before the first transaction. So -T gets an allowance of 0.1 s per client and thread;
-    the tps pgbench reports leaves the initial connection time out."""
-    threads = min(clients, os.cpu_count() or 2)
-    allowance = 0 if connect_each else math.ceil(clients / threads * 0.1)
+    run before the first transaction. So -T gets an allowance of 0.1 s per client and thread,
+    rounded to whole seconds (none up to 4 clients a thread: a smoke run stays short), unless
+    the caller gives its own (whole seconds); the tps pgbench reports leaves the initial
+    connection time out. NoTransactions when the connections took all the time there was."""
+    threads = pgbench_threads(clients)
+    if allowance is None:
+        allowance = 0 if connect_each else int(clients / threads * 0.1 + 0.5)
     cmd = ["pgbench", "-n", "-S", "-c", str(clients), "-j", str(threads),
            "-T", str(seconds + allowance)]
     if connect_each:
@@ -132,6 +142,10 @@ def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_lo
                   env=route.env())
     tps = re.search(r"^tps = ([\d.]+)", proc.stdout, re.M)
     processed = re.search(r"^number of transactions actually processed: (\d+)", proc.stdout, re.M)
+    if proc.returncode == 0 and processed and processed.group(1) == "0":
+        read_latency_logs(prefix)  # removes the empty logs
+        raise NoTransactions(f"pgbench on {route.name}: {clients} clients, -T "
+                             f"{seconds + allowance}: no transaction")
     if proc.returncode != 0 or not tps or not processed or processed.group(1) == "0":
         raise RuntimeError(f"pgbench on {route.name} failed ({proc.returncode}):\n"
                            f"{proc.stdout}\n{proc.stderr}")

@@ -2,6 +2,11 @@
 and its CPU per transaction at 100, 500, 1000 and 2000 concurrent sessions on one server, for
 each worker count, next to direct verify-full at the same count.
 
+pgbench's -T clock runs while its threads connect their clients one after the other, which
+at 2000 sessions on a busy 2-core box can take minutes: each route keeps the connect time per
+client of its last run and gives the next count twice that as -T allowance (and runs it again
+with more when the connections still used up the whole run).
+
 Each worker count gets a fresh dbtrust. RSS is the peak sampled while pgbench runs; close_s is
 how long dbtrust still had connections open after pgbench exited. CPU per transaction is read
 over the steady state only: from the moment dbtrust holds all the sessions
@@ -12,6 +17,7 @@ sessions and hide whether that cost stays flat. `flatness` compares the smallest
 100 up (the base) with the largest: RSS per added session and the CPU/transaction ratio.
 """
 
+import math
 import threading
 import time
 
@@ -75,11 +81,50 @@ class SteadyCpu:
                 "cpu_us_per_tx": round((cpu1 - cpu0) / n * 1e6, 1)}
 
 
-def run_dbtrust_count(dbtrust, route, count, settings, workdir):
+class ConnectPace:
+    """How long pgbench takes per client and thread to connect on one route, learnt from its
+    last run (0.1 s before any): the -T allowance for the next count."""
+
+    MARGIN = 2.0
+
+    def __init__(self):
+        self.per_client_s = 0.1
+
+    def allowance(self, clients):
+        per_thread = clients / pg.pgbench_threads(clients)
+        return math.ceil(self.per_client_s * per_thread * self.MARGIN)
+
+    def learn(self, clients, run):
+        if run.get("connect_ms"):
+            per_thread = clients / pg.pgbench_threads(clients)
+            self.per_client_s = max(0.005, run["connect_ms"] / 1000 / per_thread)
+
+    def run(self, route, clients, seconds, workdir, **kwargs):
+        """run_pgbench with this route's allowance; once more with a larger one when the
+        connections used up the run. kwargs: end_times (a list, emptied before a retry)."""
+        allowance = self.allowance(clients)
+        try:
+            result = pg.run_pgbench(route, clients, seconds, workdir, latency_log=True,
+                                    allowance=allowance, **kwargs)
+        except pg.NoTransactions:
+            per_thread = clients / pg.pgbench_threads(clients)
+            # Connecting took longer than the whole -T: at least that much per client.
+            self.per_client_s = max(self.per_client_s * 3, (seconds + allowance) / per_thread)
+            log(f"scaling: {route.name}, {clients} connections: connecting outlasted -T "
+                f"{seconds + allowance}; again with an allowance of {self.allowance(clients)} s")
+            if kwargs.get("end_times") is not None:
+                kwargs["end_times"].clear()
+            result = pg.run_pgbench(route, clients, seconds, workdir, latency_log=True,
+                                    allowance=self.allowance(clients), **kwargs)
+        self.learn(clients, result)
+        return result
+
+
+def run_dbtrust_count(dbtrust, route, pace, count, settings, workdir):
     """One pgbench -S run through dbtrust: tps, peak RSS, steady-state CPU, close time."""
     end_times = []
     with RssSampler(dbtrust.pid) as rss, SteadyCpu(dbtrust, "pg", count) as cpu:
-        run = pg.run_pgbench(route, count, settings.seconds, workdir, end_times=end_times)
+        run = pace.run(route, count, settings.seconds, workdir, end_times=end_times)
     run.update(cpu.window(end_times))
     run["rss_peak_kib"] = rss.peak_kib
     run["close_s"] = dbtrust.wait_idle("pg")
@@ -103,21 +148,22 @@ def flatness(runs):
 
 def run_section(binary, bundle, pg_server, direct_route, settings, workdir):
     results = {"direct": {}, "dbtrust": {}}
+    pace = ConnectPace()
     for count in settings.scaling_counts:
         log(f"scaling: direct, {count} connections")
-        results["direct"][count] = pg.run_pgbench(direct_route, count, settings.seconds, workdir,
-                                                  latency_log=True)
+        results["direct"][count] = pace.run(direct_route, count, settings.seconds, workdir)
     for workers in settings.scaling_workers:
         dbtrust = BenchDbTrust(binary, bundle, [("pg", "postgres", f"localhost:{pg_server.port}")],
                                workdir, workers=workers, name=f"dbtrust-w{workers}").start()
         route = pg.PgRoute(f"dbtrust-w{workers}", dbtrust.port("pg"), pid=dbtrust.pid)
-        per_count = {}
+        per_count, pace = {}, ConnectPace()
         results["dbtrust"][workers] = {"rss_start_kib": rss_kib(dbtrust.pid),
                                        "runs": per_count}
         try:
             for count in settings.scaling_counts:
                 log(f"scaling: dbtrust workers={workers}, {count} connections")
-                per_count[count] = run_dbtrust_count(dbtrust, route, count, settings, workdir)
+                per_count[count] = run_dbtrust_count(dbtrust, route, pace, count, settings,
+                                                     workdir)
         finally:
             dbtrust.stop()
         results["dbtrust"][workers]["flatness"] = flatness(per_count)
