@@ -95,9 +95,10 @@ class ConnectPace:
         return math.ceil(self.per_client_s * per_thread * self.MARGIN)
 
     def learn(self, clients, run):
+        # pgbench 15's "initial connection time" is the sum over its threads: per client, it
+        # is that over all the clients.
         if run.get("connect_ms"):
-            per_thread = clients / pg.pgbench_threads(clients)
-            self.per_client_s = max(0.005, run["connect_ms"] / 1000 / per_thread)
+            self.per_client_s = max(0.005, run["connect_ms"] / 1000 / clients)
 
     def run(self, route, clients, seconds, workdir, **kwargs):
         """run_pgbench with this route's allowance; once more with a larger one when the
