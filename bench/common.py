@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.request
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -97,6 +98,7 @@ def machine_description(dbtrust_binary):
         "openssl": _first_line(["openssl", "version"]),
         "stunnel": _first_line(["stunnel", "-version"]),
         "pgbouncer": _first_line(["pgbouncer", "--version"]),
+        "haproxy": _first_line(["haproxy", "-v"]),
         "pgbench": _first_line(["pgbench", "--version"]),
         "sysbench": _first_line(["sysbench", "--version"]),
     }
@@ -241,6 +243,59 @@ class BenchDbTrust:
                 return now
             last = now
         return last
+
+
+def proxy_threads(workers):
+    """The event-loop threads a dbtrust with `workers` (0 = one per CPU) runs: the thread count
+    a peer is given so that it competes for the same cores with as many loops."""
+    return workers or os.cpu_count() or 1
+
+
+# -- per-route failures ------------------------------------------------------------------------
+
+class RouteFailed(Exception):
+    """A route that must not produce a number (e.g. it would run in plaintext)."""
+
+
+def compact(text, limit=600):
+    """An error on one line for the report: non-empty lines joined, cut at `limit`."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    one = " | ".join(lines)
+    return one if len(one) <= limit else one[:limit - 3] + "..."
+
+
+class Measurements:
+    """Per route: the loads that worked, and an error for each one that did not. A route that
+    failed to start or its check is skipped from then on; the other routes are still measured
+    and the report shows what is missing."""
+
+    def __init__(self, names, section):
+        self.section = section
+        self.data = {name: {} for name in names}
+        self.errors = {name: {} for name in names}
+
+    def attempt(self, name, load, fn, record=True):
+        """fn() for one route and load; its value is kept under `load` when `record`."""
+        if "start" in self.errors[name] or "check" in self.errors[name]:
+            return None
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - a failed route is reported, not fatal
+            log(f"{self.section}: {name}: {load} failed:\n{traceback.format_exc()}")
+            text = str(exc) if isinstance(exc, RouteFailed) else f"{type(exc).__name__}: {exc}"
+            self.errors[name][load] = compact(text)
+            return None
+        if record and value is not None:
+            self.data[name][load] = value
+        return value
+
+    def working(self, routes):
+        return {name: route for name, route in routes.items()
+                if not {"start", "check"} & set(self.errors[name])}
+
+    def failed(self):
+        """{route: {load: error}} of the routes with an error."""
+        return {n: e for n, e in self.errors.items() if e}
 
 
 # -- statistics ---------------------------------------------------------------------------------

@@ -1,11 +1,17 @@
 """Memory: what a connection costs dbtrust in each state it can be held in, and what a flood of
 hostile connections does to it (issue 6's idle figure, issue 14's per-state costs and storm).
 
-1. Logged-in idle connections (issue 6): a fresh dbtrust, `idle_connections` logged-in
-   connections per protocol that then sit idle, (RSS with them - RSS before) / N. They are
-   opened 8 at a time (a backend start costs tens of milliseconds); a few are opened and closed
-   first so that one-time allocations (buffer pools, TLS session cache) are not counted. Then
-   all are closed at once: RSS right after, and after dbtrust's next idle sweep.
+1. Logged-in idle connections (issues 6 and 19): a fresh dbtrust per measurement,
+   `idle_connections` (1000) logged-in connections that then sit idle, (RSS with them - RSS
+   before) / N. They are opened as fast as the client can: 64 connects in flight (each thread
+   blocks in its connect; more would only queue behind the server's backend starts); a few are
+   opened and closed first so that one-time allocations (buffer pools, TLS session cache) are
+   not counted. No resumption luck: the upstream handshakes dbtrust resumed are counted
+   (dbtrust_upstream_tls_resumed_total). PostgreSQL sends no session tickets (every
+   connection is a full handshake); MariaDB does, so it is measured twice: against a second
+   MariaDB that sends none (the target's figure: every connection a full handshake) and
+   against the bench's own (resumed, as in production). Then the PostgreSQL ones are closed
+   at once: RSS right after, and after dbtrust's next idle sweep.
 
 2. Per-state cost (issue 14): for each state a fresh dbtrust, `state_warmup` connections of the
    state opened first and kept (one-time allocations are not counted), VmRSS (median of 3
@@ -49,6 +55,7 @@ import mysql as my
 import pg
 
 PARALLEL_CONNECTS = 8
+IDLE_PARALLEL_CONNECTS = 64          # section 1: "as fast as a client can"
 WARM_UP_CONNECTIONS = 8
 IDLE_SWEEP_S = 10.0                 # dbtrust's idle sweep period (proxy/px_worker.c)
 HOLD_OPTIONS = {"max_connections": 20000, "startup_timeout": "120s",
@@ -101,8 +108,8 @@ def select(conn, value):
 CONNECT = {"pg": pg_connect, "my": my_connect}
 
 
-def open_connections(connect, port, count):
-    with concurrent.futures.ThreadPoolExecutor(PARALLEL_CONNECTS) as pool:
+def open_connections(connect, port, count, parallel=PARALLEL_CONNECTS):
+    with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
         return list(pool.map(lambda _: connect(port), range(count)))
 
 
@@ -161,41 +168,75 @@ def first_my_packet(buf):
 # -- 1. logged-in idle connections (issue 6) ----------------------------------------------------
 
 def per_idle_connection(dbtrust, listener, connect, count):
-    """{count, rss_before_kib, rss_after_kib, kib_per_connection} for one listener."""
+    """{count, rss_before_kib, rss_after_kib, kib_per_connection, upstream_resumed, open_s,
+    close_s} for one listener."""
     close_all(open_connections(connect, dbtrust.port(listener), WARM_UP_CONNECTIONS))
     time.sleep(0.5)
     before = rss_kib(dbtrust.pid)
-    connections = open_connections(connect, dbtrust.port(listener), count)
+    resumed0 = dbtrust.metric("dbtrust_upstream_tls_resumed_total", listener)
+    start = time.monotonic()
+    connections = open_connections(connect, dbtrust.port(listener), count,
+                                   parallel=IDLE_PARALLEL_CONNECTS)
+    opened_s = time.monotonic() - start
     try:
         time.sleep(1.0)  # let every connection reach its idle state
         after = rss_kib(dbtrust.pid)
+        resumed = dbtrust.metric("dbtrust_upstream_tls_resumed_total", listener) - resumed0
     finally:
         close_all(connections)
     return {"count": count, "rss_before_kib": before, "rss_after_kib": after,
             "kib_per_connection": round((after - before) / count, 2),
+            "upstream_resumed": resumed, "open_s": round(opened_s, 2),
             "close_s": dbtrust.wait_idle(listener)}
 
 
-def idle_logged_in(binary, bundle, pg_server, maria, settings, workdir, results):
-    """Both protocols on one fresh dbtrust (workers as in the comparison)."""
-    listeners = [("pg", "postgres", f"localhost:{pg_server.port}")]
-    if maria is not None:
-        listeners.append(("my", "mysql", f"localhost:{maria.port}"))
-    dbtrust = BenchDbTrust(binary, bundle, listeners, workdir, workers=settings.workers,
-                           name="dbtrust-memory").start()
+def idle_on_fresh_dbtrust(binary, bundle, protocol, upstream, connect, settings, workdir,
+                          name, settle=None):
+    """per_idle_connection on a dbtrust of its own (no heap left over from another
+    measurement). settle: a dict that gets the RSS right after closing them and after the
+    next idle sweep."""
+    dbtrust = BenchDbTrust(binary, bundle, [("idle", protocol, upstream)], workdir,
+                           workers=settings.workers, name=name).start()
     try:
-        log(f"{settings.idle_connections} idle PostgreSQL connections through dbtrust")
-        results["pg"] = per_idle_connection(dbtrust, "pg", pg_connect, settings.idle_connections)
-        if maria is not None:
-            log(f"{settings.idle_connections} idle MariaDB connections through dbtrust")
-            results["mysql"] = per_idle_connection(dbtrust, "my", my_connect,
-                                                   settings.idle_connections)
-        results["rss_after_close_kib"] = rss_kib(dbtrust.pid)
-        # dbtrust hands freed heap back at its next idle sweep (every 10 s).
-        time.sleep(1 if settings.smoke else IDLE_SWEEP_S + 1)
-        results["rss_settled_kib"] = rss_kib(dbtrust.pid)
+        result = per_idle_connection(dbtrust, "idle", connect, settings.idle_connections)
+        if settle is not None:
+            settle["rss_after_close_kib"] = rss_kib(dbtrust.pid)
+            # dbtrust hands freed heap back at its next idle sweep (every 10 s).
+            time.sleep(1 if settings.smoke else IDLE_SWEEP_S + 1)
+            settle["rss_settled_kib"] = rss_kib(dbtrust.pid)
+        return result
     finally:
         dbtrust.stop()
+
+
+def idle_mariadb_full(binary, pki, settings, workdir):
+    """MariaDB idle connections, each a full upstream handshake: a ticketless server."""
+    ticketless = my.start_mariadb(pki, settings.idle_connections + 200, tickets=False)
+    try:
+        return idle_on_fresh_dbtrust(binary, pki.bundle, "mysql", f"localhost:{ticketless.port}",
+                                     my_connect, settings, workdir, "dbtrust-memory-my")
+    finally:
+        ticketless.stop()
+
+
+def idle_logged_in(binary, pki, pg_server, maria, settings, workdir, results, errors):
+    """PostgreSQL, MariaDB with full handshakes only (a ticketless server), MariaDB with
+    resumption (the bench's server): each on a fresh dbtrust (workers as in the comparison).
+    A failed one is kept in `errors`; the others still run."""
+    n = settings.idle_connections
+    log(f"{n} idle PostgreSQL connections through dbtrust")
+    results["pg"] = attempt(errors, "idle_pg", lambda: idle_on_fresh_dbtrust(
+        binary, pki.bundle, "postgres", f"localhost:{pg_server.port}", pg_connect, settings,
+        workdir, "dbtrust-memory-pg", settle=results))
+    if maria is None:
+        return
+    log(f"{n} idle MariaDB connections through dbtrust, full handshakes (no tickets)")
+    results["mysql"] = attempt(errors, "idle_mysql",
+                               lambda: idle_mariadb_full(binary, pki, settings, workdir))
+    log(f"{n} idle MariaDB connections through dbtrust, upstream sessions resumed")
+    results["mysql_resumed"] = attempt(errors, "idle_mysql_resumed", lambda: idle_on_fresh_dbtrust(
+        binary, pki.bundle, "mysql", f"localhost:{maria.port}", my_connect, settings, workdir,
+        "dbtrust-memory-my-resumed"))
 
 
 # -- 2. per-state cost (issue 14) ----------------------------------------------------------------
@@ -498,11 +539,10 @@ def restore_mariadb(maria, old):
 
 
 def run_section(binary, pki, pg_server, maria, settings, workdir):
-    results = {}
-    idle_logged_in(binary, pki.bundle, pg_server, maria, settings, workdir, results)
+    results, errors = {}, {}
+    idle_logged_in(binary, pki, pg_server, maria, settings, workdir, results, errors)
     ctx = Context(binary, pki, pg_server, maria, settings, workdir)
     old = roomy_mariadb(maria) if maria is not None else None
-    errors = {}
     try:
         results["states"] = per_state(ctx, errors)
         results["storm"] = attempt(errors, "storm", lambda: storm(ctx))

@@ -1,5 +1,7 @@
 """MariaDB part of the bench: sysbench oltp_point_select and oltp_read_write through dbtrust
-(plaintext loopback leg, --mysql-ssl=off) and direct over TLS (--mysql-ssl=on).
+(plaintext loopback leg, --mysql-ssl=off), direct over TLS (--mysql-ssl=on), and over TLS
+through the HAProxy byte relay (--mysql-ssl=on to the relay's port: the floor, issue 19). The
+CPU of the route's proxy process (utime + stime, /proc/PID/stat) is read around each run.
 
 sysbench 1.0.20 has only on/off for TLS; `on` loads cacert.pem, client-cert.pem and
 client-key.pem from its working directory (TESTING.md), so the direct route runs in a
@@ -8,16 +10,18 @@ ssl-ca to accept it. libmariadb checks the chain against cacert.pem; sysbench ca
 check the host name, so the direct route does slightly less than dbtrust's verify-full.
 """
 
+import dataclasses
 import os
 import re
 import shutil
 from dataclasses import dataclass
 
-from common import fx, log
+from common import cpu_seconds, fx, log
 
 USER, PASSWORD = fx.MY_NATIVE_USER, fx.MY_NATIVE_PASSWORD
 DATABASE = fx.MY_APP_DATABASE
 TESTS = ("oltp_point_select", "oltp_read_write")
+ROUTE_ORDER = ("direct", "dbtrust", "dbtrust-unix", "haproxy-relay")
 
 
 class BenchMariadb(fx.MariadbServer):
@@ -41,11 +45,34 @@ class MyRoute:
     tls: bool
     workdir: str  # sysbench's cwd (holds the TLS files on the direct route)
     socket: str = None  # a Unix-socket listener instead of 127.0.0.1:port
+    pid: int = None  # the proxy process, for /proc readings
 
 
-def start_mariadb(pki, max_connections):
-    log("starting MariaDB 10.11")
-    return BenchMariadb(pki.leaf, pki.bundle, max_connections).start().provision_app_users()
+class TicketlessMariadb(BenchMariadb):
+    """The same server sending no TLS 1.3 session tickets (OpenSSL's NumTickets = 0 through
+    an OPENSSL_CONF of its own): every connection dbtrust opens to it is a full handshake.
+    MariaDB resumes sessions otherwise, and dbtrust keeps a few tickets per worker, so a burst
+    of connections is mostly resumptions; the memory section measures both."""
+
+    def __init__(self, cert, client_ca, max_connections):
+        super().__init__(cert, client_ca, max_connections)
+        self.name = "maria-bench-ticketless"
+        conf_dir = fx.make_temp_dir("openssl-no-tickets")
+        os.chmod(conf_dir, 0o755)  # mariadbd reads it as the mysql user
+        conf = os.path.join(conf_dir, "openssl.cnf")
+        with open(conf, "w") as f:
+            f.write("openssl_conf = init\n[init]\nssl_conf = ssl\n[ssl]\n"
+                    "system_default = no_tickets\n[no_tickets]\nNumTickets = 0\n")
+        os.chmod(conf, 0o644)
+        # The fixtures' command prefix: started as root with the variable set, mariadbd then
+        # drops to the mysql user itself.
+        self.launcher = ("env", f"OPENSSL_CONF={conf}")
+
+
+def start_mariadb(pki, max_connections, tickets=True):
+    log(f"starting MariaDB 10.11{'' if tickets else ' (no session tickets)'}")
+    cls = BenchMariadb if tickets else TicketlessMariadb
+    return cls(pki.leaf, pki.bundle, max_connections).start().provision_app_users()
 
 
 def direct_route(pki, maria):
@@ -56,6 +83,11 @@ def direct_route(pki, maria):
     shutil.copy(client.chain, os.path.join(workdir, "client-cert.pem"))
     shutil.copy(client.key, os.path.join(workdir, "client-key.pem"))
     return MyRoute("direct", maria.port, True, workdir)
+
+
+def relay_route(direct, relay):
+    """The client's own TLS (the direct route's files) through the byte relay's port."""
+    return dataclasses.replace(direct, name="haproxy-relay", port=relay.port, pid=relay.pid)
 
 
 def sysbench(route, test, step, settings, threads=None, seconds=None):
@@ -84,6 +116,7 @@ def parse_run(stdout):
         return cast(m.group(1)) if m else None
     return {
         "tps": number(r"^\s+transactions:\s+\d+\s+\(([\d.]+) per sec"),
+        "transactions": number(r"^\s+transactions:\s+(\d+)\s+\(", int),
         "qps": number(r"^\s+queries:\s+\d+\s+\(([\d.]+) per sec"),
         "ignored_errors": number(r"^\s+ignored errors:\s+(\d+)", int),
         "reconnects": number(r"^\s+reconnects:\s+(\d+)", int),
@@ -91,16 +124,31 @@ def parse_run(stdout):
     }
 
 
-def run_section(routes, settings):
-    """prepare once (direct), then every test on every route."""
+def run_with_cpu(route, test, settings):
+    """One sysbench run -> parse_run's figures, plus the route's proxy CPU per transaction
+    (the whole run, its connections included) when it has a proxy process."""
+    cpu0 = cpu_seconds(route.pid) if route.pid else None
+    result = parse_run(sysbench(route, test, "run", settings).stdout)
+    if cpu0 is not None and result["transactions"]:
+        cpu = cpu_seconds(route.pid) - cpu0
+        result["proxy_cpu_s"] = round(cpu, 3)
+        result["proxy_cpu_us_per_tx"] = round(cpu / result["transactions"] * 1e6, 1)
+    return result
+
+
+def run_section(routes, m, settings):
+    """prepare once (direct), then every test on every route that started. m: the section's
+    Measurements; a route failing a run leaves a gap in the table, not a lost section."""
     log(f"sysbench prepare ({settings.sysbench_tables} tables x {settings.sysbench_table_size})")
     sysbench(routes["direct"], "oltp_read_write", "prepare", settings, threads=2)
-    results = {}
+    working = m.working(routes)
     for test in TESTS:
-        results[test] = {}
-        for name, route in routes.items():
+        for name, route in working.items():
             if name == "dbtrust-unix" and test != "oltp_point_select":
                 continue  # the socket's effect shows on the lightest queries
             log(f"sysbench {test} --threads={settings.sysbench_threads} via {name}")
-            results[test][name] = parse_run(sysbench(route, test, "run", settings).stdout)
+            m.attempt(name, test, lambda r=route, t=test: run_with_cpu(r, t, settings))
+    results = {test: {name: loads[test] for name, loads in m.data.items() if test in loads}
+               for test in TESTS}
+    results["errors"] = m.failed()
     return results

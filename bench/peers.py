@@ -1,9 +1,11 @@
-"""The peers dbtrust is compared with, each verifying the server as dbtrust does (chain to the
-test bundle + host name): stunnel in client mode and pgbouncer with session pooling (with a
-plaintext client leg, or serving TLS to clients for the TLS->TLS comparison).
+"""The peers dbtrust is compared with. stunnel in client mode and pgbouncer with session pooling
+(with a plaintext client leg, or serving TLS to clients for the TLS->TLS comparison) each verify
+the server as dbtrust does (chain to the test bundle + host name). HAProxy in `mode tcp` is the
+floor (issue 19): a relay that only copies bytes while the client does its own TLS, verify-full,
+through it; what any proxy hop costs before it does anything of its own.
 
-Both log to files in their own temp dir, listen on a fresh loopback port, and register their
-stop with the fixtures' cleanup.
+Each logs to a file in its own temp dir (HAProxy logs nothing), listens on a fresh loopback
+port, and registers its stop with the fixtures' cleanup.
 """
 
 import os
@@ -159,3 +161,39 @@ class Pgbouncer(PeerProcess):
 
     def popen_kwargs(self):
         return {"user": self.run_as.pw_uid, "group": self.run_as.pw_gid, "extra_groups": []}
+
+
+class HaproxyRelay(PeerProcess):
+    """HAProxy 2.6, `mode tcp`: every byte from the client to the server and back, nothing
+    decrypted, nothing verified (the client does verify-full itself, through it). Foreground
+    (-db), one process; no `log` line, so it logs nothing. HAProxy sets TCP_NODELAY on both
+    legs by itself.
+
+    nbthread = dbtrust's worker count in the same run (threads): the same number of event
+    loops on the same cores, so neither side wins by using more of the shared 2 cores."""
+
+    name = "haproxy-relay"
+
+    def __init__(self, upstream_port, threads, max_connections=4000):
+        super().__init__()
+        self.threads = threads
+        self.config_path = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.config_path, "w") as f:
+            f.write("\n".join([
+                "global",
+                f"    nbthread {threads}",
+                f"    maxconn {max_connections}",
+                "defaults",
+                "    mode tcp",
+                "    timeout connect 10s",
+                # Idle benchmark sessions (memory, pgbench's allowance) must not be cut.
+                "    timeout client 1h",
+                "    timeout server 1h",
+                "listen relay",
+                f"    bind 127.0.0.1:{self.port}",
+                f"    server db 127.0.0.1:{upstream_port}",
+                "",
+            ]))
+
+    def command(self):
+        return ["haproxy", "-db", "-f", self.config_path]

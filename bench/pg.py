@@ -1,22 +1,23 @@
 """PostgreSQL part of the bench: the server, the routes a client can take to it, and the loads
-(pgbench -S persistent and -C, a bulk COPY TO STDOUT), measured on every route.
+(pgbench -S persistent and -C, a bulk COPY TO STDOUT), measured on every route, with the CPU
+each route's proxy process spent on them (utime + stime from /proc/PID/stat around each load).
 
 Every route logs in as the fixtures' md5 user: stunnel cannot pass SCRAM (TESTING.md), and one
 authentication method everywhere keeps the connect-per-transaction numbers comparable.
 """
 
 import glob
-import math
 import os
 import re
 import subprocess
 from dataclasses import dataclass
 
-from common import fx, log, median, percentile, cpu_seconds
+from common import RouteFailed, cpu_seconds, fx, log, median, percentile
 
 USER, PASSWORD = fx.PG_MD5_USER, fx.PG_MD5_PASSWORD
 DATABASE = fx.PG_APP_DATABASE
-ROUTE_ORDER = ("direct", "dbtrust", "stunnel", "pgbouncer")
+# haproxy-relay: the floor (issue 19), a byte relay with the client's own TLS through it.
+ROUTE_ORDER = ("direct", "dbtrust", "haproxy-relay", "stunnel", "pgbouncer")
 
 
 class BenchPostgres(fx.PostgresServer):
@@ -43,7 +44,8 @@ class BenchPostgres(fx.PostgresServer):
 @dataclass
 class PgRoute:
     """How a client reaches the server: `direct` means libpq itself does verify-full against
-    the bundle; every other route is a plaintext loopback leg to a verifying proxy."""
+    the bundle (the direct route, and the byte relay whose port it then dials); every other
+    route is a plaintext loopback leg to a verifying proxy."""
     name: str
     port: int
     direct: bool = False
@@ -99,33 +101,51 @@ def check_route(route):
                    "select ssl from pg_stat_ssl where pid = pg_backend_pid()"],
                   env=route.env(), check=False)
     if proc.returncode != 0 or proc.stdout.strip() != "t":
-        raise RuntimeError(f"route {route.name} does not reach the server over TLS: "
+        raise RouteFailed(f"route {route.name} does not reach the server over TLS: "
                            f"{proc.stdout}{proc.stderr}")
 
 
 # -- pgbench -------------------------------------------------------------------------------
 
-def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_log=False):
+def pgbench_threads(clients):
+    return min(clients, os.cpu_count() or 2)
+
+
+class NoTransactions(RuntimeError):
+    """pgbench ran but completed no transaction: connecting its clients used up all of -T."""
+
+
+def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_log=False,
+                end_times=None, allowance=None):
     """pgbench -S (-C) on a route -> {tps, failed, connect_ms[, p50_us, p99_us, mean_us,
-    samples]}.
+    samples]}. end_times: a list that gets each transaction's end (epoch seconds; implies
+    the latency log).
 
     pgbench's -T clock starts before its clients connect, and each thread connects its clients
     one after the other (~40 ms per TLS backend start here): 1000 clients would use up a 15 s
-    run before the first transaction. So -T gets an allowance of 0.1 s per client and thread;
-    the tps pgbench reports leaves the initial connection time out."""
-    threads = min(clients, os.cpu_count() or 2)
-    allowance = 0 if connect_each else math.ceil(clients / threads * 0.1)
+    run before the first transaction. So -T gets an allowance of 0.1 s per client and thread,
+    rounded to whole seconds (none up to 4 clients a thread: a smoke run stays short), unless
+    the caller gives its own (whole seconds); the tps pgbench reports leaves the initial
+    connection time out. NoTransactions when the connections took all the time there was."""
+    threads = pgbench_threads(clients)
+    if allowance is None:
+        allowance = 0 if connect_each else int(clients / threads * 0.1 + 0.5)
     cmd = ["pgbench", "-n", "-S", "-c", str(clients), "-j", str(threads),
            "-T", str(seconds + allowance)]
     if connect_each:
         cmd.append("-C")
     prefix = os.path.join(workdir, f"pgbench-{route.name}-c{clients}")
+    latency_log = latency_log or end_times is not None
     if latency_log:
         cmd += ["-l", f"--log-prefix={prefix}"]
     proc = fx.run(cmd, check=False, timeout=(seconds + allowance) * 4 + 300, cwd=workdir,
                   env=route.env())
     tps = re.search(r"^tps = ([\d.]+)", proc.stdout, re.M)
     processed = re.search(r"^number of transactions actually processed: (\d+)", proc.stdout, re.M)
+    if proc.returncode == 0 and processed and processed.group(1) == "0":
+        read_latency_logs(prefix)  # removes the empty logs
+        raise NoTransactions(f"pgbench on {route.name}: {clients} clients, -T "
+                             f"{seconds + allowance}: no transaction")
     if proc.returncode != 0 or not tps or not processed or processed.group(1) == "0":
         raise RuntimeError(f"pgbench on {route.name} failed ({proc.returncode}):\n"
                            f"{proc.stdout}\n{proc.stderr}")
@@ -135,13 +155,14 @@ def run_pgbench(route, clients, seconds, workdir, connect_each=False, latency_lo
               "connect_ms": float(connect.group(1)) if connect else None,
               "transactions": int(processed.group(1))}
     if latency_log:
-        result.update(read_latency_logs(prefix))
+        result.update(read_latency_logs(prefix, end_times))
     return result
 
 
-def read_latency_logs(prefix):
-    """Percentiles of pgbench's per-transaction logs (3rd column: latency in µs); the log
-    files are removed afterwards."""
+def read_latency_logs(prefix, end_times=None):
+    """Percentiles of pgbench's per-transaction logs (3rd column: latency in µs; 5th and 6th:
+    when it ended, epoch seconds and µs, appended to end_times when given); the log files are
+    removed afterwards."""
     latencies = []
     for path in glob.glob(prefix + ".*"):
         with open(path) as f:
@@ -149,6 +170,8 @@ def read_latency_logs(prefix):
                 fields = line.split()
                 if len(fields) >= 3 and fields[2].isdigit():
                     latencies.append(int(fields[2]))
+                    if end_times is not None and len(fields) >= 6:
+                        end_times.append(int(fields[4]) + int(fields[5]) / 1e6)
         os.unlink(path)
     latencies.sort()
     return {"p50_us": percentile(latencies, 50), "p99_us": percentile(latencies, 99),
@@ -156,9 +179,24 @@ def read_latency_logs(prefix):
             "samples": len(latencies)}
 
 
+def pgbench_with_cpu(route, clients, seconds, workdir, connect_each=False, latency_log=False):
+    """run_pgbench, plus the route's proxy CPU over the whole run (connections included) when
+    it has a proxy process: proxy_cpu_s and proxy_cpu_us_per_tx."""
+    cpu0 = cpu_seconds(route.pid) if route.pid else None
+    result = run_pgbench(route, clients, seconds, workdir, connect_each=connect_each,
+                         latency_log=latency_log)
+    if cpu0 is not None:
+        cpu = cpu_seconds(route.pid) - cpu0
+        result["proxy_cpu_s"] = round(cpu, 3)
+        result["proxy_cpu_us_per_tx"] = round(cpu / result["transactions"] * 1e6, 1)
+    return result
+
+
 # -- COPY TO STDOUT -------------------------------------------------------------------------
 
 COPY_ROW_BYTES = 1001  # repeat('x', 1000) + newline in COPY text format
+# A COPY row crosses a proxy as one CopyData message: 'd', int32 length, the row's text.
+COPY_MESSAGE_BYTES = COPY_ROW_BYTES + 5
 
 
 def copy_sql(rows):
@@ -178,63 +216,79 @@ def copy_out(route, rows):
     return float(m.group(1)) / 1000
 
 
-def copy_with_cost(route, rows, dbtrust):
-    """One COPY -> (seconds, CPU seconds of the route's proxy or None, bytes dbtrust counted
-    or None). CPU is read right around the COPY; the byte counter before and after that."""
-    counts = route.name == "dbtrust"
-    bytes0 = dbtrust.settled_bytes_relayed("pg") if counts else 0
-    cpu0 = cpu_seconds(route.pid) if route.pid else 0.0
+def copy_with_cpu(route, rows):
+    """One COPY -> (seconds, CPU seconds of the route's proxy or None), CPU read right around
+    the COPY."""
+    cpu0 = cpu_seconds(route.pid) if route.pid else None
     seconds = copy_out(route, rows)
-    cpu = cpu_seconds(route.pid) - cpu0 if route.pid else None
-    relayed = dbtrust.settled_bytes_relayed("pg") - bytes0 if counts else None
-    return seconds, cpu, relayed
+    return seconds, None if cpu0 is None else cpu_seconds(route.pid) - cpu0
 
 
-def measure_copy(routes, rows, repeats, dbtrust):
-    """COPY `repeats` times per route, routes interleaved so slow drift hits all alike.
-    Returns ({route: {mb_per_s (median), runs_s}}, {proxy route: CPU seconds per GB}).
+def copy_summary(runs, cpu_s, rows):
+    """Median MB/s of the COPY payload; the proxy's CPU per GB of CopyData messages relayed
+    (counted from the row count: the same bytes on every route, plaintext or not), None
+    without a proxy."""
+    megabytes = rows * COPY_ROW_BYTES / 1e6
+    relayed = rows * COPY_MESSAGE_BYTES * len(runs)
+    out = {"mb_per_s": round(megabytes / median(runs), 1), "runs_s": [round(x, 3) for x in runs],
+           "megabytes": round(megabytes, 1)}
+    if cpu_s is not None:
+        out.update(cpu_s=round(cpu_s, 3), bytes=relayed,
+                   cpu_s_per_gb=round(cpu_s / (relayed / 1e9), 3))
+    return out
 
-    CPU is utime + stime of the proxy process (all threads, /proc/PID/stat). The bytes are
-    dbtrust's own counter (plaintext, both ways); the peers relay the very same bytes."""
+
+def measure_copy(routes, m, rows, repeats, load="copy"):
+    """COPY `repeats` times per route, routes interleaved so slow drift hits all alike; each
+    route's copy_summary under m.data[route][load] (a route whose COPY failed once has none)."""
     runs = {name: [] for name in routes}
-    cpu = {name: 0.0 for name, route in routes.items() if route.pid}
-    relayed = 0
+    cpu = {name: 0.0 if route.pid else None for name, route in routes.items()}
     for _ in range(repeats):
         for name, route in routes.items():
-            seconds, cpu_s, counted = copy_with_cost(route, rows, dbtrust)
-            runs[name].append(seconds)
-            if cpu_s is not None:
-                cpu[name] += cpu_s
-            relayed += counted or 0
-    megabytes = rows * COPY_ROW_BYTES / 1e6
-    out = {name: {"mb_per_s": round(megabytes / median(t), 1), "runs_s": [round(x, 3) for x in t],
-                  "megabytes": round(megabytes, 1)} for name, t in runs.items()}
-    cpu_per_gb = {name: {"cpu_s": round(s, 3), "bytes": relayed,
-                         "cpu_s_per_gb": round(s / (relayed / 1e9), 3) if relayed else None}
-                  for name, s in cpu.items()}
-    return out, cpu_per_gb
+            if load in m.errors[name]:
+                continue
+            done = m.attempt(name, load, lambda r=route: copy_with_cpu(r, rows), record=False)
+            if done:
+                runs[name].append(done[0])
+                if done[1] is not None:
+                    cpu[name] += done[1]
+    for name in routes:
+        if runs[name] and load not in m.errors[name]:
+            m.data[name][load] = copy_summary(runs[name], cpu[name], rows)
 
 
 # -- the section -----------------------------------------------------------------------------
 
-def run_section(routes, dbtrust, settings, workdir):
-    """All PostgreSQL comparisons on all routes; returns the section's results."""
-    for route in routes.values():
-        check_route(route)
-    log("warm-up: pgbench -S via direct (not recorded)")
-    run_pgbench(routes["direct"], settings.target_clients, max(1, settings.seconds // 3), workdir)
-    results = {"select": {}, "connect": {}, "copy": {}, "proxy_cpu": {}}
-    for clients in settings.clients:
-        results["select"][clients] = {}
-        for name, route in routes.items():
-            log(f"pgbench -S -c {clients} via {name}")
-            results["select"][clients][name] = run_pgbench(route, clients, settings.seconds,
-                                                           workdir, latency_log=True)
+def run_section(routes, m, settings, workdir):
+    """All PostgreSQL comparisons on all routes. m: the section's Measurements, holding the
+    routes that could not even start. Returns {select: {clients: {route: ...}}, connect,
+    copy, errors}; a route that fails its check or a load leaves a gap, not a lost section."""
     for name, route in routes.items():
+        m.attempt(name, "check", lambda r=route: check_route(r), record=False)
+    working = m.working(routes)
+    if not working:
+        raise RuntimeError(f"no PostgreSQL route works: {m.failed()}")
+    first = "direct" if "direct" in working else next(iter(working))
+    log(f"warm-up: pgbench -S via {first} (not recorded)")
+    m.attempt(first, "warm-up", lambda: run_pgbench(
+        working[first], settings.target_clients, max(1, settings.seconds // 3), workdir),
+        record=False)
+    for clients in settings.clients:
+        for name, route in working.items():
+            log(f"pgbench -S -c {clients} via {name}")
+            m.attempt(name, f"select c{clients}", lambda r=route, c=clients: pgbench_with_cpu(
+                r, c, settings.seconds, workdir, latency_log=True))
+    for name, route in working.items():
         log(f"pgbench -S -C -c {settings.connect_clients} via {name}")
-        results["connect"][name] = run_pgbench(route, settings.connect_clients,
-                                               settings.seconds, workdir, connect_each=True)
+        m.attempt(name, "connect", lambda r=route: pgbench_with_cpu(
+            r, settings.connect_clients, settings.seconds, workdir, connect_each=True))
     log(f"COPY of {settings.copy_rows} rows x {settings.copy_repeats} per route")
-    results["copy"], results["proxy_cpu"] = measure_copy(routes, settings.copy_rows,
-                                                           settings.copy_repeats, dbtrust)
-    return results
+    measure_copy(working, m, settings.copy_rows, settings.copy_repeats)
+    return {"select": {c: by_route(m, f"select c{c}") for c in settings.clients},
+            "connect": by_route(m, "connect"), "copy": by_route(m, "copy"),
+            "errors": m.failed()}
+
+
+def by_route(m, load):
+    """{route: value} of one load, in route order, for the routes that produced it."""
+    return {name: loads[load] for name, loads in m.data.items() if load in loads}

@@ -1,22 +1,26 @@
 """Turns the results of one run into the printed report (machine, one table of ratios with
-the issue's targets as PASS/MISS, the scaling table) and the list of target verdicts that
-also goes into the JSON file."""
+the issues' targets as PASS/MISS, the cost of every route against the floor, the scaling
+table) and the list of target verdicts that also goes into the JSON file. A route that failed
+leaves FAILED cells and a line saying why; the report never needs every route."""
 
 from dataclasses import dataclass, field
 
-ROUTES = ("direct", "dbtrust", "stunnel", "pgbouncer")
-OTHERS = ("direct", "stunnel", "pgbouncer")  # ratio columns: dbtrust vs each
+RELAY = "haproxy-relay"  # the floor (issue 19): bytes copied, the client's own TLS through it
+ROUTES = ("direct", "dbtrust", RELAY, "stunnel", "pgbouncer")
+OTHERS = ("direct", RELAY, "stunnel", "pgbouncer")  # ratio columns: dbtrust vs each
+PROXIES = ("dbtrust", RELAY, "stunnel", "pgbouncer")  # routes with a proxy process
 
 
 @dataclass
 class Target:
-    """One of issue 6's targets: value `op` limit, e.g. ratio >= 1.05 or KiB <= 32."""
+    """One of the issues' targets: value `op` limit, e.g. ratio >= 1.05 or KiB <= 32."""
     name: str
     value: float
     op: str
     limit: float
     unit: str = "x"
     short: str = ""   # what the table's row does not already say, e.g. "vs pgbouncer"
+    issue: int = 6    # the issue that set it (6: first comparison, 14: memory, 19: the floor)
 
     @property
     def passed(self):
@@ -51,7 +55,7 @@ class Target:
 
     def as_json(self):
         return {"name": self.name, "value": self.value, "op": self.op, "limit": self.limit,
-                "unit": self.unit.strip() or "x", "passed": self.passed}
+                "unit": self.unit.strip() or "x", "passed": self.passed, "issue": self.issue}
 
 
 @dataclass
@@ -60,113 +64,183 @@ class Row:
     unit: str
     values: dict                      # route -> number
     fmt: str = "{:.0f}"
-    lower_is_better: bool = False     # latency, CPU: the ratio columns show the difference
+    diff: bool = False                # latency: the ratio columns show dbtrust - that route
     diff_unit: str = "µs"
     diff_fmt: str = "{:+.0f}"
     targets: list = field(default_factory=list)
     note: str = ""
+    failed: frozenset = frozenset()   # routes whose load failed: FAILED instead of "-"
 
     def cell(self, route):
         v = self.values.get(route)
-        return "-" if v is None else self.fmt.format(v)
+        if v is None:
+            return "FAILED" if route in self.failed else "-"
+        return self.fmt.format(v)
 
     def compare(self, other):
         mine, theirs = self.values.get("dbtrust"), self.values.get(other)
         if mine is None or theirs is None or other == "dbtrust":
             return ""
-        if self.lower_is_better:
+        if self.diff:
             return f"{self.diff_fmt.format(mine - theirs)} {self.diff_unit}"
         return f"{mine / theirs:.2f}x" if theirs else ""
 
 
-def ratio(values, other):
-    mine, theirs = values.get("dbtrust"), values.get(other)
+def ratio(values, other, mine="dbtrust"):
+    mine, theirs = values.get(mine), values.get(other)
     return round(mine / theirs, 3) if mine is not None and theirs else None
+
+
+def failed_routes(errors, load):
+    """Routes that produced no value for `load`: the load failed, or the route never started
+    or failed its check."""
+    return frozenset(r for r, e in (errors or {}).items() if {load, "start", "check"} & set(e))
+
+
+def pick(per_route, key):
+    """{route: value of key} for the routes that have it."""
+    return {r: v.get(key) for r, v in per_route.items() if v.get(key) is not None}
 
 
 # -- rows per section --------------------------------------------------------------------------
 
-def pg_rows(pg, settings):
-    rows = []
-    main = settings.target_clients
+def cpu_per_tx_row(what, per_route, failed, targets=()):
+    return Row(f"  proxy CPU per transaction, {what}", "µs", pick(per_route, "proxy_cpu_us_per_tx"),
+               fmt="{:.1f}", failed=failed, targets=list(targets))
+
+
+def plural(n, word):
+    return f"{n} {word}{'s' if n > 1 else ''}"
+
+
+def select_rows(pg, settings):
+    """pgbench -S per client count: tps and the proxy's CPU per transaction. Issue 19's floor:
+    from the target client count up, dbtrust ≥ the relay; its CPU at the target count ≤ the
+    relay's."""
+    rows, main, errors = [], settings.target_clients, pg.get("errors")
     for clients, per_route in pg["select"].items():
-        values = {r: v["tps"] for r, v in per_route.items()}
-        targets = []
+        values, failed = pick(per_route, "tps"), failed_routes(errors, f"select c{clients}")
+        what = f"-S {plural(clients, 'client')}"
+        targets, cpu_targets = [], []
         if clients == main:
             targets = [Target(f"pgbench -S c{main} vs direct", ratio(values, "direct"), ">=", 1.0,
                               short="direct"),
                        Target(f"pgbench -S c{main} vs pgbouncer", ratio(values, "pgbouncer"),
                               ">=", 1.05, short="pgbouncer")]
-        rows.append(Row(f"pgbench -S, {clients} client{'s' if clients > 1 else ''}", "tps",
-                        values, targets=targets))
-    values = {r: v["tps"] for r, v in pg["connect"].items()}
-    rows.append(Row(f"pgbench -S -C, {settings.connect_clients} clients", "tps", values,
-                    targets=[Target("pgbench -S -C vs direct", ratio(values, "direct"), ">=", 0.95,
-                                    short="direct")],
-                    note="pgbouncer reuses server sessions"))
-    values = {r: v["mb_per_s"] for r, v in pg["copy"].items()}
-    megabytes = next(iter(pg["copy"].values()))["megabytes"]
-    rows.append(Row(f"COPY TO STDOUT {megabytes:.0f} MB", "MB/s", values, fmt="{:.1f}",
-                    targets=[Target("COPY vs direct", ratio(values, "direct"), ">=", 1.0,
-                                    short="direct"),
-                             Target("COPY vs stunnel", ratio(values, "stunnel"), ">=", 1.5,
-                                    short="stunnel")],
-                    note=f"median of {settings.copy_repeats}"))
-    for clients in sorted({min(pg["select"]), main} & set(pg["select"])):
-        for q in ("p50", "p99"):
-            values = {r: v[f"{q}_us"] for r, v in pg["select"][clients].items()}
-            rows.append(Row(f"round trip {q}, -S {clients} client{'s' if clients > 1 else ''}",
-                            "µs", values, lower_is_better=True))
+            cpu = pick(per_route, "proxy_cpu_us_per_tx")
+            cpu_targets = [Target(f"proxy CPU per transaction -S c{main} vs relay",
+                                  ratio(cpu, RELAY), "<=", 1.0, short="relay", issue=19)]
+        if clients >= main:
+            targets.append(Target(f"pgbench -S c{clients} vs relay", ratio(values, RELAY), ">=",
+                                  1.0, short="relay", issue=19))
+        rows.append(Row(f"pgbench {what}", "tps", values, targets=targets, failed=failed))
+        rows.append(cpu_per_tx_row(what, per_route, failed, cpu_targets))
     return rows
 
 
-def mysql_rows(mysql, settings):
-    point = {r: v["qps"] for r, v in mysql["oltp_point_select"].items()}
-    rw = {r: v["tps"] for r, v in mysql["oltp_read_write"].items()}
-    threads = settings.sysbench_threads
-    return [
-        Row(f"MariaDB point_select, {threads} thr", "qps", point,
-            targets=[Target("MariaDB point_select vs direct TLS", ratio(point, "direct"),
-                            ">=", 1.0, short="direct")]),
-        Row(f"MariaDB point_select, {threads} thr, app on a Unix socket", "qps",
-            {"direct": point.get("direct"), "dbtrust": point.get("dbtrust-unix")},
-            note="dbtrust column: listener = unix:/path (same host)"),
-        Row(f"MariaDB read_write, {threads} thr", "tps", rw),
-    ]
-
-
-def cpu_row(pg, crypto):
-    values = {r: v["cpu_s_per_gb"] for r, v in pg["proxy_cpu"].items()}
-    cpu = values.get("dbtrust")
+def copy_rows(pg, settings, crypto):
+    copy, errors = pg["copy"], pg.get("errors")
+    failed = failed_routes(errors, "copy")
+    values = pick(copy, "mb_per_s")
+    megabytes = next(iter(copy.values()))["megabytes"] if copy else (
+        settings.copy_rows * 1001 / 1e6)
+    cpu = pick(copy, "cpu_s_per_gb")
     note = ""
     if crypto:
         floor = 1e9 / crypto
         note = (f"AES-256-GCM 1 core: {crypto / 1e9:.2f} GB/s = {floor:.3f} s/GB"
-                + (f"; dbtrust at {cpu / floor:.1f}x that" if cpu else ""))
-    return Row("proxy CPU per GB relayed (COPY)", "s/GB", values, fmt="{:.3f}",
-               lower_is_better=True, diff_unit="s/GB", diff_fmt="{:+.3f}",
-               targets=[Target("dbtrust CPU per GB", cpu, "<=", 0.5, " s/GB")], note=note)
+                + (f"; dbtrust at {cpu['dbtrust'] / floor:.1f}x that" if cpu.get("dbtrust")
+                   else ""))
+    return [
+        Row(f"COPY TO STDOUT {megabytes:.0f} MB", "MB/s", values, fmt="{:.1f}", failed=failed,
+            targets=[Target("COPY vs direct", ratio(values, "direct"), ">=", 1.0,
+                            short="direct", issue=19),
+                     Target("COPY vs stunnel", ratio(values, "stunnel"), ">=", 1.5,
+                            short="stunnel")],
+            note=f"median of {settings.copy_repeats}"),
+        Row("  proxy CPU per GB relayed (COPY)", "s/GB", cpu, fmt="{:.3f}", failed=failed,
+            targets=[Target("proxy CPU per GB (COPY) vs relay", ratio(cpu, RELAY), "<=", 1.0,
+                            short="relay", issue=19),
+                     Target("dbtrust CPU per GB", cpu.get("dbtrust"), "<=", 0.5, " s/GB")],
+            note=note),
+    ]
+
+
+def pg_rows(pg, settings, crypto=None):
+    rows = select_rows(pg, settings)
+    errors = pg.get("errors")
+    failed = failed_routes(errors, "connect")
+    what = f"-S -C {plural(settings.connect_clients, 'client')}"
+    values = pick(pg["connect"], "tps")
+    rows.append(Row(f"pgbench {what}", "tps", values, failed=failed,
+                    targets=[Target("pgbench -S -C vs direct", ratio(values, "direct"), ">=", 0.95,
+                                    short="direct")],
+                    note="pgbouncer reuses server sessions"))
+    rows.append(cpu_per_tx_row(what, pg["connect"], failed))
+    rows += copy_rows(pg, settings, crypto)
+    main = settings.target_clients
+    for clients in sorted({min(pg["select"]), main} & set(pg["select"])):
+        for q in ("p50", "p99"):
+            values = pick(pg["select"][clients], f"{q}_us")
+            rows.append(Row(f"round trip {q}, -S {plural(clients, 'client')}", "µs", values,
+                            diff=True, failed=failed_routes(errors, f"select c{clients}")))
+    return rows
+
+
+def mysql_rows(mysql, settings):
+    threads = settings.sysbench_threads
+    errors = mysql.get("errors")
+    point, rw = mysql["oltp_point_select"], mysql["oltp_read_write"]
+    point_failed = failed_routes(errors, "oltp_point_select")
+    rw_failed = failed_routes(errors, "oltp_read_write")
+    qps = pick(point, "qps")
+    unix = {"direct": qps.get("direct"), "dbtrust": qps.get("dbtrust-unix")}
+    unix_failed = frozenset({"dbtrust"}) if "dbtrust-unix" in point_failed else frozenset()
+    return [
+        Row(f"MariaDB point_select, {threads} thr", "qps", qps, failed=point_failed,
+            targets=[Target("MariaDB point_select vs direct TLS", ratio(qps, "direct"),
+                            ">=", 1.0, short="direct"),
+                     Target(f"MariaDB point_select {threads} thr vs relay", ratio(qps, RELAY),
+                            ">=", 1.0, short="relay", issue=19)]),
+        cpu_per_tx_row("point_select", point, point_failed),
+        Row(f"MariaDB point_select, {threads} thr, app on a Unix socket", "qps",
+            {k: v for k, v in unix.items() if v is not None}, failed=unix_failed,
+            note="dbtrust column: listener = unix:/path (same host)"),
+        Row(f"MariaDB read_write, {threads} thr", "tps", pick(rw, "tps"), failed=rw_failed),
+        cpu_per_tx_row("read_write", rw, rw_failed),
+    ]
+
+
+IDLE_MEMORY = (("pg", "PostgreSQL", ""), ("mysql", "MariaDB", ", full handshakes"),
+               ("mysql_resumed", "MariaDB", ", resumed upstream"))
 
 
 def memory_rows(memory):
-    """The main table's rows: issue 6's logged-in idle connections."""
+    """The main table's rows: logged-in idle connections (issue 6; issue 19's ≤ 24 KiB on
+    full upstream handshakes, no resumption luck: the resumed MariaDB row is reported only)."""
     rows = []
-    for key, title in (("pg", "PostgreSQL"), ("mysql", "MariaDB")):
-        if key in memory:
-            m = memory[key]
-            kib = m["kib_per_connection"]
-            note = (f"RSS {m['rss_before_kib'] / 1024:.1f} -> {m['rss_after_kib'] / 1024:.1f} "
-                    f"MiB; all closed {m['close_s']:.1f} s after the clients")
-            if key == "mysql" and "pg" in memory and (
-                    m["rss_before_kib"] > memory["pg"]["rss_before_kib"] + 8 * 1024):
-                note += ("; reuses heap the PostgreSQL ones freed (fresh process: per-state "
-                         "table)")
-            rows.append(Row(f"idle conn memory, {title} x{m['count']}", "KiB", {"dbtrust": kib},
-                            fmt="{:.1f}",
-                            targets=[Target(f"{title} idle connection", kib, "<=", 32, " KiB")],
-                            note=note))
-    if "rss_settled_kib" in memory:
-        rows.append(Row("RSS after closing them all", "MiB",
+    for key, title, how in IDLE_MEMORY:
+        if key not in memory:
+            continue
+        m = memory[key]
+        label = f"idle conn memory, {title}{how}"
+        if m is None:
+            rows.append(Row(label, "KiB", {}, failed=frozenset({"dbtrust"}),
+                            note="see SECTION FAILED below"))
+            continue
+        kib = m["kib_per_connection"]
+        note = (f"x{m['count']}, {m.get('open_s', 0):.1f} s to open; {m.get('upstream_resumed')} "
+                f"upstream handshakes resumed; RSS {m['rss_before_kib'] / 1024:.1f} -> "
+                f"{m['rss_after_kib'] / 1024:.1f} MiB; all closed {m['close_s']:.1f} s after "
+                "the clients")
+        targets = []
+        if key != "mysql_resumed":
+            targets = [Target(f"{title} idle connection, full handshakes", kib, "<=", 24,
+                              " KiB", issue=19)]
+        rows.append(Row(label, "KiB", {"dbtrust": kib}, fmt="{:.1f}", targets=targets,
+                        note=note))
+    if memory.get("rss_settled_kib") is not None:
+        rows.append(Row("RSS after closing the PostgreSQL ones", "MiB",
                         {"dbtrust": memory["rss_settled_kib"] / 1024}, fmt="{:.1f}",
                         note=f"{memory['rss_after_close_kib'] / 1024:.1f} MiB right after the "
                              "closes; the figure is after dbtrust's next idle sweep"))
@@ -305,12 +379,10 @@ def memory_lines(memory):
 def build_rows(results, settings):
     rows = []
     if "pg" in results:
-        rows += pg_rows(results["pg"], settings)
+        crypto = results.get("crypto", {}).get("aes_256_gcm_bytes_per_s")
+        rows += pg_rows(results["pg"], settings, crypto)
     if "mysql" in results:
         rows += mysql_rows(results["mysql"], settings)
-    if "pg" in results:
-        crypto = results.get("crypto", {}).get("aes_256_gcm_bytes_per_s")
-        rows.append(cpu_row(results["pg"], crypto))
     if "memory" in results:
         rows += memory_rows(results["memory"])
     return rows
@@ -345,19 +417,87 @@ def scaling_table(scaling):
     workers = list(scaling["dbtrust"])
     header = ["connections", "direct tps"]
     for w in workers:
-        header += [f"w={w} tps", f"w={w} vs direct", f"w={w} RSS MiB", f"w={w} close s"]
+        header += [f"w={w} tps", f"w={w} vs direct", f"w={w} RSS MiB", f"w={w} CPU µs/tx",
+                   f"w={w} close s"]
     lines = []
     for count, direct in scaling["direct"].items():
         line = [count, f"{direct['tps']:.0f}"]
         for w in workers:
             run = scaling["dbtrust"][w]["runs"].get(count)
             if run is None:
-                line += ["-", "-", "-", "-"]
+                line += ["-"] * 5
                 continue
+            cpu = run.get("cpu_us_per_tx")
             line += [f"{run['tps']:.0f}", f"{run['tps'] / direct['tps']:.2f}x",
-                     f"{run['rss_peak_kib'] / 1024:.1f}", f"{run['close_s']:.1f}"]
+                     f"{run['rss_peak_kib'] / 1024:.1f}", "-" if cpu is None else f"{cpu:.1f}",
+                     f"{run['close_s']:.1f}"]
         lines.append(line)
     return format_table(header, lines)
+
+
+def flatness_lines(scaling):
+    """Per worker count: what one more session costs from the base count to the largest."""
+    out = []
+    for w, per in scaling["dbtrust"].items():
+        flat = per.get("flatness")
+        if not flat:
+            continue
+        cpu = flat["cpu_per_tx_ratio"]
+        out.append(f"w={w}: cost per connection from {flat['from']} to {flat['to']} sessions: "
+                   f"RSS {flat['rss_kib_per_connection']:+.1f} KiB per added session; CPU per "
+                   f"transaction at {flat['to']} / at {flat['from']}: "
+                   + ("-" if cpu is None else f"{cpu:.2f}x"))
+    return out
+
+
+def floor_columns(results, settings):
+    """(title, {route: loads}, value key, CPU key, value format, CPU format, CPU title)."""
+    cols = []
+    pg = results.get("pg")
+    if pg:
+        for c in sorted({settings.target_clients, max(pg["select"], default=0)}
+                        & set(pg["select"])):
+            cols.append((f"-S {c} tps", pg["select"][c], "tps", "proxy_cpu_us_per_tx",
+                         "{:.0f}", "{:.1f}", "CPU µs/tx"))
+        cols.append(("-S -C tps", pg["connect"], "tps", "proxy_cpu_us_per_tx", "{:.0f}",
+                     "{:.0f}", "CPU µs/tx"))
+        cols.append(("COPY MB/s", pg["copy"], "mb_per_s", "cpu_s_per_gb", "{:.1f}", "{:.3f}",
+                     "CPU s/GB"))
+    mysql = results.get("mysql")
+    if mysql:
+        cols.append(("point_select qps", mysql["oltp_point_select"], "qps",
+                     "proxy_cpu_us_per_tx", "{:.0f}", "{:.1f}", "CPU µs/tx"))
+    return cols
+
+
+def floor_table(results, settings):
+    """Every route against the relay: throughput, its ratio to the relay's, the proxy's CPU."""
+    cols = floor_columns(results, settings)
+    header = ["route"]
+    for title, *_rest, cpu_title in cols:
+        header += [title, "vs relay", cpu_title]
+    lines = []
+    for route in ROUTES:
+        line = [route]
+        for _title, per_route, key, cpu_key, fmt, cpu_fmt, _cpu_title in cols:
+            value = per_route.get(route, {}).get(key)
+            relay = per_route.get(RELAY, {}).get(key)
+            cpu = per_route.get(route, {}).get(cpu_key)
+            line += ["-" if value is None else fmt.format(value),
+                     f"{value / relay:.2f}x" if value is not None and relay else "-",
+                     "-" if cpu is None else cpu_fmt.format(cpu)]
+        lines.append(line)
+    return format_table(header, lines)
+
+
+def route_failures(results):
+    """One line per route and load that failed in the pg and mysql sections."""
+    out = []
+    for section in ("pg", "mysql"):
+        for name, loads in ((results.get(section) or {}).get("errors") or {}).items():
+            for load, error in loads.items():
+                out.append(f"ROUTE FAILED: {section} {name} ({load}): {error}")
+    return out
 
 
 def machine_lines(machine, settings):
@@ -366,7 +506,7 @@ def machine_lines(machine, settings):
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']}",
         f"dbtrust: {m['dbtrust']}",
         f"servers: {m['postgresql']}; {m['mariadb']}",
-        f"peers:   {m['stunnel']}; {m['pgbouncer']}",
+        f"peers:   {m['stunnel']}; {m['pgbouncer']}; {m.get('haproxy', '?')}",
         f"tools:   {m['openssl']}; {m['pgbench']}; {m['sysbench']}",
         f"run:     {settings.describe()}",
     ]
@@ -374,10 +514,14 @@ def machine_lines(machine, settings):
 
 FOOTNOTES = [
     "direct = the client verifies itself (libpq sslmode=verify-full; sysbench --mysql-ssl=on, "
-    "chain only); stunnel = client mode, protocol pgsql, verifyChain + checkHost; "
-    "pgbouncer = session pooling, server_tls_sslmode verify-full.",
+    "chain only); haproxy-relay = the floor: HAProxy mode tcp copying bytes, the client's own "
+    "TLS (as direct) through it, nbthread = dbtrust's workers; stunnel = client mode, protocol "
+    "pgsql, verifyChain + checkHost; pgbouncer = session pooling, server_tls_sslmode "
+    "verify-full.",
     "All PostgreSQL routes log in as the md5 user (stunnel cannot pass SCRAM). Ratio columns: "
-    "dbtrust / that route (throughput) or dbtrust - that route (latency, CPU).",
+    "dbtrust / that route (throughput, and CPU: below 1.00x dbtrust spends less) or dbtrust - "
+    "that route (latency). Proxy CPU = utime + stime of the proxy process (all threads, "
+    "/proc/PID/stat) over each run.",
 ]
 
 
@@ -405,6 +549,14 @@ def tls2tls_rows(section, settings):
     ]
 
 
+def tls2tls_target(section):
+    """Issue 19: TLS->TLS small queries at least 1.10x PgBouncer configured the same way."""
+    tps = {name: loads.get("select", {}).get("tps")
+           for name, loads in section.get("routes", {}).items()}
+    return Target(f"TLS->TLS pgbench -S c{section['clients']} vs pgbouncer",
+                  ratio(tps, "pgbouncer"), ">=", 1.10, short="pgbouncer", issue=19)
+
+
 def tls2tls_table(section, settings):
     """dbtrust and pgbouncer both serving TLS to the client; a failed route's cells say so."""
     routes, errors = section["routes"], section.get("errors", {})
@@ -419,6 +571,8 @@ def tls2tls_table(section, settings):
                          else "FAILED" if errors.get(name) else "-")
         mine, theirs = values["dbtrust"], values["pgbouncer"]
         compare = f"{mine / theirs:.2f}x" if mine is not None and theirs else ""
+        if (load, key) == ("select", "tps"):
+            note = tls2tls_target(section).text()
         lines.append([label, unit, *cells, compare, note])
     legs = section.get("client_leg", {})
     lines.append(["client leg (verify-full check)", "", *[
@@ -467,20 +621,25 @@ def render(results, settings, targets, problems):
     rows = build_rows(results, settings)
     if rows:
         out += [main_table(rows), "", *FOOTNOTES, ""]
+    if floor_columns(results, settings):
+        out += ["-- every route against the floor (haproxy-relay): throughput, its ratio to "
+                "the relay's, the proxy process's CPU per transaction or per GB --",
+                floor_table(results, settings), ""]
     if "memory" in results:
         out += memory_lines(results["memory"])
     if "scaling" in results:
-        out += [f"-- scaling: pgbench -S, {settings.seconds} s per point; RSS = dbtrust peak "
-                "during the run; close s = time dbtrust still held connections after pgbench "
-                "exited --", scaling_table(results["scaling"]), ""]
+        out += [f"-- scaling: pgbench -S, {settings.seconds} s per point (plus 0.1 s per "
+                "session and pgbench thread to connect); RSS = dbtrust peak during the run; "
+                "CPU µs/tx = dbtrust's CPU while it held every session / the transactions that "
+                "ended meanwhile; close s = time dbtrust still held connections after pgbench "
+                "exited --", scaling_table(results["scaling"]),
+                *flatness_lines(results["scaling"]), ""]
     if "tls2tls" in results:
         out += tls2tls_lines(results["tls2tls"], settings)
     if "sslneg" in results:
         out += sslneg_lines(results["sslneg"])
-    if targets:
-        passed = sum(t.passed for t in targets)
-        out.append(f"targets: {passed} of {len(targets)} met")
-        out += [f"  {t.summary()}" for t in targets]
+    out += target_lines(targets)
+    out += route_failures(results)
     for name, error in results.get("errors", {}).items():
         out.append(f"SECTION FAILED: {name}: {error}")
     for part, error in (results.get("memory") or {}).get("errors", {}).items():
@@ -490,8 +649,22 @@ def render(results, settings, targets, problems):
     return "\n".join(out)
 
 
+def target_lines(targets):
+    """Issue 19's targets (against the floor) first, then the earlier issues' ones."""
+    out = []
+    for title, group in (("issue 19, against the floor",
+                          [t for t in targets if t.issue == 19]),
+                         ("issues 6 and 14", [t for t in targets if t.issue != 19])):
+        if group:
+            out.append(f"targets ({title}): {sum(t.passed for t in group)} of {len(group)} met")
+            out += [f"  {t.summary()}" for t in group]
+    return out
+
+
 def all_targets(results, settings):
     targets = [t for row in build_rows(results, settings) for t in row.targets]
+    if results.get("tls2tls"):
+        targets.append(tls2tls_target(results["tls2tls"]))
     if "memory" in results:
         targets += memory_targets(results["memory"])
     return targets

@@ -20,29 +20,14 @@ A route that cannot start, fails its check or fails a load is recorded with its 
 other route is still measured: the section's result holds per-route `errors`.
 """
 
-import os
 import re
-import traceback
 
-from common import BenchDbTrust, cpu_seconds, fx, log, median
+from common import BenchDbTrust, Measurements, RouteFailed, fx, log
 import peers
 import pg
 
 ROUTES = ("dbtrust", "pgbouncer")
 LISTENER = "pg-tls"
-# A COPY row crosses the proxy as one CopyData message: 'd', int32 length, the row's text.
-COPY_MESSAGE_BYTES = pg.COPY_ROW_BYTES + 5
-
-
-class RouteFailed(Exception):
-    pass
-
-
-def compact(text, limit=600):
-    """An error on one line for the report: non-empty lines joined, cut at `limit`."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    one = " | ".join(lines)
-    return one if len(one) <= limit else one[:limit - 3] + "..."
 
 
 def make_front_cert(pki):
@@ -91,58 +76,6 @@ def check_route(route, front_root):
 
 # -- the loads ----------------------------------------------------------------------------
 
-def pgbench_with_cpu(route, clients, seconds, workdir, connect_each):
-    cpu0 = cpu_seconds(route.pid)
-    result = pg.run_pgbench(route, clients, seconds, workdir, connect_each=connect_each)
-    cpu = cpu_seconds(route.pid) - cpu0
-    result["proxy_cpu_s"] = round(cpu, 3)
-    result["proxy_cpu_us_per_tx"] = round(cpu / result["transactions"] * 1e6, 1)
-    return result
-
-
-def copy_once(route, rows):
-    cpu0 = cpu_seconds(route.pid)
-    seconds = pg.copy_out(route, rows)
-    return seconds, cpu_seconds(route.pid) - cpu0
-
-
-def copy_summary(runs, cpu_s, rows):
-    """Median MB/s of the COPY payload; CPU per GB of CopyData messages relayed (the same
-    bytes on both routes, counted from the row count)."""
-    megabytes = rows * pg.COPY_ROW_BYTES / 1e6
-    relayed = rows * COPY_MESSAGE_BYTES * len(runs)
-    return {"mb_per_s": round(megabytes / median(runs), 1), "runs_s": [round(x, 3) for x in runs],
-            "megabytes": round(megabytes, 1), "cpu_s": round(cpu_s, 3), "bytes": relayed,
-            "cpu_s_per_gb": round(cpu_s / (relayed / 1e9), 3)}
-
-
-class Measurements:
-    """Per route: the loads that worked, and an error for each one that did not."""
-
-    def __init__(self, names):
-        self.data = {name: {} for name in names}
-        self.errors = {name: {} for name in names}
-
-    def attempt(self, name, load, fn, record=True):
-        """fn() for one route and load; its value is kept under `load` when `record`."""
-        if "start" in self.errors[name] or "check" in self.errors[name]:
-            return None
-        try:
-            value = fn()
-        except Exception as exc:  # noqa: BLE001 - a failed route is reported, not fatal
-            log(f"TLS->TLS: {name}: {load} failed:\n{traceback.format_exc()}")
-            text = str(exc) if isinstance(exc, RouteFailed) else f"{type(exc).__name__}: {exc}"
-            self.errors[name][load] = compact(text)
-            return None
-        if record and value is not None:
-            self.data[name][load] = value
-        return value
-
-    def working(self, routes):
-        return {name: route for name, route in routes.items()
-                if not {"start", "check"} & set(self.errors[name])}
-
-
 def run_loads(routes, m, settings, workdir):
     working = m.working(routes)
     if not working:
@@ -154,27 +87,14 @@ def run_loads(routes, m, settings, workdir):
         record=False)
     for name, route in working.items():
         log(f"TLS->TLS pgbench -S -c {settings.target_clients} via {name}")
-        m.attempt(name, "select", lambda r=route: pgbench_with_cpu(
-            r, settings.target_clients, settings.seconds, workdir, connect_each=False))
+        m.attempt(name, "select", lambda r=route: pg.pgbench_with_cpu(
+            r, settings.target_clients, settings.seconds, workdir))
     for name, route in working.items():
         log(f"TLS->TLS pgbench -S -C -c {settings.connect_clients} via {name}")
-        m.attempt(name, "connect", lambda r=route: pgbench_with_cpu(
+        m.attempt(name, "connect", lambda r=route: pg.pgbench_with_cpu(
             r, settings.connect_clients, settings.seconds, workdir, connect_each=True))
     log(f"TLS->TLS COPY of {settings.copy_rows} rows x {settings.copy_repeats} per route")
-    runs = {name: [] for name in working}
-    cpu = {name: 0.0 for name in working}
-    for _ in range(settings.copy_repeats):  # routes interleaved, as in the pg section
-        for name, route in working.items():
-            if "copy" in m.errors[name]:
-                continue
-            done = m.attempt(name, "copy", lambda r=route: copy_once(r, settings.copy_rows),
-                             record=False)
-            if done:
-                runs[name].append(done[0])
-                cpu[name] += done[1]
-    for name in working:
-        if runs[name] and "copy" not in m.errors[name]:
-            m.data[name]["copy"] = copy_summary(runs[name], cpu[name], settings.copy_rows)
+    pg.measure_copy(working, m, settings.copy_rows, settings.copy_repeats)  # interleaved
 
 
 # -- the section ----------------------------------------------------------------------------
@@ -184,7 +104,7 @@ def run_section(binary, pki, pg_server, settings, workdir):
     client_leg: {name: {protocol, cipher}}, ...}. Never raises for one route's failure."""
     log("TLS->TLS: front CA and serving certificate")
     front_root, leaf = make_front_cert(pki)
-    m = Measurements(ROUTES)
+    m = Measurements(ROUTES, "TLS->TLS")
     routes, processes, client_leg = {}, [], {}
     starters = {
         "dbtrust": lambda: start_dbtrust(binary, pki.bundle, pg_server.port, leaf, settings,
@@ -207,7 +127,7 @@ def run_section(binary, pki, pg_server, settings, workdir):
     finally:
         for process in processes:
             process.stop()
-    return {"routes": m.data, "errors": {n: e for n, e in m.errors.items() if e},
+    return {"routes": m.data, "errors": m.failed(),
             "client_leg": client_leg, "clients": settings.target_clients,
             "connect_clients": settings.connect_clients, "front_ca": front_root.cert,
             "serving_cert": leaf.chain}
