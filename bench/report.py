@@ -435,15 +435,39 @@ def scaling_table(scaling):
     return format_table(header, lines)
 
 
-def flatness_lines(scaling):
+def held_table(scaling):
+    """Sessions held open through dbtrust, a few of them busy: cost per connection alone."""
+    workers = list(scaling["dbtrust"])
+    header = ["sessions", "busy"]
+    for w in workers:
+        header += [f"w={w} tps", f"w={w} RSS MiB", f"w={w} CPU µs/tx"]
+    counts = sorted({c for w in workers for c in scaling["dbtrust"][w].get("held", {})})
+    lines = []
+    for count in counts:
+        busy = "-"
+        line = [count]
+        for w in workers:
+            run = scaling["dbtrust"][w].get("held", {}).get(count)
+            if run is None:
+                line += ["-"] * 3
+                continue
+            busy = run["active"]
+            cpu = run.get("cpu_us_per_tx")
+            line += [f"{run['tps']:.0f}", f"{run['rss_peak_kib'] / 1024:.1f}",
+                     "-" if cpu is None else f"{cpu:.1f}"]
+        lines.append(line[:1] + [busy] + line[1:])
+    return format_table(header, lines)
+
+
+def flatness_lines(scaling, key="flatness", what="sessions"):
     """Per worker count: what one more session costs from the base count to the largest."""
     out = []
     for w, per in scaling["dbtrust"].items():
-        flat = per.get("flatness")
+        flat = per.get(key)
         if not flat:
             continue
         cpu = flat["cpu_per_tx_ratio"]
-        out.append(f"w={w}: cost per connection from {flat['from']} to {flat['to']} sessions: "
+        out.append(f"w={w}: cost per connection from {flat['from']} to {flat['to']} {what}: "
                    f"RSS {flat['rss_kib_per_connection']:+.1f} KiB per added session; CPU per "
                    f"transaction at {flat['to']} / at {flat['from']}: "
                    + ("-" if cpu is None else f"{cpu:.2f}x"))
@@ -633,7 +657,12 @@ def render(results, settings, targets, problems):
                 "CPU µs/tx = dbtrust's CPU while it held every session / the transactions that "
                 "ended meanwhile; close s = time dbtrust still held connections after pgbench "
                 "exited --", scaling_table(results["scaling"]),
-                *flatness_lines(results["scaling"]), ""]
+                *flatness_lines(results["scaling"]), "",
+                f"-- scaling, cost per connection alone: that many sessions open through "
+                f"dbtrust, all but {settings.target_clients} logged in and idle; pgbench -S "
+                f"{settings.seconds} s on those; CPU µs/tx = dbtrust's CPU over the pgbench run / "
+                "its transactions --", held_table(results["scaling"]),
+                *flatness_lines(results["scaling"], "held_flatness", "sessions held"), ""]
     if "tls2tls" in results:
         out += tls2tls_lines(results["tls2tls"], settings)
     if "sslneg" in results:
@@ -667,4 +696,23 @@ def all_targets(results, settings):
         targets.append(tls2tls_target(results["tls2tls"]))
     if "memory" in results:
         targets += memory_targets(results["memory"])
+    if results.get("scaling"):
+        targets += scaling_targets(results["scaling"])
     return targets
+
+
+# Flat within this machine's noise: CPU per transaction moves ±25 % between runs here.
+FLAT_CPU_RATIO = 1.25
+
+
+def scaling_targets(scaling):
+    """Issue 19 item 4: cost per connection flat from 100 to 2000 sessions, read from the held
+    runs (the busy sessions are the same few at every count)."""
+    out = []
+    for w, per in scaling["dbtrust"].items():
+        flat = per.get("held_flatness")
+        if flat:
+            out.append(Target(f"CPU per transaction, {flat['to']} sessions held vs "
+                              f"{flat['from']}, workers={w}", flat["cpu_per_tx_ratio"], "<=",
+                              FLAT_CPU_RATIO, issue=19))
+    return out

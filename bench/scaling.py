@@ -15,6 +15,13 @@ the transactions pgbench logged as ended in that window (its -l log). The connec
 (a TLS handshake each, milliseconds of CPU) would otherwise dwarf the per-query cost at 2000
 sessions and hide whether that cost stays flat. `flatness` compares the smallest count from
 100 up (the base) with the largest: RSS per added session and the CPU/transaction ratio.
+
+With every session busy, the server's own throughput falls as its backends multiply (fewer
+queries per wakeup for every process on the box), which moves dbtrust's CPU per transaction
+for reasons that are not dbtrust's. The `held` runs separate the two: the same number of
+sessions open through dbtrust, all but `target_clients` of them logged in and idle, and
+pgbench -S on the remaining ones. If a connection costs dbtrust only its memory, the CPU per
+transaction stays flat from 100 to 2000 sessions and RSS grows by one idle session's size.
 """
 
 import math
@@ -22,6 +29,7 @@ import threading
 import time
 
 from common import BenchDbTrust, RssSampler, cpu_seconds, log, rss_kib
+import memory
 import pg
 
 FLAT_BASE = 100  # the flatness line starts here when the run has that count
@@ -132,6 +140,23 @@ def run_dbtrust_count(dbtrust, route, pace, count, settings, workdir):
     return run
 
 
+def run_held_count(dbtrust, route, count, active, settings, workdir):
+    """count sessions through dbtrust, all but `active` idle: pgbench -S on the active ones,
+    dbtrust's CPU per transaction over the whole pgbench run, and its RSS with them all."""
+    active = min(active, count)
+    held = memory.open_connections(memory.pg_connect, route.port, count - active)
+    try:
+        with RssSampler(dbtrust.pid) as rss:
+            run = pg.pgbench_with_cpu(route, active, settings.seconds, workdir)
+        run["cpu_us_per_tx"] = run.get("proxy_cpu_us_per_tx")
+        run["rss_peak_kib"] = rss.peak_kib
+        run["held"], run["active"] = count - active, active
+    finally:
+        memory.close_all(held)
+    dbtrust.wait_idle("pg")
+    return run
+
+
 def flatness(runs):
     """Cost per connection from the base count (FLAT_BASE if measured, else the smallest) to
     the largest: RSS per added session and CPU/transaction at the top over the base."""
@@ -157,15 +182,21 @@ def run_section(binary, bundle, pg_server, direct_route, settings, workdir):
         dbtrust = BenchDbTrust(binary, bundle, [("pg", "postgres", f"localhost:{pg_server.port}")],
                                workdir, workers=workers, name=f"dbtrust-w{workers}").start()
         route = pg.PgRoute(f"dbtrust-w{workers}", dbtrust.port("pg"), pid=dbtrust.pid)
-        per_count, pace = {}, ConnectPace()
+        per_count, per_held, pace = {}, {}, ConnectPace()
         results["dbtrust"][workers] = {"rss_start_kib": rss_kib(dbtrust.pid),
-                                       "runs": per_count}
+                                       "runs": per_count, "held": per_held}
         try:
             for count in settings.scaling_counts:
                 log(f"scaling: dbtrust workers={workers}, {count} connections")
                 per_count[count] = run_dbtrust_count(dbtrust, route, pace, count, settings,
                                                      workdir)
+            for count in settings.scaling_counts:
+                log(f"scaling: dbtrust workers={workers}, {count} sessions, "
+                    f"{settings.target_clients} of them busy")
+                per_held[count] = run_held_count(dbtrust, route, count, settings.target_clients,
+                                                 settings, workdir)
         finally:
             dbtrust.stop()
         results["dbtrust"][workers]["flatness"] = flatness(per_count)
+        results["dbtrust"][workers]["held_flatness"] = flatness(per_held)
     return results
