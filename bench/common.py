@@ -127,13 +127,12 @@ def rss_kib(pid):
     return fx.resident_kib(pid)
 
 
-class RssSampler:
-    """Samples a process's RSS in a thread while a load runs; .peak_kib afterwards."""
+class Sampler:
+    """Calls sample() every `interval` s in a thread for as long as a `with` block runs (a load);
+    sample() returning False ends the sampling early (the process went away)."""
 
-    def __init__(self, pid, interval=0.1):
-        self.pid = pid
+    def __init__(self, interval):
         self.interval = interval
-        self.peak_kib = rss_kib(pid)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -147,10 +146,27 @@ class RssSampler:
 
     def _run(self):
         while not self._stop.wait(self.interval):
-            try:
-                self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
-            except (OSError, AssertionError):
+            if self.sample() is False:
                 return
+
+    def sample(self):
+        raise NotImplementedError
+
+
+class RssSampler(Sampler):
+    """A process's peak RSS while a load runs: .peak_kib afterwards."""
+
+    def __init__(self, pid, interval=0.1):
+        super().__init__(interval)
+        self.pid = pid
+        self.peak_kib = rss_kib(pid)
+
+    def sample(self):
+        try:
+            self.peak_kib = max(self.peak_kib, rss_kib(self.pid))
+        except (OSError, AssertionError):
+            return False
+        return True
 
 
 # -- dbtrust -----------------------------------------------------------------------------------

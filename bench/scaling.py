@@ -25,35 +25,24 @@ transaction stays flat from 100 to 2000 sessions and RSS grows by one idle sessi
 """
 
 import math
-import threading
 import time
 
-from common import BenchDbTrust, RssSampler, cpu_seconds, log, rss_kib
+from common import BenchDbTrust, RssSampler, Sampler, cpu_seconds, log, rss_kib
 import memory
 import pg
 
 FLAT_BASE = 100  # the flatness line starts here when the run has that count
 
 
-class SteadyCpu:
+class SteadyCpu(Sampler):
     """Samples a dbtrust's CPU (epoch time, CPU seconds) every `interval` s once it holds
     `count` connections on `listener`; window() turns the samples into CPU per transaction."""
 
     def __init__(self, dbtrust, listener, count, interval=0.25):
+        super().__init__(interval)
         self.dbtrust, self.listener, self.count = dbtrust, listener, count
-        self.interval = interval
         self.connected_at = None
         self.samples = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc):
-        self._stop.set()
-        self._thread.join()
 
     def _all_connected(self):
         try:
@@ -61,14 +50,13 @@ class SteadyCpu:
         except OSError:
             return False
 
-    def _run(self):
-        while not self._stop.is_set():
-            if self.connected_at is None:
-                if self._all_connected():  # the scrape itself is not in the window
-                    self.connected_at = time.time()
-            else:
-                self.samples.append((time.time(), cpu_seconds(self.dbtrust.pid)))
-            self._stop.wait(self.interval)
+    def sample(self):
+        if self.connected_at is None:
+            if self._all_connected():  # the scrape itself is not in the window
+                self.connected_at = time.time()
+        else:
+            self.samples.append((time.time(), cpu_seconds(self.dbtrust.pid)))
+        return True
 
     def window(self, end_times):
         """{steady_s, steady_transactions, cpu_us_per_tx} between the first sample and the last
