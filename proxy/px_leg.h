@@ -60,8 +60,9 @@ struct px_leg {
     bool tls_up;         /* handshake completed */
     bool expect_record;  /* the next byte read must start a TLS record (CVE-2021-23214/23222) */
     bool recent_io;      /* bytes moved since the worker's last idle sweep */
-    int tls_write_error; /* a TLS record could not be handed to the socket (uv error), not yet
-                            reported: the engine's output callback cannot report it itself */
+    int tls_write_error; /* a TLS record could not be handed to the socket: the uv error (< 0)
+                            until px_leg_flush reports it (the engine's output callback cannot),
+                            then 1 - later records are dropped */
 };
 
 /* Sets a leg up before its handle exists. */
