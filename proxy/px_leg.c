@@ -130,10 +130,12 @@ static void drain(struct px_leg *l)
 {
     uint8_t *buf = l->w->plain_buf;
     size_t cap = sizeof(l->w->plain_buf), have = 0;
+    bool app_data = false;
     for (;;) {
         size_t n = 0;
         enum tlsw_status st = tlsw_conn_read(l->tls, buf + have, cap - have, &n);
         if (st == TLSW_OK && n > 0) {
+            app_data = true;
             have += n;
             if (have < cap)
                 continue;
@@ -158,6 +160,7 @@ static void drain(struct px_leg *l)
     }
     /* A ticket arrived (TLS 1.3 sends them after the handshake). */
     struct tlsw_session *s = tlsw_conn_new_session(l->tls);
+    bool ticket = s != NULL;
     if (s != NULL) {
         if (l->ev->on_session)
             l->ev->on_session(l, s);
@@ -165,7 +168,10 @@ static void drain(struct px_leg *l)
             tlsw_session_free(s);
     }
     px_leg_flush(l); /* post-handshake messages may have queued an answer (KeyUpdate) */
-    tlsw_conn_release_buffers(l->tls); /* all read: an idle leg keeps no record buffer */
+    /* SSL_MODE_RELEASE_BUFFERS frees the record buffer after application data, not after
+     * other records (a session ticket): then it is given back here, off the relay's path. */
+    if (ticket || !app_data)
+        tlsw_conn_release_buffers(l->tls);
 }
 
 static void handshake_step(struct px_leg *l)

@@ -128,8 +128,8 @@ void tlsw_conn_shutdown(struct tlsw_conn *c);
 /* For idle connections: releases buffers that are empty (ciphertext kept or waiting, which keep
  * the largest size they ever held, e.g. the handshake's certificate flight). */
 void tlsw_conn_trim(struct tlsw_conn *c);
-/* Gives OpenSSL's record buffers back unless a record is half read or written (after a read
- * that emptied the engine: idle connections hold none). */
+/* Gives OpenSSL's record buffers back unless a record is half read or written: for what
+ * SSL_MODE_RELEASE_BUFFERS keeps (after records other than application data). */
 void tlsw_conn_release_buffers(struct tlsw_conn *c);
 
 /* Key exchange: offer a key share for this group (an OpenSSL NID, e.g. what the server chose
